@@ -1,0 +1,585 @@
+// kvtier._core: the one pybind11 module. Converts Python buffers to spans, releases the GIL around
+// every call into the core, and maps kvtier::Error codes to the exception classes of kvtier.errors.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "../hash/blake3.h"
+#include "../keys.h"
+#include "../store.h"
+
+namespace py = pybind11;
+using namespace kvtier;
+
+namespace {
+
+constexpr double kNoTime = std::numeric_limits<double>::quiet_NaN();
+
+double time_arg(const std::optional<double>& now) { return now ? *now : kNoTime; }
+
+[[noreturn]] void raise(Code code, const std::string& msg) { throw Error(code, msg); }
+
+// An append-only token buffer for a request in flight: engines extend it as tokens arrive, so a
+// lookup never converts the whole prompt from a Python list again.
+class TokenSequence {
+ public:
+  explicit TokenSequence(std::uint64_t limit) : limit_(limit) {}
+  std::vector<Word> words;
+  std::uint64_t limit() const { return limit_; }
+
+ private:
+  std::uint64_t limit_;
+};
+
+// A contiguous view of 32-bit words taken from a Python object; owns a converted copy when needed.
+struct Words {
+  const Word* data = nullptr;
+  std::size_t count = 0;  // words
+  std::vector<Word> owned;
+  std::optional<py::buffer_info> info;  // released with the GIL held (destroyed before return)
+};
+
+void check_value(long long v, std::size_t i, std::uint64_t limit, const char* arg) {
+  if (v < 0)
+    raise(Code::kInvalidArgument, std::string(arg) + "[" + std::to_string(i) + "] = " + std::to_string(v) +
+                                      " is negative; ids must be >= 0");
+  if (static_cast<unsigned long long>(v) >= limit)
+    raise(Code::kInvalidArgument, std::string(arg) + "[" + std::to_string(i) + "] = " + std::to_string(v) +
+                                      " is out of range: ids must be below " + std::to_string(limit) +
+                                      " (vocab_size)");
+}
+
+template <class T>
+void convert_tokens(const void* src, std::size_t n, std::uint64_t limit, const char* arg, Words& w) {
+  const T* p = static_cast<const T*>(src);
+  w.owned.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const long long v = static_cast<long long>(p[i]);
+    if (v < 0 || static_cast<unsigned long long>(v) >= limit) check_value(v, i, limit, arg);
+    if constexpr (sizeof(T) == 8 && !std::is_signed_v<T>)
+      if (p[i] > static_cast<T>(std::numeric_limits<long long>::max()))
+        raise(Code::kInvalidArgument, std::string(arg) + "[" + std::to_string(i) + "] is out of range");
+    w.owned[i] = static_cast<Word>(v);
+  }
+  w.data = w.owned.data();
+  w.count = n;
+}
+
+// Token ids from a TokenSequence, a 1-D integer buffer (numpy array, memoryview, array.array) or a
+// list/tuple of ints. Checks every id against [0, limit).
+Words token_words(py::handle obj, std::uint64_t limit, const char* arg) {
+  Words w;
+  if (py::isinstance<TokenSequence>(obj)) {
+    auto& seq = obj.cast<TokenSequence&>();
+    if (seq.limit() > limit)
+      raise(Code::kInvalidArgument, std::string(arg) + ": this TokenSequence allows ids up to " +
+                                        std::to_string(seq.limit()) + ", above this store's vocab_size");
+    w.data = seq.words.data();
+    w.count = seq.words.size();
+    return w;
+  }
+  if (PyObject_CheckBuffer(obj.ptr())) {
+    py::buffer buf = py::reinterpret_borrow<py::buffer>(obj);
+    py::buffer_info info = buf.request();
+    if (info.ndim != 1)
+      raise(Code::kTypeError, std::string(arg) + " must be 1-D, got " + std::to_string(info.ndim) + " dimensions");
+    if (info.shape[0] > 1 && info.strides[0] != info.itemsize)
+      raise(Code::kTypeError, std::string(arg) + " must be contiguous; pass numpy.ascontiguousarray(" + arg + ")");
+    const std::string fmt = info.format;
+    const char f = fmt.empty() ? '?' : fmt.back();
+    const auto n = static_cast<std::size_t>(info.shape[0]);
+    const bool is_int = std::string("bBhHiIlLqQ").find(f) != std::string::npos && fmt.size() <= 2;
+    if (!is_int)
+      raise(Code::kTypeError, std::string(arg) + " must hold integer token ids, got buffer format '" + fmt + "'" +
+                                  (f == 'f' || f == 'd' || f == 'e' ? " (floating point)" : ""));
+    if ((f == 'i' || f == 'I' || ((f == 'l' || f == 'L') && info.itemsize == 4)) && info.itemsize == 4) {
+      // Zero-copy path: check the range in one pass, report the first offender.
+      const Word* p = static_cast<const Word*>(info.ptr);
+      const bool is_signed = (f == 'i' || f == 'l');
+      Word mx = 0;
+      for (std::size_t i = 0; i < n; ++i) mx = p[i] > mx ? p[i] : mx;
+      if (mx >= limit) {
+        for (std::size_t i = 0; i < n; ++i)
+          if (p[i] >= limit)
+            check_value(is_signed ? static_cast<long long>(static_cast<std::int32_t>(p[i])) : p[i], i, limit, arg);
+      }
+      w.data = p;
+      w.count = n;
+      w.info.emplace(std::move(info));
+      return w;
+    }
+    switch (info.itemsize) {
+      case 1: (f == 'b') ? convert_tokens<std::int8_t>(info.ptr, n, limit, arg, w)
+                         : convert_tokens<std::uint8_t>(info.ptr, n, limit, arg, w); break;
+      case 2: (f == 'h') ? convert_tokens<std::int16_t>(info.ptr, n, limit, arg, w)
+                         : convert_tokens<std::uint16_t>(info.ptr, n, limit, arg, w); break;
+      case 8: (f == 'l' || f == 'q') ? convert_tokens<std::int64_t>(info.ptr, n, limit, arg, w)
+                                     : convert_tokens<std::uint64_t>(info.ptr, n, limit, arg, w); break;
+      default: raise(Code::kTypeError, std::string(arg) + ": unsupported integer size");
+    }
+    return w;
+  }
+  if (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj)) {
+    py::sequence seq = py::reinterpret_borrow<py::sequence>(obj);
+    const std::size_t n = py::len(seq);
+    w.owned.resize(n);
+    PyObject* const* items = py::isinstance<py::list>(obj) ? PySequence_Fast_ITEMS(obj.ptr())
+                                                            : PySequence_Fast_ITEMS(obj.ptr());
+    for (std::size_t i = 0; i < n; ++i) {
+      PyObject* it = items[i];
+      if (!PyLong_Check(it) || PyBool_Check(it))
+        raise(Code::kTypeError, std::string(arg) + "[" + std::to_string(i) + "] must be an int, got " +
+                                    Py_TYPE(it)->tp_name);
+      int overflow = 0;
+      const long long v = PyLong_AsLongLongAndOverflow(it, &overflow);
+      if (overflow != 0) raise(Code::kInvalidArgument, std::string(arg) + "[" + std::to_string(i) + "] is out of range");
+      if (v < 0 || static_cast<unsigned long long>(v) >= limit) check_value(v, i, limit, arg);
+      w.owned[i] = static_cast<Word>(v);
+    }
+    w.data = w.owned.data();
+    w.count = n;
+    return w;
+  }
+  raise(Code::kTypeError, std::string(arg) + " must be a 1-D integer array, a list of ints or a TokenSequence, got " +
+                              std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+}
+
+// Engine block ids (64-bit) as pairs of words, little-endian.
+Words id_words(py::handle obj, const char* arg) {
+  Words w;
+  py::array arr;
+  if (py::isinstance<py::array>(obj)) {
+    arr = py::reinterpret_borrow<py::array>(obj);
+  } else if (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj) || PyObject_CheckBuffer(obj.ptr())) {
+    arr = py::array::ensure(obj);
+    if (!arr) raise(Code::kTypeError, std::string(arg) + " must be a 1-D array of integer block ids");
+  } else {
+    raise(Code::kTypeError, std::string(arg) + " must be a 1-D array of integer block ids");
+  }
+  const char kind = arr.dtype().kind();
+  if (kind != 'i' && kind != 'u')
+    raise(Code::kTypeError, std::string(arg) + " must hold integer block ids, got dtype " +
+                                std::string(py::str(arr.dtype())));
+  if (arr.ndim() != 1) raise(Code::kTypeError, std::string(arg) + " must be 1-D");
+  const auto n = static_cast<std::size_t>(arr.shape(0));
+  py::array_t<std::int64_t, py::array::forcecast> as64;
+  if (kind == 'i') {
+    as64 = py::array_t<std::int64_t, py::array::forcecast>::ensure(arr);
+    const std::int64_t* p = as64.data();
+    for (std::size_t i = 0; i < n; ++i)
+      if (p[i] < 0)
+        raise(Code::kInvalidArgument, std::string(arg) + "[" + std::to_string(i) + "] = " + std::to_string(p[i]) +
+                                          " is negative; block ids must be >= 0");
+  }
+  auto u = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+  w.owned.resize(2 * n);
+  std::memcpy(w.owned.data(), u.data(), n * 8);
+  w.data = w.owned.data();
+  w.count = 2 * n;
+  return w;
+}
+
+struct PyPin {
+  Store* store;
+  std::uint32_t node;
+  std::uint32_t blocks;
+  bool active;
+};
+
+struct ByteView {
+  std::uint8_t* data = nullptr;
+  std::size_t bytes = 0;
+  std::optional<py::buffer_info> info;
+};
+
+ByteView byte_view(py::handle obj, bool writable, const char* arg) {
+  if (!PyObject_CheckBuffer(obj.ptr()))
+    raise(Code::kTypeError, std::string(arg) + " must support the buffer protocol (a numpy array, bytearray or memoryview)");
+  py::buffer buf = py::reinterpret_borrow<py::buffer>(obj);
+  py::buffer_info info;
+  try {
+    info = buf.request(writable);
+  } catch (py::error_already_set&) {
+    raise(Code::kTypeError, std::string(arg) + (writable ? " must be writable" : " is not a readable buffer"));
+  }
+  const std::string fmt = info.format;
+  if (fmt.find('O') != std::string::npos)
+    raise(Code::kTypeError, std::string(arg) + " holds Python objects (dtype object); pass a numeric array");
+  // C-contiguous check.
+  py::ssize_t expect = info.itemsize;
+  for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
+    if (info.shape[d] > 1 && info.strides[d] != expect)
+      raise(Code::kTypeError, std::string(arg) + " must be C-contiguous; pass numpy.ascontiguousarray(" + arg + ")");
+    expect *= info.shape[d];
+  }
+  ByteView v;
+  v.data = static_cast<std::uint8_t*>(info.ptr);
+  v.bytes = static_cast<std::size_t>(info.size * info.itemsize);
+  v.info.emplace(std::move(info));
+  return v;
+}
+
+struct PyStore {
+  std::unique_ptr<Store> store;
+  bool ids;               // block ids instead of tokens
+  std::uint64_t limit;    // exclusive bound on token ids
+
+  Words words_of(py::handle tokens, const char* arg) const {
+    Words w = ids ? id_words(tokens, arg) : token_words(tokens, limit, arg);
+    return w;
+  }
+  std::size_t blocks_of(const Words& w) const { return w.count / store->spec().width; }
+};
+
+py::dict stats_dict(const TierStats& s) {
+  py::dict d;
+  d["hits"] = s.hits;
+  d["misses"] = s.misses;
+  d["inserted"] = s.inserted;
+  d["evicted"] = s.evicted;
+  d["expired"] = s.expired;
+  d["bytes_written"] = s.bytes_written;
+  d["bytes_read"] = s.bytes_read;
+  d["resident_bytes"] = s.resident_bytes;
+  d["capacity_bytes"] = s.capacity_bytes;
+  d["blocks"] = s.blocks;
+  d["pinned_blocks"] = s.pinned_blocks;
+  d["nodes"] = s.nodes;
+  return d;
+}
+
+Key key_from(py::bytes b, const char* arg) {
+  std::string s = b;
+  if (s.size() != 32) raise(Code::kInvalidArgument, std::string(arg) + " must be 32 bytes, got " + std::to_string(s.size()));
+  Key k;
+  std::memcpy(k.data(), s.data(), 32);
+  return k;
+}
+
+py::array_t<std::uint8_t> keys_array(const std::vector<Key>& keys) {
+  py::array_t<std::uint8_t> out({static_cast<py::ssize_t>(keys.size()), py::ssize_t{32}});
+  if (!keys.empty()) std::memcpy(out.mutable_data(), keys.data(), keys.size() * 32);
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "kvtier's C++ core. Private: use the kvtier package.";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const Error& e) {
+      const char* cls = "InvalidArgumentError";
+      switch (e.code()) {
+        case Code::kInvalidArgument: cls = "InvalidArgumentError"; break;
+        case Code::kTypeError: cls = "KvtierTypeError"; break;
+        case Code::kClosed: cls = "StoreClosedError"; break;
+        case Code::kNotFound: cls = "UnknownNamespaceError"; break;
+        case Code::kCapacity: cls = "CapacityError"; break;
+      }
+      py::object exc = py::module_::import("kvtier.errors").attr(cls);
+      PyErr_SetString(exc.ptr(), e.what());
+    }
+  });
+
+  m.def(
+      "blake3",
+      [](py::bytes data, std::optional<py::bytes> key, std::optional<std::string> context, std::size_t out_len) {
+        std::string d = data;
+        if (key && context) raise(Code::kInvalidArgument, "give key or context, not both");
+        std::string out(out_len, '\0');
+        {
+          py::gil_scoped_release nogil;
+          blake3::Hasher h;
+          if (key) {
+            std::string k = *key;
+            if (k.size() != blake3::kKeyLen) raise(Code::kInvalidArgument, "key must be 32 bytes");
+            h = blake3::Hasher::keyed(reinterpret_cast<const std::uint8_t*>(k.data()));
+          } else if (context) {
+            h = blake3::Hasher::derive_key(*context);
+          }
+          h.update(d.data(), d.size());
+          h.finalize(reinterpret_cast<std::uint8_t*>(out.data()), out_len);
+        }
+        return py::bytes(out);
+      },
+      py::arg("data"), py::kw_only(), py::arg("key") = py::none(), py::arg("context") = py::none(),
+      py::arg("out_len") = 32);
+
+  m.def(
+      "namespace_key", [](const std::vector<std::string>& fields) {
+        Key k = namespace_key(fields);
+        return py::bytes(reinterpret_cast<const char*>(k.data()), 32);
+      },
+      py::arg("fields"));
+
+  m.def(
+      "block_keys",
+      [](py::bytes ns_key, py::handle tokens, std::uint32_t block_size, std::uint64_t limit, py::bytes extra,
+         std::optional<py::bytes> parent) {
+        if (block_size == 0) raise(Code::kInvalidArgument, "block_size must be > 0");
+        Key ns = key_from(ns_key, "namespace key");
+        std::optional<Key> par;
+        if (parent) par = key_from(*parent, "parent");
+        std::string ex = extra;
+        Words w = token_words(tokens, limit, "tokens");
+        const std::size_t n = w.count / block_size;
+        std::vector<Key> keys(n);
+        {
+          py::gil_scoped_release nogil;
+          chain_keys(ns, par ? &*par : nullptr, w.data, n, block_size,
+                     reinterpret_cast<const std::uint8_t*>(ex.data()), ex.size(), keys.data());
+        }
+        return keys_array(keys);
+      },
+      py::arg("ns_key"), py::arg("tokens"), py::arg("block_size"), py::arg("limit"), py::arg("extra"),
+      py::arg("parent") = py::none());
+
+  py::class_<TokenSequence>(m, "TokenSequence")
+      .def(py::init<std::uint64_t>(), py::arg("limit"))
+      .def(
+          "extend",
+          [](TokenSequence& s, py::handle tokens) {
+            Words w = token_words(tokens, s.limit(), "tokens");
+            s.words.insert(s.words.end(), w.data, w.data + w.count);
+          },
+          py::arg("tokens"))
+      .def("clear", [](TokenSequence& s) { s.words.clear(); })
+      .def("truncate", [](TokenSequence& s, std::size_t n) {
+        if (n > s.words.size()) raise(Code::kInvalidArgument, "n is larger than the sequence");
+        s.words.resize(n);
+      }, py::arg("n"))
+      .def("__len__", [](const TokenSequence& s) { return s.words.size(); })
+      .def_property_readonly("limit", &TokenSequence::limit)
+      .def("numpy", [](const TokenSequence& s) {
+        py::array_t<std::int32_t> a(static_cast<py::ssize_t>(s.words.size()));
+        if (!s.words.empty()) std::memcpy(a.mutable_data(), s.words.data(), s.words.size() * 4);
+        return a;
+      });
+
+  py::class_<PyPin>(m, "Pin")
+      .def_readonly("blocks", &PyPin::blocks)
+      .def_readonly("active", &PyPin::active);
+
+  py::class_<PyStore>(m, "Store")
+      .def(py::init([](std::uint32_t block_size, bool ids, std::uint64_t block_bytes, bool payloads,
+                       std::uint64_t capacity_bytes, int policy, double ttl_s, std::uint64_t limit) {
+             if (policy < 0 || policy > 2) raise(Code::kInvalidArgument, "policy must be 0 (lru), 1 (lfu) or 2 (ttl)");
+             StoreSpec spec;
+             spec.block_size = block_size;
+             spec.width = ids ? 2 : block_size;
+             spec.block_bytes = block_bytes;
+             spec.payloads = payloads;
+             spec.host.capacity_bytes = capacity_bytes;
+             spec.host.policy = static_cast<Policy>(policy);
+             spec.host.ttl_s = ttl_s;
+             auto s = std::make_unique<PyStore>();
+             {
+               py::gil_scoped_release nogil;
+               s->store = std::make_unique<Store>(spec);
+             }
+             s->ids = ids;
+             s->limit = limit;
+             return s;
+           }),
+           py::kw_only(), py::arg("block_size"), py::arg("ids"), py::arg("block_bytes"), py::arg("payloads"),
+           py::arg("capacity_bytes"), py::arg("policy"), py::arg("ttl_s"), py::arg("limit"))
+      .def("add_namespace", [](PyStore& s, py::bytes key) { return s.store->add_namespace(key_from(key, "namespace key")); })
+      .def("account", [](PyStore& s, std::uint32_t ns, const std::string& session) { return s.store->account(ns, session); })
+      .def(
+          "match",
+          [](PyStore& s, std::uint32_t ns, py::handle tokens, std::optional<double> now, bool touch, bool pin) {
+            Words w = s.words_of(tokens, "tokens");
+            MatchResult r;
+            {
+              py::gil_scoped_release nogil;
+              r = s.store->match(ns, w.data, s.blocks_of(w), time_arg(now), touch, pin);
+            }
+            py::object handle = py::none();
+            if (pin && r.node != kNil) handle = py::cast(PyPin{s.store.get(), r.node, r.blocks, true});
+            return py::make_tuple(r.blocks, handle);
+          },
+          py::arg("ns"), py::arg("tokens"), py::arg("now"), py::arg("touch"), py::arg("pin"))
+      .def("unpin",
+           [](PyStore& s, PyPin& p) {
+             if (p.store != s.store.get()) raise(Code::kInvalidArgument, "this pin belongs to another store");
+             if (!p.active) raise(Code::kInvalidArgument, "this pin was already released");
+             p.active = false;
+             py::gil_scoped_release nogil;
+             s.store->unpin(p.node);
+           })
+      .def(
+          "insert",
+          [](PyStore& s, std::uint32_t ns, std::uint32_t account, py::handle tokens, py::handle payload,
+             std::size_t payload_first, std::optional<double> now) {
+            Words w = s.words_of(tokens, "tokens");
+            const std::size_t n = s.blocks_of(w);
+            const std::uint8_t* data = nullptr;
+            ByteView v;
+            if (!payload.is_none()) {
+              if (!s.store->spec().payloads)
+                raise(Code::kInvalidArgument, "payloads given to a metadata-only store");
+              if (payload_first > n)
+                raise(Code::kInvalidArgument, "start_block=" + std::to_string(payload_first) + " is beyond the " +
+                                                  std::to_string(n) + " full blocks of tokens");
+              v = byte_view(payload, false, "payloads");
+              const std::size_t want = (n - payload_first) * s.store->spec().block_bytes;
+              if (v.bytes != want)
+                raise(Code::kInvalidArgument, "payloads has " + std::to_string(v.bytes) + " bytes; expected " +
+                                                  std::to_string(want) + " (" + std::to_string(n - payload_first) +
+                                                  " blocks x block_bytes=" +
+                                                  std::to_string(s.store->spec().block_bytes) + ")");
+              data = v.data;
+            } else if (s.store->spec().payloads) {
+              raise(Code::kInvalidArgument, "payloads are required: this store keeps KV payloads "
+                                            "(use metadata_only=True for a store without them)");
+            }
+            InsertResult r;
+            {
+              py::gil_scoped_release nogil;
+              r = s.store->insert(ns, account, w.data, n, data, payload_first, time_arg(now));
+            }
+            return py::make_tuple(r.matched, r.inserted, n);
+          },
+          py::arg("ns"), py::arg("account"), py::arg("tokens"), py::arg("payload"), py::arg("payload_first"),
+          py::arg("now"))
+      .def(
+          "load",
+          [](PyStore& s, std::uint32_t ns, py::handle tokens, py::handle out, std::optional<double> now) {
+            Words w = s.words_of(tokens, "tokens");
+            const std::size_t n = s.blocks_of(w);
+            ByteView v = byte_view(out, true, "out");
+            const std::size_t bb = s.store->spec().block_bytes;
+            if (v.bytes < n * bb)
+              raise(Code::kInvalidArgument, "out has " + std::to_string(v.bytes) + " bytes; it must hold " +
+                                                std::to_string(n) + " blocks x block_bytes=" + std::to_string(bb));
+            py::gil_scoped_release nogil;
+            return s.store->load(ns, w.data, n, v.data, time_arg(now));
+          },
+          py::arg("ns"), py::arg("tokens"), py::arg("out"), py::arg("now"))
+      .def(
+          "load_pinned",
+          [](PyStore& s, PyPin& p, py::handle out) {
+            if (p.store != s.store.get()) raise(Code::kInvalidArgument, "this pin belongs to another store");
+            if (!p.active) raise(Code::kInvalidArgument, "this pin was already released");
+            ByteView v = byte_view(out, true, "out");
+            const std::size_t bb = s.store->spec().block_bytes;
+            if (v.bytes < static_cast<std::size_t>(p.blocks) * bb)
+              raise(Code::kInvalidArgument, "out has " + std::to_string(v.bytes) + " bytes; it must hold " +
+                                                std::to_string(p.blocks) + " blocks x block_bytes=" + std::to_string(bb));
+            py::gil_scoped_release nogil;
+            return s.store->load_pinned(p.node, v.data, p.blocks);
+          },
+          py::arg("pin"), py::arg("out"))
+      .def("keys_pinned",
+           [](PyStore& s, PyPin& p) {
+             if (p.store != s.store.get() || !p.active) raise(Code::kInvalidArgument, "pin is not active in this store");
+             std::vector<Key> keys;
+             {
+               py::gil_scoped_release nogil;
+               keys = s.store->keys_pinned(p.node);
+             }
+             keys.resize(std::min<std::size_t>(keys.size(), p.blocks));
+             return keys_array(keys);
+           })
+      .def("evict", [](PyStore& s, std::uint64_t bytes, std::optional<double> now) {
+             py::gil_scoped_release nogil;
+             return s.store->evict(bytes, time_arg(now));
+           }, py::arg("bytes"), py::arg("now"))
+      .def("expire", [](PyStore& s, std::optional<double> now) {
+             py::gil_scoped_release nogil;
+             return s.store->expire(time_arg(now));
+           }, py::arg("now"))
+      .def("clear", [](PyStore& s, std::optional<double> now) {
+             py::gil_scoped_release nogil;
+             return s.store->clear(time_arg(now));
+           }, py::arg("now"))
+      .def(
+          "replay",
+          [](PyStore& s, py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast> offsets, py::handle blocks,
+             py::array_t<double, py::array::c_style | py::array::forcecast> times,
+             std::optional<py::array_t<std::uint32_t, py::array::c_style | py::array::forcecast>> ns,
+             std::optional<py::array_t<std::uint32_t, py::array::c_style | py::array::forcecast>> accounts) {
+            if (offsets.ndim() != 1 || offsets.shape(0) < 1)
+              raise(Code::kInvalidArgument, "offsets must be 1-D with n_requests + 1 entries");
+            const auto n_req = static_cast<std::size_t>(offsets.shape(0) - 1);
+            Words w = s.words_of(blocks, "blocks");
+            const std::uint32_t width = s.store->spec().width;
+            const std::uint64_t* off = offsets.data();
+            if (off[0] != 0) raise(Code::kInvalidArgument, "offsets[0] must be 0");
+            for (std::size_t i = 0; i < n_req; ++i)
+              if (off[i + 1] < off[i]) raise(Code::kInvalidArgument, "offsets must be non-decreasing (at " + std::to_string(i + 1) + ")");
+            if (off[n_req] * width != w.count)
+              raise(Code::kInvalidArgument, "offsets[-1] = " + std::to_string(off[n_req]) + " blocks does not match " +
+                                                std::to_string(w.count / width) + " blocks given");
+            if (static_cast<std::size_t>(times.size()) != n_req)
+              raise(Code::kInvalidArgument, "timestamps must have one entry per request (" + std::to_string(n_req) + ")");
+            const double* t = times.data();
+            for (std::size_t i = 0; i < n_req; ++i) {
+              if (!std::isfinite(t[i])) raise(Code::kInvalidArgument, "timestamps[" + std::to_string(i) + "] is not finite");
+              if (i > 0 && t[i] < t[i - 1])
+                raise(Code::kInvalidArgument, "timestamps must be non-decreasing (timestamps[" + std::to_string(i) + "] < timestamps[" + std::to_string(i - 1) + "])");
+            }
+            ReplayTrace tr;
+            tr.offsets = off;
+            tr.words = w.data;
+            tr.times = t;
+            tr.n_requests = n_req;
+            if (ns) {
+              if (static_cast<std::size_t>(ns->size()) != n_req) raise(Code::kInvalidArgument, "namespaces must have one entry per request");
+              tr.ns = ns->data();
+            }
+            if (accounts) {
+              if (static_cast<std::size_t>(accounts->size()) != n_req) raise(Code::kInvalidArgument, "accounts must have one entry per request");
+              tr.accounts = accounts->data();
+            }
+            py::array_t<std::int32_t> hits(static_cast<py::ssize_t>(n_req));
+            std::int32_t* out = hits.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              s.store->replay(tr, out);
+            }
+            return hits;
+          },
+          py::arg("offsets"), py::arg("blocks"), py::arg("times"), py::arg("ns") = py::none(),
+          py::arg("accounts") = py::none())
+      .def("stats", [](PyStore& s) {
+        TierStats st;
+        {
+          py::gil_scoped_release nogil;
+          if (s.store->closed()) raise(Code::kClosed, "the store is closed");
+          st = s.store->stats();
+        }
+        return stats_dict(st);
+      })
+      .def("residency", [](PyStore& s, std::optional<double> now) {
+             std::vector<AccountResidency> rows;
+             {
+               py::gil_scoped_release nogil;
+               rows = s.store->residency(time_arg(now));
+             }
+             py::list out;
+             for (const auto& r : rows) out.append(py::make_tuple(r.ns, r.session, r.tier, r.bytes, r.byte_seconds));
+             return out;
+           }, py::arg("now"))
+      .def("clock", [](PyStore& s) { return s.store->clock_now(); })
+      .def("close", [](PyStore& s) {
+        py::gil_scoped_release nogil;
+        s.store->close();
+      })
+      .def_property_readonly("closed", [](PyStore& s) { return s.store->closed(); })
+      .def("check_invariants", [](PyStore& s) {
+        py::gil_scoped_release nogil;
+        s.store->check_invariants();
+      });
+}

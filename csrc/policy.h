@@ -1,0 +1,104 @@
+// Eviction policies and the queue of eviction candidates.
+//
+// Candidates are the unpinned leaves of the tree (leaf-first eviction: a parent never leaves before
+// its children). They sit in one indexed binary min-heap ordered by the policy's priority:
+//   LRU, TTL: (last-touch sequence)          oldest touch first
+//   LFU:      (hits, last-touch sequence)    fewest hits first, ties by age
+// Touching a node re-keys it in O(log n); nothing is ever rebuilt.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "common.h"
+#include "tree.h"
+
+namespace kvtier {
+
+enum class Policy : std::uint8_t { kLRU = 0, kLFU = 1, kTTL = 2 };
+
+struct Priority {
+  std::uint64_t major;
+  std::uint64_t minor;
+  bool operator<(const Priority& o) const { return major != o.major ? major < o.major : minor < o.minor; }
+};
+
+inline Priority priority_of(Policy p, const Node& n) {
+  if (p == Policy::kLFU) return {n.hits, n.seq};
+  return {n.seq, 0};
+}
+
+class EvictionQueue {
+ public:
+  EvictionQueue(Policy policy, RadixTree& tree) : policy_(policy), tree_(tree) {}
+
+  bool empty() const { return heap_.empty(); }
+  std::size_t size() const { return heap_.size(); }
+  std::uint32_t top() const { return heap_.front().node; }
+  bool contains(std::uint32_t node) const { return tree_.at(node).heap_pos != kNil; }
+
+  void push(std::uint32_t node) {
+    KVTIER_ASSERT(!contains(node));
+    heap_.push_back({priority_of(policy_, tree_.at(node)), node});
+    place(heap_.size() - 1);
+    sift_up(heap_.size() - 1);
+  }
+  void erase(std::uint32_t node) {
+    std::size_t i = tree_.at(node).heap_pos;
+    KVTIER_ASSERT(i < heap_.size());
+    tree_.at(node).heap_pos = kNil;
+    if (i + 1 == heap_.size()) {
+      heap_.pop_back();
+      return;
+    }
+    heap_[i] = heap_.back();
+    heap_.pop_back();
+    place(i);
+    sift_down(sift_up(i));
+  }
+  // Re-reads the node's priority after a touch.
+  void update(std::uint32_t node) {
+    std::size_t i = tree_.at(node).heap_pos;
+    KVTIER_ASSERT(i < heap_.size());
+    heap_[i].prio = priority_of(policy_, tree_.at(node));
+    sift_down(sift_up(i));
+  }
+
+ private:
+  struct Entry {
+    Priority prio;
+    std::uint32_t node;
+  };
+  void place(std::size_t i) { tree_.at(heap_[i].node).heap_pos = static_cast<std::uint32_t>(i); }
+  std::size_t sift_up(std::size_t i) {
+    while (i > 0) {
+      std::size_t p = (i - 1) / 2;
+      if (!(heap_[i].prio < heap_[p].prio)) break;
+      std::swap(heap_[i], heap_[p]);
+      place(i);
+      place(p);
+      i = p;
+    }
+    return i;
+  }
+  void sift_down(std::size_t i) {
+    const std::size_t n = heap_.size();
+    while (true) {
+      std::size_t l = 2 * i + 1, r = l + 1, m = i;
+      if (l < n && heap_[l].prio < heap_[m].prio) m = l;
+      if (r < n && heap_[r].prio < heap_[m].prio) m = r;
+      if (m == i) break;
+      std::swap(heap_[i], heap_[m]);
+      place(i);
+      place(m);
+      i = m;
+    }
+  }
+
+  Policy policy_;
+  RadixTree& tree_;
+  std::vector<Entry> heap_;
+};
+
+}  // namespace kvtier

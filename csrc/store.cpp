@@ -1,0 +1,546 @@
+#include "store.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <sstream>
+
+namespace kvtier {
+namespace {
+
+double monotonic_seconds() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+std::string fmt_time(double t) {
+  std::ostringstream s;
+  s.precision(17);
+  s << t;
+  return s.str();
+}
+
+}  // namespace
+
+Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spec.host.policy, tree_) {
+  if (spec.block_size == 0) throw Error(Code::kInvalidArgument, "block_size must be > 0");
+  if (spec.width == 0) throw Error(Code::kInvalidArgument, "block width must be > 0");
+  if (spec.block_bytes == 0) throw Error(Code::kInvalidArgument, "block_bytes must be > 0");
+  if (!(spec.host.ttl_s >= 0.0) || std::isinf(spec.host.ttl_s))
+    throw Error(Code::kInvalidArgument, "ttl_s must be a finite number of seconds >= 0");
+  if (spec.host.policy == Policy::kTTL && spec.host.ttl_s <= 0.0)
+    throw Error(Code::kInvalidArgument, "policy 'ttl' needs ttl_s > 0");
+  if (spec.host.capacity_bytes != 0) {
+    if (spec.host.capacity_bytes < spec.block_bytes)
+      throw Error(Code::kInvalidArgument,
+                  "capacity_bytes=" + std::to_string(spec.host.capacity_bytes) +
+                      " is smaller than one block (block_bytes=" + std::to_string(spec.block_bytes) + ")");
+    capacity_blocks_ = spec.host.capacity_bytes / spec.block_bytes;
+    if (capacity_blocks_ >= kNil)
+      throw Error(Code::kInvalidArgument, "capacity_bytes / block_bytes must be below 2**32 - 1 blocks");
+  } else if (spec.payloads) {
+    throw Error(Code::kInvalidArgument, "a store with payloads needs a finite capacity_bytes");
+  }
+  if (spec.payloads) arena_ = std::make_unique<HostArena>(capacity_blocks_, spec.block_bytes);
+  stats_.capacity_bytes = capacity_blocks_ * spec.block_bytes;
+}
+
+void Store::check_open() const {
+  if (closed_) throw Error(Code::kClosed, "the store is closed");
+}
+
+double Store::resolve_now(double now) {
+  if (std::isnan(now)) now = std::max(monotonic_seconds(), last_now_);
+  if (!std::isfinite(now)) throw Error(Code::kInvalidArgument, "now must be a finite number of seconds");
+  if (now < last_now_)
+    throw Error(Code::kInvalidArgument, "now=" + fmt_time(now) + " is earlier than the store's clock (" +
+                                            fmt_time(last_now_) + "); time must not go backwards");
+  last_now_ = now;
+  return now;
+}
+
+std::uint32_t Store::root_of(std::uint32_t ns) const {
+  if (ns >= roots_.size()) throw Error(Code::kNotFound, "unknown namespace id " + std::to_string(ns));
+  return roots_[ns];
+}
+
+std::uint32_t Store::add_namespace(const Key& ns_key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  auto it = ns_ids_.find(ns_key);
+  if (it != ns_ids_.end()) return it->second;
+  const auto id = static_cast<std::uint32_t>(roots_.size());
+  roots_.push_back(tree_.add_root(id));
+  ns_keys_.push_back(ns_key);
+  ns_ids_.emplace(ns_key, id);
+  const auto acc = static_cast<std::uint32_t>(accounts_.size());
+  accounts_.emplace_back(id, std::string());
+  account_ids_.emplace(std::make_pair(id, std::string()), acc);
+  return id;
+}
+
+std::uint32_t Store::account(std::uint32_t ns, const std::string& session) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  root_of(ns);
+  auto key = std::make_pair(ns, session);
+  auto it = account_ids_.find(key);
+  if (it != account_ids_.end()) return it->second;
+  const auto acc = static_cast<std::uint32_t>(accounts_.size());
+  accounts_.emplace_back(ns, session);
+  account_ids_.emplace(key, acc);
+  return acc;
+}
+
+Key Store::namespace_key_of(std::uint32_t ns) {
+  std::lock_guard<std::mutex> lock(mu_);
+  root_of(ns);
+  return ns_keys_[ns];
+}
+
+// Fills path_ with the nodes matched along `words`; returns matched blocks. Stops before the first
+// expired node; with `reclaim`, that node's subtree is removed (its descendants are expired too,
+// because touching a node touches all its ancestors).
+std::uint32_t Store::walk(std::uint32_t ns, const Word* words, std::size_t n, double now, bool reclaim) {
+  path_.clear();
+  const std::uint32_t width = spec_.width;
+  std::uint32_t node = root_of(ns);
+  std::size_t done = 0;
+  while (done < n) {
+    std::uint32_t child = tree_.find_child(node, words + done * width);
+    if (child == kNil) break;
+    if (expired(tree_.at(child), now)) {
+      if (reclaim) remove_subtree(child, now);
+      break;
+    }
+    std::uint32_t m = tree_.common_blocks(child, words + done * width, n - done);
+    KVTIER_DASSERT(m > 0);
+    path_.push_back({child, m});
+    done += m;
+    if (m < tree_.num_blocks(child)) break;
+    node = child;
+  }
+  return static_cast<std::uint32_t>(done);
+}
+
+void Store::split_partial_end() {
+  if (path_.empty()) return;
+  Step& last = path_.back();
+  if (last.blocks < tree_.num_blocks(last.node)) last.node = tree_.split(last.node, last.blocks);
+}
+
+void Store::touch_path(double now, bool hit) {
+  const std::uint64_t op = ++seq_;
+  for (const Step& s : path_) {
+    Node& n = tree_.at(s.node);
+    n.seq = op;
+    n.last_access = now;
+    if (hit) ++n.hits;
+    if (n.heap_pos != kNil) queue_.update(s.node);
+  }
+}
+
+void Store::pin_path(std::int32_t delta) {
+  for (const Step& s : path_) {
+    Node& n = tree_.at(s.node);
+    KVTIER_ASSERT(delta > 0 || n.pins > 0);
+    n.pins += delta;
+    refresh_candidate(s.node);
+  }
+}
+
+// Keeps the eviction queue equal to the set of unpinned, non-empty leaves.
+void Store::refresh_candidate(std::uint32_t id) {
+  const Node& n = tree_.at(id);
+  const bool want = n.alive && n.parent != kNil && n.num_children == 0 && n.pins == 0 && !n.words.empty();
+  const bool have = n.heap_pos != kNil;
+  if (want && !have)
+    queue_.push(id);
+  else if (!want && have)
+    queue_.erase(id);
+}
+
+// Removes the last `count` blocks of leaf `id` (all of them removes the node). Accounts the bytes,
+// returns the slots, and counts each block as expired or evicted.
+void Store::drop_blocks(std::uint32_t id, std::uint32_t count, double now) {
+  Node& n = tree_.at(id);
+  const std::uint32_t have = tree_.num_blocks(id);
+  KVTIER_ASSERT(count > 0 && count <= have && n.pins == 0 && n.num_children == 0);
+  const std::uint64_t bytes = static_cast<std::uint64_t>(count) * spec_.block_bytes;
+  ledger_.change(kTierHost, n.account, -static_cast<std::int64_t>(bytes), now);
+  if (spec_.host.ttl_s > 0.0) {
+    const double expiry = n.last_access + spec_.host.ttl_s;
+    if (now > expiry) {
+      // Residency ends at the expiry instant, not at the (later) reclaim.
+      ledger_.refund(kTierHost, n.account, static_cast<double>(bytes) * (now - expiry));
+      stats_.expired += count;
+    } else {
+      stats_.evicted += count;
+    }
+  } else {
+    stats_.evicted += count;
+  }
+  if (arena_)
+    for (std::uint32_t i = have - count; i < have; ++i) arena_->give_back(n.slots[i]);
+  used_blocks_ -= count;
+  if (count < have) {
+    tree_.trim_tail(id, count);
+    return;
+  }
+  const std::uint32_t parent = n.parent;
+  if (n.heap_pos != kNil) queue_.erase(id);
+  tree_.remove_leaf(id);
+  refresh_candidate(parent);
+}
+
+// Removes node `id` and everything below it. Precondition: no node of the subtree is pinned.
+void Store::remove_subtree(std::uint32_t id, double now) {
+  stack_.clear();
+  stack_.push_back(id);
+  while (!stack_.empty()) {
+    const std::uint32_t top = stack_.back();
+    const Node& n = tree_.at(top);
+    KVTIER_ASSERT(n.pins == 0);
+    if (n.num_children > 0) {
+      stack_.push_back(n.first_child);
+      continue;
+    }
+    stack_.pop_back();
+    drop_blocks(top, tree_.num_blocks(top), now);
+  }
+}
+
+std::uint64_t Store::evict_blocks(std::uint64_t count, double now) {
+  std::uint64_t freed = 0;
+  while (freed < count && !queue_.empty()) {
+    const std::uint32_t victim = queue_.top();
+    const std::uint64_t have = tree_.num_blocks(victim);
+    const auto take = static_cast<std::uint32_t>(std::min<std::uint64_t>(have, count - freed));
+    drop_blocks(victim, take, now);
+    freed += take;
+  }
+  return freed;
+}
+
+std::uint64_t Store::expire_locked(double now) {
+  if (spec_.host.ttl_s <= 0.0) return 0;
+  const std::uint64_t before = stats_.expired;
+  if (spec_.host.policy != Policy::kLFU) {
+    // The queue is in touch order, which is time order: expired leaves come first.
+    while (!queue_.empty() && expired(tree_.at(queue_.top()), now)) {
+      const std::uint32_t v = queue_.top();
+      drop_blocks(v, tree_.num_blocks(v), now);
+    }
+  } else {
+    for (std::uint32_t root : roots_) {
+      // Expired children of live nodes; descendants of an expired node are expired too.
+      std::vector<std::uint32_t> todo{root};
+      while (!todo.empty()) {
+        const std::uint32_t id = todo.back();
+        todo.pop_back();
+        for (std::uint32_t c = tree_.at(id).first_child; c != kNil;) {
+          const std::uint32_t next = tree_.at(c).next_sibling;
+          if (expired(tree_.at(c), now))
+            remove_subtree(c, now);
+          else
+            todo.push_back(c);
+          c = next;
+        }
+      }
+    }
+  }
+  return stats_.expired - before;
+}
+
+MatchResult Store::match(std::uint32_t ns, const Word* words, std::size_t n, double now, bool touch, bool pin) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  now = resolve_now(now);
+  MatchResult r;
+  r.blocks = walk(ns, words, n, now, /*reclaim=*/touch);
+  if (touch || pin) split_partial_end();
+  if (touch) {
+    touch_path(now, /*hit=*/true);
+    stats_.hits += r.blocks;
+    stats_.misses += n - r.blocks;
+  }
+  if (!path_.empty()) {
+    r.node = path_.back().node;
+    if (pin) pin_path(+1);
+  }
+  return r;
+}
+
+void Store::unpin(std::uint32_t node) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // Unpinning after close is allowed: it only releases a hold.
+  if (closed_) return;
+  for (std::uint32_t id = node; tree_.at(id).parent != kNil; id = tree_.at(id).parent) {
+    Node& n = tree_.at(id);
+    KVTIER_ASSERT(n.alive && n.pins > 0);
+    --n.pins;
+    refresh_candidate(id);
+  }
+}
+
+InsertResult Store::insert(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
+                           const std::uint8_t* payload, std::size_t payload_first, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  now = resolve_now(now);
+  if (account >= accounts_.size() || accounts_[account].first != ns)
+    throw Error(Code::kInvalidArgument, "account " + std::to_string(account) + " does not belong to namespace " +
+                                            std::to_string(ns));
+  return insert_locked(ns, account, words, n, payload, payload_first, now, /*as_hit=*/false);
+}
+
+InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
+                                  const std::uint8_t* payload, std::size_t payload_first, double now,
+                                  bool as_hit) {
+  InsertResult r;
+  r.matched = walk(ns, words, n, now, /*reclaim=*/true);
+  split_partial_end();
+  touch_path(now, as_hit);
+  if (as_hit) {
+    stats_.hits += r.matched;
+    stats_.misses += n - r.matched;
+  }
+  if (r.matched >= n) return r;
+  if (spec_.payloads && r.matched < payload_first) return r;  // a gap: no payload for the missing blocks
+
+  const std::uint32_t attach = path_.empty() ? roots_[ns] : path_.back().node;
+  std::uint64_t want = n - r.matched;
+  if (capacity_blocks_ != 0) {
+    // Hold our own prefix so that making room never evicts it.
+    pin_path(+1);
+    const std::uint64_t free_now = capacity_blocks_ - used_blocks_;
+    if (want > free_now) evict_blocks(want - free_now, now);
+    pin_path(-1);
+    want = std::min<std::uint64_t>(want, capacity_blocks_ - used_blocks_);
+  }
+  if (want == 0) return r;
+
+  const std::uint32_t width = spec_.width;
+  const std::uint32_t child = tree_.add_child(attach, words + static_cast<std::size_t>(r.matched) * width, want);
+  Node& c = tree_.at(child);
+  c.account = account;
+  c.seq = seq_;
+  c.last_access = now;
+  if (arena_) {
+    c.slots.resize(want);
+    const std::size_t bb = spec_.block_bytes;
+    for (std::uint64_t i = 0; i < want; ++i) {
+      const std::uint32_t slot = arena_->take();
+      c.slots[i] = slot;
+      std::memcpy(arena_->slot_ptr(slot), payload + (r.matched + i - payload_first) * bb, bb);
+    }
+    stats_.bytes_written += want * bb;
+    c.keys.resize(want);
+    const Node& a = tree_.at(attach);
+    const Key* parent_key = a.keys.empty() ? nullptr : &a.keys.back();
+    chain_keys(ns_keys_[ns], parent_key, c.words.data(), want, width, nullptr, 0, c.keys.data());
+  }
+  used_blocks_ += want;
+  stats_.inserted += want;
+  ledger_.change(kTierHost, account, static_cast<std::int64_t>(want * spec_.block_bytes), now);
+  refresh_candidate(child);
+  refresh_candidate(attach);
+  r.inserted = static_cast<std::uint32_t>(want);
+  return r;
+}
+
+std::uint32_t Store::load_pinned(std::uint32_t node, std::uint8_t* out, std::size_t max_blocks) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
+  // Collect the chain root..node, then copy in order.
+  std::vector<std::uint32_t> chain;
+  for (std::uint32_t id = node; tree_.at(id).parent != kNil; id = tree_.at(id).parent) {
+    KVTIER_ASSERT(tree_.at(id).pins > 0);
+    chain.push_back(id);
+  }
+  const std::size_t bb = spec_.block_bytes;
+  std::size_t copied = 0;
+  for (auto it = chain.rbegin(); it != chain.rend() && copied < max_blocks; ++it) {
+    const Node& n = tree_.at(*it);
+    for (std::uint32_t s : n.slots) {
+      if (copied == max_blocks) break;
+      std::memcpy(out + copied * bb, arena_->slot_ptr(s), bb);
+      ++copied;
+    }
+  }
+  stats_.bytes_read += copied * bb;
+  return static_cast<std::uint32_t>(copied);
+}
+
+std::uint32_t Store::load(std::uint32_t ns, const Word* words, std::size_t n, std::uint8_t* out, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
+  now = resolve_now(now);
+  const std::uint32_t m = walk(ns, words, n, now, /*reclaim=*/true);
+  split_partial_end();
+  touch_path(now, /*hit=*/true);
+  stats_.hits += m;
+  stats_.misses += n - m;
+  const std::size_t bb = spec_.block_bytes;
+  std::size_t copied = 0;
+  for (const Step& s : path_) {
+    const Node& node = tree_.at(s.node);
+    for (std::uint32_t i = 0; i < s.blocks; ++i, ++copied)
+      std::memcpy(out + copied * bb, arena_->slot_ptr(node.slots[i]), bb);
+  }
+  stats_.bytes_read += copied * bb;
+  return m;
+}
+
+std::vector<Key> Store::keys_pinned(std::uint32_t node) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it keeps no keys");
+  std::vector<std::uint32_t> chain;
+  for (std::uint32_t id = node; tree_.at(id).parent != kNil; id = tree_.at(id).parent) chain.push_back(id);
+  std::vector<Key> keys;
+  for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+    const Node& n = tree_.at(*it);
+    keys.insert(keys.end(), n.keys.begin(), n.keys.end());
+  }
+  return keys;
+}
+
+std::uint64_t Store::evict(std::uint64_t bytes, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  now = resolve_now(now);
+  const std::uint64_t blocks = (bytes + spec_.block_bytes - 1) / spec_.block_bytes;
+  return evict_blocks(blocks, now) * spec_.block_bytes;
+}
+
+std::uint64_t Store::expire(double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  now = resolve_now(now);
+  return expire_locked(now);
+}
+
+std::uint64_t Store::clear(double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  now = resolve_now(now);
+  return evict_blocks(~std::uint64_t{0}, now);
+}
+
+void Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  const std::uint32_t width = spec_.width;
+  for (std::size_t r = 0; r < t.n_requests; ++r) {
+    const double now = resolve_now(t.times[r]);
+    const std::uint32_t ns = t.ns ? t.ns[r] : 0;
+    root_of(ns);
+    std::uint32_t acc;
+    if (t.accounts) {
+      acc = t.accounts[r];
+      if (acc >= accounts_.size() || accounts_[acc].first != ns)
+        throw Error(Code::kInvalidArgument, "request " + std::to_string(r) + ": account " + std::to_string(acc) +
+                                                " does not belong to namespace " + std::to_string(ns));
+    } else {
+      acc = account_ids_.at({ns, std::string()});
+    }
+    if (spec_.host.ttl_s > 0.0) expire_locked(now);
+    const std::uint64_t begin = t.offsets[r], end = t.offsets[r + 1];
+    const InsertResult res =
+        insert_locked(ns, acc, t.words + begin * width, end - begin, nullptr, 0, now, /*as_hit=*/true);
+    hits_out[r] = static_cast<std::int32_t>(res.matched);
+  }
+}
+
+TierStats Store::stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  TierStats s = stats_;
+  s.blocks = used_blocks_;
+  s.resident_bytes = used_blocks_ * spec_.block_bytes;
+  s.nodes = tree_.live_nodes() - roots_.size();
+  std::uint64_t pinned = 0;
+  for (std::uint32_t root : roots_) {
+    std::vector<std::uint32_t> todo{root};
+    while (!todo.empty()) {
+      const std::uint32_t id = todo.back();
+      todo.pop_back();
+      for (std::uint32_t c = tree_.at(id).first_child; c != kNil; c = tree_.at(c).next_sibling) {
+        if (tree_.at(c).pins > 0) {
+          pinned += tree_.num_blocks(c);
+          todo.push_back(c);
+        }
+      }
+    }
+  }
+  s.pinned_blocks = pinned;
+  return s;
+}
+
+std::vector<AccountResidency> Store::residency(double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  now = resolve_now(now);
+  expire_locked(now);
+  std::vector<AccountResidency> out;
+  for (std::uint32_t a = 0; a < accounts_.size(); ++a)
+    out.push_back({accounts_[a].first, accounts_[a].second, kTierHost, ledger_.bytes(kTierHost, a),
+                   ledger_.byte_seconds(kTierHost, a, now)});
+  return out;
+}
+
+double Store::clock_now() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::max(monotonic_seconds(), last_now_);
+}
+
+void Store::close() {
+  std::lock_guard<std::mutex> lock(mu_);
+  closed_ = true;
+  arena_.reset();
+}
+
+bool Store::closed() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return closed_;
+}
+
+void Store::check_invariants() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::uint64_t blocks = 0;
+  std::size_t candidates = 0;
+  for (std::uint32_t root : roots_) {
+    std::vector<std::uint32_t> todo{root};
+    while (!todo.empty()) {
+      const std::uint32_t id = todo.back();
+      todo.pop_back();
+      const Node& n = tree_.at(id);
+      KVTIER_ASSERT(n.alive);
+      std::uint32_t kids = 0;
+      for (std::uint32_t c = n.first_child; c != kNil; c = tree_.at(c).next_sibling) {
+        const Node& ch = tree_.at(c);
+        KVTIER_ASSERT(ch.parent == id);
+        KVTIER_ASSERT(!ch.words.empty());
+        KVTIER_ASSERT(ch.depth == n.depth + tree_.num_blocks(id));
+        KVTIER_ASSERT(ch.pins <= n.pins || n.parent == kNil);  // a pin holds the whole prefix
+        KVTIER_ASSERT(tree_.find_child(id, ch.words.data()) == c);
+        if (arena_) KVTIER_ASSERT(ch.slots.size() == tree_.num_blocks(c) && ch.keys.size() == ch.slots.size());
+        ++kids;
+        todo.push_back(c);
+      }
+      KVTIER_ASSERT(kids == n.num_children);
+      if (n.parent != kNil) blocks += tree_.num_blocks(id);
+      const bool want = n.parent != kNil && n.num_children == 0 && n.pins == 0;
+      KVTIER_ASSERT(want == (n.heap_pos != kNil));
+      candidates += want ? 1 : 0;
+    }
+  }
+  KVTIER_ASSERT(blocks == used_blocks_);
+  KVTIER_ASSERT(candidates == queue_.size());
+  KVTIER_ASSERT(capacity_blocks_ == 0 || used_blocks_ <= capacity_blocks_);
+  if (arena_) KVTIER_ASSERT(arena_->free_slots() + used_blocks_ == arena_->slots());
+}
+
+}  // namespace kvtier

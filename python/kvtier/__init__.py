@@ -1,0 +1,43 @@
+"""kvtier: a tiered KV prefix-cache store for LLM serving.
+
+``import kvtier`` needs only numpy. The compiled core is ``kvtier._core`` (private).
+"""
+
+from __future__ import annotations
+
+from kvtier.config import Namespace, StoreConfig, TierConfig
+from kvtier.errors import (
+    CapacityError,
+    InvalidArgumentError,
+    KvtierError,
+    KvtierTypeError,
+    StoreClosedError,
+    UnknownNamespaceError,
+)
+from kvtier.keys import block_keys
+from kvtier.replay import ReplayTrace
+from kvtier.store import InsertResult, MatchResult, Residency, ResidencyRow, Store, StoreStats, Tier, TokenSequence
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Store",
+    "StoreConfig",
+    "TierConfig",
+    "Namespace",
+    "Tier",
+    "TokenSequence",
+    "MatchResult",
+    "InsertResult",
+    "StoreStats",
+    "Residency",
+    "ResidencyRow",
+    "ReplayTrace",
+    "block_keys",
+    "KvtierError",
+    "InvalidArgumentError",
+    "KvtierTypeError",
+    "StoreClosedError",
+    "UnknownNamespaceError",
+    "CapacityError",
+]

@@ -1,0 +1,40 @@
+"""Exceptions raised by kvtier.
+
+Every error kvtier raises for a user mistake is a :class:`KvtierError` and also subclasses the
+matching built-in, so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KvtierError",
+    "InvalidArgumentError",
+    "KvtierTypeError",
+    "StoreClosedError",
+    "UnknownNamespaceError",
+    "CapacityError",
+]
+
+
+class KvtierError(Exception):
+    """Base class of kvtier's errors."""
+
+
+class InvalidArgumentError(KvtierError, ValueError):
+    """An argument has the right type but a wrong value (out of range, wrong size, inconsistent)."""
+
+
+class KvtierTypeError(KvtierError, TypeError):
+    """An argument has the wrong type, dtype or memory layout."""
+
+
+class StoreClosedError(KvtierError, RuntimeError):
+    """The store was used after :meth:`kvtier.Store.close`."""
+
+
+class UnknownNamespaceError(KvtierError, KeyError):
+    """A namespace or session that the store does not know."""
+
+
+class CapacityError(KvtierError, MemoryError):
+    """A tier's memory could not be reserved."""

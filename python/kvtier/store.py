@@ -1,0 +1,451 @@
+"""The typed facade over the C++ store.
+
+A :class:`Store` holds one handle to ``kvtier._core.Store`` and crosses the boundary once per
+request (one call per prompt, never per block). It is thread-safe: the core serialises calls on one
+lock and every call releases the GIL.
+
+::
+
+    tokens  [t0 .. t15 | t16 .. t31 | t32 .. t47 | t48 ..t50]      block_size = 16
+             block 0     block 1      block 2      (partial: never cached)
+    payload [ block 0 KV | block 1 KV | block 2 KV ]             block_bytes each, back to back
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from kvtier import _core
+from kvtier.config import Namespace, StoreConfig
+from kvtier.errors import InvalidArgumentError, KvtierTypeError, StoreClosedError
+
+__all__ = [
+    "Store",
+    "Tier",
+    "MatchResult",
+    "InsertResult",
+    "StoreStats",
+    "ResidencyRow",
+    "Residency",
+    "TokenSequence",
+    "Tokens",
+]
+
+Tokens = Union[npt.ArrayLike, "TokenSequence", Sequence[int]]
+_SECONDS_PER_HOUR = 3600.0
+_GB = 1e9
+
+
+class Tier(IntEnum):
+    """Where a block lives. Only HOST holds blocks today; DEVICE and DISK are the tiers to come."""
+
+    DEVICE = 0
+    HOST = 1
+    DISK = 2
+
+
+class TokenSequence:
+    """A request's tokens held on the C++ side, extended as they arrive.
+
+    Engines keep prompts as Python lists; converting a 32k-token list costs more than the lookup.
+    Keep one TokenSequence per request, ``extend`` it with each step's new tokens, and pass it to
+    :meth:`Store.match` / :meth:`Store.insert`: no conversion on the lookup path.
+    """
+
+    def __init__(self, tokens: Tokens | None = None, *, vocab_size: int | None = None) -> None:
+        limit = (1 << 31) if vocab_size is None else int(vocab_size)
+        self._seq = _core.TokenSequence(limit)
+        if tokens is not None:
+            self.extend(tokens)
+
+    def extend(self, tokens: Tokens) -> None:
+        self._seq.extend(tokens._seq if isinstance(tokens, TokenSequence) else tokens)
+
+    def truncate(self, n: int) -> None:
+        self._seq.truncate(n)
+
+    def __len__(self) -> int:
+        return len(self._seq)
+
+    def numpy(self) -> npt.NDArray[np.int32]:
+        return self._seq.numpy()
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """The longest cached prefix of a prompt.
+
+    Attributes
+    ----------
+    num_blocks
+        Leading full blocks found.
+    num_tokens
+        ``num_blocks * block_size``.
+    tiers
+        ``uint8[num_blocks]``: the :class:`Tier` of each matched block.
+    pinned
+        Whether the prefix is held (never evicted) until :meth:`Store.unpin`.
+    """
+
+    num_blocks: int
+    num_tokens: int
+    tiers: npt.NDArray[np.uint8]
+    pinned: bool = False
+    _pin: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    """What an insert did: blocks already present and blocks newly stored.
+
+    ``stored_blocks`` is the prefix now cached; it is shorter than the prompt's full blocks only
+    when pinned blocks fill the tier, or when a block below ``start_block`` was evicted meanwhile.
+    """
+
+    matched_blocks: int
+    inserted_blocks: int
+    full_blocks: int
+
+    @property
+    def stored_blocks(self) -> int:
+        return self.matched_blocks + self.inserted_blocks
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Counters of the host tier since the store was created (blocks unless the name says bytes)."""
+
+    hits: int
+    misses: int
+    inserted: int
+    evicted: int
+    expired: int
+    bytes_written: int
+    bytes_read: int
+    resident_bytes: int
+    capacity_bytes: int | None
+    blocks: int
+    pinned_blocks: int
+    nodes: int
+
+    @property
+    def hit_ratio(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+@dataclass(frozen=True)
+class ResidencyRow:
+    """Residency of one (namespace, session) in one tier."""
+
+    namespace: Namespace
+    session: str
+    tier: Tier
+    resident_bytes: int
+    byte_seconds: float
+
+    @property
+    def gb_hours(self) -> float:
+        """Decimal GB (1e9 bytes) x hours."""
+        return self.byte_seconds / _GB / _SECONDS_PER_HOUR
+
+
+@dataclass(frozen=True)
+class Residency:
+    """Exact resident bytes x time, integrated at every state change, up to ``now``."""
+
+    now: float
+    rows: tuple[ResidencyRow, ...]
+
+    @property
+    def byte_seconds(self) -> float:
+        return sum(r.byte_seconds for r in self.rows)
+
+    @property
+    def gb_hours(self) -> float:
+        return self.byte_seconds / _GB / _SECONDS_PER_HOUR
+
+    def by_namespace(self) -> dict[Namespace, float]:
+        """GB-hours per namespace."""
+        out: dict[Namespace, float] = {}
+        for r in self.rows:
+            out[r.namespace] = out.get(r.namespace, 0.0) + r.gb_hours
+        return out
+
+    def by_session(self) -> dict[tuple[Namespace, str], float]:
+        """GB-hours per (namespace, session); session ``""`` is what no session was named for."""
+        return {(r.namespace, r.session): r.gb_hours for r in self.rows}
+
+
+class Store:
+    """A KV prefix-cache store: radix tree + host tier + exact residency accounting.
+
+    Parameters
+    ----------
+    config
+        Block geometry, content kind and the host tier (:class:`StoreConfig`).
+    namespace
+        The default namespace for calls that name none (default: ``Namespace(model="default")``).
+
+    Every method takes an optional ``now`` (seconds on the caller's clock; default: a monotonic
+    clock). Time must not go backwards. Use as a context manager to close it.
+    """
+
+    def __init__(self, config: StoreConfig | None = None, *, namespace: Namespace | None = None) -> None:
+        self.config = config if config is not None else StoreConfig()
+        if not isinstance(self.config, StoreConfig):
+            raise KvtierTypeError(f"config must be a StoreConfig, got {type(self.config).__name__}")
+        host = self.config.host
+        self._core = _core.Store(
+            block_size=self.config.block_size,
+            ids=self.config.content == "block_ids",
+            block_bytes=self.config.block_bytes,
+            payloads=not self.config.metadata_only,
+            capacity_bytes=0 if host.capacity_bytes is None else host.capacity_bytes,
+            policy=host.policy_code,
+            ttl_s=0.0 if host.ttl_s is None else float(host.ttl_s),
+            limit=self.config.token_limit,
+        )
+        self._ns_lock = threading.Lock()
+        self._ns_ids: dict[Namespace, int] = {}
+        self._ns_by_id: list[Namespace] = []
+        self._accounts: dict[tuple[int, str], int] = {}
+        self.default_namespace = namespace if namespace is not None else Namespace(model="default")
+        self.register(self.default_namespace)
+        self._dtype = None if self.config.payload_dtype is None else np.dtype(self.config.payload_dtype)
+
+    # ----------------------------------------------------------------- namespaces
+    def register(self, namespace: Namespace) -> int:
+        """Registers ``namespace`` (idempotent) and returns its id in this store."""
+        if not isinstance(namespace, Namespace):
+            raise KvtierTypeError(f"namespace must be a kvtier.Namespace, got {type(namespace).__name__}")
+        with self._ns_lock:
+            ns = self._ns_ids.get(namespace)
+            if ns is None:
+                ns = self._core.add_namespace(namespace.key(self.config.block_size))
+                self._ns_ids[namespace] = ns
+                if ns == len(self._ns_by_id):
+                    self._ns_by_id.append(namespace)
+            return ns
+
+    def _ns(self, namespace: Namespace | None) -> int:
+        return self.register(self.default_namespace if namespace is None else namespace)
+
+    def _account(self, ns: int, session: str | None) -> int:
+        if session is None:
+            session = ""
+        if not isinstance(session, str):
+            raise KvtierTypeError(f"session must be a str, got {type(session).__name__}")
+        key = (ns, session)
+        acc = self._accounts.get(key)
+        if acc is None:
+            acc = self._core.account(ns, session)
+            self._accounts[key] = acc
+        return acc
+
+    @staticmethod
+    def _arg(tokens: Tokens) -> Any:
+        return tokens._seq if isinstance(tokens, TokenSequence) else tokens
+
+    def _result(self, blocks: int, pin: Any) -> MatchResult:
+        tiers = np.full(blocks, Tier.HOST, dtype=np.uint8)
+        return MatchResult(blocks, blocks * self.config.block_size, tiers, pin is not None, pin)
+
+    # ----------------------------------------------------------------- lookups
+    def match(
+        self, tokens: Tokens, *, namespace: Namespace | None = None, now: float | None = None, pin: bool = False
+    ) -> MatchResult:
+        """Longest cached prefix of ``tokens``; refreshes its recency and counts hits and misses.
+
+        With ``pin=True`` the prefix is held (never evicted) until :meth:`unpin`; a request in flight
+        pins its prefix as SGLang's ``inc_lock_ref`` does.
+        """
+        blocks, pin_handle = self._core.match(self._ns(namespace), self._arg(tokens), now, True, pin)
+        return self._result(blocks, pin_handle)
+
+    def peek(self, tokens: Tokens, *, namespace: Namespace | None = None, now: float | None = None) -> MatchResult:
+        """Like :meth:`match` without side effects (no recency, no stats): what vLLM's scheduler asks."""
+        blocks, _ = self._core.match(self._ns(namespace), self._arg(tokens), now, False, False)
+        return self._result(blocks, None)
+
+    def unpin(self, result: MatchResult) -> None:
+        """Releases a prefix pinned by ``match(..., pin=True)``."""
+        if not isinstance(result, MatchResult) or not result.pinned:
+            raise InvalidArgumentError("unpin() needs a MatchResult returned by match(..., pin=True) with num_blocks > 0")
+        self._core.unpin(result._pin)
+
+    @contextmanager
+    def pinned(
+        self, tokens: Tokens, *, namespace: Namespace | None = None, now: float | None = None
+    ) -> Iterator[MatchResult]:
+        """``with store.pinned(tokens) as m:`` — match and hold the prefix for the block's duration."""
+        m = self.match(tokens, namespace=namespace, now=now, pin=True)
+        try:
+            yield m
+        finally:
+            if m.pinned:
+                self.unpin(m)
+
+    # ----------------------------------------------------------------- payloads
+    def _check_payload(self, payloads: Any, name: str) -> None:
+        if self._dtype is not None and isinstance(payloads, np.ndarray) and payloads.dtype != self._dtype:
+            raise KvtierTypeError(f"{name} must have dtype {self._dtype}, got {payloads.dtype}")
+
+    def insert(
+        self,
+        tokens: Tokens,
+        payloads: npt.ArrayLike | memoryview | bytes | None = None,
+        *,
+        start_block: int = 0,
+        namespace: Namespace | None = None,
+        session: str | None = None,
+        now: float | None = None,
+    ) -> InsertResult:
+        """Stores the full blocks of ``tokens`` that are not cached yet.
+
+        Parameters
+        ----------
+        tokens
+            Token ids (1-D integer array, list, or :class:`TokenSequence`); or block ids with
+            ``content="block_ids"``.
+        payloads
+            KV bytes of blocks ``start_block .. full_blocks-1``, back to back, C-contiguous
+            (``(n_blocks, ...)`` of any numeric dtype, ``block_bytes`` per block). Required unless the
+            store is metadata-only. Only the blocks not yet cached are copied.
+        start_block
+            First block that ``payloads`` covers; the blocks before it must already be cached
+            (an engine saving one new block passes the index of that block).
+        session
+            Residency account within the namespace (an agent session, a user); see :meth:`residency`.
+        """
+        if isinstance(start_block, bool) or not isinstance(start_block, int) or start_block < 0:
+            raise InvalidArgumentError(f"start_block must be an int >= 0, got {start_block!r}")
+        if payloads is not None:
+            self._check_payload(payloads, "payloads")
+        ns = self._ns(namespace)
+        acc = self._account(ns, session)
+        matched, inserted, full = self._core.insert(ns, acc, self._arg(tokens), payloads, start_block, now)
+        return InsertResult(matched, inserted, full)
+
+    def load(
+        self,
+        tokens: Tokens | MatchResult,
+        out: npt.NDArray[Any] | bytearray | memoryview,
+        *,
+        namespace: Namespace | None = None,
+        now: float | None = None,
+    ) -> int:
+        """Copies the payloads of the cached prefix into ``out`` and returns the blocks copied.
+
+        ``tokens`` may be a pinned :class:`MatchResult` (copies exactly its blocks), or a prompt
+        (matches and copies in one step). ``out`` is a writable C-contiguous buffer of at least
+        ``blocks x block_bytes`` bytes; block ``i`` lands at byte ``i * block_bytes``.
+        """
+        self._check_payload(out, "out")
+        if isinstance(tokens, MatchResult):
+            if not tokens.pinned:
+                raise InvalidArgumentError("load() of a MatchResult needs one returned by match(..., pin=True)")
+            return int(self._core.load_pinned(tokens._pin, out))
+        return int(self._core.load(self._ns(namespace), self._arg(tokens), out, now))
+
+    def block_keys_of(self, result: MatchResult) -> npt.NDArray[np.uint8]:
+        """``uint8[num_blocks, 32]``: the chained keys of a pinned match (docs/keys.md)."""
+        if not isinstance(result, MatchResult) or not result.pinned:
+            raise InvalidArgumentError("block_keys_of() needs a MatchResult returned by match(..., pin=True)")
+        return self._core.keys_pinned(result._pin)
+
+    # ----------------------------------------------------------------- maintenance
+    def evict(self, nbytes: int, *, now: float | None = None) -> int:
+        """Evicts unpinned blocks by policy until ``nbytes`` are freed (or none is left). Returns bytes freed."""
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+            raise InvalidArgumentError(f"nbytes must be an int >= 0, got {nbytes!r}")
+        return int(self._core.evict(nbytes, now))
+
+    def expire(self, *, now: float | None = None) -> int:
+        """Reclaims every block idle longer than the TTL. Returns the blocks reclaimed."""
+        return int(self._core.expire(now))
+
+    def clear(self, *, now: float | None = None) -> int:
+        """Evicts every unpinned block. Returns the blocks removed."""
+        return int(self._core.clear(now))
+
+    # ----------------------------------------------------------------- reporting
+    def stats(self) -> StoreStats:
+        d = self._core.stats()
+        if d["capacity_bytes"] == 0:
+            d["capacity_bytes"] = None
+        return StoreStats(**d)
+
+    def residency(self, *, now: float | None = None) -> Residency:
+        """Exact GB-hours per tier, namespace and session up to ``now``.
+
+        Blocks past their TTL stop counting at their expiry instant (this call reclaims them).
+        """
+        if now is None:
+            now = self._core.clock()
+        rows = []
+        for ns, session, tier, nbytes, byte_seconds in self._core.residency(now):
+            rows.append(ResidencyRow(self._ns_by_id[ns], session, Tier(tier), nbytes, byte_seconds))
+        return Residency(float(now), tuple(rows))
+
+    def check_invariants(self) -> None:
+        """Aborts the process if an internal invariant is broken (for tests)."""
+        self._core.check_invariants()
+
+    # ----------------------------------------------------------------- replay
+    def replay(self, trace: "ReplayTrace") -> npt.NDArray[np.int32]:
+        """Replays a whole trace in one call: per request, match (counting hits) then insert the rest.
+
+        Returns ``int32[n_requests]``: blocks hit per request. No Python runs per request.
+        """
+        from kvtier.replay import ReplayTrace
+
+        if not isinstance(trace, ReplayTrace):
+            raise KvtierTypeError(f"trace must be a kvtier.ReplayTrace, got {type(trace).__name__}")
+        if trace.namespaces is not None:
+            table = np.asarray([self.register(ns) for ns in trace.namespace_table], dtype=np.uint32)
+            ns_ids = table[trace.namespaces]
+        else:
+            ns_ids = np.full(trace.num_requests, self._ns(None), dtype=np.uint32)
+        accounts = None
+        if trace.sessions is not None:
+            # One account per distinct (namespace, session) pair: Python runs per pair, not per request.
+            pairs = ns_ids.astype(np.uint64) * np.uint64(len(trace.session_table)) + trace.sessions
+            uniq, inverse = np.unique(pairs, return_inverse=True)
+            n_sessions = len(trace.session_table)
+            acc = [self._account(int(p // n_sessions), trace.session_table[int(p % n_sessions)]) for p in uniq]
+            accounts = np.asarray(acc, dtype=np.uint32)[inverse.ravel()]
+        return self._core.replay(trace.offsets, trace.blocks, trace.timestamps, ns_ids, accounts)
+
+    # ----------------------------------------------------------------- lifetime
+    def close(self) -> None:
+        """Frees the host arena. Every later call raises :class:`StoreClosedError`."""
+        self._core.close()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._core.closed)
+
+    def __enter__(self) -> "Store":
+        if self.closed:
+            raise StoreClosedError("the store is closed")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"Store(block_size={c.block_size}, block_bytes={c.block_bytes}, content={c.content!r}, "
+            f"metadata_only={c.metadata_only}, host={c.host})"
+        )
+
