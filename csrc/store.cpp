@@ -181,7 +181,7 @@ void Store::drop_blocks(std::uint32_t id, std::uint32_t count, double now) {
     stats_.evicted += count;
   }
   if (arena_)
-    for (std::uint32_t i = have - count; i < have; ++i) arena_->give_back(n.slots[i]);
+    for (std::uint32_t i = have - count; i < have; ++i) arena_->give_back(n.payload->slots[i]);
   used_blocks_ -= count;
   if (count < have) {
     tree_.trim_tail(id, count);
@@ -271,14 +271,20 @@ MatchResult Store::match(std::uint32_t ns, const Word* words, std::size_t n, dou
   return r;
 }
 
-void Store::unpin(std::uint32_t node) {
+void Store::unpin(std::uint32_t node, double now) {
   std::lock_guard<std::mutex> lock(mu_);
   // Unpinning after close is allowed: it only releases a hold.
   if (closed_) return;
+  if (std::isnan(now) && std::isfinite(last_now_)) now = last_now_;  // default: the latest time seen
+  now = resolve_now(now);
+  const std::uint64_t op = ++seq_;
   for (std::uint32_t id = node; tree_.at(id).parent != kNil; id = tree_.at(id).parent) {
     Node& n = tree_.at(id);
     KVTIER_ASSERT(n.alive && n.pins > 0);
     --n.pins;
+    n.seq = op;
+    n.last_access = now;
+    if (n.heap_pos != kNil) queue_.update(id);
     refresh_candidate(id);
   }
 }
@@ -311,12 +317,14 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   const std::uint32_t attach = path_.empty() ? roots_[ns] : path_.back().node;
   std::uint64_t want = n - r.matched;
   if (capacity_blocks_ != 0) {
-    // Hold our own prefix so that making room never evicts it.
-    pin_path(+1);
     const std::uint64_t free_now = capacity_blocks_ - used_blocks_;
-    if (want > free_now) evict_blocks(want - free_now, now);
-    pin_path(-1);
-    want = std::min<std::uint64_t>(want, capacity_blocks_ - used_blocks_);
+    if (want > free_now) {
+      // Hold our own prefix so that making room never evicts it.
+      pin_path(+1);
+      evict_blocks(want - free_now, now);
+      pin_path(-1);
+      want = std::min<std::uint64_t>(want, capacity_blocks_ - used_blocks_);
+    }
   }
   if (want == 0) return r;
 
@@ -327,18 +335,17 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   c.seq = seq_;
   c.last_access = now;
   if (arena_) {
-    c.slots.resize(want);
+    c.payload = std::make_unique<NodePayload>();
+    auto& slots = c.payload->slots;
+    slots.resize(want);
     const std::size_t bb = spec_.block_bytes;
     for (std::uint64_t i = 0; i < want; ++i) {
       const std::uint32_t slot = arena_->take();
-      c.slots[i] = slot;
+      slots[i] = slot;
       std::memcpy(arena_->slot_ptr(slot), payload + (r.matched + i - payload_first) * bb, bb);
     }
     stats_.bytes_written += want * bb;
-    c.keys.resize(want);
-    const Node& a = tree_.at(attach);
-    const Key* parent_key = a.keys.empty() ? nullptr : &a.keys.back();
-    chain_keys(ns_keys_[ns], parent_key, c.words.data(), want, width, nullptr, 0, c.keys.data());
+    // Chained keys are computed lazily (keys_pinned), off the insert path.
   }
   used_blocks_ += want;
   stats_.inserted += want;
@@ -363,7 +370,7 @@ std::uint32_t Store::load_pinned(std::uint32_t node, std::uint8_t* out, std::siz
   std::size_t copied = 0;
   for (auto it = chain.rbegin(); it != chain.rend() && copied < max_blocks; ++it) {
     const Node& n = tree_.at(*it);
-    for (std::uint32_t s : n.slots) {
+    for (std::uint32_t s : n.payload->slots) {
       if (copied == max_blocks) break;
       std::memcpy(out + copied * bb, arena_->slot_ptr(s), bb);
       ++copied;
@@ -388,7 +395,7 @@ std::uint32_t Store::load(std::uint32_t ns, const Word* words, std::size_t n, st
   for (const Step& s : path_) {
     const Node& node = tree_.at(s.node);
     for (std::uint32_t i = 0; i < s.blocks; ++i, ++copied)
-      std::memcpy(out + copied * bb, arena_->slot_ptr(node.slots[i]), bb);
+      std::memcpy(out + copied * bb, arena_->slot_ptr(node.payload->slots[i]), bb);
   }
   stats_.bytes_read += copied * bb;
   return m;
@@ -401,9 +408,17 @@ std::vector<Key> Store::keys_pinned(std::uint32_t node) {
   std::vector<std::uint32_t> chain;
   for (std::uint32_t id = node; tree_.at(id).parent != kNil; id = tree_.at(id).parent) chain.push_back(id);
   std::vector<Key> keys;
+  const Key* parent = nullptr;
   for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
-    const Node& n = tree_.at(*it);
-    keys.insert(keys.end(), n.keys.begin(), n.keys.end());
+    Node& n = tree_.at(*it);
+    std::vector<Key>& nk = n.payload->keys;
+    if (nk.empty()) {  // first request for this node's keys: chain them from the parent's last key
+      const std::uint32_t nb = tree_.num_blocks(*it);
+      nk.resize(nb);
+      chain_keys(ns_keys_[n.ns], parent, n.words.data(), nb, spec_.width, nullptr, 0, nk.data());
+    }
+    keys.insert(keys.end(), nk.begin(), nk.end());
+    parent = &nk.back();
   }
   return keys;
 }
@@ -412,7 +427,7 @@ std::uint64_t Store::evict(std::uint64_t bytes, double now) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
   now = resolve_now(now);
-  const std::uint64_t blocks = (bytes + spec_.block_bytes - 1) / spec_.block_bytes;
+  const std::uint64_t blocks = bytes / spec_.block_bytes + (bytes % spec_.block_bytes != 0 ? 1 : 0);
   return evict_blocks(blocks, now) * spec_.block_bytes;
 }
 
@@ -434,6 +449,10 @@ void Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
   const std::uint32_t width = spec_.width;
+  if (t.n_requests > 0 && t.times[0] < last_now_)
+    throw Error(Code::kInvalidArgument, "timestamps[0] = " + fmt_time(t.times[0]) +
+                                            " is earlier than the store's clock (" + fmt_time(last_now_) +
+                                            "); replay a trace into a store whose clock is not past it");
   for (std::size_t r = 0; r < t.n_requests; ++r) {
     const double now = resolve_now(t.times[r]);
     const std::uint32_t ns = t.ns ? t.ns[r] : 0;
@@ -509,6 +528,7 @@ bool Store::closed() {
 
 void Store::check_invariants() {
   std::lock_guard<std::mutex> lock(mu_);
+  if (closed_) return;  // the arena is gone; nothing is served any more
   std::uint64_t blocks = 0;
   std::size_t candidates = 0;
   for (std::uint32_t root : roots_) {
@@ -526,7 +546,11 @@ void Store::check_invariants() {
         KVTIER_ASSERT(ch.depth == n.depth + tree_.num_blocks(id));
         KVTIER_ASSERT(ch.pins <= n.pins || n.parent == kNil);  // a pin holds the whole prefix
         KVTIER_ASSERT(tree_.find_child(id, ch.words.data()) == c);
-        if (arena_) KVTIER_ASSERT(ch.slots.size() == tree_.num_blocks(c) && ch.keys.size() == ch.slots.size());
+        KVTIER_ASSERT(static_cast<bool>(arena_) == static_cast<bool>(ch.payload));
+        if (ch.payload) {
+          KVTIER_ASSERT(ch.payload->slots.size() == tree_.num_blocks(c));
+          KVTIER_ASSERT(ch.payload->keys.empty() || ch.payload->keys.size() == tree_.num_blocks(c));
+        }
         ++kids;
         todo.push_back(c);
       }

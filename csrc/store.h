@@ -99,7 +99,9 @@ class Store {
   // Longest cached prefix of `n` blocks. touch: refresh recency, count hits/misses, split the last
   // node at the match end; pin: hold the matched prefix until unpin(result.node).
   MatchResult match(std::uint32_t ns, const Word* words, std::size_t n, double now, bool touch, bool pin);
-  void unpin(std::uint32_t node);
+  // Releases a pin. Releasing counts as an access of the prefix (recency refreshed, no hit): its
+  // idle time, and so its TTL, starts now. NaN `now` means the latest time the store has seen.
+  void unpin(std::uint32_t node, double now);
 
   // Stores the blocks of `words` not yet present. Payload mode: `payload` holds blocks
   // [payload_first, n) back to back (block_bytes each); blocks below payload_first must be present.

@@ -88,13 +88,16 @@ std::uint32_t RadixTree::split(std::uint32_t id, std::uint32_t at) {
   u.words.assign(n.words.begin(), n.words.begin() + static_cast<std::ptrdiff_t>(cut));
   n.words.erase(n.words.begin(), n.words.begin() + static_cast<std::ptrdiff_t>(cut));
   n.words.shrink_to_fit();
-  if (!n.slots.empty()) {
-    u.slots.assign(n.slots.begin(), n.slots.begin() + at);
-    n.slots.erase(n.slots.begin(), n.slots.begin() + at);
-  }
-  if (!n.keys.empty()) {
-    u.keys.assign(n.keys.begin(), n.keys.begin() + at);
-    n.keys.erase(n.keys.begin(), n.keys.begin() + at);
+  if (n.payload) {
+    u.payload = std::make_unique<NodePayload>();
+    auto& from = *n.payload;
+    auto& to = *u.payload;
+    to.slots.assign(from.slots.begin(), from.slots.begin() + at);
+    from.slots.erase(from.slots.begin(), from.slots.begin() + at);
+    if (!from.keys.empty()) {
+      to.keys.assign(from.keys.begin(), from.keys.begin() + at);
+      from.keys.erase(from.keys.begin(), from.keys.begin() + at);
+    }
   }
   n.depth += at;
 
@@ -134,8 +137,10 @@ void RadixTree::trim_tail(std::uint32_t id, std::uint32_t n) {
   Node& node = nodes_[id];
   KVTIER_ASSERT(node.num_children == 0 && n < num_blocks(id));
   node.words.resize(node.words.size() - static_cast<std::size_t>(n) * width_);
-  if (!node.slots.empty()) node.slots.resize(node.slots.size() - n);
-  if (!node.keys.empty()) node.keys.resize(node.keys.size() - n);
+  if (node.payload) {
+    node.payload->slots.resize(node.payload->slots.size() - n);
+    if (!node.payload->keys.empty()) node.payload->keys.resize(node.payload->keys.size() - n);
+  }
 }
 
 void RadixTree::remove_leaf(std::uint32_t id) {

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <array>
+#include <memory>
 #include <cstdint>
 #include <vector>
 
@@ -19,6 +20,13 @@
 namespace kvtier {
 
 using Key = std::array<std::uint8_t, 32>;
+
+// Per-block data that only stores with payloads need; kept out of Node so that a metadata-only
+// tree pays 8 bytes per node for it.
+struct NodePayload {
+  std::vector<std::uint32_t> slots;  // host slot per block
+  std::vector<Key> keys;             // chained key per block, filled lazily (empty until asked)
+};
 
 struct Node {
   std::uint32_t parent = kNil;
@@ -36,8 +44,7 @@ struct Node {
   double last_access = 0.0;     // seconds, the caller's clock
   bool alive = false;
   std::vector<Word> words;            // num_blocks * width, block-major
-  std::vector<std::uint32_t> slots;   // host slot per block (payload mode only)
-  std::vector<Key> keys;              // chained key per block (payload mode only)
+  std::unique_ptr<NodePayload> payload;  // payload mode only
 };
 
 class RadixTree {

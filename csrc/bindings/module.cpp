@@ -23,9 +23,14 @@ namespace {
 
 constexpr double kNoTime = std::numeric_limits<double>::quiet_NaN();
 
-double time_arg(const std::optional<double>& now) { return now ? *now : kNoTime; }
-
 [[noreturn]] void raise(Code code, const std::string& msg) { throw Error(code, msg); }
+
+// `now` from Python: None means "the monotonic clock"; anything else must be a finite number.
+double time_arg(const std::optional<double>& now) {
+  if (!now) return kNoTime;
+  if (!std::isfinite(*now)) raise(Code::kInvalidArgument, "now must be a finite number of seconds, got " + std::to_string(*now));
+  return *now;
+}
 
 // An append-only token buffer for a request in flight: engines extend it as tokens arrive, so a
 // lookup never converts the whole prompt from a Python list again.
@@ -47,6 +52,19 @@ struct Words {
   std::optional<py::buffer_info> info;  // released with the GIL held (destroyed before return)
 };
 
+// True if some p[i] >= limit (an unsigned compare, so negative int32 ids count as too large).
+// Branch-free so it vectorises; an AVX2 clone is picked at load time on x86-64.
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+bool any_at_or_above(const Word* p, std::size_t n, std::uint64_t limit) {
+  if (limit > 0xFFFFFFFFull) return false;
+  const Word lim = static_cast<Word>(limit);
+  unsigned bad = 0;
+  for (std::size_t i = 0; i < n; ++i) bad |= static_cast<unsigned>(p[i] >= lim);
+  return bad != 0;
+}
+
 void check_value(long long v, std::size_t i, std::uint64_t limit, const char* arg) {
   if (v < 0)
     raise(Code::kInvalidArgument, std::string(arg) + "[" + std::to_string(i) + "] = " + std::to_string(v) +
@@ -62,11 +80,12 @@ void convert_tokens(const void* src, std::size_t n, std::uint64_t limit, const c
   const T* p = static_cast<const T*>(src);
   w.owned.resize(n);
   for (std::size_t i = 0; i < n; ++i) {
+    if constexpr (sizeof(T) == 8 && !std::is_signed_v<T>)
+      if (p[i] >= limit)
+        raise(Code::kInvalidArgument, std::string(arg) + "[" + std::to_string(i) + "] = " + std::to_string(p[i]) +
+                                          " is out of range: ids must be below " + std::to_string(limit) + " (vocab_size)");
     const long long v = static_cast<long long>(p[i]);
     if (v < 0 || static_cast<unsigned long long>(v) >= limit) check_value(v, i, limit, arg);
-    if constexpr (sizeof(T) == 8 && !std::is_signed_v<T>)
-      if (p[i] > static_cast<T>(std::numeric_limits<long long>::max()))
-        raise(Code::kInvalidArgument, std::string(arg) + "[" + std::to_string(i) + "] is out of range");
     w.owned[i] = static_cast<Word>(v);
   }
   w.data = w.owned.data();
@@ -96,6 +115,9 @@ Words token_words(py::handle obj, std::uint64_t limit, const char* arg) {
     const std::string fmt = info.format;
     const char f = fmt.empty() ? '?' : fmt.back();
     const auto n = static_cast<std::size_t>(info.shape[0]);
+    if (fmt.size() == 2 && (fmt[0] == '>' || fmt[0] == '!'))
+      raise(Code::kTypeError, std::string(arg) + " is big-endian (format '" + fmt + "'); pass " + arg +
+                                  ".astype(numpy.int32) in native byte order");
     const bool is_int = std::string("bBhHiIlLqQ").find(f) != std::string::npos && fmt.size() <= 2;
     if (!is_int)
       raise(Code::kTypeError, std::string(arg) + " must hold integer token ids, got buffer format '" + fmt + "'" +
@@ -104,11 +126,11 @@ Words token_words(py::handle obj, std::uint64_t limit, const char* arg) {
       // Zero-copy path: check the range in one pass, report the first offender.
       const Word* p = static_cast<const Word*>(info.ptr);
       const bool is_signed = (f == 'i' || f == 'l');
-      Word mx = 0;
-      for (std::size_t i = 0; i < n; ++i) mx = p[i] > mx ? p[i] : mx;
-      if (mx >= limit) {
+      // Signed ids: negative values read as >= 2**31 unsigned, so the bound is at most 2**31.
+      const std::uint64_t bound = is_signed ? std::min<std::uint64_t>(limit, 1ull << 31) : limit;
+      if (any_at_or_above(p, n, bound)) {
         for (std::size_t i = 0; i < n; ++i)
-          if (p[i] >= limit)
+          if (p[i] >= bound)
             check_value(is_signed ? static_cast<long long>(static_cast<std::int32_t>(p[i])) : p[i], i, limit, arg);
       }
       w.data = p;
@@ -135,11 +157,18 @@ Words token_words(py::handle obj, std::uint64_t limit, const char* arg) {
                                                             : PySequence_Fast_ITEMS(obj.ptr());
     for (std::size_t i = 0; i < n; ++i) {
       PyObject* it = items[i];
-      if (!PyLong_Check(it) || PyBool_Check(it))
+      if (PyBool_Check(it) || PyFloat_Check(it) || !PyIndex_Check(it))
         raise(Code::kTypeError, std::string(arg) + "[" + std::to_string(i) + "] must be an int, got " +
                                     Py_TYPE(it)->tp_name);
       int overflow = 0;
-      const long long v = PyLong_AsLongLongAndOverflow(it, &overflow);
+      long long v;
+      if (PyLong_Check(it)) {
+        v = PyLong_AsLongLongAndOverflow(it, &overflow);
+      } else {  // numpy integers and other __index__ types
+        py::object as_int = py::reinterpret_steal<py::object>(PyNumber_Index(it));
+        if (!as_int) throw py::error_already_set();
+        v = PyLong_AsLongLongAndOverflow(as_int.ptr(), &overflow);
+      }
       if (overflow != 0) raise(Code::kInvalidArgument, std::string(arg) + "[" + std::to_string(i) + "] is out of range");
       if (v < 0 || static_cast<unsigned long long>(v) >= limit) check_value(v, i, limit, arg);
       w.owned[i] = static_cast<Word>(v);
@@ -155,10 +184,37 @@ Words token_words(py::handle obj, std::uint64_t limit, const char* arg) {
 // Engine block ids (64-bit) as pairs of words, little-endian.
 Words id_words(py::handle obj, const char* arg) {
   Words w;
+  if (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj)) {
+    // Element by element: numpy would turn a list mixing ids below and above 2**63 into float64.
+    py::sequence seq = py::reinterpret_borrow<py::sequence>(obj);
+    const std::size_t n = py::len(seq);
+    w.owned.resize(2 * n);
+    for (std::size_t i = 0; i < n; ++i) {
+      PyObject* it = PySequence_Fast_ITEMS(obj.ptr())[i];
+      if (PyBool_Check(it) || PyFloat_Check(it) || !PyIndex_Check(it))
+        raise(Code::kTypeError, std::string(arg) + "[" + std::to_string(i) + "] must be an int, got " + Py_TYPE(it)->tp_name);
+      py::object v = py::reinterpret_steal<py::object>(PyNumber_Index(it));
+      if (!v) throw py::error_already_set();
+      if (PyObject_RichCompareBool(v.ptr(), py::int_(0).ptr(), Py_LT) == 1)
+        raise(Code::kInvalidArgument, std::string(arg) + "[" + std::to_string(i) + "] = " +
+                                          std::string(py::str(v)) + " is negative; block ids must be >= 0");
+      const unsigned long long u = PyLong_AsUnsignedLongLong(v.ptr());
+      if (PyErr_Occurred()) {
+        PyErr_Clear();
+        raise(Code::kInvalidArgument, std::string(arg) + "[" + std::to_string(i) + "] = " + std::string(py::str(v)) +
+                                          " does not fit in 64 bits");
+      }
+      w.owned[2 * i] = static_cast<Word>(u);
+      w.owned[2 * i + 1] = static_cast<Word>(u >> 32);
+    }
+    w.data = w.owned.data();
+    w.count = 2 * n;
+    return w;
+  }
   py::array arr;
   if (py::isinstance<py::array>(obj)) {
     arr = py::reinterpret_borrow<py::array>(obj);
-  } else if (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj) || PyObject_CheckBuffer(obj.ptr())) {
+  } else if (PyObject_CheckBuffer(obj.ptr())) {
     arr = py::array::ensure(obj);
     if (!arr) raise(Code::kTypeError, std::string(arg) + " must be a 1-D array of integer block ids");
   } else {
@@ -187,8 +243,10 @@ Words id_words(py::handle obj, const char* arg) {
   return w;
 }
 
+// A pinned prefix. Holds a reference to its store, so that the store outlives every pin (a pin can
+// never be used on another store that happens to reuse the address).
 struct PyPin {
-  Store* store;
+  std::shared_ptr<Store> store;
   std::uint32_t node;
   std::uint32_t blocks;
   bool active;
@@ -228,7 +286,7 @@ ByteView byte_view(py::handle obj, bool writable, const char* arg) {
 }
 
 struct PyStore {
-  std::unique_ptr<Store> store;
+  std::shared_ptr<Store> store;
   bool ids;               // block ids instead of tokens
   std::uint64_t limit;    // exclusive bound on token ids
 
@@ -386,7 +444,7 @@ PYBIND11_MODULE(_core, m) {
              auto s = std::make_unique<PyStore>();
              {
                py::gil_scoped_release nogil;
-               s->store = std::make_unique<Store>(spec);
+               s->store = std::make_shared<Store>(spec);
              }
              s->ids = ids;
              s->limit = limit;
@@ -406,18 +464,21 @@ PYBIND11_MODULE(_core, m) {
               r = s.store->match(ns, w.data, s.blocks_of(w), time_arg(now), touch, pin);
             }
             py::object handle = py::none();
-            if (pin && r.node != kNil) handle = py::cast(PyPin{s.store.get(), r.node, r.blocks, true});
+            if (pin && r.node != kNil) handle = py::cast(PyPin{s.store, r.node, r.blocks, true});
             return py::make_tuple(r.blocks, handle);
           },
           py::arg("ns"), py::arg("tokens"), py::arg("now"), py::arg("touch"), py::arg("pin"))
       .def("unpin",
-           [](PyStore& s, PyPin& p) {
-             if (p.store != s.store.get()) raise(Code::kInvalidArgument, "this pin belongs to another store");
+           [](PyStore& s, PyPin& p, std::optional<double> now) {
+             if (p.store != s.store) raise(Code::kInvalidArgument, "this pin belongs to another store");
              if (!p.active) raise(Code::kInvalidArgument, "this pin was already released");
+             const double t = time_arg(now);
+             {
+               py::gil_scoped_release nogil;
+               s.store->unpin(p.node, t);
+             }
              p.active = false;
-             py::gil_scoped_release nogil;
-             s.store->unpin(p.node);
-           })
+           }, py::arg("pin"), py::arg("now") = py::none())
       .def(
           "insert",
           [](PyStore& s, std::uint32_t ns, std::uint32_t account, py::handle tokens, py::handle payload,
@@ -470,7 +531,7 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "load_pinned",
           [](PyStore& s, PyPin& p, py::handle out) {
-            if (p.store != s.store.get()) raise(Code::kInvalidArgument, "this pin belongs to another store");
+            if (p.store != s.store) raise(Code::kInvalidArgument, "this pin belongs to another store");
             if (!p.active) raise(Code::kInvalidArgument, "this pin was already released");
             ByteView v = byte_view(out, true, "out");
             const std::size_t bb = s.store->spec().block_bytes;
@@ -483,7 +544,7 @@ PYBIND11_MODULE(_core, m) {
           py::arg("pin"), py::arg("out"))
       .def("keys_pinned",
            [](PyStore& s, PyPin& p) {
-             if (p.store != s.store.get() || !p.active) raise(Code::kInvalidArgument, "pin is not active in this store");
+             if (p.store != s.store || !p.active) raise(Code::kInvalidArgument, "pin is not active in this store");
              std::vector<Key> keys;
              {
                py::gil_scoped_release nogil;

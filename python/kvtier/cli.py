@@ -56,7 +56,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         res = store.residency(now=end)
         print(
             f"\nhost tier: {st.blocks} blocks resident ({st.resident_bytes / (1 << 20):.0f} MiB of "
-            f"{st.capacity_bytes / (1 << 20):.0f} MiB), block hit ratio {st.hit_ratio:.1%}, "
+            f"{(st.capacity_bytes or 0) / (1 << 20):.0f} MiB), block hit ratio {st.hit_ratio:.1%}, "
             f"{st.evicted} evicted, {st.bytes_read / (1 << 30):.2f} GiB loaded instead of prefilled"
         )
         print(f"residency over {end:g} s: {res.gb_hours:.4f} GB-hours")

@@ -16,9 +16,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,9 @@ import numpy.typing as npt
 from kvtier import _core
 from kvtier.config import Namespace, StoreConfig
 from kvtier.errors import InvalidArgumentError, KvtierTypeError, StoreClosedError
+
+if TYPE_CHECKING:
+    from kvtier.replay import ReplayTrace
 
 __all__ = [
     "Store",
@@ -70,6 +73,9 @@ class TokenSequence:
         self._seq.extend(tokens._seq if isinstance(tokens, TokenSequence) else tokens)
 
     def truncate(self, n: int) -> None:
+        """Keeps the first ``n`` tokens (a request rolled back, or a branch taken from an earlier step)."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(self._seq):
+            raise InvalidArgumentError(f"n must be an int in [0, {len(self._seq)}], got {n!r}")
         self._seq.truncate(n)
 
     def __len__(self) -> int:
@@ -79,9 +85,8 @@ class TokenSequence:
         return self._seq.numpy()
 
 
-@dataclass(frozen=True)
 class MatchResult:
-    """The longest cached prefix of a prompt.
+    """The longest cached prefix of a prompt (read-only).
 
     Attributes
     ----------
@@ -95,11 +100,28 @@ class MatchResult:
         Whether the prefix is held (never evicted) until :meth:`Store.unpin`.
     """
 
-    num_blocks: int
-    num_tokens: int
-    tiers: npt.NDArray[np.uint8]
-    pinned: bool = False
-    _pin: Any = field(default=None, repr=False, compare=False)
+    __slots__ = ("num_blocks", "num_tokens", "_pin", "_tier")
+
+    def __init__(self, num_blocks: int, num_tokens: int, pin: Any = None, tier: int = Tier.HOST) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "num_blocks", num_blocks)
+        setattr_(self, "num_tokens", num_tokens)
+        setattr_(self, "_pin", pin)
+        setattr_(self, "_tier", tier)
+
+    @property
+    def pinned(self) -> bool:
+        return self._pin is not None
+
+    @property
+    def tiers(self) -> npt.NDArray[np.uint8]:
+        return np.full(self.num_blocks, int(self._tier), dtype=np.uint8)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("MatchResult is read-only")
+
+    def __repr__(self) -> str:
+        return f"MatchResult(num_blocks={self.num_blocks}, num_tokens={self.num_tokens}, pinned={self.pinned})"
 
 
 @dataclass(frozen=True)
@@ -219,7 +241,8 @@ class Store:
         self._ns_by_id: list[Namespace] = []
         self._accounts: dict[tuple[int, str], int] = {}
         self.default_namespace = namespace if namespace is not None else Namespace(model="default")
-        self.register(self.default_namespace)
+        self._default_ns = self.register(self.default_namespace)
+        self._block_size = self.config.block_size
         self._dtype = None if self.config.payload_dtype is None else np.dtype(self.config.payload_dtype)
 
     # ----------------------------------------------------------------- namespaces
@@ -237,7 +260,9 @@ class Store:
             return ns
 
     def _ns(self, namespace: Namespace | None) -> int:
-        return self.register(self.default_namespace if namespace is None else namespace)
+        if namespace is None:
+            return self._default_ns
+        return self.register(namespace)
 
     def _account(self, ns: int, session: str | None) -> int:
         if session is None:
@@ -256,8 +281,7 @@ class Store:
         return tokens._seq if isinstance(tokens, TokenSequence) else tokens
 
     def _result(self, blocks: int, pin: Any) -> MatchResult:
-        tiers = np.full(blocks, Tier.HOST, dtype=np.uint8)
-        return MatchResult(blocks, blocks * self.config.block_size, tiers, pin is not None, pin)
+        return MatchResult(blocks, blocks * self._block_size, pin)
 
     # ----------------------------------------------------------------- lookups
     def match(
@@ -276,11 +300,16 @@ class Store:
         blocks, _ = self._core.match(self._ns(namespace), self._arg(tokens), now, False, False)
         return self._result(blocks, None)
 
-    def unpin(self, result: MatchResult) -> None:
-        """Releases a prefix pinned by ``match(..., pin=True)``."""
+    def unpin(self, result: MatchResult, *, now: float | None = None) -> None:
+        """Releases a prefix pinned by ``match(..., pin=True)``.
+
+        Releasing counts as an access at ``now`` (recency refreshed, no hit), so a TTL counts idle
+        time from the release. ``now`` defaults to the latest time the store has seen (not the
+        monotonic clock), so code that passes explicit times may release without one.
+        """
         if not isinstance(result, MatchResult) or not result.pinned:
             raise InvalidArgumentError("unpin() needs a MatchResult returned by match(..., pin=True) with num_blocks > 0")
-        self._core.unpin(result._pin)
+        self._core.unpin(result._pin, now)
 
     @contextmanager
     def pinned(
@@ -292,7 +321,7 @@ class Store:
             yield m
         finally:
             if m.pinned:
-                self.unpin(m)
+                self.unpin(m, now=now)
 
     # ----------------------------------------------------------------- payloads
     def _check_payload(self, payloads: Any, name: str) -> None:
@@ -328,6 +357,8 @@ class Store:
         """
         if isinstance(start_block, bool) or not isinstance(start_block, int) or start_block < 0:
             raise InvalidArgumentError(f"start_block must be an int >= 0, got {start_block!r}")
+        if start_block >= 1 << 32:
+            raise InvalidArgumentError(f"start_block={start_block} is beyond any prompt (at most 2**32 blocks)")
         if payloads is not None:
             self._check_payload(payloads, "payloads")
         ns = self._ns(namespace)
@@ -367,7 +398,7 @@ class Store:
         """Evicts unpinned blocks by policy until ``nbytes`` are freed (or none is left). Returns bytes freed."""
         if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
             raise InvalidArgumentError(f"nbytes must be an int >= 0, got {nbytes!r}")
-        return int(self._core.evict(nbytes, now))
+        return int(self._core.evict(min(nbytes, (1 << 64) - 1), now))
 
     def expire(self, *, now: float | None = None) -> int:
         """Reclaims every block idle longer than the TTL. Returns the blocks reclaimed."""
@@ -401,14 +432,14 @@ class Store:
         self._core.check_invariants()
 
     # ----------------------------------------------------------------- replay
-    def replay(self, trace: "ReplayTrace") -> npt.NDArray[np.int32]:
+    def replay(self, trace: ReplayTrace) -> npt.NDArray[np.int32]:
         """Replays a whole trace in one call: per request, match (counting hits) then insert the rest.
 
         Returns ``int32[n_requests]``: blocks hit per request. No Python runs per request.
         """
-        from kvtier.replay import ReplayTrace
+        from kvtier.replay import ReplayTrace as _ReplayTrace
 
-        if not isinstance(trace, ReplayTrace):
+        if not isinstance(trace, _ReplayTrace):
             raise KvtierTypeError(f"trace must be a kvtier.ReplayTrace, got {type(trace).__name__}")
         if trace.namespaces is not None:
             table = np.asarray([self.register(ns) for ns in trace.namespace_table], dtype=np.uint32)

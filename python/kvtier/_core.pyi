@@ -1,0 +1,123 @@
+"""Type stub of ``kvtier._core``, the pybind11 module built from csrc/bindings/module.cpp.
+
+Hand-written; ``tests/test_stub.py`` checks it against the live module (names, parameter names,
+parameter kinds and defaults, and the basic types). Update both when a binding changes.
+
+The module is private: use the ``kvtier`` package. Errors raised by the core are the classes of
+``kvtier.errors`` (``InvalidArgumentError``, ``KvtierTypeError``, ``StoreClosedError``,
+``UnknownNamespaceError``, ``CapacityError``). Parameters the bindings leave unnamed are
+positional-only here (pybind11 calls them ``arg0``, ``arg1``, ...).
+"""
+
+from collections.abc import Sequence
+from typing import Any, TypeAlias, final
+
+import numpy as np
+import numpy.typing as npt
+
+# The bindings take these arguments as plain Python objects (``py::handle``) and check them at run
+# time, raising kvtier.KvtierTypeError / InvalidArgumentError; the aliases say what is accepted.
+#
+# Payloads: a C-contiguous readable buffer (numpy array of any numeric dtype, bytes, bytearray,
+# memoryview), ``block_bytes`` per block. Not object dtype.
+_ReadBuffer: TypeAlias = npt.ArrayLike | memoryview | bytes | bytearray
+# ``out`` of load: a C-contiguous writable buffer (numpy array, bytearray, writable memoryview).
+_WriteBuffer: TypeAlias = npt.NDArray[Any] | bytearray | memoryview
+# Token ids: a TokenSequence, a 1-D contiguous integer buffer, or a list/tuple of ints (not bool);
+# each in [0, limit). In a store made with ids=True: 64-bit block ids, a 1-D integer array or a
+# list/tuple of ints >= 0 (a TokenSequence is refused there).
+_Tokens: TypeAlias = TokenSequence | npt.ArrayLike | Sequence[int]
+# One row of Store.residency: (namespace id, session, tier, resident bytes, byte-seconds).
+_ResidencyRow: TypeAlias = tuple[int, str, int, int, float]
+
+def blake3(data: bytes, *, key: bytes | None = None, context: str | None = None, out_len: int = 32) -> bytes:
+    """BLAKE3 of ``data``: plain hash, keyed hash (``key``: 32 bytes) or derive_key (``context``)."""
+
+def namespace_key(fields: Sequence[str]) -> bytes:
+    """The 32-byte namespace key of ``fields`` (docs/keys.md)."""
+
+def block_keys(
+    ns_key: bytes,
+    tokens: _Tokens,
+    block_size: int,
+    limit: int,
+    extra: bytes,
+    parent: bytes | None = None,
+) -> npt.NDArray[np.uint8]:
+    """``uint8[n_full_blocks, 32]``: chained keys of the full blocks of ``tokens``."""
+
+class TokenSequence:
+    """An append-only buffer of token ids below ``limit``."""
+
+    def __init__(self, limit: int) -> None: ...
+    def extend(self, tokens: _Tokens) -> None: ...
+    def clear(self) -> None: ...
+    def truncate(self, n: int) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def limit(self) -> int: ...
+    def numpy(self) -> npt.NDArray[np.int32]: ...
+
+@final
+class Pin:
+    """A held prefix returned by ``Store.match(..., pin=True)``. Not constructible from Python."""
+
+    @property
+    def blocks(self) -> int: ...
+    @property
+    def active(self) -> bool: ...
+
+class Store:
+    """The C++ store: radix tree, host tier, policies and residency ledger behind one lock.
+
+    ``now`` is seconds on the caller's clock, or ``None`` for the store's monotonic clock.
+    """
+
+    def __init__(
+        self,
+        *,
+        block_size: int,
+        ids: bool,
+        block_bytes: int,
+        payloads: bool,
+        capacity_bytes: int,
+        policy: int,
+        ttl_s: float,
+        limit: int,
+    ) -> None: ...
+    def add_namespace(self, arg0: bytes, /) -> int: ...
+    def account(self, arg0: int, arg1: str, /) -> int: ...
+    def match(self, ns: int, tokens: _Tokens, now: float | None, touch: bool, pin: bool) -> tuple[int, Pin | None]: ...
+    def unpin(self, pin: Pin, now: float | None = None) -> None: ...
+    def insert(
+        self,
+        ns: int,
+        account: int,
+        tokens: _Tokens,
+        payload: _ReadBuffer | None,
+        payload_first: int,
+        now: float | None,
+    ) -> tuple[int, int, int]: ...
+    def load(self, ns: int, tokens: _Tokens, out: _WriteBuffer, now: float | None) -> int: ...
+    def load_pinned(self, pin: Pin, out: _WriteBuffer) -> int: ...
+    def keys_pinned(self, arg0: Pin, /) -> npt.NDArray[np.uint8]: ...
+    def evict(self, bytes: int, now: float | None) -> int: ...
+    def expire(self, now: float | None) -> int: ...
+    def clear(self, now: float | None) -> int: ...
+    def replay(
+        self,
+        offsets: npt.ArrayLike,
+        blocks: _Tokens,
+        times: npt.ArrayLike,
+        ns: npt.ArrayLike | None = None,
+        accounts: npt.ArrayLike | None = None,
+    ) -> npt.NDArray[np.int32]: ...
+    # Keys: hits, misses, inserted, evicted, expired, bytes_written, bytes_read, resident_bytes,
+    # capacity_bytes (0 = unlimited), blocks, pinned_blocks, nodes; every value is an int.
+    def stats(self) -> dict[str, Any]: ...
+    def residency(self, now: float | None) -> list[_ResidencyRow]: ...
+    def clock(self) -> float: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    def check_invariants(self) -> None: ...

@@ -1,0 +1,284 @@
+"""A plain-Python reference model of kvtier's host tier, for tests.
+
+This is deliberately *not* a port of the C++ radix tree: the cache is a dict keyed by
+``(namespace, prefix)`` where a prefix is a tuple of blocks and a block is a tuple of ``block_size``
+token ids. Every cached block carries its own recency, hit count, pin count, account and insertion
+time, and every operation is written as directly as the semantics allow (linear scans, no indexes),
+so that it is obviously right rather than fast. The store is expected to agree with it exactly on
+matches, capacity, counters and payload bytes, and to within rounding on residency.
+
+Semantics (host tier, policy in {lru, lfu, ttl}, capacity C blocks, optional TTL T seconds):
+
+* ``op`` counts touching operations (match, insert, load by tokens); peek does not count.
+* ``expired(b, now)``: T is set, ``b.pins == 0`` and ``now - b.last_access > T``.
+* A walk matches leading full blocks while the prefix is cached and not expired; a touching walk
+  that meets an expired prefix reclaims it and every cached prefix extending it.
+* Eviction removes, one block at a time, the unpinned cached leaf with the smallest key
+  (lru/ttl: ``seq``; lfu: ``(hits, seq)``). A removed block whose TTL has run out counts as
+  ``expired`` and its residency ends at ``last_access + T``; otherwise it counts as ``evicted`` and
+  its residency ends at the removal time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+Block = tuple[int, ...]
+Prefix = tuple[Block, ...]
+Key = tuple[str, Prefix]  # (namespace name, prefix)
+Account = tuple[str, str]  # (namespace name, session; "" = none named)
+
+COUNTERS = ("hits", "misses", "inserted", "evicted", "expired", "bytes_written", "bytes_read")
+
+
+@dataclass
+class Entry:
+    """One cached block."""
+
+    seq: int
+    last_access: float
+    inserted_at: float
+    account: Account
+    hits: int = 0
+    pins: int = 0
+    payload: bytes | None = None
+
+
+class Model:
+    def __init__(
+        self,
+        *,
+        block_size: int,
+        block_bytes: int,
+        capacity_blocks: int | None,
+        policy: str,
+        ttl: float | None,
+        payloads: bool,
+    ) -> None:
+        assert policy in ("lru", "lfu", "ttl")
+        assert policy != "ttl" or ttl is not None
+        self.block_size = block_size
+        self.block_bytes = block_bytes
+        self.capacity = capacity_blocks
+        self.policy = policy
+        self.ttl = ttl
+        self.payloads = payloads
+        self.cache: dict[Key, Entry] = {}
+        self.op = 0
+        self.clock = -math.inf
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        # Byte-seconds of blocks already removed, per account.
+        self.closed_residency: dict[Account, float] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def blocks_of(self, tokens: Sequence[int]) -> list[Block]:
+        bs = self.block_size
+        return [tuple(tokens[i * bs : (i + 1) * bs]) for i in range(len(tokens) // bs)]
+
+    def keys_of(self, ns: str, tokens: Sequence[int]) -> list[Key]:
+        blocks = self.blocks_of(tokens)
+        return [(ns, tuple(blocks[: i + 1])) for i in range(len(blocks))]
+
+    def _advance(self, now: float) -> None:
+        assert now >= self.clock, "the test drove the model backwards in time"
+        self.clock = now
+
+    def expired(self, e: Entry, now: float) -> bool:
+        return self.ttl is not None and e.pins == 0 and now - e.last_access > self.ttl
+
+    def used(self) -> int:
+        return len(self.cache)
+
+    def has_child(self, key: Key) -> bool:
+        ns, p = key
+        return any(k[0] == ns and len(k[1]) == len(p) + 1 and k[1][:-1] == p for k in self.cache)
+
+    def leaves(self) -> list[Key]:
+        parents = {(ns, p[:-1]) for ns, p in self.cache if len(p) > 1}
+        return [k for k in self.cache if k not in parents]
+
+    def check_prefix_closed(self) -> None:
+        for ns, p in self.cache:
+            if len(p) > 1:
+                assert (ns, p[:-1]) in self.cache, f"model lost the parent of {(ns, p)}"
+            e = self.cache[(ns, p)]
+            if len(p) > 1 and e.pins:
+                assert self.cache[(ns, p[:-1])].pins >= e.pins, "a pin must hold the whole prefix"
+
+    def _remove(self, key: Key, now: float) -> None:
+        e = self.cache.pop(key)
+        assert e.pins == 0, "the model removed a pinned block"
+        if self.expired(e, now):
+            self.counters["expired"] += 1
+            end = e.last_access + self.ttl  # type: ignore[operator]
+        else:
+            self.counters["evicted"] += 1
+            end = now
+        acc = e.account
+        self.closed_residency[acc] = self.closed_residency.get(acc, 0.0) + self.block_bytes * (end - e.inserted_at)
+
+    def _remove_extensions(self, key: Key, now: float) -> None:
+        """Removes ``key`` and every cached prefix extending it."""
+        ns, p = key
+        doomed = [k for k in self.cache if k[0] == ns and k[1][: len(p)] == p]
+        for k in sorted(doomed, key=lambda k: -len(k[1])):  # leaves first
+            self._remove(k, now)
+
+    def _priority(self, e: Entry) -> tuple[int, ...]:
+        if self.policy == "lfu":
+            return (e.hits, e.seq)
+        return (e.seq,)
+
+    def _evict(self, count: int, now: float, protect: Iterable[Key] = ()) -> int:
+        protected = set(protect)
+        removed = 0
+        while removed < count:
+            cands = [k for k in self.leaves() if self.cache[k].pins == 0 and k not in protected]
+            if not cands:
+                break
+            cands.sort(key=lambda k: self._priority(self.cache[k]))
+            if len(cands) > 1:
+                assert self._priority(self.cache[cands[0]]) != self._priority(self.cache[cands[1]]), (
+                    "eviction tie: the model's assumption that ties cannot occur is wrong"
+                )
+            self._remove(cands[0], now)
+            removed += 1
+        return removed
+
+    def _walk(self, ns: str, tokens: Sequence[int], now: float, reclaim: bool) -> list[Key]:
+        path: list[Key] = []
+        for key in self.keys_of(ns, tokens):
+            e = self.cache.get(key)
+            if e is None:
+                break
+            if self.expired(e, now):
+                if reclaim:
+                    self._remove_extensions(key, now)
+                break
+            path.append(key)
+        return path
+
+    # ------------------------------------------------------------------ operations
+    def match(self, ns: str, tokens: Sequence[int], now: float, pin: bool = False) -> list[Key]:
+        """Returns the matched keys (which are pinned if ``pin``)."""
+        self._advance(now)
+        self.op += 1
+        path = self._walk(ns, tokens, now, reclaim=True)
+        for k in path:
+            e = self.cache[k]
+            e.seq = self.op
+            e.last_access = now
+            e.hits += 1
+            if pin:
+                e.pins += 1
+        self.counters["hits"] += len(path)
+        self.counters["misses"] += len(self.blocks_of(tokens)) - len(path)
+        return path
+
+    def peek(self, ns: str, tokens: Sequence[int], now: float) -> int:
+        self._advance(now)
+        return len(self._walk(ns, tokens, now, reclaim=False))
+
+    def load(self, ns: str, tokens: Sequence[int], now: float) -> tuple[int, bytes]:
+        assert self.payloads
+        path = self.match(ns, tokens, now)
+        self.counters["bytes_read"] += len(path) * self.block_bytes
+        return len(path), b"".join(self.cache[k].payload for k in path)  # type: ignore[misc]
+
+    def load_pinned(self, keys: Sequence[Key]) -> bytes:
+        assert self.payloads
+        self.counters["bytes_read"] += len(keys) * self.block_bytes
+        return b"".join(self.cache[k].payload for k in keys)  # type: ignore[misc]
+
+    def unpin(self, keys: Sequence[Key]) -> None:
+        for k in keys:
+            e = self.cache[k]  # a pinned block is never removed
+            assert e.pins > 0
+            e.pins -= 1
+
+    def insert(
+        self,
+        ns: str,
+        session: str,
+        tokens: Sequence[int],
+        now: float,
+        payload: bytes | None = None,
+        start_block: int = 0,
+    ) -> tuple[int, int, int]:
+        """Returns (matched_blocks, inserted_blocks, full_blocks)."""
+        self._advance(now)
+        self.op += 1
+        keys = self.keys_of(ns, tokens)
+        full = len(keys)
+        path = self._walk(ns, tokens, now, reclaim=True)
+        for k in path:
+            self.cache[k].seq = self.op
+            self.cache[k].last_access = now
+        matched = len(path)
+        want = full - matched
+        if want == 0:
+            return matched, 0, full
+        if self.payloads and matched < start_block:
+            return matched, 0, full  # no payload for the missing blocks below start_block
+        if self.capacity is not None:
+            free = self.capacity - self.used()
+            if want > free:
+                self._evict(want - free, now, protect=path)
+            want = min(want, self.capacity - self.used())
+        bb = self.block_bytes
+        for i in range(matched, matched + want):
+            data = None
+            if self.payloads:
+                assert payload is not None
+                data = bytes(payload[(i - start_block) * bb : (i - start_block + 1) * bb])
+                assert len(data) == bb
+            self.cache[keys[i]] = Entry(
+                seq=self.op, last_access=now, inserted_at=now, account=(ns, session), payload=data
+            )
+        self.counters["inserted"] += want
+        if self.payloads:
+            self.counters["bytes_written"] += want * bb
+        return matched, want, full
+
+    def evict(self, nbytes: int, now: float) -> int:
+        """Returns bytes freed."""
+        self._advance(now)
+        blocks = -(-nbytes // self.block_bytes)
+        return self._evict(blocks, now) * self.block_bytes
+
+    def expire(self, now: float) -> int:
+        """Returns blocks reclaimed."""
+        self._advance(now)
+        doomed = [k for k, e in self.cache.items() if self.expired(e, now)]
+        for k in doomed:
+            self._remove(k, now)
+        return len(doomed)
+
+    def clear(self, now: float) -> int:
+        self._advance(now)
+        doomed = [k for k, e in self.cache.items() if e.pins == 0]
+        for k in doomed:
+            self._remove(k, now)
+        return len(doomed)
+
+    def residency(self, now: float) -> dict[Account, tuple[int, float]]:
+        """(resident bytes, byte-seconds) per account at ``now``; reclaims expired blocks first."""
+        self.expire(now)
+        out: dict[Account, tuple[int, float]] = {
+            acc: (0, bs) for acc, bs in self.closed_residency.items()
+        }
+        for e in self.cache.values():
+            nbytes, bs = out.get(e.account, (0, 0.0))
+            out[e.account] = (nbytes + self.block_bytes, bs + self.block_bytes * (now - e.inserted_at))
+        return out
+
+    # ------------------------------------------------------------------ reporting
+    def stats(self) -> dict[str, int | None]:
+        d: dict[str, int | None] = dict(self.counters)
+        d["blocks"] = len(self.cache)
+        d["resident_bytes"] = len(self.cache) * self.block_bytes
+        d["pinned_blocks"] = sum(1 for e in self.cache.values() if e.pins > 0)
+        d["capacity_bytes"] = None if self.capacity is None else self.capacity * self.block_bytes
+        return d

@@ -1,0 +1,660 @@
+"""kvtier.Store against a plain-Python reference model (tests/model.py).
+
+A hypothesis ``RuleBasedStateMachine`` drives one store and one model with the same random
+operations (insert, match with and without pin, unpin, peek, load, load of a pinned match, evict,
+expire, clear, clock advances, calls with time going backwards) and checks after every step:
+
+* ``check_invariants()`` (aborts the process on internal corruption);
+* the cached set: every leaf prefix of the model peeks to the same depth in the store, and
+  ``stats().blocks`` equals the model's block count (so the sets are equal), within capacity;
+* every counter of ``stats()`` (hits, misses, inserted, evicted, expired, bytes moved, resident and
+  pinned blocks);
+* pinned prefixes are still cached;
+* residency per (namespace, session) and in total, to a relative error of 1e-9;
+* payload stores: ``load`` returns exactly the bytes inserted for each matched block.
+
+Tokens come from a vocabulary of 3 with blocks of 1-3 tokens (mostly 2), and most prompts extend or
+cut earlier ones, so prefixes share, diverge and split nodes all the time. Each operation advances
+the clock by a random non-negative step measured in TTLs (0, exact fractions and multiples, and
+arbitrary floats), from starting clocks near 0, at 1000 and at an epoch-like 1.7e9.
+
+Seeded plain-random runs (5,000 operations per configuration) cover long histories that the machine's
+short runs do not reach; they audit residency only every few dozen operations, so that expired blocks
+are mostly reclaimed lazily by walks and evictions rather than by ``residency()`` itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+import kvtier
+from kvtier import InvalidArgumentError, Namespace, Store, StoreConfig, Tier, TierConfig, TokenSequence
+from model import Key, Model
+
+VOCAB = 3
+MAX_TOKENS = 13  # up to 6 full blocks of 2 tokens, plus a partial one
+RESIDENCY_RTOL = 1e-9
+
+# Namespace names used by the model -> the Namespace passed to the store (None: the store's default).
+OTHER_NS = Namespace(model="other-model", tenant="acme")
+NAMESPACES: dict[str, Namespace | None] = {"a": None, "b": OTHER_NS}
+DEFAULT_NS = Namespace(model="default")
+
+
+def payload_bytes(ns: str, prefix: tuple, nonce: int, block_bytes: int) -> bytes:
+    """Deterministic, distinct bytes per (namespace, prefix, insert call)."""
+    return hashlib.shake_128(repr((ns, prefix, nonce)).encode()).digest(block_bytes)
+
+
+def close(got: float, want: float) -> bool:
+    # Relative error below 1e-9; the floor of 1 byte-second only matters for values near zero.
+    return abs(got - want) <= RESIDENCY_RTOL * max(abs(want), 1.0)
+
+
+@dataclass
+class Held:
+    """A pin held by the test: the store's MatchResult and the model's matched keys."""
+
+    result: kvtier.MatchResult
+    keys: list[Key]
+    ns: str
+    tokens: list[int]
+
+
+@dataclass
+class Harness:
+    """One store and one model driven in lockstep; every operation compares their answers."""
+
+    policy: str
+    ttl: float | None
+    capacity_blocks: int | None
+    metadata_only: bool
+    block_size: int = 2
+    block_bytes: int = 8
+    extra_capacity_bytes: int = 0
+    t0: float = 1000.0
+    store: Store = field(init=False)
+    model: Model = field(init=False)
+    clock: float = field(init=False)
+    store_clock: float = field(init=False, default=-math.inf)
+    held: list[Held] = field(init=False, default_factory=list)
+    nonce: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        cap = None if self.capacity_blocks is None else self.capacity_blocks * self.block_bytes
+        if cap is not None:
+            cap += self.extra_capacity_bytes  # a partial block of capacity is no block
+        cfg = StoreConfig(
+            block_size=self.block_size,
+            block_bytes=self.block_bytes,
+            metadata_only=self.metadata_only,
+            vocab_size=VOCAB,
+            host=TierConfig(capacity_bytes=cap, policy=self.policy, ttl_s=self.ttl),  # type: ignore[arg-type]
+        )
+        self.store = Store(cfg)
+        self.model = Model(
+            block_size=self.block_size,
+            block_bytes=self.block_bytes,
+            capacity_blocks=self.capacity_blocks,
+            policy=self.policy,
+            ttl=self.ttl,
+            payloads=not self.metadata_only,
+        )
+        self.clock = self.t0
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def payloads(self) -> bool:
+        return not self.metadata_only
+
+    @property
+    def unit(self) -> float:
+        """The clock step unit: the TTL when there is one."""
+        return self.ttl if self.ttl is not None else 1.0
+
+    def tick(self, frac: float) -> float:
+        self.clock = self.clock + frac * self.unit
+        return self.clock
+
+    def tick_to_expiry(self, which: int, nudge: int) -> float:
+        """Moves the clock to the expiry instant ``last_access + ttl`` of a cached block (one ulp
+        before, at, or one ulp after), when that is not in the past: the TTL boundary, where the
+        float expressions ``now - last_access > ttl`` and ``now > last_access + ttl`` can differ."""
+        if self.ttl is None or not self.model.cache:
+            return self.clock
+        times = sorted({e.last_access for e in self.model.cache.values()})
+        target = times[which % len(times)] + self.ttl
+        if nudge < 0:
+            target = math.nextafter(target, -math.inf)
+        elif nudge > 0:
+            target = math.nextafter(target, math.inf)
+        self.clock = max(self.clock, target)
+        return self.clock
+
+    def _now(self) -> float:
+        self.store_clock = self.clock
+        return self.clock
+
+    def tokens_arg(self, tokens: list[int], kind: str) -> Any:
+        if kind == "list":
+            return list(tokens)
+        if kind == "i32":
+            return np.asarray(tokens, dtype=np.int32)
+        if kind == "i64":
+            return np.asarray(tokens, dtype=np.int64)
+        if kind == "u8":
+            return np.asarray(tokens, dtype=np.uint8)
+        if kind == "seq":
+            return TokenSequence(tokens, vocab_size=VOCAB)
+        raise AssertionError(kind)
+
+    def full_blocks(self, tokens: list[int]) -> int:
+        return len(tokens) // self.block_size
+
+    def make_payload(self, ns: str, tokens: list[int], start: int, kind: str) -> Any:
+        """Payload of blocks ``start..full-1``, as the buffer type ``kind``."""
+        self.nonce += 1
+        bb = self.block_bytes
+        data = b"".join(
+            payload_bytes(ns, key[1], self.nonce, bb) for key in self.model.keys_of(ns, tokens)[start:]
+        )
+        if kind == "bytes":
+            return data
+        if kind == "bytearray":
+            return bytearray(data)
+        if kind == "memoryview":
+            return memoryview(data)
+        arr = np.frombuffer(data, dtype=np.uint8).reshape(-1, bb).copy()
+        return arr
+
+    # ------------------------------------------------------------------ operations
+    def insert(self, ns: str, session: str | None, tokens: list[int], kind: str, start: int = 0,
+               payload_kind: str = "ndarray") -> None:
+        now = self._now()
+        n = self.full_blocks(tokens)
+        payload = None
+        if self.payloads:
+            start = min(start, n)
+            payload = self.make_payload(ns, tokens, start, payload_kind)
+        else:
+            start = 0
+        got = self.store.insert(
+            self.tokens_arg(tokens, kind), payload, start_block=start, namespace=NAMESPACES[ns],
+            session=session, now=now,
+        )
+        raw = None if payload is None else bytes(payload)
+        want = self.model.insert(ns, session or "", tokens, now, raw, start)
+        assert (got.matched_blocks, got.inserted_blocks, got.full_blocks) == want, (got, want)
+
+    def match(self, ns: str, tokens: list[int], kind: str, pin: bool) -> None:
+        now = self._now()
+        got = self.store.match(self.tokens_arg(tokens, kind), namespace=NAMESPACES[ns], now=now, pin=pin)
+        keys = self.model.match(ns, tokens, now, pin=pin)
+        assert got.num_blocks == len(keys), (got, len(keys))
+        assert got.num_tokens == len(keys) * self.block_size
+        assert got.tiers.dtype == np.uint8 and got.tiers.tolist() == [Tier.HOST] * len(keys)
+        assert got.pinned == (pin and len(keys) > 0)
+        if got.pinned:
+            self.held.append(Held(got, keys, ns, list(tokens)))
+        elif pin:
+            # Nothing matched: the model pinned nothing either.
+            assert keys == []
+
+    def unpin(self, i: int) -> None:
+        h = self.held.pop(i % len(self.held))
+        self.store.unpin(h.result)
+        self.model.unpin(h.keys)
+        with pytest.raises(InvalidArgumentError):
+            self.store.unpin(h.result)  # a pin is released once
+
+    def peek(self, ns: str, tokens: list[int], kind: str) -> None:
+        now = self._now()
+        got = self.store.peek(self.tokens_arg(tokens, kind), namespace=NAMESPACES[ns], now=now)
+        want = self.model.peek(ns, tokens, now)
+        assert got.num_blocks == want and not got.pinned
+
+    def load(self, ns: str, tokens: list[int], kind: str, out_kind: str) -> None:
+        now = self._now()
+        bb = self.block_bytes
+        n = self.full_blocks(tokens)
+        size = n * bb + 3  # a little slack after the blocks, which must stay untouched
+        out: Any
+        if out_kind == "bytearray":
+            out = bytearray(b"\xa5" * size)
+        else:
+            out = np.full(size, 0xA5, dtype=np.uint8)
+        got = self.store.load(self.tokens_arg(tokens, kind), out, namespace=NAMESPACES[ns], now=now)
+        m, data = self.model.load(ns, tokens, now)
+        assert got == m, (got, m)
+        raw = bytes(out)
+        assert raw[: m * bb] == data, "load returned other bytes than were inserted"
+        assert raw[m * bb :] == b"\xa5" * (size - m * bb), "load wrote past the matched blocks"
+
+    def load_pinned(self, i: int) -> None:
+        h = self.held[i % len(self.held)]
+        bb = self.block_bytes
+        out = np.full(h.result.num_blocks * bb, 0x5A, dtype=np.uint8)
+        got = self.store.load(h.result, out)
+        assert got == h.result.num_blocks
+        assert out.tobytes() == self.model.load_pinned(h.keys), "load of a pinned match returned other bytes"
+
+    def pinned_context(self, ns: str, tokens: list[int], kind: str) -> None:
+        """``with store.pinned(...)``: match + pin, load the hit (payload stores), unpin on exit."""
+        now = self._now()
+        with self.store.pinned(self.tokens_arg(tokens, kind), namespace=NAMESPACES[ns], now=now) as m:
+            keys = self.model.match(ns, tokens, now, pin=True)
+            assert m.num_blocks == len(keys) and m.pinned == (len(keys) > 0)
+            assert self.store.stats().pinned_blocks == self.model.stats()["pinned_blocks"]
+            if self.payloads and m.pinned:
+                out = bytearray(m.num_blocks * self.block_bytes)
+                assert self.store.load(m, out) == m.num_blocks
+                assert bytes(out) == self.model.load_pinned(keys)
+        self.model.unpin(keys)
+
+    def evict(self, nbytes: int) -> None:
+        now = self._now()
+        got = self.store.evict(nbytes, now=now)
+        want = self.model.evict(nbytes, now)
+        assert got == want, (got, want)
+
+    def expire(self) -> None:
+        now = self._now()
+        got = self.store.expire(now=now)
+        want = self.model.expire(now)
+        assert got == want, (got, want)
+
+    def clear(self) -> None:
+        now = self._now()
+        got = self.store.clear(now=now)
+        want = self.model.clear(now)
+        assert got == want, (got, want)
+
+    def drain(self) -> None:
+        """Releases every pin, then clears: the store must end empty."""
+        while self.held:
+            self.unpin(0)
+        self.clear()
+        assert self.store.stats().blocks == 0
+
+    def backwards(self, op: str, tokens: list[int], ulp: bool) -> None:
+        """An operation at a time before the store's clock is refused and changes nothing."""
+        if self.store_clock == -math.inf:
+            return
+        past = math.nextafter(self.store_clock, -math.inf) if ulp else self.store_clock - 1.0
+        s = self.store
+        calls = {
+            "match": lambda: s.match(tokens, now=past),
+            "pin": lambda: s.match(tokens, now=past, pin=True),
+            "peek": lambda: s.peek(tokens, now=past),
+            "insert": lambda: s.insert(
+                tokens, None if self.metadata_only else bytes(self.full_blocks(tokens) * self.block_bytes), now=past
+            ),
+            "load": lambda: s.load(tokens, bytearray(self.full_blocks(tokens) * self.block_bytes), now=past),
+            "evict": lambda: s.evict(10**6, now=past),
+            "expire": lambda: s.expire(now=past),
+            "clear": lambda: s.clear(now=past),
+            "residency": lambda: s.residency(now=past),
+        }
+        if op == "load" and self.metadata_only:
+            op = "clear"
+        with pytest.raises(InvalidArgumentError, match="backwards") as info:
+            calls[op]()
+        assert isinstance(info.value, ValueError)
+
+    def load_metadata_only(self, tokens: list[int]) -> None:
+        """A metadata-only store has no payloads: load is refused and changes nothing."""
+        with pytest.raises(InvalidArgumentError):
+            self.store.load(tokens, bytearray(64), now=self.clock)
+
+    # ------------------------------------------------------------------ checks
+    def check_residency(self) -> None:
+        now = self._now()
+        res = self.store.residency(now=now)
+        want = self.model.residency(now)
+        assert res.now == now
+        seen = set()
+        for row in res.rows:
+            assert row.tier == Tier.HOST
+            name = "a" if row.namespace == DEFAULT_NS else "b"
+            assert row.namespace == (DEFAULT_NS if name == "a" else OTHER_NS)
+            acc = (name, row.session)
+            assert acc not in seen, f"two residency rows for {acc}"
+            seen.add(acc)
+            nbytes, bs = want.get(acc, (0, 0.0))
+            assert row.resident_bytes == nbytes, (acc, row.resident_bytes, nbytes)
+            assert close(row.byte_seconds, bs), (acc, row.byte_seconds, bs)
+        for acc, (nbytes, bs) in want.items():
+            assert acc in seen or (nbytes == 0 and bs == 0.0), f"no residency row for {acc}"
+        total = sum(bs for _, bs in want.values())
+        assert close(res.byte_seconds, total), (res.byte_seconds, total)
+
+    def check(self, residency: bool) -> None:
+        s, m = self.store, self.model
+        s.check_invariants()
+        m.check_prefix_closed()
+        if residency:
+            self.check_residency()
+        stats = s.stats()
+        want = m.stats()
+        got = {k: getattr(stats, k) for k in want}
+        assert got == want, {k: (got[k], want[k]) for k in want if got[k] != want[k]}
+        if self.capacity_blocks is not None:
+            assert stats.blocks <= self.capacity_blocks
+        leaves = m.leaves()
+        # Every leaf block ends a distinct node; every node holds at least one block.
+        assert len(leaves) <= stats.nodes <= stats.blocks
+        # The cached sets are equal: every model leaf is found as deep in the store (up to an expired
+        # block, where both walks stop), and the block counts are equal.
+        if leaves or self.held:
+            now = self._now()
+            for ns, prefix in leaves:
+                tokens = [t for block in prefix for t in block]
+                got_n = s.peek(tokens, namespace=NAMESPACES[ns], now=now).num_blocks
+                assert got_n == m.peek(ns, tokens, now), ("cached sets differ at", ns, prefix)
+            # Pinned blocks are never evicted (nor expired).
+            for h in self.held:
+                assert all(k in m.cache and m.cache[k].pins > 0 for k in h.keys)
+                got_n = s.peek(h.tokens, namespace=NAMESPACES[h.ns], now=now).num_blocks
+                assert got_n >= h.result.num_blocks, "a pinned prefix was evicted"
+
+
+# ---------------------------------------------------------------------- the state machine
+
+token_specs = st.tuples(
+    st.integers(0, 63),  # which earlier prompt to start from (>= 48: none)
+    st.integers(0, MAX_TOKENS),  # how much of it to keep
+    st.lists(st.integers(0, VOCAB - 1), max_size=7),  # what to append
+)
+# Clock steps in TTLs (or seconds without a TTL): 0, exact fractions and multiples, arbitrary floats.
+steps = st.one_of(
+    st.just(0.0),
+    st.sampled_from([0.25, 0.5, 1.0, 1.5, 2.0, 3.0]),
+    st.floats(0.0, 2.5, allow_nan=False, allow_infinity=False),
+)
+namespaces = st.sampled_from(["a", "a", "a", "b"])
+sessions = st.sampled_from([None, None, "s1", "s2"])
+token_kinds = st.sampled_from(["list", "i32", "i64", "u8", "seq"])
+payload_kinds = st.sampled_from(["ndarray", "bytes", "bytearray", "memoryview"])
+
+
+class StoreMachine(RuleBasedStateMachine):
+    POLICY = "lru"
+    METADATA_ONLY = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.h: Harness | None = None
+        self.history: list[list[int]] = []
+        self.audit_residency = True
+
+    def _tokens(self, spec: tuple[int, int, list[int]]) -> list[int]:
+        src, cut, suffix = spec
+        base = self.history[src % len(self.history)][:cut] if self.history and src < 48 else []
+        tokens = (base + suffix)[:MAX_TOKENS]
+        self.history.append(tokens)
+        del self.history[:-16]
+        return tokens
+
+    @initialize(
+        ttl=st.sampled_from([None, 0.3, 1.0, 2.5]),
+        capacity=st.integers(1, 8),
+        unlimited=st.booleans(),
+        extra=st.integers(0, 7),
+        block_size=st.sampled_from([2, 2, 2, 1, 3]),
+        block_bytes=st.sampled_from([8, 24]),
+        t0=st.sampled_from([0.0, 0.1, 1000.0, 1.7e9]),
+        audit_residency=st.booleans(),
+    )
+    def setup(self, ttl, capacity, unlimited, extra, block_size, block_bytes, t0, audit_residency) -> None:
+        if self.POLICY == "ttl" and ttl is None:
+            ttl = 1.0
+        self.h = Harness(
+            policy=self.POLICY,
+            ttl=ttl,
+            capacity_blocks=None if (unlimited and self.METADATA_ONLY and capacity > 6) else capacity,
+            metadata_only=self.METADATA_ONLY,
+            block_size=block_size,
+            block_bytes=block_bytes,
+            extra_capacity_bytes=min(extra, block_bytes - 1),
+            t0=t0,
+        )
+        # Half the runs audit residency after every step (residency() reclaims expired blocks);
+        # the other half only when the check_residency rule fires, leaving expired blocks to walks.
+        self.audit_residency = audit_residency
+
+    @rule(spec=token_specs, dt=steps, ns=namespaces, session=sessions, kind=token_kinds,
+          start=st.sampled_from([0, 0, 0, 1, 2]), payload_kind=payload_kinds)
+    def insert(self, spec, dt, ns, session, kind, start, payload_kind) -> None:
+        assert self.h is not None
+        self.h.tick(dt)
+        self.h.insert(ns, session, self._tokens(spec), kind, start, payload_kind)
+
+    @rule(spec=token_specs, dt=steps, ns=namespaces, kind=token_kinds, pin=st.booleans())
+    def match(self, spec, dt, ns, kind, pin) -> None:
+        assert self.h is not None
+        self.h.tick(dt)
+        self.h.match(ns, self._tokens(spec), kind, pin)
+
+    @precondition(lambda self: self.h is not None and bool(self.h.held))
+    @rule(i=st.integers(0, 15))
+    def unpin(self, i) -> None:
+        assert self.h is not None
+        self.h.unpin(i)
+
+    @rule(spec=token_specs, dt=steps, ns=namespaces, kind=token_kinds)
+    def peek(self, spec, dt, ns, kind) -> None:
+        assert self.h is not None
+        self.h.tick(dt)
+        self.h.peek(ns, self._tokens(spec), kind)
+
+    @precondition(lambda self: self.h is not None and self.h.payloads)
+    @rule(spec=token_specs, dt=steps, ns=namespaces, kind=token_kinds,
+          out_kind=st.sampled_from(["ndarray", "bytearray"]))
+    def load(self, spec, dt, ns, kind, out_kind) -> None:
+        assert self.h is not None
+        self.h.tick(dt)
+        self.h.load(ns, self._tokens(spec), kind, out_kind)
+
+    @precondition(lambda self: self.h is not None and self.h.payloads and bool(self.h.held))
+    @rule(i=st.integers(0, 15))
+    def load_pinned(self, i) -> None:
+        assert self.h is not None
+        self.h.load_pinned(i)
+
+    @precondition(lambda self: self.h is not None and self.h.metadata_only)
+    @rule(spec=token_specs)
+    def load_metadata_only(self, spec) -> None:
+        assert self.h is not None
+        self.h.load_metadata_only(self._tokens(spec))
+
+    @rule(spec=token_specs, dt=steps, ns=namespaces, kind=token_kinds)
+    def pinned_context(self, spec, dt, ns, kind) -> None:
+        assert self.h is not None
+        self.h.tick(dt)
+        self.h.pinned_context(ns, self._tokens(spec), kind)
+
+    @rule(blocks=st.integers(0, 9), remainder=st.sampled_from([0, 0, 1]), dt=steps)
+    def evict(self, blocks, remainder, dt) -> None:
+        assert self.h is not None
+        self.h.tick(dt)
+        self.h.evict(max(0, blocks * self.h.block_bytes - remainder))
+
+    @rule(dt=steps)
+    def expire(self, dt) -> None:
+        assert self.h is not None
+        self.h.tick(dt)
+        self.h.expire()
+
+    @rule(dt=steps)
+    def clear(self, dt) -> None:
+        assert self.h is not None
+        self.h.tick(dt)
+        self.h.clear()
+
+    @rule(dt=steps)
+    def drain(self, dt) -> None:
+        assert self.h is not None
+        self.h.tick(dt)
+        self.h.drain()
+
+    @rule(dt=steps)
+    def advance_clock(self, dt) -> None:
+        assert self.h is not None
+        self.h.tick(dt)
+
+    @rule(which=st.integers(0, 7), nudge=st.sampled_from([-1, 0, 0, 1]))
+    def advance_to_expiry(self, which, nudge) -> None:
+        assert self.h is not None
+        self.h.tick_to_expiry(which, nudge)
+
+    @rule(dt=steps)
+    def check_residency(self, dt) -> None:
+        assert self.h is not None
+        self.h.tick(dt)
+        self.h.check_residency()
+
+    @rule(op=st.sampled_from(["match", "pin", "peek", "insert", "load", "evict", "expire", "clear", "residency"]),
+          spec=token_specs, ulp=st.booleans())
+    def time_goes_backwards(self, op, spec, ulp) -> None:
+        assert self.h is not None
+        self.h.backwards(op, self._tokens(spec), ulp)
+
+    @invariant()
+    def consistent(self) -> None:
+        if self.h is not None:
+            self.h.check(residency=self.audit_residency)
+
+    def teardown(self) -> None:
+        if self.h is not None:
+            self.h.store.close()
+            for held in self.h.held:  # releasing a pin after close is allowed
+                self.h.store.unpin(held.result)
+
+
+MACHINE_SETTINGS = settings(
+    max_examples=60,
+    stateful_step_count=40,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    report_multiple_bugs=False,
+)
+
+
+def _machine(policy: str, metadata_only: bool) -> type[StoreMachine]:
+    return type(
+        f"StoreMachine_{policy}_{'meta' if metadata_only else 'payload'}",
+        (StoreMachine,),
+        {"POLICY": policy, "METADATA_ONLY": metadata_only},
+    )
+
+
+TestLRUMetadata = _machine("lru", True).TestCase
+TestLRUPayload = _machine("lru", False).TestCase
+TestLFUMetadata = _machine("lfu", True).TestCase
+TestLFUPayload = _machine("lfu", False).TestCase
+TestTTLMetadata = _machine("ttl", True).TestCase
+TestTTLPayload = _machine("ttl", False).TestCase
+for _case in (TestLRUMetadata, TestLRUPayload, TestLFUMetadata, TestLFUPayload, TestTTLMetadata, TestTTLPayload):
+    _case.settings = MACHINE_SETTINGS
+del _case
+
+
+# ---------------------------------------------------------------------- seeded long random runs
+
+LONG_CONFIGS = [
+    # policy, ttl, capacity blocks, metadata_only, t0, seed
+    ("lru", None, 12, False, 1000.0, 1),
+    ("lru", 1.0, 10, True, 0.1, 2),
+    ("lfu", None, 12, True, 1000.0, 3),
+    ("lfu", 0.75, 10, False, 1.7e9, 4),
+    ("ttl", 0.5, 12, False, 0.0, 5),
+    ("ttl", 0.3, None, True, 1000.0, 6),
+]
+
+
+def _random_tokens(rng: random.Random, history: list[list[int]]) -> list[int]:
+    if history and rng.random() < 0.8:
+        base = rng.choice(history)[: rng.randint(0, 16)]
+    else:
+        base = []
+    tokens = (base + [rng.randrange(VOCAB) for _ in range(rng.randint(0, 6))])[:17]
+    history.append(tokens)
+    del history[:-24]
+    return tokens
+
+
+def run_random(policy: str, ttl: float | None, capacity: int | None, metadata_only: bool, t0: float,
+               seed: int, ops: int) -> Harness:
+    rng = random.Random(seed)
+    h = Harness(policy=policy, ttl=ttl, capacity_blocks=capacity, metadata_only=metadata_only, t0=t0,
+                extra_capacity_bytes=3)
+    history: list[list[int]] = []
+    names = ["insert"] * 8 + ["match"] * 5 + ["pin"] * 2 + ["unpin"] * 2 + ["peek"] * 2 + ["load"] * 2
+    names += ["load_pinned", "evict", "expire", "clear", "backwards", "pinned_context"]
+    for step in range(ops):
+        r = rng.random()
+        if r < 0.1:
+            h.tick_to_expiry(rng.randrange(8), rng.choice([-1, 0, 0, 1]))
+        else:
+            frac = 0.0 if r < 0.4 else rng.choice([0.25, 0.5, 1.0, 2.0]) if r < 0.6 else rng.uniform(0.0, 0.6)
+            h.tick(frac)
+        ns = "b" if rng.random() < 0.2 else "a"
+        kind = rng.choice(["list", "i32", "i64", "seq"])
+        name = rng.choice(names)
+        if name == "insert":
+            start = rng.choice([0, 0, 0, 1])
+            h.insert(ns, rng.choice([None, "s1", "s2"]), _random_tokens(rng, history), kind, start)
+        elif name in ("match", "pin"):
+            h.match(ns, _random_tokens(rng, history), kind, pin=name == "pin")
+        elif name == "unpin" and h.held:
+            h.unpin(rng.randrange(len(h.held)))
+        elif name == "peek":
+            h.peek(ns, _random_tokens(rng, history), kind)
+        elif name == "load" and h.payloads:
+            h.load(ns, _random_tokens(rng, history), kind, "ndarray")
+        elif name == "load_pinned" and h.payloads and h.held:
+            h.load_pinned(rng.randrange(len(h.held)))
+        elif name == "pinned_context":
+            h.pinned_context(ns, _random_tokens(rng, history), kind)
+        elif name == "evict":
+            h.evict(rng.randint(0, 4 * h.block_bytes))
+        elif name == "expire":
+            h.expire()
+        elif name == "clear" and rng.random() < 0.2:
+            h.clear()
+        elif name == "backwards":
+            h.backwards(rng.choice(["match", "peek", "insert", "evict", "residency"]), [0, 1, 2, 0], True)
+        # Keep the pins from filling the tier for good.
+        while len(h.held) > 8:
+            h.unpin(0)
+        h.check(residency=step % 37 == 36)
+    h.drain()
+    h.check(residency=True)
+    return h
+
+
+@pytest.mark.parametrize(("policy", "ttl", "capacity", "metadata_only", "t0", "seed"), LONG_CONFIGS)
+def test_long_random_sequence(policy, ttl, capacity, metadata_only, t0, seed) -> None:
+    h = run_random(policy, ttl, capacity, metadata_only, t0, seed=seed, ops=5000)
+    try:
+        stats = h.store.stats()
+        # The run did exercise the interesting paths.
+        assert stats.hits > 0 and stats.misses > 0 and stats.inserted > 0
+        if capacity is not None:
+            assert stats.evicted > 0
+        if ttl is not None:
+            assert stats.expired > 0
+    finally:
+        h.store.close()
