@@ -429,9 +429,11 @@ class StoreMachine(RuleBasedStateMachine):
             t0=t0,
         )
         # Half the runs audit residency after every step (residency() reclaims expired blocks);
-        # the other half only when the check_residency rule fires, leaving expired blocks to walks.
+        # the other half only when the advance rule asks for it, leaving expired blocks to walks
+        # and evictions.
         self.audit_residency = audit_residency
 
+    # The three rules that build and use the cache come first and make up most of a run.
     @rule(spec=token_specs, dt=steps, ns=namespaces, session=sessions, kind=token_kinds,
           start=st.sampled_from([0, 0, 0, 1, 2]), payload_kind=payload_kinds)
     def insert(self, spec, dt, ns, session, kind, start, payload_kind) -> None:
@@ -444,6 +446,15 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.h is not None
         self.h.tick(dt)
         self.h.match(ns, self._tokens(spec), kind, pin)
+
+    @rule(spec=token_specs, dt=steps, ns=namespaces, session=sessions, kind=token_kinds)
+    def request(self, spec, dt, ns, session, kind) -> None:
+        """What an engine does per request: match the prompt, then insert what was missing."""
+        assert self.h is not None
+        self.h.tick(dt)
+        tokens = self._tokens(spec)
+        self.h.match(ns, tokens, kind, pin=False)
+        self.h.insert(ns, session, tokens, kind)
 
     @precondition(lambda self: self.h is not None and bool(self.h.held))
     @rule(i=st.integers(0, 15))
@@ -459,23 +470,15 @@ class StoreMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.h is not None and self.h.payloads)
     @rule(spec=token_specs, dt=steps, ns=namespaces, kind=token_kinds,
-          out_kind=st.sampled_from(["ndarray", "bytearray"]))
-    def load(self, spec, dt, ns, kind, out_kind) -> None:
+          out_kind=st.sampled_from(["ndarray", "bytearray"]), pinned=st.integers(-1, 15))
+    def load(self, spec, dt, ns, kind, out_kind, pinned) -> None:
+        """Load by tokens, or (pinned >= 0, a pin held) load of a pinned match."""
         assert self.h is not None
+        if pinned >= 0 and self.h.held:
+            self.h.load_pinned(pinned)
+            return
         self.h.tick(dt)
         self.h.load(ns, self._tokens(spec), kind, out_kind)
-
-    @precondition(lambda self: self.h is not None and self.h.payloads and bool(self.h.held))
-    @rule(i=st.integers(0, 15))
-    def load_pinned(self, i) -> None:
-        assert self.h is not None
-        self.h.load_pinned(i)
-
-    @precondition(lambda self: self.h is not None and self.h.metadata_only)
-    @rule(spec=token_specs)
-    def load_metadata_only(self, spec) -> None:
-        assert self.h is not None
-        self.h.load_metadata_only(self._tokens(spec))
 
     @rule(spec=token_specs, dt=steps, ns=namespaces, kind=token_kinds)
     def pinned_context(self, spec, dt, ns, kind) -> None:
@@ -489,45 +492,38 @@ class StoreMachine(RuleBasedStateMachine):
         self.h.tick(dt)
         self.h.evict(max(0, blocks * self.h.block_bytes - remainder))
 
-    @rule(dt=steps)
-    def expire(self, dt) -> None:
+    @rule(op=st.sampled_from(["expire", "expire", "clear", "drain"]), dt=steps)
+    def maintenance(self, op, dt) -> None:
         assert self.h is not None
         self.h.tick(dt)
-        self.h.expire()
+        getattr(self.h, op)()
 
-    @rule(dt=steps)
-    def clear(self, dt) -> None:
+    @rule(dt=steps, to_expiry=st.booleans(), which=st.integers(0, 7), nudge=st.sampled_from([-1, 0, 0, 1]),
+          audit=st.booleans())
+    def advance_clock(self, dt, to_expiry, which, nudge, audit) -> None:
+        """Advances the clock by a step, or to (around) the expiry instant of a cached block;
+        optionally audits residency there."""
         assert self.h is not None
-        self.h.tick(dt)
-        self.h.clear()
+        if to_expiry:
+            self.h.tick_to_expiry(which, nudge)
+        else:
+            self.h.tick(dt)
+        if audit:
+            self.h.check_residency()
 
-    @rule(dt=steps)
-    def drain(self, dt) -> None:
-        assert self.h is not None
-        self.h.tick(dt)
-        self.h.drain()
-
-    @rule(dt=steps)
-    def advance_clock(self, dt) -> None:
-        assert self.h is not None
-        self.h.tick(dt)
-
-    @rule(which=st.integers(0, 7), nudge=st.sampled_from([-1, 0, 0, 1]))
-    def advance_to_expiry(self, which, nudge) -> None:
-        assert self.h is not None
-        self.h.tick_to_expiry(which, nudge)
-
-    @rule(dt=steps)
-    def check_residency(self, dt) -> None:
-        assert self.h is not None
-        self.h.tick(dt)
-        self.h.check_residency()
-
-    @rule(op=st.sampled_from(["match", "pin", "peek", "insert", "load", "evict", "expire", "clear", "residency"]),
+    @rule(op=st.sampled_from(["match", "pin", "peek", "insert", "load", "evict", "expire", "clear", "residency",
+                              "metadata_load"]),
           spec=token_specs, ulp=st.booleans())
-    def time_goes_backwards(self, op, spec, ulp) -> None:
+    def refused(self, op, spec, ulp) -> None:
+        """Calls the store must refuse without any change: time going backwards (by one ulp or by a
+        second), and load on a metadata-only store."""
         assert self.h is not None
-        self.h.backwards(op, self._tokens(spec), ulp)
+        tokens = self._tokens(spec)
+        if op == "metadata_load":
+            if self.h.metadata_only:
+                self.h.load_metadata_only(tokens)
+            return
+        self.h.backwards(op, tokens, ulp)
 
     @invariant()
     def consistent(self) -> None:
@@ -542,8 +538,8 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 MACHINE_SETTINGS = settings(
-    max_examples=60,
-    stateful_step_count=40,
+    max_examples=100,
+    stateful_step_count=50,
     derandomize=True,
     database=None,
     deadline=None,
