@@ -76,6 +76,7 @@ std::uint32_t Store::add_namespace(const Key& ns_key) {
   const auto acc = static_cast<std::uint32_t>(accounts_.size());
   accounts_.emplace_back(id, std::string());
   account_ids_.emplace(std::make_pair(id, std::string()), acc);
+  default_account_.push_back(acc);
   return id;
 }
 
@@ -464,7 +465,7 @@ void Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
         throw Error(Code::kInvalidArgument, "request " + std::to_string(r) + ": account " + std::to_string(acc) +
                                                 " does not belong to namespace " + std::to_string(ns));
     } else {
-      acc = account_ids_.at({ns, std::string()});
+      acc = default_account_[ns];
     }
     if (spec_.host.ttl_s > 0.0) expire_locked(now);
     const std::uint64_t begin = t.offsets[r], end = t.offsets[r + 1];

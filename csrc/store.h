@@ -167,6 +167,7 @@ class Store {
   std::uint64_t used_blocks_ = 0;
   std::uint64_t seq_ = 0;
   std::vector<std::uint32_t> roots_;  // per namespace
+  std::vector<std::uint32_t> default_account_;  // per namespace: its (ns, "") account
   std::vector<Key> ns_keys_;
   std::map<Key, std::uint32_t> ns_ids_;
   std::vector<std::pair<std::uint32_t, std::string>> accounts_;  // account -> (ns, session)

@@ -371,9 +371,9 @@ class Harness:
 # ---------------------------------------------------------------------- the state machine
 
 token_specs = st.tuples(
-    st.integers(0, 63),  # which earlier prompt to start from (>= 48: none)
-    st.integers(0, MAX_TOKENS),  # how much of it to keep
-    st.lists(st.integers(0, VOCAB - 1), max_size=7),  # what to append
+    st.integers(0, 63),  # which earlier inserted prompt to start from (>= 48: none)
+    st.one_of(st.just(MAX_TOKENS), st.integers(0, MAX_TOKENS)),  # how much of it to keep (often all)
+    st.one_of(st.just([]), st.lists(st.integers(0, VOCAB - 1), max_size=7)),  # what to append (often nothing)
 )
 # Clock steps in TTLs (or seconds without a TTL): 0, exact fractions and multiples, arbitrary floats.
 steps = st.one_of(
@@ -397,17 +397,20 @@ class StoreMachine(RuleBasedStateMachine):
         self.history: list[list[int]] = []
         self.audit_residency = True
 
-    def _tokens(self, spec: tuple[int, int, list[int]]) -> list[int]:
+    def _tokens(self, spec: tuple[int, int, list[int]], remember: bool = False) -> list[int]:
+        """A prompt: mostly an earlier inserted prompt, cut somewhere and extended, so that prompts
+        re-use, extend and diverge from cached prefixes."""
         src, cut, suffix = spec
         base = self.history[src % len(self.history)][:cut] if self.history and src < 48 else []
         tokens = (base + suffix)[:MAX_TOKENS]
-        self.history.append(tokens)
-        del self.history[:-16]
+        if remember:
+            self.history.append(tokens)
+            del self.history[:-16]
         return tokens
 
     @initialize(
         ttl=st.sampled_from([None, 0.3, 1.0, 2.5]),
-        capacity=st.integers(1, 8),
+        capacity=st.one_of(st.integers(2, 8), st.integers(1, 12)),
         unlimited=st.booleans(),
         extra=st.integers(0, 7),
         block_size=st.sampled_from([2, 2, 2, 1, 3]),
@@ -439,7 +442,7 @@ class StoreMachine(RuleBasedStateMachine):
     def insert(self, spec, dt, ns, session, kind, start, payload_kind) -> None:
         assert self.h is not None
         self.h.tick(dt)
-        self.h.insert(ns, session, self._tokens(spec), kind, start, payload_kind)
+        self.h.insert(ns, session, self._tokens(spec, remember=True), kind, start, payload_kind)
 
     @rule(spec=token_specs, dt=steps, ns=namespaces, kind=token_kinds, pin=st.booleans())
     def match(self, spec, dt, ns, kind, pin) -> None:
@@ -452,7 +455,7 @@ class StoreMachine(RuleBasedStateMachine):
         """What an engine does per request: match the prompt, then insert what was missing."""
         assert self.h is not None
         self.h.tick(dt)
-        tokens = self._tokens(spec)
+        tokens = self._tokens(spec, remember=True)
         self.h.match(ns, tokens, kind, pin=False)
         self.h.insert(ns, session, tokens, kind)
 
