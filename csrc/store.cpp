@@ -169,15 +169,11 @@ void Store::drop_blocks(std::uint32_t id, std::uint32_t count, double now) {
   KVTIER_ASSERT(count > 0 && count <= have && n.pins == 0 && n.num_children == 0);
   const std::uint64_t bytes = static_cast<std::uint64_t>(count) * spec_.block_bytes;
   ledger_.change(kTierHost, n.account, -static_cast<std::int64_t>(bytes), now);
-  if (spec_.host.ttl_s > 0.0) {
+  if (expired(n, now)) {  // the same test as lookups use, so a block is never both hit and expired
+    // Residency ends at the expiry instant, not at the (later) reclaim.
     const double expiry = n.last_access + spec_.host.ttl_s;
-    if (now > expiry) {
-      // Residency ends at the expiry instant, not at the (later) reclaim.
-      ledger_.refund(kTierHost, n.account, static_cast<double>(bytes) * (now - expiry));
-      stats_.expired += count;
-    } else {
-      stats_.evicted += count;
-    }
+    if (now > expiry) ledger_.refund(kTierHost, n.account, static_cast<double>(bytes) * (now - expiry));
+    stats_.expired += count;
   } else {
     stats_.evicted += count;
   }

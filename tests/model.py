@@ -9,7 +9,9 @@ matches, capacity, counters and payload bytes, and to within rounding on residen
 
 Semantics (host tier, policy in {lru, lfu, ttl}, capacity C blocks, optional TTL T seconds):
 
-* ``op`` counts touching operations (match, insert, load by tokens); peek does not count.
+* ``op`` counts touching operations (match, insert, load by tokens, unpin); peek does not count.
+* Releasing a pin is an access of the pinned blocks at the latest time seen: ``seq`` and
+  ``last_access`` are refreshed (hits are not), so a TTL counts idle time from the release.
 * ``expired(b, now)``: T is set, ``b.pins == 0`` and ``now - b.last_access > T``.
 * A walk matches leading full blocks while the prefix is cached and not expired; a touching walk
   that meets an expired prefix reclaims it and every cached prefix extending it.
@@ -192,11 +194,17 @@ class Model:
         self.counters["bytes_read"] += len(keys) * self.block_bytes
         return b"".join(self.cache[k].payload for k in keys)  # type: ignore[misc]
 
-    def unpin(self, keys: Sequence[Key]) -> None:
+    def unpin(self, keys: Sequence[Key], now: float | None = None) -> None:
+        """Releasing is an access at ``now`` (default: the latest time seen): recency, not hits."""
+        now = self.clock if now is None else now
+        self._advance(now)
+        self.op += 1
         for k in keys:
             e = self.cache[k]  # a pinned block is never removed
             assert e.pins > 0
             e.pins -= 1
+            e.seq = self.op
+            e.last_access = now
 
     def insert(
         self,

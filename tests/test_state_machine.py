@@ -42,7 +42,7 @@ from kvtier import InvalidArgumentError, Namespace, Store, StoreConfig, Tier, Ti
 from model import Key, Model
 
 VOCAB = 3
-MAX_TOKENS = 13  # up to 6 full blocks of 2 tokens, plus a partial one
+MAX_TOKENS = 11  # up to 5 full blocks of 2 tokens, plus a partial one
 RESIDENCY_RTOL = 1e-9
 
 # Namespace names used by the model -> the Namespace passed to the store (None: the store's default).
@@ -210,10 +210,17 @@ class Harness:
             # Nothing matched: the model pinned nothing either.
             assert keys == []
 
-    def unpin(self, i: int) -> None:
+    def unpin(self, i: int, explicit_now: bool = True) -> None:
+        """Releases a held pin: an access of its blocks (recency, not hits) at ``now``, which
+        defaults to the latest time the store has seen."""
         h = self.held.pop(i % len(self.held))
-        self.store.unpin(h.result)
-        self.model.unpin(h.keys)
+        if explicit_now:
+            now = self._now()
+            self.store.unpin(h.result, now=now)
+        else:
+            now = self.store_clock
+            self.store.unpin(h.result)
+        self.model.unpin(h.keys, now)
         with pytest.raises(InvalidArgumentError):
             self.store.unpin(h.result)  # a pin is released once
 
@@ -259,7 +266,8 @@ class Harness:
                 out = bytearray(m.num_blocks * self.block_bytes)
                 assert self.store.load(m, out) == m.num_blocks
                 assert bytes(out) == self.model.load_pinned(keys)
-        self.model.unpin(keys)
+        if keys:
+            self.model.unpin(keys, now)  # pinned() releases at the time it matched
 
     def evict(self, nbytes: int) -> None:
         now = self._now()
@@ -307,6 +315,11 @@ class Harness:
         }
         if op == "load" and self.metadata_only:
             op = "clear"
+        if op == "unpin":
+            if not self.held:
+                return
+            # Refused before anything is released: the pin stays held (and is released later).
+            calls["unpin"] = lambda: s.unpin(self.held[-1].result, now=past)
         with pytest.raises(InvalidArgumentError, match="backwards") as info:
             calls[op]()
         assert isinstance(info.value, ValueError)
@@ -371,15 +384,18 @@ class Harness:
 # ---------------------------------------------------------------------- the state machine
 
 token_specs = st.tuples(
-    st.integers(0, 63),  # which earlier inserted prompt to start from (>= 48: none)
+    st.integers(0, 63),  # which earlier inserted prompt to start from (>= 48: a fresh prompt)
     st.one_of(st.just(MAX_TOKENS), st.integers(0, MAX_TOKENS)),  # how much of it to keep (often all)
-    st.one_of(st.just([]), st.lists(st.integers(0, VOCAB - 1), max_size=7)),  # what to append (often nothing)
+    st.one_of(st.just([]), st.lists(st.integers(0, VOCAB - 1), max_size=5)),  # what to append (often nothing)
+    st.lists(st.integers(0, VOCAB - 1), min_size=4, max_size=MAX_TOKENS),  # the fresh prompt
 )
 # Clock steps in TTLs (or seconds without a TTL): 0, exact fractions and multiples, arbitrary floats.
+# Mostly small steps, so that blocks live long enough for the policies' orders to matter; the
+# advance_clock rule also jumps to (one ulp around) the expiry instant of a cached block.
 steps = st.one_of(
     st.just(0.0),
-    st.sampled_from([0.25, 0.5, 1.0, 1.5, 2.0, 3.0]),
-    st.floats(0.0, 2.5, allow_nan=False, allow_infinity=False),
+    st.floats(0.0, 0.05, allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.01, 0.02, 0.05, 0.1, 0.25, 0.5]),
 )
 namespaces = st.sampled_from(["a", "a", "a", "b"])
 sessions = st.sampled_from([None, None, "s1", "s2"])
@@ -397,19 +413,21 @@ class StoreMachine(RuleBasedStateMachine):
         self.history: list[list[int]] = []
         self.audit_residency = True
 
-    def _tokens(self, spec: tuple[int, int, list[int]], remember: bool = False) -> list[int]:
-        """A prompt: mostly an earlier inserted prompt, cut somewhere and extended, so that prompts
-        re-use, extend and diverge from cached prefixes."""
-        src, cut, suffix = spec
-        base = self.history[src % len(self.history)][:cut] if self.history and src < 48 else []
-        tokens = (base + suffix)[:MAX_TOKENS]
-        if remember:
+    def _tokens(self, spec: tuple[int, int, list[int], list[int]], remember: bool = False) -> list[int]:
+        """A prompt: mostly an earlier inserted prompt, whole or cut somewhere and extended, so that
+        prompts re-use, extend and diverge from cached prefixes."""
+        src, cut, suffix, fresh = spec
+        if self.history and src < 48:
+            tokens = (self.history[src % len(self.history)][:cut] + suffix)[:MAX_TOKENS]
+        else:
+            tokens = fresh
+        if remember and len(tokens) >= 2 * self.h.block_size:  # type: ignore[union-attr]
             self.history.append(tokens)
             del self.history[:-16]
         return tokens
 
     @initialize(
-        ttl=st.sampled_from([None, 0.3, 1.0, 2.5]),
+        ttl=st.sampled_from([None, None, 0.3, 1.0, 2.5]),
         capacity=st.one_of(st.integers(2, 8), st.integers(1, 12)),
         unlimited=st.booleans(),
         extra=st.integers(0, 7),
@@ -460,10 +478,11 @@ class StoreMachine(RuleBasedStateMachine):
         self.h.insert(ns, session, tokens, kind)
 
     @precondition(lambda self: self.h is not None and bool(self.h.held))
-    @rule(i=st.integers(0, 15))
-    def unpin(self, i) -> None:
+    @rule(i=st.integers(0, 15), dt=steps, explicit_now=st.booleans())
+    def unpin(self, i, dt, explicit_now) -> None:
         assert self.h is not None
-        self.h.unpin(i)
+        self.h.tick(dt)
+        self.h.unpin(i, explicit_now)
 
     @rule(spec=token_specs, dt=steps, ns=namespaces, kind=token_kinds)
     def peek(self, spec, dt, ns, kind) -> None:
@@ -489,20 +508,20 @@ class StoreMachine(RuleBasedStateMachine):
         self.h.tick(dt)
         self.h.pinned_context(ns, self._tokens(spec), kind)
 
-    @rule(blocks=st.integers(0, 9), remainder=st.sampled_from([0, 0, 1]), dt=steps)
+    @rule(blocks=st.one_of(st.integers(0, 2), st.integers(0, 9)), remainder=st.sampled_from([0, 0, 1]), dt=steps)
     def evict(self, blocks, remainder, dt) -> None:
         assert self.h is not None
         self.h.tick(dt)
         self.h.evict(max(0, blocks * self.h.block_bytes - remainder))
 
-    @rule(op=st.sampled_from(["expire", "expire", "clear", "drain"]), dt=steps)
+    @rule(op=st.sampled_from(["expire", "expire", "expire", "expire", "clear", "drain"]), dt=steps)
     def maintenance(self, op, dt) -> None:
         assert self.h is not None
         self.h.tick(dt)
         getattr(self.h, op)()
 
-    @rule(dt=steps, to_expiry=st.booleans(), which=st.integers(0, 7), nudge=st.sampled_from([-1, 0, 0, 1]),
-          audit=st.booleans())
+    @rule(dt=st.floats(0.0, 2.5, allow_nan=False, allow_infinity=False), to_expiry=st.booleans(),
+          which=st.integers(0, 7), nudge=st.sampled_from([-1, 0, 0, 1]), audit=st.booleans())
     def advance_clock(self, dt, to_expiry, which, nudge, audit) -> None:
         """Advances the clock by a step, or to (around) the expiry instant of a cached block;
         optionally audits residency there."""
@@ -515,7 +534,7 @@ class StoreMachine(RuleBasedStateMachine):
             self.h.check_residency()
 
     @rule(op=st.sampled_from(["match", "pin", "peek", "insert", "load", "evict", "expire", "clear", "residency",
-                              "metadata_load"]),
+                              "unpin", "metadata_load"]),
           spec=token_specs, ulp=st.booleans())
     def refused(self, op, spec, ulp) -> None:
         """Calls the store must refuse without any change: time going backwards (by one ulp or by a
@@ -618,7 +637,7 @@ def run_random(policy: str, ttl: float | None, capacity: int | None, metadata_on
         elif name in ("match", "pin"):
             h.match(ns, _random_tokens(rng, history), kind, pin=name == "pin")
         elif name == "unpin" and h.held:
-            h.unpin(rng.randrange(len(h.held)))
+            h.unpin(rng.randrange(len(h.held)), explicit_now=rng.random() < 0.7)
         elif name == "peek":
             h.peek(ns, _random_tokens(rng, history), kind)
         elif name == "load" and h.payloads:
@@ -634,7 +653,7 @@ def run_random(policy: str, ttl: float | None, capacity: int | None, metadata_on
         elif name == "clear" and rng.random() < 0.2:
             h.clear()
         elif name == "backwards":
-            h.backwards(rng.choice(["match", "peek", "insert", "evict", "residency"]), [0, 1, 2, 0], True)
+            h.backwards(rng.choice(["match", "peek", "insert", "evict", "residency", "unpin"]), [0, 1, 2, 0], True)
         # Keep the pins from filling the tier for good.
         while len(h.held) > 8:
             h.unpin(0)

@@ -169,11 +169,30 @@ class StoreConfig:
         return 1 << 31
 
     @classmethod
-    def for_blocks(cls, capacity_blocks: int | None, **kw: object) -> "StoreConfig":
-        """A metadata-only config whose host tier holds ``capacity_blocks`` blocks (``None``: unlimited)."""
-        block_bytes = int(kw.pop("block_bytes", 1))  # type: ignore[call-overload]
-        policy = kw.pop("policy", "lru")
-        ttl_s = kw.pop("ttl_s", None)
+    def for_blocks(
+        cls,
+        capacity_blocks: int | None,
+        *,
+        block_size: int = 16,
+        block_bytes: int = 1,
+        content: Literal["tokens", "block_ids"] = "tokens",
+        policy: Policy = "lru",
+        ttl_s: float | None = None,
+        vocab_size: int | None = None,
+    ) -> StoreConfig:
+        """A metadata-only config whose host tier holds ``capacity_blocks`` blocks (``None``: unlimited).
+
+        ``block_bytes`` is the accounting size of a block (KV bytes per block for GB-hours).
+        """
+        if capacity_blocks is not None:
+            _check_int("capacity_blocks", capacity_blocks, 1)
+        _check_int("block_bytes", block_bytes, 1)
         cap = None if capacity_blocks is None else capacity_blocks * block_bytes
-        host = TierConfig(capacity_bytes=cap, policy=policy, ttl_s=ttl_s)  # type: ignore[arg-type]
-        return cls(block_bytes=block_bytes, metadata_only=True, host=host, **kw)  # type: ignore[arg-type]
+        return cls(
+            block_size=block_size,
+            block_bytes=block_bytes,
+            metadata_only=True,
+            content=content,
+            vocab_size=vocab_size,
+            host=TierConfig(capacity_bytes=cap, policy=policy, ttl_s=ttl_s),
+        )

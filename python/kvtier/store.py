@@ -101,6 +101,10 @@ class MatchResult:
     """
 
     __slots__ = ("num_blocks", "num_tokens", "_pin", "_tier")
+    num_blocks: int
+    num_tokens: int
+    _pin: Any
+    _tier: int
 
     def __init__(self, num_blocks: int, num_tokens: int, pin: Any = None, tier: int = Tier.HOST) -> None:
         setattr_ = object.__setattr__
