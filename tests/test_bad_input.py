@@ -494,7 +494,7 @@ def test_bad_tier_config(kw, exc, msg) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_for_blocks_capacity_zero() -> None:
-    with pytest.raises(InvalidArgumentError, match=r"capacity_bytes must be >= 1, got 0"):
+    with pytest.raises(InvalidArgumentError, match=r"capacity_blocks must be >= 1, got 0"):
         StoreConfig.for_blocks(0)
 
 
