@@ -235,3 +235,40 @@ def test_close_while_other_threads_work() -> None:
     assert not errors, errors
     assert seen["ok"] > 0
     store.check_invariants()
+
+
+def test_concurrent_unpin_of_one_pin_releases_it_once() -> None:
+    """Two threads releasing the same pin: exactly one succeeds, the other is told it was released."""
+    cfg = kvtier.StoreConfig(block_size=1, block_bytes=1 << 20, host=kvtier.TierConfig(capacity_bytes=256 << 20))
+    s = kvtier.Store(cfg)
+    toks = np.arange(256, dtype=np.int32)
+    s.insert(toks, np.zeros((256, 1 << 20), np.uint8), now=1.0)
+    out = np.empty((256, 1 << 20), np.uint8)
+    for _ in range(20):
+        other = s.match(toks[:1], now=1.0, pin=True)  # a second request holding the same prefix
+        m = s.match(toks[:1], now=1.0, pin=True)
+        barrier = threading.Barrier(3)
+        errors: list[BaseException] = []
+
+        def load() -> None:
+            barrier.wait()
+            s.load(toks, out, now=1.0)  # holds the store lock while copying 256 MiB
+
+        def release() -> None:
+            barrier.wait()
+            try:
+                s.unpin(m, now=1.0)
+            except kvtier.InvalidArgumentError as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=f) for f in (load, release, release)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(errors) == 1 and "already released" in str(errors[0])
+        assert s.stats().pinned_blocks == 1  # `other` still holds its block
+        s.unpin(other, now=1.0)
+        assert s.stats().pinned_blocks == 0
+    s.check_invariants()
+    s.close()

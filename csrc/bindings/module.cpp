@@ -473,11 +473,15 @@ PYBIND11_MODULE(_core, m) {
              if (p.store != s.store) raise(Code::kInvalidArgument, "this pin belongs to another store");
              if (!p.active) raise(Code::kInvalidArgument, "this pin was already released");
              const double t = time_arg(now);
-             {
+             // Claim the pin while the GIL is held, so two threads can never both release it.
+             p.active = false;
+             try {
                py::gil_scoped_release nogil;
                s.store->unpin(p.node, t);
+             } catch (...) {
+               p.active = true;  // nothing was released (e.g. time went backwards)
+               throw;
              }
-             p.active = false;
            }, py::arg("pin"), py::arg("now") = py::none())
       .def(
           "insert",
