@@ -71,29 +71,35 @@ class EvictionQueue {
     std::uint32_t node;
   };
   void place(std::size_t i) { tree_.at(heap_[i].node).heap_pos = static_cast<std::uint32_t>(i); }
+  // Hole-based sifts: each moved entry is written once, and only the nodes that move are told.
   std::size_t sift_up(std::size_t i) {
+    const Entry e = heap_[i];
     while (i > 0) {
-      std::size_t p = (i - 1) / 2;
-      if (!(heap_[i].prio < heap_[p].prio)) break;
-      std::swap(heap_[i], heap_[p]);
+      const std::size_t p = (i - 1) / 2;
+      if (!(e.prio < heap_[p].prio)) break;
+      heap_[i] = heap_[p];
       place(i);
-      place(p);
       i = p;
     }
+    heap_[i] = e;
+    place(i);
     return i;
   }
   void sift_down(std::size_t i) {
     const std::size_t n = heap_.size();
+    const Entry e = heap_[i];
     while (true) {
-      std::size_t l = 2 * i + 1, r = l + 1, m = i;
-      if (l < n && heap_[l].prio < heap_[m].prio) m = l;
-      if (r < n && heap_[r].prio < heap_[m].prio) m = r;
-      if (m == i) break;
-      std::swap(heap_[i], heap_[m]);
+      const std::size_t l = 2 * i + 1;
+      if (l >= n) break;
+      const std::size_t r = l + 1;
+      const std::size_t m = (r < n && heap_[r].prio < heap_[l].prio) ? r : l;
+      if (!(heap_[m].prio < e.prio)) break;
+      heap_[i] = heap_[m];
       place(i);
-      place(m);
       i = m;
     }
+    heap_[i] = e;
+    place(i);
   }
 
   Policy policy_;

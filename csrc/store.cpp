@@ -153,7 +153,8 @@ void Store::pin_path(std::int32_t delta) {
 // Keeps the eviction queue equal to the set of unpinned, non-empty leaves.
 void Store::refresh_candidate(std::uint32_t id) {
   const Node& n = tree_.at(id);
-  const bool want = n.alive && n.parent != kNil && n.num_children == 0 && n.pins == 0 && !n.words.empty();
+  const bool want =
+      n.alive && n.parent != kNil && n.num_children == 0 && n.pins == 0 && !n.words.empty() && id != shielded_;
   const bool have = n.heap_pos != kNil;
   if (want && !have)
     queue_.push(id);
@@ -316,10 +317,13 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   if (capacity_blocks_ != 0) {
     const std::uint64_t free_now = capacity_blocks_ - used_blocks_;
     if (want > free_now) {
-      // Hold our own prefix so that making room never evicts it.
-      pin_path(+1);
+      // Making room must never evict our own prefix. Only `attach` can become an eviction candidate
+      // (every other node of the path has a child on the path), so shielding it is enough.
+      shielded_ = attach;
+      refresh_candidate(attach);
       evict_blocks(want - free_now, now);
-      pin_path(-1);
+      shielded_ = kNil;
+      refresh_candidate(attach);
       want = std::min<std::uint64_t>(want, capacity_blocks_ - used_blocks_);
     }
   }

@@ -166,6 +166,7 @@ class Store {
   std::uint64_t capacity_blocks_ = 0;  // 0 = unlimited
   std::uint64_t used_blocks_ = 0;
   std::uint64_t seq_ = 0;
+  std::uint32_t shielded_ = kNil;     // a node kept out of the eviction queue while its insert makes room
   std::vector<std::uint32_t> roots_;  // per namespace
   std::vector<std::uint32_t> default_account_;  // per namespace: its (ns, "") account
   std::vector<Key> ns_keys_;

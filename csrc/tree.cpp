@@ -9,7 +9,10 @@ std::uint32_t RadixTree::alloc() {
   if (!free_.empty()) {
     id = free_.back();
     free_.pop_back();
+    // A freed node keeps its (empty) word buffer, so a new node of similar size needs no allocation.
+    std::vector<Word> buffer = std::move(nodes_[id].words);
     nodes_[id] = Node{};
+    nodes_[id].words = std::move(buffer);
   } else {
     KVTIER_ASSERT(nodes_.size() < kNil - 1);
     id = static_cast<std::uint32_t>(nodes_.size());
@@ -87,7 +90,6 @@ std::uint32_t RadixTree::split(std::uint32_t id, std::uint32_t at) {
   u.last_access = n.last_access;
   u.words.assign(n.words.begin(), n.words.begin() + static_cast<std::ptrdiff_t>(cut));
   n.words.erase(n.words.begin(), n.words.begin() + static_cast<std::ptrdiff_t>(cut));
-  n.words.shrink_to_fit();
   if (n.payload) {
     u.payload = std::make_unique<NodePayload>();
     auto& from = *n.payload;
@@ -148,7 +150,10 @@ void RadixTree::remove_leaf(std::uint32_t id) {
   KVTIER_ASSERT(node.alive && node.num_children == 0 && node.parent != kNil);
   index_.erase(key_of(node.parent, node.words.data()), id);
   unlink(id);
+  std::vector<Word> buffer = std::move(node.words);
+  buffer.clear();
   node = Node{};
+  node.words = std::move(buffer);  // kept for reuse by alloc()
   free_.push_back(id);
 }
 

@@ -17,6 +17,8 @@
 #include "../store.h"
 
 namespace py = pybind11;
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "block ids are read as (low, high) 32-bit words");
 using namespace kvtier;
 
 namespace {
@@ -50,6 +52,7 @@ struct Words {
   std::size_t count = 0;  // words
   std::vector<Word> owned;
   std::optional<py::buffer_info> info;  // released with the GIL held (destroyed before return)
+  py::object keep;                      // an array whose memory `data` points into
 };
 
 // True if some p[i] >= limit (an unsigned compare, so negative int32 ids count as too large).
@@ -235,11 +238,12 @@ Words id_words(py::handle obj, const char* arg) {
         raise(Code::kInvalidArgument, std::string(arg) + "[" + std::to_string(i) + "] = " + std::to_string(p[i]) +
                                           " is negative; block ids must be >= 0");
   }
+  // A contiguous 64-bit array (checked non-negative above) is used in place: on a little-endian
+  // machine each id already is the (low, high) pair of words the tree compares.
   auto u = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
-  w.owned.resize(2 * n);
-  std::memcpy(w.owned.data(), u.data(), n * 8);
-  w.data = w.owned.data();
+  w.data = reinterpret_cast<const Word*>(u.data());
   w.count = 2 * n;
+  w.keep = std::move(u);
   return w;
 }
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from kvtier import __version__
+from kvtier.config import Policy
 
 __all__ = ["main"]
 
@@ -66,6 +69,90 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if all(r.verified for r in reports) else 1
 
 
+def _arg_list(parse: str) -> Callable[[str], Any]:
+    """An argparse type that applies ``kvtier.analytics.sweep.<parse>`` (imported when used)."""
+
+    def convert(text: str) -> Any:
+        from kvtier.analytics import sweep
+        from kvtier.errors import KvtierError
+
+        try:
+            return getattr(sweep, parse)(text)
+        except KvtierError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+
+    convert.__name__ = parse.removeprefix("parse_")
+    return convert
+
+
+def _block_sizes(text: str) -> list[int]:
+    from kvtier.analytics.sweep import parse_ints
+    from kvtier.errors import KvtierError
+
+    try:
+        return parse_ints(text, "--block-size")
+    except KvtierError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from kvtier.analytics.analyze import AnalyzeOptions, analyze
+    from kvtier.analytics.output import render_text, write_csv, write_json
+
+    if args.json == "-" and args.csv == "-":
+        print("kvtier: error: --json and --csv cannot both write to standard output", file=sys.stderr)
+        return 2
+    policies: list[Policy] = args.policy if args.policy is not None else ["ttl" if args.ttl else "lru"]
+    opts = AnalyzeOptions(
+        path=args.log,
+        fmt=args.format if args.format != "auto" else None,
+        tokenizer=args.tokenizer,
+        capacities=args.capacity,
+        policies=policies,
+        ttls=args.ttl or (),
+        block_sizes=args.block_size or (),
+        model=args.model,
+        kv_bytes_per_token=args.kv_bytes_per_token,
+        timeline_points=120 if args.report else 0,
+        progress=not args.no_progress,
+        break_examples=args.break_examples,
+        compare_paper=not args.no_paper,
+    )
+    try:
+        if args.report:
+            os.makedirs(args.report, exist_ok=True)  # fail before a long replay, not after
+        a = analyze(opts)
+        for dest, write in ((args.json, write_json), (args.csv, lambda an, f: write_csv(an.results, f))):
+            if dest is None:
+                continue
+            if dest == "-":
+                write(a, sys.stdout)
+            else:
+                with open(dest, "w", encoding="utf-8", newline="") as f:
+                    write(a, f)
+        if "-" not in (args.json, args.csv):
+            print(render_text(a), flush=True)
+        if args.report:
+            from kvtier.analytics.report import write_report
+
+            files = write_report(a, args.report)
+            print(f"report: {files[-1]} ({len(files) - 1} plots)", file=sys.stderr)
+    except BrokenPipeError:  # `kvtier analyze ... | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        print(f"kvtier: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_cost(args: argparse.Namespace) -> int:
+    from kvtier.cost.command import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kvtier", description="A tiered KV prefix-cache store for LLM serving.")
     p.add_argument("--version", action="version", version=f"kvtier {__version__}")
@@ -79,6 +166,48 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--capacity", type=_size, default=1 << 30, help="host tier bytes, e.g. 512M, 2G (default 1G)")
     d.add_argument("--policy", choices=["lru", "lfu"], default="lru", help="eviction policy (default lru)")
     d.set_defaults(func=_cmd_demo)
+
+    a = sub.add_parser(
+        "analyze",
+        help="replay request logs through the cache: hit rates, residency, cost, prefix breaks",
+        description="Replay a request log through kvtier's metadata-only store under each capacity, policy, TTL and "
+        "block size, and report hit ratios, residency (GB-hours with a model) and where sessions' prefixes break. "
+        "Formats: Mooncake and Bailian traces, kvtier's own JSONL, OpenAI-style chat logs (docs/analyze.md).",
+    )
+    a.add_argument("log", help="request log, JSON Lines (.gz is read too)")
+    a.add_argument("--format", choices=["auto", "mooncake", "bailian", "kvtier", "openai"], default="auto",
+                   help="log format (default: detected from the first record)")
+    a.add_argument("--tokenizer", metavar="FILE", help="tokenizer.json (Hugging Face tokenizers) for text and chat logs")
+    a.add_argument("--capacity", type=_arg_list("parse_capacities"), default=[None], metavar="LIST",
+                   help="cache capacities in blocks, k/M/G = 1e3/1e6/1e9, inf = unlimited (default inf), e.g. 1k,10k,100k,inf")
+    a.add_argument("--policy", type=_arg_list("parse_policies"), metavar="LIST",
+                   help="eviction policies: lru, lfu, ttl (default lru; ttl when only --ttl is given)")
+    a.add_argument("--ttl", type=_arg_list("parse_durations"), metavar="LIST",
+                   help="maximum idle times for the ttl policy, e.g. 5m,1h,6h (s, m, h, d)")
+    a.add_argument("--block-size", type=_block_sizes, metavar="LIST",
+                   help="tokens per block, for logs with tokens or text (default 16), e.g. 16,32,64")
+    a.add_argument("--model", metavar="NAME", help="model whose KV bytes per token give GB-hours "
+                   "(Llama-3.2-1B, Llama-3.1-8B, Llama-3.1-70B, Qwen2.5-7B, Qwen2.5-72B)")
+    a.add_argument("--kv-bytes-per-token", type=int, metavar="N", help="KV bytes per token (all layers) for GB-hours")
+    a.add_argument("--json", nargs="?", const="-", metavar="PATH", help="write results as JSON (to stdout without PATH)")
+    a.add_argument("--csv", nargs="?", const="-", metavar="PATH", help="write one CSV row per configuration (stdout without PATH)")
+    a.add_argument("--report", metavar="DIR", help="write PNG plots and a self-contained report.html into DIR")
+    a.add_argument("--break-examples", type=int, default=3, metavar="N", help="prefix-break examples kept per cause (default 3)")
+    a.add_argument("--no-paper", action="store_true", help="skip the comparison with the Mooncake FAST'25 figures")
+    a.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a.set_defaults(func=_cmd_analyze)
+
+    from kvtier.cost.command import add_arguments as _cost_arguments  # argparse only; the work is in run()
+
+    c = sub.add_parser(
+        "cost",
+        help="price a trace: residency GB-hours, self-hosted TCO, providers' cache pricing, ranked (docs/cost.md)",
+        description="Price a request log under hosted providers' prompt-caching rules (naive per-token against "
+        "cache-aware) and as a self-hosted three-part TCO (KV residency + compute + shard footprint), and rank the "
+        "candidates by cache-aware cost per task next to their sticker price (docs/cost.md).",
+    )
+    _cost_arguments(c)
+    c.set_defaults(func=_cmd_cost)
     return p
 
 

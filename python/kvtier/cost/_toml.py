@@ -1,0 +1,12 @@
+"""``tomllib`` on Python >= 3.11, the ``tomli`` package (same API) on 3.10."""
+
+from __future__ import annotations
+
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = ["tomllib"]
