@@ -107,11 +107,7 @@ class ProviderCost:
 
     def by_task(self, trace: CostTrace) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """``(naive, cache_aware)``, ``float64[len(trace.task_table)]``: USD per task (session)."""
-        task = trace.task_index
-        n = len(trace.task_table)
-        naive = np.bincount(task, weights=self.request_naive_usd, minlength=n)
-        aware = np.bincount(task, weights=self.request_cache_aware_usd, minlength=n)
-        return naive.astype(np.float64), aware.astype(np.float64)
+        return trace.sum_by_task(self.request_naive_usd), trace.sum_by_task(self.request_cache_aware_usd)
 
 
 def price_provider(

@@ -103,6 +103,10 @@ class CostTrace:
     name: str = ""
     source_format: str = ""
 
+    def sum_by_task(self, per_request: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """``float64[len(task_table)]``: a per-request quantity summed over each task (session)."""
+        return np.bincount(self.task_index, weights=per_request, minlength=len(self.task_table)).astype(np.float64)
+
     def __post_init__(self) -> None:
         n = self.num_requests
         if n < 1:
