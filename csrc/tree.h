@@ -29,21 +29,23 @@ struct NodePayload {
 };
 
 struct Node {
+  // First cache line: what a lookup reads and touches (walk, compare, recency, eviction queue).
+  std::vector<Word> words;        // num_blocks * width, block-major
   std::uint32_t parent = kNil;
+  std::uint32_t heap_pos = kNil;  // position in the eviction heap, kNil if not a candidate
+  std::uint64_t seq = 0;          // operation sequence of the last touch (LRU order)
+  double last_access = 0.0;       // seconds, the caller's clock
+  std::uint32_t pins = 0;         // requests in flight holding this node
+  std::uint32_t hits = 0;         // matches that covered this node (LFU)
+  std::uint32_t num_children = 0;
+  std::uint32_t account = 0;      // residency account (namespace, session)
+  // Structure, read on inserts and removals.
   std::uint32_t first_child = kNil;
   std::uint32_t next_sibling = kNil;
   std::uint32_t prev_sibling = kNil;
-  std::uint32_t num_children = 0;
-  std::uint32_t ns = 0;         // namespace id
-  std::uint32_t account = 0;    // residency account (namespace, session)
-  std::uint32_t depth = 0;      // blocks between the root and this node's first block
-  std::uint32_t pins = 0;       // requests in flight holding this node
-  std::uint32_t hits = 0;       // matches that covered this node (LFU)
-  std::uint32_t heap_pos = kNil;  // position in the eviction heap, kNil if not a candidate
-  std::uint64_t seq = 0;        // operation sequence of the last touch (LRU order)
-  double last_access = 0.0;     // seconds, the caller's clock
+  std::uint32_t ns = 0;           // namespace id
+  std::uint32_t depth = 0;        // blocks between the root and this node's first block
   bool alive = false;
-  std::vector<Word> words;            // num_blocks * width, block-major
   std::unique_ptr<NodePayload> payload;  // payload mode only
 };
 
