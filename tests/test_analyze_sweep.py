@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kvtier.analytics.logs import RequestLog, read_log
-from kvtier.analytics.models import MODELS, model_kv
+from kvtier.cost.catalog import load_catalog
 from kvtier.analytics.sweep import (
     SweepConfig,
     build_configs,
@@ -209,10 +209,10 @@ def test_build_configs_grid() -> None:
         build_configs([None], ["lru"], [60.0])
 
 
-def test_models() -> None:
-    assert model_kv("Llama-3.1-8B").kv_bytes_per_token == 131_072
-    assert model_kv("meta-llama/llama-3.1-70b").kv_bytes_per_token == 327_680  # Mooncake §5.3.1: 320 KB
-    assert model_kv("Qwen2.5-7B").kv_bytes_per_token == 57_344
-    assert len(MODELS) >= 4
-    with pytest.raises(InvalidArgumentError, match="unknown model"):
-        model_kv("gpt-9")
+def test_models_come_from_the_cost_catalogue() -> None:
+    cat = load_catalog()
+    assert cat.model("Llama-3.1-8B").kv_bytes_per_token == 131_072
+    assert cat.model("meta-llama/llama-3.1-70b").kv_bytes_per_token == 327_680  # Mooncake §5.3.1: 320 KB
+    assert cat.model("deepseek-v3").kv_bytes_per_token == 70_272
+    with pytest.raises(InvalidArgumentError, match="unknown model 'gpt-9': known models are"):
+        cat.model("gpt-9")

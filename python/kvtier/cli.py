@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--block-size", type=_block_sizes, metavar="LIST",
                    help="tokens per block, for logs with tokens or text (default 16), e.g. 16,32,64")
     a.add_argument("--model", metavar="NAME", help="model whose KV bytes per token give GB-hours "
-                   "(Llama-3.2-1B, Llama-3.1-8B, Llama-3.1-70B, Qwen2.5-7B, Qwen2.5-72B)")
+                   "(a name from `kvtier cost --list`, or its Hugging Face id)")
     a.add_argument("--kv-bytes-per-token", type=int, metavar="N", help="KV bytes per token (all layers) for GB-hours")
     a.add_argument("--json", nargs="?", const="-", metavar="PATH", help="write results as JSON (to stdout without PATH)")
     a.add_argument("--csv", nargs="?", const="-", metavar="PATH", help="write one CSV row per configuration (stdout without PATH)")

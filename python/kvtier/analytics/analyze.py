@@ -14,10 +14,10 @@ from typing import Any
 from kvtier import __version__
 from kvtier.analytics.formats import Format
 from kvtier.analytics.logs import RequestLog, read_log
-from kvtier.analytics.models import ModelKV, model_kv
 from kvtier.analytics.paper import CITATION, PaperRow, PaperTrace, compare, paper_trace
 from kvtier.analytics.sweep import SweepResult, build_configs, run_sweep
 from kvtier.config import Policy
+from kvtier.cost.catalog import ModelSpec, load_catalog
 from kvtier.errors import InvalidArgumentError
 
 __all__ = ["AnalyzeOptions", "Analysis", "analyze", "SCHEMA"]
@@ -45,7 +45,7 @@ class AnalyzeOptions:
     block_sizes
         Block sizes (tokens) for token logs; empty: 16, or the log's own block for hash-id logs.
     model, kv_bytes_per_token
-        A built-in model name or KV bytes per token, for GB-hours.
+        A model of the cost catalogue (``kvtier cost --list``) or KV bytes per token, for GB-hours.
     timeline_points
         Time windows for the residency-over-time plot (0: one replay call per configuration).
     progress
@@ -82,7 +82,7 @@ class Analysis:
     results
         One result per configuration, in sweep order.
     model
-        The built-in model used for GB-hours, if any.
+        The catalogue model used for GB-hours, if any.
     kv_bytes_per_token
         KV bytes per token used for GB-hours (``None``: no GB-hours).
     paper, paper_rows, paper_runs
@@ -93,7 +93,7 @@ class Analysis:
 
     log: RequestLog
     results: list[SweepResult]
-    model: ModelKV | None
+    model: ModelSpec | None
     kv_bytes_per_token: int | None
     paper: PaperTrace | None = None
     paper_rows: list[PaperRow] = field(default_factory=list)
@@ -152,7 +152,7 @@ def analyze(opts: AnalyzeOptions) -> Analysis:
     model = None
     kvbpt = opts.kv_bytes_per_token
     if opts.model is not None:
-        model = model_kv(opts.model)
+        model = load_catalog().model(opts.model)
         if kvbpt is not None and kvbpt != model.kv_bytes_per_token:
             raise InvalidArgumentError(
                 f"--model {model.name} has {model.kv_bytes_per_token} KV bytes per token, "
