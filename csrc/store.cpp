@@ -454,6 +454,9 @@ void Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
     throw Error(Code::kInvalidArgument, "timestamps[0] = " + fmt_time(t.times[0]) +
                                             " is earlier than the store's clock (" + fmt_time(last_now_) +
                                             "); replay a trace into a store whose clock is not past it");
+  // A request adds at most two nodes (a split and a new leaf); with a capacity, evictions bound the tree.
+  const std::size_t bound = capacity_blocks_ != 0 ? std::min<std::uint64_t>(capacity_blocks_, t.n_requests) : t.n_requests;
+  tree_.reserve(std::min<std::size_t>(2 * bound, std::size_t{1} << 24));
   for (std::size_t r = 0; r < t.n_requests; ++r) {
     const double now = resolve_now(t.times[r]);
     const std::uint32_t ns = t.ns ? t.ns[r] : 0;

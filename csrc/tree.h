@@ -83,6 +83,12 @@ class RadixTree {
   // Unlinks and frees leaf `id` (no children). Its id may be reused.
   void remove_leaf(std::uint32_t id);
 
+  // Makes room for `n` more nodes without moving the node array or rehashing the child index.
+  void reserve(std::size_t n) {
+    nodes_.reserve(nodes_.size() + n);
+    index_.reserve(index_.size() + n);
+  }
+
   std::size_t live_nodes() const { return nodes_.size() - free_.size(); }
   std::size_t index_bytes() const { return index_.memory_bytes(); }
 
