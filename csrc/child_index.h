@@ -98,7 +98,6 @@ class ChildIndex {
   }
 
   std::size_t size() const { return size_; }
-  std::size_t memory_bytes() const { return slots_.capacity() * sizeof(Slot); }
 
  private:
   struct Slot {

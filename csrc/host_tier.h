@@ -19,7 +19,6 @@ class HostArena {
 
   std::size_t slots() const { return slots_; }
   std::size_t free_slots() const { return free_.size(); }
-  std::size_t block_bytes() const { return block_bytes_; }
 
   // Takes a free slot. Precondition: free_slots() > 0 (the caller evicts first).
   std::uint32_t take() {

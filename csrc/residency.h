@@ -47,7 +47,6 @@ class ResidencyLedger {
   std::int64_t bytes(int tier, std::uint32_t account) const {
     return account < counters_.size() ? counters_[account][tier].bytes : 0;
   }
-  std::uint32_t num_accounts() const { return static_cast<std::uint32_t>(counters_.size()); }
 
  private:
   ResidencyCounter& counter(int tier, std::uint32_t account) {

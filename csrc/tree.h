@@ -90,7 +90,6 @@ class RadixTree {
   }
 
   std::size_t live_nodes() const { return nodes_.size() - free_.size(); }
-  std::size_t index_bytes() const { return index_.memory_bytes(); }
 
  private:
   std::uint64_t key_of(std::uint32_t parent, const Word* first_block) const {

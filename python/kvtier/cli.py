@@ -69,30 +69,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if all(r.verified for r in reports) else 1
 
 
-def _arg_list(parse: str) -> Callable[[str], Any]:
-    """An argparse type that applies ``kvtier.analytics.sweep.<parse>`` (imported when used)."""
+def _arg_list(parse: str, *extra: str) -> Callable[[str], Any]:
+    """An argparse type that applies ``kvtier.analytics.sweep.<parse>(text, *extra)`` (imported when used)."""
 
     def convert(text: str) -> Any:
         from kvtier.analytics import sweep
         from kvtier.errors import KvtierError
 
         try:
-            return getattr(sweep, parse)(text)
+            return getattr(sweep, parse)(text, *extra)
         except KvtierError as e:
             raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
 
     convert.__name__ = parse.removeprefix("parse_")
     return convert
-
-
-def _block_sizes(text: str) -> list[int]:
-    from kvtier.analytics.sweep import parse_ints
-    from kvtier.errors import KvtierError
-
-    try:
-        return parse_ints(text, "--block-size")
-    except KvtierError as e:
-        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -184,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="eviction policies: lru, lfu, ttl (default lru; ttl when only --ttl is given)")
     a.add_argument("--ttl", type=_arg_list("parse_durations"), metavar="LIST",
                    help="maximum idle times for the ttl policy, e.g. 5m,1h,6h (s, m, h, d)")
-    a.add_argument("--block-size", type=_block_sizes, metavar="LIST",
+    a.add_argument("--block-size", type=_arg_list("parse_ints", "--block-size"), metavar="LIST",
                    help="tokens per block, for logs with tokens or text (default 16), e.g. 16,32,64")
     a.add_argument("--model", metavar="NAME", help="model whose KV bytes per token give GB-hours "
                    "(a name from `kvtier cost --list`, or its Hugging Face id)")

@@ -44,25 +44,27 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def _seconds_or_none(text: str) -> float | None:
-    if text.strip().lower() in ("none", "inf", "never"):
+def _seconds(text: str, *, zero_ok: bool = True, none_ok: bool = False) -> float | None:
+    """A finite number of seconds (> 0 unless ``zero_ok``); ``none``/``inf``/``never`` if ``none_ok``."""
+    if none_ok and text.strip().lower() in ("none", "inf", "never"):
         return None
+    what = "seconds" + (" or 'none'" if none_ok else "")
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds or 'none', got {text!r}") from None
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected seconds > 0 or 'none', got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not (0 <= v if zero_ok else 0 < v) or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected {what} {'>=' if zero_ok else '>'} 0, got {text!r}")
     return v
 
 
+def _seconds_or_none(text: str) -> float | None:
+    return _seconds(text, zero_ok=False, none_ok=True)
+
+
 def _positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 <= v < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    v = _seconds(text)
+    assert v is not None
     return v
 
 
