@@ -1,0 +1,148 @@
+"""The engine's paged KV tensors, read from their shapes and strides, and the block copies in and out of them.
+
+vLLM hands the worker one tensor per attention layer. Which dimension indexes the block differs by backend::
+
+    CPU (measured):        [num_blocks, kv_heads, block_size, 2 * head_size]    block dim 0, one run per block
+    FlashAttention (GPU):  [2, num_blocks, block_size, kv_heads, head_size]     block dim 1, two runs per block
+
+so nothing here assumes one: the block dimension is the one whose size is ``num_blocks`` (the engine's
+``KVCacheConfig``), confirmed by the largest stride when sizes are ambiguous. One (layer, block) is the
+sub-tensor ``layer.select(block_dim, b)``, copied in its logical order. kvtier's payload of one block is all layers'
+sub-tensors back to back, as raw bytes::
+
+    payload[block] = [ layer 0: select(block_dim, b) | layer 1: ... | ... ]      block_bytes = sum of layer bytes
+
+The payload format depends on the backend's layout, so the layout's name, the vLLM version and the per-layer
+shapes go into the namespace (``describe``): a cache written under one layout is never served to another.
+
+The copies (:func:`gather_blocks`, :func:`scatter_blocks`) use torch ``index_select`` / ``index_copy_``; they are
+the one place a native copy engine would replace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from kvtier.errors import InvalidArgumentError
+
+__all__ = ["PagedKVLayout", "LayerView", "gather_blocks", "scatter_blocks"]
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """One layer's KV tensor, with the block dimension found and the per-block sub-shape."""
+
+    name: str
+    tensor: Any  # torch.Tensor
+    block_dim: int
+    block_shape: tuple[int, ...]  # the layer's shape without the block dimension
+    block_bytes: int  # bytes of one block of this layer
+
+
+@dataclass(frozen=True)
+class PagedKVLayout:
+    """All attention layers of the engine, in a fixed order, and the size of one kvtier payload."""
+
+    layers: tuple[LayerView, ...]
+    num_blocks: int
+    block_bytes: int  # sum over layers
+    device: Any  # torch.device
+
+    @classmethod
+    def from_kv_caches(cls, kv_caches: dict[str, Any], num_blocks: int, layer_order: list[str] | None = None) -> "PagedKVLayout":
+        """Reads the layout of ``register_kv_caches``' tensors; ``num_blocks`` from the engine's KVCacheConfig.
+
+        Raises ``InvalidArgumentError`` if a tensor has no dimension of ``num_blocks``, or several that its
+        strides cannot tell apart, or if the layers disagree on device.
+        """
+        if not kv_caches:
+            raise InvalidArgumentError("register_kv_caches() got no KV tensors")
+        names = list(layer_order) if layer_order else sorted(kv_caches)
+        missing = [n for n in names if n not in kv_caches]
+        if missing:
+            raise InvalidArgumentError(f"KV tensors missing for layers {missing}")
+        views = []
+        device = None
+        for name in names:
+            t = kv_caches[name]
+            if not isinstance(t, torch.Tensor):
+                raise InvalidArgumentError(f"KV cache of layer {name!r} is a {type(t).__name__}, not a torch.Tensor")
+            dims = [d for d, size in enumerate(t.shape) if size == num_blocks]
+            if not dims:
+                raise InvalidArgumentError(
+                    f"KV tensor of layer {name!r} has shape {tuple(t.shape)}: no dimension of num_blocks={num_blocks}"
+                )
+            if len(dims) > 1:
+                strides = [t.stride(d) for d in dims]
+                top = max(strides)
+                if strides.count(top) > 1:
+                    raise InvalidArgumentError(
+                        f"KV tensor of layer {name!r} (shape {tuple(t.shape)}, strides {t.stride()}): cannot tell "
+                        f"which of dims {dims} indexes blocks"
+                    )
+                dims = [dims[strides.index(top)]]
+            d = dims[0]
+            shape = tuple(int(s) for i, s in enumerate(t.shape) if i != d)
+            nbytes = t.element_size()
+            for s in shape:
+                nbytes *= s
+            if device is None:
+                device = t.device
+            elif t.device != device:
+                raise InvalidArgumentError(f"KV tensors are on several devices ({device} and {t.device})")
+            views.append(LayerView(name, t, d, shape, nbytes))
+        return cls(tuple(views), num_blocks, sum(v.block_bytes for v in views), device)
+
+    def describe(self) -> str:
+        """Layout fingerprint: per layer the dtype, block dimension and per-block shape (not the block count)."""
+        parts = [f"{v.tensor.dtype}:d{v.block_dim}:{'x'.join(map(str, v.block_shape))}" for v in self.layers]
+        return ";".join(parts)
+
+
+def _staging_rows(staging: Any, n: int, block_bytes: int) -> Any:
+    if staging.dtype != torch.uint8 or staging.dim() != 2 or staging.shape[1] != block_bytes or staging.shape[0] < n:
+        raise InvalidArgumentError(
+            f"staging must be uint8[>= {n}, {block_bytes}], got {staging.dtype}{list(staging.shape)}"
+        )
+    return staging[:n]
+
+
+def gather_blocks(layout: PagedKVLayout, block_ids: list[int], staging: Any) -> Any:
+    """Copies engine blocks ``block_ids`` into rows ``0 .. n-1`` of ``staging`` (uint8[>= n, block_bytes], CPU).
+
+    Returns the filled rows, ``uint8[n, block_bytes]``.
+    """
+    n = len(block_ids)
+    rows = _staging_rows(staging, n, layout.block_bytes)
+    if n == 0:
+        return rows
+    idx = torch.tensor(block_ids, dtype=torch.long, device=layout.device)
+    off = 0
+    for v in layout.layers:
+        picked = v.tensor.index_select(v.block_dim, idx).movedim(v.block_dim, 0).reshape(n, -1)
+        flat = picked.contiguous().view(torch.uint8)
+        rows[:, off : off + v.block_bytes].copy_(flat)  # device -> host when the engine runs on a GPU
+        off += v.block_bytes
+    return rows
+
+
+def scatter_blocks(layout: PagedKVLayout, block_ids: list[int], staging: Any) -> None:
+    """Copies rows ``0 .. n-1`` of ``staging`` into engine blocks ``block_ids`` (the inverse of :func:`gather_blocks`)."""
+    n = len(block_ids)
+    rows = _staging_rows(staging, n, layout.block_bytes)
+    if n == 0:
+        return
+    idx = torch.tensor(block_ids, dtype=torch.long, device=layout.device)
+    off = 0
+    for v in layout.layers:
+        src = rows[:, off : off + v.block_bytes]
+        if layout.device.type != "cpu":
+            src = src.to(layout.device, non_blocking=True)
+        typed = src.view(v.tensor.dtype).reshape((n, *v.block_shape)).movedim(0, v.block_dim)
+        v.tensor.index_copy_(v.block_dim, idx, typed)
+        off += v.block_bytes
+    if layout.device.type == "cuda":
+        torch.cuda.synchronize(layout.device)

@@ -1,0 +1,241 @@
+"""The scheduler side: how many tokens kvtier supplies for a request, and each step's load and save plan.
+
+The scheduler (vLLM's engine-core process) never holds KV payloads. It opens the same disk folder as the workers,
+read-only in effect (it never inserts), and asks it with ``peek``: a block is visible there only once a worker has
+flushed it, and a worker flushes every block it saves before its step ends (write-through + ``flush``), so the
+scheduler claims only blocks that are committed to the folder the workers load from. See docs/vllm.md.
+
+Beside the index, a metadata-only "host mirror" replays the workers' saves and loads with the workers' host-tier
+capacity and policy. It only estimates which matched blocks a worker still holds in memory (host bandwidth) and
+which it must read from disk (disk bandwidth), for the cost model; it never decides what is claimed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kvtier import DiskConfig, Namespace, Store, StoreConfig, TierConfig
+from kvtier.integrations.vllm.config import KVTierConnectorConfig
+from kvtier.integrations.vllm.cost import HitCostModel, HitDecision
+from kvtier.integrations.vllm.meta import (
+    KVTierConnectorMetadata,
+    KVTierWorkerMetadata,
+    LoadSpec,
+    ReqStep,
+    SaveSpec,
+    rank_namespace,
+)
+from kvtier.integrations.vllm.stats import KVTierConnectorStats
+
+__all__ = ["SchedulerSide"]
+
+_HOST, _DISK = 1, 2
+
+
+@dataclass
+class _Req:
+    request: Any  # vllm.v1.request.Request (same process)
+    tenant: str
+    sent_tokens: int = 0  # tokens the workers hold for this request
+    saved_blocks: int = 0  # blocks whose save has been planned
+    load: LoadSpec | None = None  # planned by update_state_after_alloc, sent with the next metadata
+
+
+class SchedulerSide:
+    """Scheduler half of :class:`KVTierConnector` (one instance in the engine-core process)."""
+
+    def __init__(
+        self,
+        cfg: KVTierConnectorConfig,
+        *,
+        block_size: int,
+        block_bytes: int,
+        ns_fields: dict[str, str],
+        spec_desc: str,
+        world: int,
+    ) -> None:
+        self.cfg = cfg
+        self.block_size = block_size
+        self.block_bytes = block_bytes
+        self._ns_fields = ns_fields
+        self._spec_desc = spec_desc
+        self._world = world
+        self._ns_cache: dict[str, list[Namespace]] = {}
+        store_cfg = StoreConfig(
+            block_size=block_size,
+            block_bytes=block_bytes,
+            host=TierConfig(capacity_bytes=block_bytes),  # the scheduler stores nothing itself
+            disk=DiskConfig(
+                path=cfg.disk_path,
+                capacity_bytes=cfg.disk_capacity,
+                policy=cfg.disk_policy,
+                ttl_s=cfg.disk_ttl_s,
+            ),
+        )
+        self.index = Store(store_cfg, namespace=self._namespaces("")[0])
+        self.mirror = Store(
+            StoreConfig(
+                block_size=block_size,
+                block_bytes=block_bytes,
+                metadata_only=True,
+                host=TierConfig(capacity_bytes=cfg.host_capacity, policy=cfg.host_policy, ttl_s=cfg.host_ttl_s),
+            ),
+            namespace=self._namespaces("")[0],
+        )
+        self.cost = HitCostModel(
+            block_bytes=block_bytes,
+            block_size=block_size,
+            host_bandwidth=cfg.host_bandwidth,
+            disk_bandwidth=cfg.disk_bandwidth,
+        )
+        self._reqs: dict[str, _Req] = {}
+        self._decisions: dict[str, tuple[int, HitDecision]] = {}
+        self._finished: list[str] = []
+        self.stats = KVTierConnectorStats()
+        self.events: list[Any] = []
+
+    # ------------------------------------------------------------------ namespaces
+    def _namespaces(self, tenant: str) -> list[Namespace]:
+        """One namespace per worker rank (each rank stores its own shard of the KV)."""
+        ns = self._ns_cache.get(tenant)
+        if ns is None:
+            ns = [rank_namespace(self._ns_fields, self._spec_desc, r, self._world, tenant) for r in range(self._world)]
+            self._ns_cache[tenant] = ns
+        return ns
+
+    def _tokens(self, request: Any, n: int) -> Any:
+        return np.asarray(request.all_token_ids[:n], dtype=np.int32)
+
+    # ------------------------------------------------------------------ vLLM hooks
+    def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[int, bool]:
+        """Tokens kvtier can supply beyond the engine's ``num_computed_tokens`` (whole blocks; no side effects)."""
+        bs = self.block_size
+        claimable = (request.num_tokens - 1) // bs  # the engine must compute at least one token
+        engine_blocks = num_computed_tokens // bs
+        if claimable <= engine_blocks:
+            self._decisions[request.request_id] = (engine_blocks, HitDecision(0, 0, 0.0, 0.0, "none"))
+            return 0, False
+        tenant = request.cache_salt or ""
+        toks = self._tokens(request, claimable * bs)
+        hit = min(self.index.peek(toks, namespace=ns).num_blocks for ns in self._namespaces(tenant))
+        if hit <= engine_blocks:
+            self._decisions[request.request_id] = (engine_blocks, HitDecision(0, 0, 0.0, 0.0, "none"))
+            return 0, False
+        in_host = min(self.mirror.peek(toks, namespace=self._namespaces(tenant)[0]).num_blocks, hit)
+        tiers = np.full(hit, _DISK, dtype=np.uint8)
+        tiers[:in_host] = _HOST
+        decision = self.cost.decide(tiers, engine_blocks, always=self.cfg.hit_policy == "always")
+        self._decisions[request.request_id] = (engine_blocks, decision)
+        return decision.blocks * bs, False
+
+    def _record(self, decision: HitDecision) -> None:
+        s = self.stats
+        s.add("lookups", 1)
+        if decision.reason == "none":
+            return
+        bs = self.block_size
+        s.add("offered_tokens", decision.offered * bs)
+        s.add("claimed_tokens", decision.blocks * bs)
+        if decision.reason == "declined":
+            s.add("declined_tokens", decision.offered * bs)
+        s.add(f"decision_{decision.reason}", 1)
+        if decision.blocks:
+            s.add("est_load_ms", decision.est_load_s * 1e3)
+            s.add("est_prefill_saved_ms", decision.est_prefill_s * 1e3)
+
+    def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
+        req_id = request.request_id
+        r = self._reqs.get(req_id)
+        if r is None:
+            r = self._reqs[req_id] = _Req(request, request.cache_salt or "")
+        engine_blocks, decision = self._decisions.pop(req_id, (0, None))
+        if decision is not None:
+            self._record(decision)
+        if num_external_tokens <= 0:
+            return
+        bs = self.block_size
+        if num_external_tokens % bs or decision is None or num_external_tokens > decision.blocks * bs:
+            raise RuntimeError(
+                f"kvtier: the engine asked to load {num_external_tokens} tokens for request {req_id}, which is not "
+                f"what the connector offered ({0 if decision is None else decision.blocks * bs})"
+            )
+        n = num_external_tokens // bs
+        block_ids = list(blocks.get_block_ids()[0][engine_blocks : engine_blocks + n])
+        if len(block_ids) != n:
+            raise RuntimeError(f"kvtier: request {req_id} has {len(block_ids)} blocks allocated for a load of {n}")
+        r.load = LoadSpec(engine_blocks, block_ids)
+        # the workers' host tier will hold (and touch) the loaded prefix
+        self.mirror.match(self._tokens(request, (engine_blocks + n) * bs), namespace=self._namespaces(r.tenant)[0])
+
+    def build_connector_meta(self, scheduler_output: Any, block_ids_of: Any) -> KVTierConnectorMetadata:
+        """This step's plan. ``block_ids_of(req_id)`` gives the request's engine block ids (first KV group)."""
+        bs = self.block_size
+        meta = KVTierConnectorMetadata(num_scheduled_tokens=int(scheduler_output.total_num_scheduled_tokens))
+        computed: dict[str, int] = {nr.req_id: nr.num_computed_tokens for nr in scheduler_output.scheduled_new_reqs}
+        cached = scheduler_output.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            computed[req_id] = cached.num_computed_tokens[i]
+        for req_id, n_sched in scheduler_output.num_scheduled_tokens.items():
+            r = self._reqs.get(req_id)
+            if r is None:
+                continue
+            request = r.request
+            known = len(request.all_token_ids)
+            end = computed.get(req_id, request.num_computed_tokens) + int(n_sched)
+            limit = known if self.cfg.save_generated else request.num_prompt_tokens
+            save_end = min(end, limit) // bs
+            step = ReqStep(req_id, r.tenant, r.sent_tokens, [])
+            need = 0
+            if r.load is not None:
+                step.load = r.load
+                need = (r.load.engine_blocks + len(r.load.block_ids)) * bs
+                meta.num_loaded_tokens += len(r.load.block_ids) * bs
+                r.load = None
+            if save_end > r.saved_blocks:
+                ids = list(block_ids_of(req_id)[:save_end])
+                if len(ids) == save_end:
+                    step.save = SaveSpec(save_end, ids)
+                    need = max(need, save_end * bs)
+                    r.saved_blocks = save_end
+                    self.mirror.insert(self._tokens(request, save_end * bs), namespace=self._namespaces(r.tenant)[0])
+            if step.load is None and step.save is None:
+                continue
+            if need > r.sent_tokens:
+                step.tokens = list(request.all_token_ids[r.sent_tokens : need])
+                r.sent_tokens = need
+            meta.steps.append(step)
+        meta.finished = self._finished
+        self._finished = []
+        return meta
+
+    def update_connector_output(self, worker_meta: Any, events: Any) -> None:
+        if isinstance(worker_meta, KVTierWorkerMetadata):
+            for tier, nbytes, seconds in worker_meta.loads:
+                self.cost.observe_load(tier, nbytes, seconds)
+            for seconds in worker_meta.load_fixed:
+                self.cost.observe_load_fixed(seconds)
+            for tokens, seconds in worker_meta.forwards:
+                self.cost.observe_prefill(tokens, seconds)
+        if events is not None:
+            self.events.extend(events.get_all_events())
+
+    def request_finished(self, request: Any) -> None:
+        req_id = request.request_id
+        self._decisions.pop(req_id, None)
+        if self._reqs.pop(req_id, None) is not None:
+            self._finished.append(req_id)
+
+    def take_events(self) -> list[Any]:
+        events, self.events = self.events, []
+        return events
+
+    def close(self) -> None:
+        self.index.close()
+        self.mirror.close()
+
+    def clock(self) -> float:
+        return time.monotonic()

@@ -1,0 +1,282 @@
+"""The worker side: loads claimed blocks into the paged KV tensors before the forward, saves new full blocks after it.
+
+One :class:`kvtier.Store` per worker process: a host tier in front of the disk folder shared with the scheduler,
+written through (every saved block is queued for the disk at once) and flushed before the step ends, so the
+scheduler's next ``peek`` sees it. Loads pin the matched prefix for the copy; a block that is gone (evicted since
+the scheduler looked) or fails its checksum ends the load early, and the engine blocks that were not filled are
+reported through ``get_block_ids_with_load_errors``: vLLM then recomputes them or fails the request, as
+``kv_load_failure_policy`` says. Wrong KV is never handed to the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+import kvtier
+from kvtier import DiskConfig, Namespace, Store, StoreConfig, TierConfig, TokenSequence
+from kvtier.integrations.vllm.config import KVTierConnectorConfig
+from kvtier.integrations.vllm.layout import PagedKVLayout, gather_blocks, scatter_blocks
+from kvtier.integrations.vllm.meta import (
+    KVTierConnectorMetadata,
+    KVTierWorkerMetadata,
+    ReqStep,
+    rank_namespace,
+)
+from kvtier.integrations.vllm.stats import KVTierConnectorStats, KVTierKVEvents
+
+__all__ = ["WorkerSide"]
+
+_HOST, _DISK = int(kvtier.Tier.HOST), int(kvtier.Tier.DISK)
+
+
+class _ReqState:
+    __slots__ = ("tokens", "ns", "event_ns")
+
+    def __init__(self, ns: Namespace, event_ns: Namespace) -> None:
+        self.tokens = TokenSequence()
+        self.ns = ns
+        self.event_ns = event_ns
+
+
+class WorkerSide:
+    """Worker half of :class:`KVTierConnector` (one per worker process, i.e. per TP rank)."""
+
+    def __init__(
+        self,
+        cfg: KVTierConnectorConfig,
+        *,
+        block_size: int,
+        block_bytes: int,
+        ns_fields: dict[str, str],
+        spec_desc: str,
+        rank: int,
+        world: int,
+        events_enabled: bool,
+    ) -> None:
+        self.cfg = cfg
+        self.block_size = block_size
+        self.block_bytes = block_bytes
+        self._ns_fields = ns_fields
+        self._spec_desc = spec_desc
+        self._rank = rank
+        self._world = world
+        self._events_enabled = events_enabled
+        self._ns_cache: dict[str, tuple[Namespace, Namespace]] = {}
+        self.layout: PagedKVLayout | None = None
+        self.store: Store | None = None
+        self._staging: Any = None
+        self._reqs: dict[str, _ReqState] = {}
+        self._invalid: set[int] = set()
+        self._meta_back = KVTierWorkerMetadata()
+        self._events: list[Any] = []
+        self.stats = KVTierConnectorStats()
+        self._t_bind = 0.0
+        self._t_loaded = 0.0
+
+    # ------------------------------------------------------------------ set-up
+    def register(self, kv_caches: dict[str, Any], num_blocks: int, layer_order: list[str]) -> None:
+        layout = PagedKVLayout.from_kv_caches(kv_caches, num_blocks, layer_order)
+        if layout.block_bytes != self.block_bytes:
+            raise RuntimeError(
+                f"kvtier: the KV tensors hold {layout.block_bytes} bytes per block over all layers, but the engine's "
+                f"KV cache spec says {self.block_bytes}; layout not understood: {layout.describe()}"
+            )
+        self.layout = layout
+        cfg = self.cfg
+        self.store = Store(
+            StoreConfig(
+                block_size=self.block_size,
+                block_bytes=self.block_bytes,
+                host=TierConfig(capacity_bytes=cfg.host_capacity, policy=cfg.host_policy, ttl_s=cfg.host_ttl_s),
+                disk=DiskConfig(
+                    path=cfg.disk_path,
+                    capacity_bytes=cfg.disk_capacity,
+                    policy=cfg.disk_policy,
+                    ttl_s=cfg.disk_ttl_s,
+                    write_through=True,
+                ),
+            ),
+            namespace=self._namespaces("")[0],
+        )
+
+    def _namespaces(self, tenant: str) -> tuple[Namespace, Namespace]:
+        """(this rank's namespace, the rank-independent one that names blocks in KV events)."""
+        ns = self._ns_cache.get(tenant)
+        if ns is None:
+            ns = (
+                rank_namespace(self._ns_fields, self._spec_desc, self._rank, self._world, tenant),
+                rank_namespace(self._ns_fields, self._spec_desc, 0, 1, tenant),
+            )
+            self._ns_cache[tenant] = ns
+        return ns
+
+    def _rows(self, n: int) -> Any:
+        """A staging tensor uint8[>= n, block_bytes] (pinned when a GPU is present), reused across steps."""
+        if self._staging is None or self._staging.shape[0] < n:
+            rows = 1 << max(0, (n - 1).bit_length())
+            self._staging = torch.empty((rows, self.block_bytes), dtype=torch.uint8, pin_memory=torch.cuda.is_available())
+        return self._staging
+
+    # ------------------------------------------------------------------ per step
+    def bind(self, meta: KVTierConnectorMetadata) -> None:
+        """Applies the step's token deltas and drops finished requests (before any load or save)."""
+        self._t_bind = self._t_loaded = time.perf_counter()
+        for req_id in meta.finished:
+            self._reqs.pop(req_id, None)
+        for step in meta.steps:
+            self._apply_tokens(step)
+
+    def _apply_tokens(self, step: ReqStep) -> None:
+        st = self._reqs.get(step.req_id)
+        if st is None or step.token_start == 0:
+            ns, ens = self._namespaces(step.tenant)
+            st = self._reqs[step.req_id] = _ReqState(ns, ens)
+        if len(st.tokens) != step.token_start:
+            raise RuntimeError(
+                f"kvtier: worker holds {len(st.tokens)} tokens of request {step.req_id}, the scheduler sent tokens "
+                f"from {step.token_start}"
+            )
+        if step.tokens:
+            st.tokens.extend(np.asarray(step.tokens, dtype=np.int32))
+
+    def start_load(self, meta: KVTierConnectorMetadata) -> None:
+        for step in meta.steps:
+            if step.load is not None:
+                self._load(step)
+        self._t_loaded = time.perf_counter()
+
+    def _load(self, step: ReqStep) -> None:
+        assert self.store is not None and self.layout is not None and step.load is not None
+        t0 = time.perf_counter()
+        spec = step.load
+        st = self._reqs[step.req_id]
+        bs = self.block_size
+        want = spec.engine_blocks + len(spec.block_ids)
+        toks = st.tokens.numpy()[: want * bs]
+        m = self.store.match(toks, namespace=st.ns, pin=True)
+        ok = 0
+        copy_s = 0.0
+        tiers = m.tiers
+        try:
+            have = min(m.num_blocks, want)
+            if have > spec.engine_blocks:
+                staging = self._rows(m.num_blocks)
+                t1 = time.perf_counter()
+                got = self.store.load(m, staging[: m.num_blocks].numpy())
+                copy_s = time.perf_counter() - t1
+                ok = min(got, have)
+                if ok > spec.engine_blocks:
+                    scatter_blocks(self.layout, spec.block_ids[: ok - spec.engine_blocks], staging[spec.engine_blocks : ok])
+        finally:
+            if m.pinned:
+                self.store.unpin(m)
+        failed = spec.block_ids[max(0, ok - spec.engine_blocks) :]
+        if failed:
+            self._invalid.update(failed)
+            self.stats.add("load_failed_blocks", len(failed))
+            if self._events_enabled:
+                self._removed_event(st, ok, want)
+        loaded_tiers = tiers[:ok]
+        n_host = int(np.count_nonzero(loaded_tiers == _HOST))
+        n_disk = int(np.count_nonzero(loaded_tiers == _DISK))
+        s = self.stats
+        s.add("load_requests", 1)
+        s.add("loaded_blocks_host", n_host)
+        s.add("loaded_blocks_disk", n_disk)
+        s.add("loaded_bytes_host", n_host * self.block_bytes)
+        s.add("loaded_bytes_disk", n_disk * self.block_bytes)
+        total_s = time.perf_counter() - t0
+        s.add("load_ms", total_s * 1e3)
+        if ok and (n_host == ok or n_disk == ok):
+            self._meta_back.loads.append((_HOST if n_host == ok else _DISK, ok * self.block_bytes, copy_s))
+        if ok:
+            self._meta_back.load_fixed.append(max(0.0, total_s - copy_s))
+
+    def get_invalid_blocks(self) -> set[int]:
+        out, self._invalid = self._invalid, set()
+        return out
+
+    def save(self, meta: KVTierConnectorMetadata) -> None:
+        t_fwd = time.perf_counter() - max(self._t_bind, self._t_loaded)
+        computed = meta.num_scheduled_tokens
+        if computed > 0:
+            self._meta_back.forwards.append((computed, t_fwd))
+        t0 = time.perf_counter()
+        saved = 0
+        for step in meta.steps:
+            if step.save is not None:
+                saved += self._save(step)
+        if saved:
+            assert self.store is not None
+            self.store.flush()  # committed to the folder: the scheduler's next peek sees these blocks
+            self.stats.add("saved_blocks", saved)
+            self.stats.add("saved_bytes", saved * self.block_bytes)
+            self.stats.add("save_ms", (time.perf_counter() - t0) * 1e3)
+
+    def _save(self, step: ReqStep) -> int:
+        assert self.store is not None and self.layout is not None and step.save is not None
+        st = self._reqs[step.req_id]
+        end = step.save.end_block
+        toks = st.tokens.numpy()[: end * self.block_size]
+        start = self.store.peek(toks, namespace=st.ns).num_blocks
+        if start >= end:
+            return 0
+        rows = gather_blocks(self.layout, step.save.block_ids[start:end], self._rows(end - start))
+        res = self.store.insert(toks, rows.numpy(), start_block=start, namespace=st.ns)
+        stored = min(res.stored_blocks, end)
+        if self._events_enabled and stored > start:
+            self._stored_event(st, toks, start, stored)
+        return max(0, stored - start)
+
+    # ------------------------------------------------------------------ events
+    def _keys(self, st: _ReqState, toks: Any) -> Any:
+        return kvtier.block_keys(toks, st.event_ns, block_size=self.block_size)
+
+    def _stored_event(self, st: _ReqState, toks: Any, start: int, end: int) -> None:
+        from vllm.distributed.kv_events import MEDIUM_CPU, BlockStored
+
+        keys = self._keys(st, toks[: end * self.block_size])
+        self._events.append(
+            BlockStored(
+                block_hashes=[bytes(k) for k in keys[start:end]],
+                parent_block_hash=bytes(keys[start - 1]) if start else None,
+                token_ids=[int(t) for t in toks[start * self.block_size : end * self.block_size]],
+                block_size=self.block_size,
+                lora_id=None,
+                medium=MEDIUM_CPU,
+                lora_name=None,
+            )
+        )
+
+    def _removed_event(self, st: _ReqState, ok: int, want: int) -> None:
+        from vllm.distributed.kv_events import MEDIUM_CPU, BlockRemoved
+
+        keys = self._keys(st, st.tokens.numpy()[: want * self.block_size])
+        self._events.append(BlockRemoved(block_hashes=[bytes(k) for k in keys[ok:want]], medium=MEDIUM_CPU))
+
+    def take_events(self) -> KVTierKVEvents | None:
+        if not self._events:
+            return None
+        ev = KVTierKVEvents(num_workers=1)
+        ev.add_events(self._events)
+        self._events = []
+        return ev
+
+    def take_worker_meta(self) -> KVTierWorkerMetadata | None:
+        if self._meta_back.empty():
+            return None
+        out, self._meta_back = self._meta_back, KVTierWorkerMetadata()
+        return out
+
+    def finished(self, req_ids: set[str]) -> None:
+        for req_id in req_ids:
+            self._reqs.pop(req_id, None)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.flush()
+            self.store.close()

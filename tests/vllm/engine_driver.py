@@ -1,0 +1,129 @@
+"""Runs one vLLM engine in its own process and serves the test's requests over a local socket.
+
+The pytest process never imports vllm or torch: each engine lives in a driver process (vLLM spawns its engine
+core and worker processes below it). Started by ``conftest.Engine``::
+
+    python engine_driver.py ADDRESS AUTHKEY_HEX
+
+Protocol (pickled over ``multiprocessing.connection``): the first message is the engine config; the driver answers
+``{"ready": True, ...}`` or ``{"error": ...}``; then each command gets one reply.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from multiprocessing.connection import Client
+from typing import Any
+
+
+def _outputs(results: Any) -> list[dict[str, Any]]:
+    out = []
+    for r in results:
+        c = r.outputs[0]
+        lps = [float(lp[t].logprob) for t, lp in zip(c.token_ids, c.logprobs or [])]
+        out.append({"token_ids": list(c.token_ids), "logprobs": lps, "num_cached_tokens": int(r.num_cached_tokens or 0)})
+    return out
+
+
+def _metrics(llm: Any) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for m in llm.get_metrics():
+        if m.name.startswith("vllm:kvtier_") or "prefix_cache" in m.name or "cached" in m.name:
+            v = getattr(m, "value", None)
+            if isinstance(v, (int, float)):
+                values[m.name] = values.get(m.name, 0.0) + float(v)
+    return values
+
+
+def _serve(conn: Any) -> None:
+    cfg = conn.recv()
+    from vllm import LLM, SamplingParams
+    from vllm.config import KVTransferConfig
+    from vllm.inputs import TokensPrompt
+
+    kwargs: dict[str, Any] = dict(
+        model=cfg["model"],
+        block_size=32,
+        enable_prefix_caching=cfg.get("prefix_caching", False),
+        max_model_len=cfg.get("max_model_len", 8192),
+        dtype="bfloat16",
+        enforce_eager=True,
+        seed=0,
+        disable_log_stats=False,
+        max_num_seqs=8,
+    )
+    if cfg.get("connector") is not None:
+        kwargs["kv_transfer_config"] = KVTransferConfig(
+            kv_connector="KVTierConnector",
+            kv_connector_module_path="kvtier.integrations.vllm",
+            kv_role="kv_both",
+            kv_load_failure_policy=cfg.get("failure_policy", "recompute"),
+            kv_connector_extra_config=cfg["connector"],
+        )
+    t0 = time.perf_counter()
+    llm = LLM(**kwargs)
+    conn.send({"ready": True, "start_s": time.perf_counter() - t0, "pid": os.getpid()})
+
+    def sampling(max_tokens: int) -> Any:
+        return SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=1, ignore_eos=True)
+
+    def generate(prompts: list[list[int]], salts: list[str | None] | None, max_tokens: int) -> list[dict[str, Any]]:
+        salts = salts or [None] * len(prompts)
+        reqs = []
+        for p, s in zip(prompts, salts):
+            tp = TokensPrompt(prompt_token_ids=p)
+            if s is not None:
+                tp["cache_salt"] = s
+            reqs.append(tp)
+        return _outputs(llm.generate(reqs, sampling(max_tokens), use_tqdm=False))
+
+    while True:
+        cmd = conn.recv()
+        op = cmd["op"]
+        try:
+            if op == "quit":
+                conn.send({"ok": True})
+                break
+            if op == "generate":
+                t = time.perf_counter()
+                outs = generate(cmd["prompts"], cmd.get("salts"), cmd.get("max_tokens", 8))
+                conn.send({"outputs": outs, "wall_s": time.perf_counter() - t})
+            elif op == "agent":
+                # Each step's prompt is the previous prompt + the model's answer + a new observation.
+                prompt = list(cmd["system"])
+                steps = []
+                for obs in cmd["observations"]:
+                    prompt = prompt + list(obs)
+                    (o,) = generate([prompt], [cmd.get("salt")], cmd.get("max_tokens", 8))
+                    steps.append({"prompt_len": len(prompt), **o})
+                    prompt = prompt + o["token_ids"]
+                conn.send({"steps": steps})
+            elif op == "metrics":
+                conn.send({"metrics": _metrics(llm)})
+            else:
+                conn.send({"error": f"unknown op {op!r}"})
+        except Exception:
+            conn.send({"error": traceback.format_exc()})
+    del llm
+
+
+def main() -> None:
+    address, authkey = sys.argv[1], bytes.fromhex(sys.argv[2])
+    conn = Client(address, authkey=authkey)
+    try:
+        _serve(conn)
+    except Exception:
+        try:
+            conn.send({"error": traceback.format_exc()})
+        except Exception:
+            pass
+        raise
+    finally:
+        conn.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""KVTierConnector in a real vLLM engine (CPU build, tiny random model): hits, equality with a no-connector run,
+tenant isolation, an agent session, stats. One engine with the connector for the whole module.
+
+The engine's own prefix caching is off, so every cached token a request reports came from kvtier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vllm_engines import Engine, assert_same_output
+from vllm_prompts import AGENT_STEPS, PROMPTS, claimable_tokens
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model: Path, vllm_workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    disk = tmp_path_factory.mktemp("kvtier-disk")
+    with Engine(tiny_model, vllm_workdir, connector={"disk_path": str(disk)}, name="connector") as eng:
+        yield eng
+
+
+def test_second_run_loads_every_full_block_and_matches_a_run_without_connector(
+    engine: Engine, baseline: dict[str, Any]
+) -> None:
+    prompt = PROMPTS["repeat"]
+    (first,) = engine.generate([prompt])
+    assert first["num_cached_tokens"] == 0, "nothing is cached before the first run"
+    assert_same_output(first, baseline["repeat"], "first run (cold)")
+    before = engine.metrics()
+    (second,) = engine.generate([prompt])
+    assert second["num_cached_tokens"] == claimable_tokens(len(prompt)) == 288
+    assert_same_output(second, baseline["repeat"], "second run (kvtier hit)")
+    after = engine.metrics()
+
+    def delta(key: str) -> float:
+        return after.get(f"vllm:kvtier_{key}", 0.0) - before.get(f"vllm:kvtier_{key}", 0.0)
+
+    assert delta("claimed_tokens") == 288
+    assert delta("loaded_blocks_host") + delta("loaded_blocks_disk") == 9
+    assert delta("load_failed_blocks") == 0
+
+
+def test_two_cache_salts_never_share_blocks(engine: Engine, baseline: dict[str, Any]) -> None:
+    prompt = PROMPTS["salted"]
+    full = claimable_tokens(len(prompt))
+    (alice,) = engine.generate([prompt], salts=["alice"])
+    assert alice["num_cached_tokens"] == 0
+    (bob,) = engine.generate([prompt], salts=["bob"])
+    assert bob["num_cached_tokens"] == 0, "a block stored under one cache_salt was served to another"
+    (nobody,) = engine.generate([prompt])
+    assert nobody["num_cached_tokens"] == 0, "a salted block was served to an unsalted request"
+    (alice2, bob2) = engine.generate([prompt, prompt], salts=["alice", "bob"])
+    assert alice2["num_cached_tokens"] == full and bob2["num_cached_tokens"] == full
+    for out in (alice, bob, nobody, alice2, bob2):
+        assert_same_output(out, baseline["salted"], "salted prompt")
+
+
+def test_agent_session_hits_grow_step_by_step(engine: Engine, baseline: dict[str, Any]) -> None:
+    steps = engine.agent(salt=None)
+    assert len(steps) == AGENT_STEPS
+    cached = [s["num_cached_tokens"] for s in steps]
+    assert cached[0] == 0
+    for i in range(1, AGENT_STEPS):
+        # everything the previous step computed (its prompt and answer) is cached, up to the last full block
+        prev_computed = steps[i - 1]["prompt_len"] + len(steps[i - 1]["token_ids"]) - 1
+        assert cached[i] == prev_computed // 32 * 32, f"step {i}: {cached}"
+        assert cached[i] > cached[i - 1], f"hits do not grow: {cached}"
+    for i, (got, want) in enumerate(zip(steps, baseline["agent"])):
+        assert got["prompt_len"] == want["prompt_len"]
+        assert_same_output(got, want, f"agent step {i}")
+
+
+def test_stats_report_decisions_tiers_and_times(engine: Engine) -> None:
+    m = engine.metrics()
+    assert m.get("vllm:kvtier_lookups", 0) > 0
+    assert m.get("vllm:kvtier_claimed_tokens", 0) > 0
+    decided = sum(m.get(f"vllm:kvtier_decision_{r}", 0) for r in ("pays", "no_estimate", "declined", "always"))
+    assert decided > 0
+    assert m.get("vllm:kvtier_saved_blocks", 0) > 0 and m.get("vllm:kvtier_saved_bytes", 0) > 0
+    assert m.get("vllm:kvtier_load_seconds", 0) > 0 and m.get("vllm:kvtier_save_seconds", 0) > 0

@@ -1,0 +1,97 @@
+"""Restart and corruption: a fresh engine process pointed at the same disk folder hits from disk with the same outputs,
+and a payload corrupted on disk is never served (the engine recomputes it; the output still equals the baseline).
+
+Two engines in this module, one after the other: the writer, then a fresh reader (a new process tree).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vllm_engines import Engine, assert_same_output
+from vllm_prompts import PROMPTS, claimable_tokens
+
+def _block_keys(folder: Path) -> set[bytes]:
+    """Keys of the payloads in the disk folder (LMDB database ``blocks``, docs/disk.md)."""
+    import lmdb
+
+    env = lmdb.open(str(folder), readonly=True, lock=True, max_dbs=4, subdir=True)
+    try:
+        db = env.open_db(b"blocks", create=False)
+        with env.begin(db=db) as txn:
+            return {bytes(k) for k, _ in txn.cursor()}
+    finally:
+        env.close()
+
+
+def _corrupt(folder: Path, key: bytes) -> None:
+    """Flips bytes in the middle of one stored payload, in place (its checksum in the index stays the old one)."""
+    import lmdb
+
+    env = lmdb.open(str(folder), max_dbs=4, subdir=True)
+    try:
+        db = env.open_db(b"blocks", create=False)
+        with env.begin(db=db, write=True) as txn:
+            value = bytearray(txn.get(key))
+            mid = len(value) // 2
+            for i in range(mid, mid + 64):
+                value[i] ^= 0x5A
+            txn.put(key, bytes(value))
+    finally:
+        env.close()
+
+
+@pytest.fixture(scope="module")
+def restarted(
+    tiny_model: Path, vllm_workdir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    disk = tmp_path_factory.mktemp("kvtier-disk-restart")
+    cfg = {"disk_path": str(disk)}
+    result: dict[str, Any] = {}
+    with Engine(tiny_model, vllm_workdir, connector=cfg, name="writer") as writer:
+        result["writer_intact"] = writer.generate([PROMPTS["restart_intact"]])[0]
+        keys_intact = _block_keys(disk)
+        result["writer_corrupt"] = writer.generate([PROMPTS["restart_corrupt"]])[0]
+        keys_all = _block_keys(disk)
+    new_keys = keys_all - keys_intact
+    result["new_keys"] = len(new_keys)
+    # Any one of the prompt's blocks: the reader claims the whole chain, so its load reaches the bad block wherever
+    # it is (the set does not tell the chain order).
+    result["corrupted"] = sorted(new_keys)[0]
+    _corrupt(disk, result["corrupted"])
+    with Engine(tiny_model, vllm_workdir, connector=cfg, name="reader") as reader:
+        result["reader_intact"] = reader.generate([PROMPTS["restart_intact"]])[0]
+        result["metrics_intact"] = reader.metrics()
+        result["reader_corrupt"] = reader.generate([PROMPTS["restart_corrupt"]])[0]
+        result["metrics_corrupt"] = reader.metrics()
+        result["reader_corrupt_again"] = reader.generate([PROMPTS["restart_corrupt"]])[0]
+    return result
+
+
+def test_fresh_process_hits_from_disk_with_the_same_outputs(restarted: dict[str, Any], baseline: dict[str, Any]) -> None:
+    prompt = PROMPTS["restart_intact"]
+    assert restarted["writer_intact"]["num_cached_tokens"] == 0
+    assert_same_output(restarted["writer_intact"], baseline["restart_intact"], "writer")
+    got = restarted["reader_intact"]
+    assert got["num_cached_tokens"] == claimable_tokens(len(prompt))
+    assert_same_output(got, baseline["restart_intact"], "fresh process, disk hit")
+    m = restarted["metrics_intact"]
+    assert m.get("vllm:kvtier_loaded_blocks_disk", 0) == claimable_tokens(len(prompt)) // 32
+    assert m.get("vllm:kvtier_loaded_blocks_host", 0) == 0, "a fresh process has nothing in its host tier"
+
+
+def test_corrupted_payload_is_never_served(restarted: dict[str, Any], baseline: dict[str, Any]) -> None:
+    prompt = PROMPTS["restart_corrupt"]
+    blocks = claimable_tokens(len(prompt)) // 32
+    assert restarted["new_keys"] == blocks, "the writer stored one payload per full block of the prompt"
+    before, after = restarted["metrics_intact"], restarted["metrics_corrupt"]
+    failed = after.get("vllm:kvtier_load_failed_blocks", 0) - before.get("vllm:kvtier_load_failed_blocks", 0)
+    assert failed >= 1, "the corrupted block was not detected"
+    # Whatever was loaded before the bad block, and whatever was recomputed after it, the output is the baseline's.
+    assert_same_output(restarted["reader_corrupt"], baseline["restart_corrupt"], "after corruption")
+    # The recomputed blocks were saved again: the next run hits in full.
+    again = restarted["reader_corrupt_again"]
+    assert again["num_cached_tokens"] == claimable_tokens(len(prompt))
+    assert_same_output(again, baseline["restart_corrupt"], "after re-save")
