@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
-from kvtier.config import Namespace, StoreConfig, TierConfig
+from kvtier.config import DiskConfig, Namespace, StoreConfig, TierConfig
 from kvtier.errors import (
     CapacityError,
+    DiskError,
+    DiskWriteError,
     InvalidArgumentError,
     KvtierError,
     KvtierTypeError,
@@ -16,7 +18,17 @@ from kvtier.errors import (
 )
 from kvtier.keys import block_keys
 from kvtier.replay import ReplayTrace
-from kvtier.store import InsertResult, MatchResult, Residency, ResidencyRow, Store, StoreStats, Tier, TokenSequence
+from kvtier.store import (
+    DiskStats,
+    InsertResult,
+    MatchResult,
+    Residency,
+    ResidencyRow,
+    Store,
+    StoreStats,
+    Tier,
+    TokenSequence,
+)
 
 __version__ = "0.1.0"
 
@@ -24,12 +36,14 @@ __all__ = [
     "Store",
     "StoreConfig",
     "TierConfig",
+    "DiskConfig",
     "Namespace",
     "Tier",
     "TokenSequence",
     "MatchResult",
     "InsertResult",
     "StoreStats",
+    "DiskStats",
     "Residency",
     "ResidencyRow",
     "ReplayTrace",
@@ -40,4 +54,6 @@ __all__ = [
     "StoreClosedError",
     "UnknownNamespaceError",
     "CapacityError",
+    "DiskError",
+    "DiskWriteError",
 ]

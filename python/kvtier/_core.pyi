@@ -46,6 +46,24 @@ def block_keys(
 ) -> npt.NDArray[np.uint8]:
     """``uint8[n_full_blocks, 32]``: chained keys of the full blocks of ``tokens``."""
 
+def crc32c(data: _ReadBuffer) -> int:
+    """Standard CRC32C (Castagnoli) of ``data``."""
+
+def block_checksum(data: _ReadBuffer) -> int:
+    """The disk tier's payload checksum (csrc/checksum.h: CRC32C over four interleaved lanes)."""
+
+def checksum_force_portable(on: bool) -> None:
+    """Uses the table CRC instead of the CPU's CRC instruction (tests compare the two)."""
+
+def checksum_hardware() -> bool:
+    """Whether checksums use the CPU's CRC instruction now."""
+
+def copy_verified(out: _WriteBuffer, block_bytes: int, reads: Sequence[tuple[int, Any, int]]) -> list[bool]:
+    """Copies (block, payload, checksum) reads into ``out`` at ``block * block_bytes``; True where the checksum held."""
+
+def decode_record(key: bytes, record: bytes) -> dict[str, Any] | None:
+    """A disk index record as a dict (with ``key_ok``), or None if malformed."""
+
 class TokenSequence:
     """An append-only buffer of token ids below ``limit``."""
 
@@ -84,10 +102,19 @@ class Store:
         policy: int,
         ttl_s: float,
         limit: int,
+        disk_capacity_bytes: int = 0,
+        disk_policy: int = 0,
+        disk_ttl_s: float = 0.0,
+        write_through: bool = False,
+        queue_blocks: int = 64,
     ) -> None: ...
     def add_namespace(self, arg0: bytes, /) -> int: ...
     def account(self, arg0: int, arg1: str, /) -> int: ...
-    def match(self, ns: int, tokens: _Tokens, now: float | None, touch: bool, pin: bool) -> tuple[int, Pin | None]: ...
+    def namespace_key_of(self, arg0: int, /) -> bytes: ...
+    # (host blocks, disk blocks after them, pin or None, key where the disk lookup stopped or None)
+    def match(
+        self, ns: int, tokens: _Tokens, now: float | None, touch: bool, pin: bool
+    ) -> tuple[int, int, Pin | None, bytes | None]: ...
     def unpin(self, pin: Pin, now: float | None = None) -> None: ...
     def insert(
         self,
@@ -99,7 +126,34 @@ class Store:
         now: float | None,
     ) -> tuple[int, int, int]: ...
     def load(self, ns: int, tokens: _Tokens, out: _WriteBuffer, now: float | None) -> int: ...
-    def load_pinned(self, pin: Pin, out: _WriteBuffer) -> int: ...
+    # (blocks planned, [(block, key, checksum)] to read from the disk folder)
+    def load_pinned(self, pin: Pin, out: _WriteBuffer) -> tuple[int, list[tuple[int, bytes, int]]]: ...
+    def disk_finish_load(
+        self,
+        pin: Pin,
+        out: _ReadBuffer,
+        good: int,
+        corrupt: list[bytes],
+        missing: list[bytes],
+        promote: bool,
+        now: float | None = None,
+    ) -> int: ...
+    # (closed, [(key, index record, payload view)], [keys to delete])
+    def disk_take(
+        self, max_blocks: int, timeout_s: float, wall_now: float
+    ) -> tuple[bool, list[tuple[bytes, bytes, memoryview]], list[bytes]]: ...
+    def disk_finish(self, ok: bool, error: str = "") -> None: ...
+    def disk_make_room(self, blocks: int) -> list[bytes]: ...
+    def disk_flush(self, timeout_s: float | None = None) -> tuple[bool, str]: ...
+    # (restored, keys of damaged records, records of another geometry)
+    def disk_restore(
+        self, records: list[tuple[bytes, bytes]], wall_now: float, now: float | None = None
+    ) -> tuple[int, list[bytes], int]: ...
+    def chain_keys_from(
+        self, ns: int, tokens: _Tokens, from_block: int, parent: bytes | None = None
+    ) -> npt.NDArray[np.uint8]: ...
+    def disk_persist(self, max_blocks: int) -> int: ...
+    def disk_stats(self) -> dict[str, Any]: ...
     def keys_pinned(self, arg0: Pin, /) -> npt.NDArray[np.uint8]: ...
     def evict(self, bytes: int, now: float | None) -> int: ...
     def expire(self, now: float | None) -> int: ...
