@@ -39,7 +39,8 @@ def tiny_model(vllm_workdir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def baseline(tiny_model: Path, vllm_workdir: Path) -> dict[str, Any]:
-    """Outputs of an engine without the connector: every prompt of vllm_prompts.py, and the agent session."""
+    """Outputs of an engine without the connector (and without prefix caching): every prompt of vllm_prompts.py,
+    and the agent session."""
     t = time.perf_counter()
     with Engine(tiny_model, vllm_workdir, connector=None, name="baseline") as eng:
         names = list(PROMPTS)

@@ -29,19 +29,84 @@ def _outputs(results: Any) -> list[dict[str, Any]]:
 
 
 def _metrics(llm: Any) -> dict[str, float]:
+    """kvtier's Prometheus counters as a scrape would see them (the ``_total`` samples), and vLLM's cache counters.
+
+    Read from prometheus_client's registry, not ``LLM.get_metrics()``, which truncates counters to integers.
+    """
+    from prometheus_client import REGISTRY
+
     values: dict[str, float] = {}
-    for m in llm.get_metrics():
-        if m.name.startswith("vllm:kvtier_") or "prefix_cache" in m.name or "cached" in m.name:
-            v = getattr(m, "value", None)
-            if isinstance(v, (int, float)):
-                values[m.name] = values.get(m.name, 0.0) + float(v)
+    for metric in REGISTRY.collect():
+        if not (metric.name.startswith("vllm:kvtier_") or "prefix_cache" in metric.name or "cached" in metric.name):
+            continue
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                values[metric.name] = values.get(metric.name, 0.0) + float(sample.value)
     return values
+
+
+class _EventListener:
+    """Subscribes to the engine's KV-event publisher (ZMQ) and keeps the kvtier connector's events (medium CPU)."""
+
+    def __init__(self, endpoint: str) -> None:
+        import threading
+
+        import zmq
+
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self._sock.setsockopt(zmq.RCVTIMEO, 200)
+        self._sock.connect(endpoint)
+        self._lock = threading.Lock()
+        self._events: list[dict[str, Any]] = []
+        self._last = time.monotonic()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import msgspec
+        import zmq
+        from vllm.distributed.kv_events import BlockRemoved, BlockStored, KVEventBatch
+
+        decoder = msgspec.msgpack.Decoder(type=KVEventBatch)
+        while not self._stop:
+            try:
+                parts = self._sock.recv_multipart()
+            except zmq.Again:
+                continue
+            batch = decoder.decode(parts[-1])
+            with self._lock:
+                self._last = time.monotonic()
+                for ev in batch.events:
+                    if isinstance(ev, (BlockStored, BlockRemoved)) and ev.medium == "CPU":
+                        self._events.append(
+                            {
+                                "type": type(ev).__name__,
+                                "blocks": len(ev.block_hashes),
+                                "hash_bytes": sorted({len(h) for h in ev.block_hashes if isinstance(h, bytes)}),
+                                "tokens": len(getattr(ev, "token_ids", []) or []),
+                            }
+                        )
+
+    def take(self, quiet_s: float = 1.0, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+        """Events so far, once none has arrived for ``quiet_s`` (publishing is asynchronous)."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            with self._lock:
+                if time.monotonic() - self._last >= quiet_s:
+                    break
+            time.sleep(0.1)
+        with self._lock:
+            out, self._events = self._events, []
+        return out
 
 
 def _serve(conn: Any) -> None:
     cfg = conn.recv()
     from vllm import LLM, SamplingParams
-    from vllm.config import KVTransferConfig
+    from vllm.config import KVEventsConfig, KVTransferConfig
     from vllm.inputs import TokensPrompt
 
     kwargs: dict[str, Any] = dict(
@@ -63,8 +128,13 @@ def _serve(conn: Any) -> None:
             kv_load_failure_policy=cfg.get("failure_policy", "recompute"),
             kv_connector_extra_config=cfg["connector"],
         )
+    endpoint = None
+    if cfg.get("kv_events"):
+        endpoint = f"ipc://{os.path.abspath('kv-events-' + str(os.getpid()))}"
+        kwargs["kv_events_config"] = KVEventsConfig(enable_kv_cache_events=True, publisher="zmq", endpoint=endpoint)
     t0 = time.perf_counter()
     llm = LLM(**kwargs)
+    listener = _EventListener(endpoint) if endpoint else None
     conn.send({"ready": True, "start_s": time.perf_counter() - t0, "pid": os.getpid()})
 
     def sampling(max_tokens: int) -> Any:
@@ -101,6 +171,8 @@ def _serve(conn: Any) -> None:
                     steps.append({"prompt_len": len(prompt), **o})
                     prompt = prompt + o["token_ids"]
                 conn.send({"steps": steps})
+            elif op == "events":
+                conn.send({"events": listener.take() if listener else []})
             elif op == "metrics":
                 conn.send({"metrics": _metrics(llm)})
             else:

@@ -61,11 +61,12 @@ def restarted(
     # it is (the set does not tell the chain order).
     result["corrupted"] = sorted(new_keys)[0]
     _corrupt(disk, result["corrupted"])
-    with Engine(tiny_model, vllm_workdir, connector=cfg, name="reader") as reader:
+    with Engine(tiny_model, vllm_workdir, connector=cfg, name="reader", kv_events=True) as reader:
         result["reader_intact"] = reader.generate([PROMPTS["restart_intact"]])[0]
         result["metrics_intact"] = reader.metrics()
         result["reader_corrupt"] = reader.generate([PROMPTS["restart_corrupt"]])[0]
         result["metrics_corrupt"] = reader.metrics()
+        result["events_corrupt"] = reader.events()
         result["reader_corrupt_again"] = reader.generate([PROMPTS["restart_corrupt"]])[0]
     return result
 
@@ -89,6 +90,8 @@ def test_corrupted_payload_is_never_served(restarted: dict[str, Any], baseline: 
     before, after = restarted["metrics_intact"], restarted["metrics_corrupt"]
     failed = after.get("vllm:kvtier_load_failed_blocks", 0) - before.get("vllm:kvtier_load_failed_blocks", 0)
     assert failed >= 1, "the corrupted block was not detected"
+    removed = [e for e in restarted["events_corrupt"] if e["type"] == "BlockRemoved"]
+    assert sum(e["blocks"] for e in removed) == failed, restarted["events_corrupt"]
     # Whatever was loaded before the bad block, and whatever was recomputed after it, the output is the baseline's.
     assert_same_output(restarted["reader_corrupt"], baseline["restart_corrupt"], "after corruption")
     # The recomputed blocks were saved again: the next run hits in full.

@@ -37,7 +37,10 @@ def vllm_unavailable() -> str | None:
     if proc.returncode == 0:
         return None
     last = (proc.stderr.strip().splitlines() or ["import failed"])[-1]
-    return f"vLLM is not importable ({last}): {SKIP_HINT}"
+    reason = f"vLLM is not importable ({last}): {SKIP_HINT}"
+    if os.environ.get("KVTIER_REQUIRE_VLLM"):
+        raise RuntimeError(f"KVTIER_REQUIRE_VLLM is set (CI) but {reason}")
+    return reason
 
 
 def engine_env(cache_root: Path) -> dict[str, str]:
@@ -152,6 +155,10 @@ class Engine:
     def agent(self, salt: str | None = None) -> list[dict[str, Any]]:
         reply = self.call("agent", system=AGENT_SYSTEM, observations=AGENT_OBSERVATIONS, salt=salt, max_tokens=MAX_TOKENS)
         return list(reply["steps"])
+
+    def events(self) -> list[dict[str, Any]]:
+        """The connector's KV events published since the last call (needs ``kv_events=True``)."""
+        return list(self.call("events")["events"])
 
     def metrics(self) -> dict[str, float]:
         return dict(self.call("metrics")["metrics"])

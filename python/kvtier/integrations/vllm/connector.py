@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KVTierConnector"]
 
-logger = init_logger(__name__)
+logger = init_logger("vllm.kvtier")
 
 
 def _spec_desc(kv_cache_config: Any) -> tuple[str, int, list[str], int]:
@@ -167,6 +167,15 @@ class KVTierConnector(KVConnectorBase_V1):
 
     def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
         self._s().update_state_after_alloc(request, blocks, num_external_tokens)
+
+    def get_external_cache_hit_sources(self, request: Any, num_external_tokens: int) -> dict[Any, int]:
+        from vllm.v1.metrics.cache_hit_source import CacheHitSource
+
+        if num_external_tokens <= 0:
+            return {}
+        host, disk = self._s().hit_sources(request, num_external_tokens)
+        out = {CacheHitSource.HOST: host, CacheHitSource.DISK: disk}
+        return {k: v for k, v in out.items() if v}
 
     def build_connector_meta(self, scheduler_output: Any) -> KVTierConnectorMetadata:
         manager = self._kv_cache_manager

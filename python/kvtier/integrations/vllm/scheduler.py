@@ -12,11 +12,11 @@ which it must read from disk (disk bandwidth), for the cost model; it never deci
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from vllm.logger import init_logger
 
 from kvtier import DiskConfig, Namespace, Store, StoreConfig, TierConfig
 from kvtier.integrations.vllm.config import KVTierConnectorConfig
@@ -32,6 +32,8 @@ from kvtier.integrations.vllm.meta import (
 from kvtier.integrations.vllm.stats import KVTierConnectorStats
 
 __all__ = ["SchedulerSide"]
+
+logger = init_logger("vllm.kvtier.scheduler")
 
 _HOST, _DISK = 1, 2
 
@@ -93,7 +95,8 @@ class SchedulerSide:
             disk_bandwidth=cfg.disk_bandwidth,
         )
         self._reqs: dict[str, _Req] = {}
-        self._decisions: dict[str, tuple[int, HitDecision]] = {}
+        self._decisions: dict[str, tuple[int, HitDecision, int]] = {}  # req -> (engine blocks, decision, in host)
+        self._sources: dict[str, tuple[int, int]] = {}  # req -> estimated (host, disk) tokens of its planned load
         self._finished: list[str] = []
         self.stats = KVTierConnectorStats()
         self.events: list[Any] = []
@@ -117,19 +120,21 @@ class SchedulerSide:
         claimable = (request.num_tokens - 1) // bs  # the engine must compute at least one token
         engine_blocks = num_computed_tokens // bs
         if claimable <= engine_blocks:
-            self._decisions[request.request_id] = (engine_blocks, HitDecision(0, 0, 0.0, 0.0, "none"))
+            self._decisions[request.request_id] = (engine_blocks, HitDecision(0, 0, 0.0, 0.0, "none"), 0)
             return 0, False
         tenant = request.cache_salt or ""
         toks = self._tokens(request, claimable * bs)
         hit = min(self.index.peek(toks, namespace=ns).num_blocks for ns in self._namespaces(tenant))
+        logger.debug("kvtier: request %s: %d claimable blocks, engine holds %d, kvtier %d", request.request_id, claimable, engine_blocks, hit)
         if hit <= engine_blocks:
-            self._decisions[request.request_id] = (engine_blocks, HitDecision(0, 0, 0.0, 0.0, "none"))
+            self._decisions[request.request_id] = (engine_blocks, HitDecision(0, 0, 0.0, 0.0, "none"), 0)
             return 0, False
         in_host = min(self.mirror.peek(toks, namespace=self._namespaces(tenant)[0]).num_blocks, hit)
         tiers = np.full(hit, _DISK, dtype=np.uint8)
         tiers[:in_host] = _HOST
         decision = self.cost.decide(tiers, engine_blocks, always=self.cfg.hit_policy == "always")
-        self._decisions[request.request_id] = (engine_blocks, decision)
+        logger.debug("kvtier: request %s: %s", request.request_id, decision)
+        self._decisions[request.request_id] = (engine_blocks, decision, in_host)
         return decision.blocks * bs, False
 
     def _record(self, decision: HitDecision) -> None:
@@ -152,7 +157,7 @@ class SchedulerSide:
         r = self._reqs.get(req_id)
         if r is None:
             r = self._reqs[req_id] = _Req(request, request.cache_salt or "")
-        engine_blocks, decision = self._decisions.pop(req_id, (0, None))
+        engine_blocks, decision, in_host = self._decisions.pop(req_id, (0, None, 0))
         if decision is not None:
             self._record(decision)
         if num_external_tokens <= 0:
@@ -168,8 +173,17 @@ class SchedulerSide:
         if len(block_ids) != n:
             raise RuntimeError(f"kvtier: request {req_id} has {len(block_ids)} blocks allocated for a load of {n}")
         r.load = LoadSpec(engine_blocks, block_ids)
+        host = max(0, min(in_host, engine_blocks + n) - engine_blocks)
+        self._sources[req_id] = (host * bs, (n - host) * bs)
         # the workers' host tier will hold (and touch) the loaded prefix
         self.mirror.match(self._tokens(request, (engine_blocks + n) * bs), namespace=self._namespaces(r.tenant)[0])
+
+    def hit_sources(self, request: Any, num_external_tokens: int) -> tuple[int, int]:
+        """Estimated (host, disk) split of the tokens the request loads (the workers' tier, from the host mirror)."""
+        host, disk = self._sources.pop(request.request_id, (0, num_external_tokens))
+        if host + disk != num_external_tokens:
+            return 0, num_external_tokens
+        return host, disk
 
     def build_connector_meta(self, scheduler_output: Any, block_ids_of: Any) -> KVTierConnectorMetadata:
         """This step's plan. ``block_ids_of(req_id)`` gives the request's engine block ids (first KV group)."""
@@ -185,7 +199,12 @@ class SchedulerSide:
                 continue
             request = r.request
             known = len(request.all_token_ids)
-            end = computed.get(req_id, request.num_computed_tokens) + int(n_sched)
+            start = computed.get(req_id, request.num_computed_tokens)
+            if start < r.saved_blocks * bs:
+                # The engine recomputes blocks whose save was planned (a failed load, a preemption): their saves may
+                # have been skipped (the worker never saves KV that a failed load left invalid), so plan them again.
+                r.saved_blocks = start // bs
+            end = start + int(n_sched)
             limit = known if self.cfg.save_generated else request.num_prompt_tokens
             save_end = min(end, limit) // bs
             step = ReqStep(req_id, r.tenant, r.sent_tokens, [])
@@ -226,6 +245,7 @@ class SchedulerSide:
     def request_finished(self, request: Any) -> None:
         req_id = request.request_id
         self._decisions.pop(req_id, None)
+        self._sources.pop(req_id, None)
         if self._reqs.pop(req_id, None) is not None:
             self._finished.append(req_id)
 
@@ -236,6 +256,3 @@ class SchedulerSide:
     def close(self) -> None:
         self.index.close()
         self.mirror.close()
-
-    def clock(self) -> float:
-        return time.monotonic()

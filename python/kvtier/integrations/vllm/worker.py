@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from vllm.logger import init_logger
 
 import kvtier
 from kvtier import DiskConfig, Namespace, Store, StoreConfig, TierConfig, TokenSequence
@@ -29,6 +30,8 @@ from kvtier.integrations.vllm.meta import (
 from kvtier.integrations.vllm.stats import KVTierConnectorStats, KVTierKVEvents
 
 __all__ = ["WorkerSide"]
+
+logger = init_logger("vllm.kvtier.worker")
 
 _HOST, _DISK = int(kvtier.Tier.HOST), int(kvtier.Tier.DISK)
 
@@ -71,6 +74,7 @@ class WorkerSide:
         self._staging: Any = None
         self._reqs: dict[str, _ReqState] = {}
         self._invalid: set[int] = set()
+        self._bad_from: dict[str, int] = {}  # request -> first block of this step whose KV is not valid
         self._meta_back = KVTierWorkerMetadata()
         self._events: list[Any] = []
         self.stats = KVTierConnectorStats()
@@ -125,6 +129,7 @@ class WorkerSide:
     def bind(self, meta: KVTierConnectorMetadata) -> None:
         """Applies the step's token deltas and drops finished requests (before any load or save)."""
         self._t_bind = self._t_loaded = time.perf_counter()
+        self._bad_from.clear()
         for req_id in meta.finished:
             self._reqs.pop(req_id, None)
         for step in meta.steps:
@@ -144,10 +149,14 @@ class WorkerSide:
             st.tokens.extend(np.asarray(step.tokens, dtype=np.int32))
 
     def start_load(self, meta: KVTierConnectorMetadata) -> None:
+        # vLLM calls this before the forward when the step has loads, after it otherwise (nothing to do then)
+        loaded = False
         for step in meta.steps:
             if step.load is not None:
                 self._load(step)
-        self._t_loaded = time.perf_counter()
+                loaded = True
+        if loaded:
+            self._t_loaded = time.perf_counter()  # the forward starts now
 
     def _load(self, step: ReqStep) -> None:
         assert self.store is not None and self.layout is not None and step.load is not None
@@ -175,8 +184,15 @@ class WorkerSide:
             if m.pinned:
                 self.store.unpin(m)
         failed = spec.block_ids[max(0, ok - spec.engine_blocks) :]
+        logger.debug(
+            "kvtier: load %s: want %d blocks (engine holds %d), matched %d, loaded %d, failed %d",
+            step.req_id, want, spec.engine_blocks, m.num_blocks, ok, len(failed),
+        )
         if failed:
             self._invalid.update(failed)
+            # Those engine blocks hold no valid KV, and this step's forward attends to them: nothing from the first
+            # of them on may be saved in this step (vLLM recomputes them; the scheduler plans their save again).
+            self._bad_from[step.req_id] = max(ok, spec.engine_blocks)
             self.stats.add("load_failed_blocks", len(failed))
             if self._events_enabled:
                 self._removed_event(st, ok, want)
@@ -220,7 +236,7 @@ class WorkerSide:
     def _save(self, step: ReqStep) -> int:
         assert self.store is not None and self.layout is not None and step.save is not None
         st = self._reqs[step.req_id]
-        end = step.save.end_block
+        end = min(step.save.end_block, self._bad_from.get(step.req_id, step.save.end_block))
         toks = st.tokens.numpy()[: end * self.block_size]
         start = self.store.peek(toks, namespace=st.ns).num_blocks
         if start >= end:
@@ -228,6 +244,7 @@ class WorkerSide:
         rows = gather_blocks(self.layout, step.save.block_ids[start:end], self._rows(end - start))
         res = self.store.insert(toks, rows.numpy(), start_block=start, namespace=st.ns)
         stored = min(res.stored_blocks, end)
+        logger.debug("kvtier: save %s: blocks %d..%d, stored through %d", step.req_id, start, end, stored)
         if self._events_enabled and stored > start:
             self._stored_event(st, toks, start, stored)
         return max(0, stored - start)
