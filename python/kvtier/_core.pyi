@@ -46,17 +46,8 @@ def block_keys(
 ) -> npt.NDArray[np.uint8]:
     """``uint8[n_full_blocks, 32]``: chained keys of the full blocks of ``tokens``."""
 
-def crc32c(data: _ReadBuffer) -> int:
-    """Standard CRC32C (Castagnoli) of ``data``."""
-
-def block_checksum(data: _ReadBuffer) -> int:
-    """The disk tier's payload checksum (csrc/checksum.h: CRC32C over four interleaved lanes)."""
-
-def checksum_force_portable(on: bool) -> None:
-    """Uses the table CRC instead of the CPU's CRC instruction (tests compare the two)."""
-
-def checksum_hardware() -> bool:
-    """Whether checksums use the CPU's CRC instruction now."""
+def block_checksum(data: _ReadBuffer, *, portable: bool = False) -> int:
+    """The disk tier's payload checksum (csrc/checksum.h, kvtier block checksum v1); ``portable``: without SIMD."""
 
 def copy_verified(out: _WriteBuffer, block_bytes: int, reads: Sequence[tuple[int, Any, int]]) -> list[bool]:
     """Copies (block, payload, checksum) reads into ``out`` at ``block * block_bytes``; True where the checksum held."""
