@@ -69,6 +69,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if all(r.verified for r in reports) else 1
 
 
+def _cmd_fsck(args: argparse.Namespace) -> int:
+    import json
+
+    from kvtier.fsck import fsck
+
+    report = fsck(args.path, repair=args.repair, orphans=args.orphans)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
+    left = report.damaged + (report.problems["unreachable"] if args.orphans else 0)
+    if left == 0:
+        return 0
+    return 1 if args.repair else 4
+
+
 def _arg_list(parse: str, *extra: str) -> Callable[[str], Any]:
     """An argparse type that applies ``kvtier.analytics.sweep.<parse>(text, *extra)`` (imported when used)."""
 
@@ -198,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _cost_arguments(c)
     c.set_defaults(func=_cmd_cost)
+
+    f = sub.add_parser(
+        "fsck",
+        help="check a disk-tier folder block by block (records, keys, payloads, checksums); --repair removes damage",
+        description="Exit status: 0 clean, 1 damage found and repaired, 4 damage left.",
+    )
+    f.add_argument("path", help="the folder given as DiskConfig(path=...)")
+    f.add_argument("--repair", action="store_true", help="remove damaged entries (safe beside running stores)")
+    f.add_argument("--orphans", action="store_true", help="with --repair, also remove unreachable blocks")
+    f.add_argument("--json", action="store_true", help="print the report as JSON")
+    f.set_defaults(func=_cmd_fsck)
     return p
 
 

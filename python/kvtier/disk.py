@@ -82,15 +82,16 @@ def open_env(path: str, *, map_size: int, sync: bool = True, readonly: bool = Fa
 def open_dbs(env: Any, *, create: bool) -> dict[bytes, Any]:
     lmdb = _import_lmdb()
     try:
-        with env.begin(write=create) as txn:
-            dbs = {name: env.open_db(name, txn=txn, create=create) for name in _DBS}
-            meta = txn.get(b"format", db=dbs[b"meta"])
-            if meta is None and create:
-                txn.put(b"format", FORMAT, db=dbs[b"meta"])
-            elif meta is not None and bytes(meta) != FORMAT:
-                raise DiskError(f"the folder holds format {bytes(meta)!r}; this kvtier reads {FORMAT!r}")
+        dbs = {name: env.open_db(name, create=create) for name in _DBS}
     except lmdb.NotFoundError as e:
         raise DiskError(f"{env.path()} is not a kvtier disk folder: {e}") from e
+    with env.begin(write=create) as txn:
+        meta = txn.get(b"format", db=dbs[b"meta"])
+        if meta is None and create:
+            txn.put(b"format", FORMAT, db=dbs[b"meta"])
+        elif meta is None or bytes(meta) != FORMAT:
+            found = "no format record" if meta is None else f"format {bytes(meta)!r}"
+            raise DiskError(f"{env.path()} holds {found}; this kvtier reads {FORMAT!r}")
     return dbs
 
 

@@ -314,9 +314,10 @@ class Store:
         folder = DiskFolder(self._core, self.config.disk, self.config.block_size, self.config.block_bytes)
         try:
             self._disk = folder
+            for namespace in list(self._ns_by_id):  # registered before the folder was open
+                folder.record_namespace(namespace.key(self.config.block_size), namespace)
             for namespace in folder.stored_namespaces().values():
                 self.register(namespace)
-            self.register(self.default_namespace)
             folder.restore()
             self._sync_namespaces()
             folder.start_writer()
