@@ -266,6 +266,7 @@ class Store {
   void disk_remove(std::uint32_t entry, double now, Gone why);
   std::uint64_t disk_expire_locked(double now);
   void wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t blocks);
+  bool disk_chain(std::uint32_t ns, const Word* words, std::size_t host_blocks, std::size_t to, double now, Key* last);
   std::size_t spill_locked(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t from, std::size_t to,
                            const std::uint8_t* payload, std::size_t payload_first, double now, Key* prev);
   std::uint32_t walk(std::uint32_t ns, const Word* words, std::size_t n, double now, bool reclaim);

@@ -57,6 +57,30 @@ void Store::queue_write(std::uint32_t node, std::uint32_t block, bool host_keeps
   cv_.notify_all();
 }
 
+// Whether blocks [host_blocks, to) of `words` are all on disk, following the host match of
+// `host_blocks` blocks; `*last` becomes the key of block to - 1.
+bool Store::disk_chain(std::uint32_t ns, const Word* words, std::size_t host_blocks, std::size_t to, double now,
+                       Key* last) {
+  walk(ns, words, host_blocks, now, /*reclaim=*/false);
+  Key prev{};
+  bool chained = false;
+  if (host_blocks > 0) {
+    if (path_.empty()) return false;
+    prev = node_keys(path_.back().node)[path_.back().blocks - 1];
+    chained = true;
+  }
+  for (std::size_t i = host_blocks; i < to; ++i) {
+    Key k;
+    chain_keys(ns_keys_[ns], chained ? &prev : nullptr, words + i * spec_.width, 1, spec_.width, nullptr, 0, &k);
+    const std::uint32_t id = disk_->find(k);
+    if (id == kNil || disk_expired(disk_->at(id), now)) return false;
+    prev = k;
+    chained = true;
+  }
+  *last = prev;
+  return true;
+}
+
 // Queues blocks [from, to) of an insert straight for the disk, chained from `*prev` (zero: none),
 // each in a free slot of the arena's queue reserve. Returns the blocks stored (already on disk or
 // queued); stops early when the disk is full of pinned or queued blocks.
@@ -334,7 +358,13 @@ std::uint64_t Store::disk_restore(const std::vector<std::pair<Key, std::string>>
                                   double now, std::vector<Key>* bad, std::uint64_t* foreign) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
-  now = resolve_now(now);
+  // Without a time, restored blocks are dated on the monotonic clock, and the store's clock is left
+  // alone (a caller who drives the store with its own clock passes its time here).
+  if (std::isnan(now))
+    now = std::max(std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(),
+                   last_now_);
+  else
+    now = resolve_now(now);
   struct Parsed {
     const Key* key;
     DiskRecord rec;

@@ -152,12 +152,12 @@ class DiskFolder:
         self._known_ns.add(key)
 
     # ----------------------------------------------------------------- restore
-    def restore(self) -> RestoreReport:
-        """Reads the index (never the payloads) into the core's disk index."""
+    def restore(self, now: float | None = None) -> RestoreReport:
+        """Reads the index (never the payloads) into the core's disk index, dated at ``now``."""
         t0 = time.perf_counter()
         with self._env.begin() as txn:
             records = list(txn.cursor(db=self._index).iternext(keys=True, values=True))
-        restored, bad, foreign = self._core.disk_restore(records, time.time())
+        restored, bad, foreign = self._core.disk_restore(records, time.time(), now)
         if bad:
             self._delete(bad)
         self.restore_report = RestoreReport(restored, len(bad), foreign, time.perf_counter() - t0)

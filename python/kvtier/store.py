@@ -269,12 +269,17 @@ class Store:
         Block geometry, content kind and the host tier (:class:`StoreConfig`).
     namespace
         The default namespace for calls that name none (default: ``Namespace(model="default")``).
+    now
+        With a disk tier: the time (on the clock later calls use) at which blocks restored from the
+        folder are dated; their idle time before the restart is kept. Default: the monotonic clock.
 
     Every method takes an optional ``now`` (seconds on the caller's clock; default: a monotonic
     clock). Time must not go backwards. Use as a context manager to close it.
     """
 
-    def __init__(self, config: StoreConfig | None = None, *, namespace: Namespace | None = None) -> None:
+    def __init__(
+        self, config: StoreConfig | None = None, *, namespace: Namespace | None = None, now: float | None = None
+    ) -> None:
         self.config = config if config is not None else StoreConfig()
         if not isinstance(self.config, StoreConfig):
             raise KvtierTypeError(f"config must be a StoreConfig, got {type(self.config).__name__}")
@@ -305,9 +310,9 @@ class Store:
         self._block_size = self.config.block_size
         self._dtype = None if self.config.payload_dtype is None else np.dtype(self.config.payload_dtype)
         if disk is not None:
-            self._open_disk()
+            self._open_disk(now)
 
-    def _open_disk(self) -> None:
+    def _open_disk(self, now: float | None) -> None:
         from kvtier.disk import DiskFolder
 
         assert self.config.disk is not None
@@ -318,7 +323,7 @@ class Store:
                 folder.record_namespace(namespace.key(self.config.block_size), namespace)
             for namespace in folder.stored_namespaces().values():
                 self.register(namespace)
-            folder.restore()
+            folder.restore(now)
             self._sync_namespaces()
             folder.start_writer()
         except BaseException:
