@@ -81,10 +81,12 @@ def open_env(path: str, *, map_size: int, sync: bool = True, readonly: bool = Fa
 
 def open_dbs(env: Any, *, create: bool) -> dict[bytes, Any]:
     lmdb = _import_lmdb()
-    try:
-        dbs = {name: env.open_db(name, create=create) for name in _DBS}
-    except lmdb.NotFoundError as e:
-        raise DiskError(f"{env.path()} is not a kvtier disk folder: {e}") from e
+    dbs = {}
+    for name in _DBS:
+        try:
+            dbs[name] = env.open_db(name, create=create)
+        except lmdb.NotFoundError:
+            raise DiskError(f"{env.path()} is not a kvtier disk folder (no {name.decode()!r} database)") from None
     with env.begin(write=create) as txn:
         meta = txn.get(b"format", db=dbs[b"meta"])
         if meta is None and create:
