@@ -206,7 +206,8 @@ class Store {
   std::vector<Key> chain_keys_from(std::uint32_t ns, const Word* words, std::size_t n, std::size_t from,
                                    const Key* parent);
   // Queues up to `max_blocks` host blocks that are not on disk yet (a clean shutdown of a
-  // write-back store persists its host tier this way). Returns the blocks queued.
+  // write-back store persists its host tier this way; they keep their host slots meanwhile).
+  // Returns the blocks queued.
   std::uint64_t disk_persist(std::size_t max_blocks, double now);
   DiskStats disk_stats();
 

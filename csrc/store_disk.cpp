@@ -126,16 +126,16 @@ std::uint64_t Store::disk_persist(std::size_t max_blocks, double now) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
   if (std::isnan(now)) now = std::isfinite(last_now_) ? last_now_ : 0.0;
-  const std::uint64_t limit = spec_.disk.queue_blocks;
+  // Host blocks keep their slots while queued, so this needs no room in the queue's slot reserve.
   std::uint64_t queued = 0;
   std::vector<std::uint32_t> todo(roots_.begin(), roots_.end());
-  while (!todo.empty() && queued < max_blocks && queued_ < limit) {
+  while (!todo.empty() && queued < max_blocks) {
     const std::uint32_t id = todo.back();
     todo.pop_back();
     for (std::uint32_t c = tree_.at(id).first_child; c != kNil; c = tree_.at(c).next_sibling) todo.push_back(c);
     if (tree_.at(id).parent == kNil) continue;
     const std::vector<Key>& keys = node_keys(id);
-    for (std::uint32_t b = 0; b < keys.size() && queued < max_blocks && queued_ < limit; ++b) {
+    for (std::uint32_t b = 0; b < keys.size() && queued < max_blocks; ++b) {
       if (disk_->find(keys[b]) != kNil) continue;
       const std::uint64_t before = queued_;
       queue_write(id, b, /*host_keeps=*/true, now);

@@ -549,7 +549,7 @@ class Store:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
             raise InvalidArgumentError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
         if host:
-            while self._core.disk_persist(self._disk.config.queue_blocks) > 0:
+            while self._core.disk_persist(1 << 62) > 0:
                 self._wait_flushed(timeout)
         self._wait_flushed(timeout)
 
