@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from kvtier import DiskConfig, Namespace, Store, StoreConfig, TierConfig
 
 BS = 4  # tokens per block
@@ -47,8 +46,26 @@ def config(
     )
 
 
+# Stores opened by open_store(), so that a test's fixture can close what a failing test left open
+# (an open disk store's writer thread must not outlive the interpreter).
+OPENED: list[Store] = []
+
+
 def open_store(path: str | os.PathLike[str], *, namespace: Namespace | None = None, **kw: Any) -> Store:
-    return Store(config(path, **kw), namespace=namespace)
+    s = Store(config(path, **kw), namespace=namespace)
+    OPENED.append(s)
+    return s
+
+
+def close_opened() -> None:
+    """Closes (without persisting) every store open_store() opened; errors are the test's business."""
+    while OPENED:
+        s = OPENED.pop()
+        if not s.closed:
+            try:
+                s.close(persist=False)
+            except Exception:  # the test failed already, or checked this store's error itself
+                pass
 
 
 def tokens(pid: int, n_blocks: int, block_size: int = BS) -> np.ndarray:
@@ -152,6 +169,16 @@ def run_py(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedPr
     )
 
 
+def finish(proc: subprocess.Popen[str], stdin: str = "\n", timeout: float = 30) -> tuple[int, str, str]:
+    """Sends ``stdin``, waits, closes the pipes. Returns (exit code, rest of stdout, stderr)."""
+    try:
+        out, err = proc.communicate(input=stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return proc.returncode, out, err
+
+
 def popen_py(code: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *args],
@@ -161,3 +188,18 @@ def popen_py(code: str, *args: str) -> subprocess.Popen[str]:
         text=True,
         env=child_env(),
     )
+
+
+# --------------------------------------------------------------------------- crash-test prompts
+def crash_prompt(pid: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, payload) of prompt ``pid`` of the crash test.
+
+    Prompts 2g and 2g+1 share a 2-block head (group g), then have their own tail of 1..4 blocks,
+    so the folder holds parents with several children. Every block's bytes are fixed by the prompt
+    id (tail) or the group (head), in any process.
+    """
+    g = pid // 2
+    tail = 1 + pid % 4
+    t = np.concatenate([tokens(1_000_000 + g, 2), tokens(pid, tail)])
+    p = np.concatenate([payload(1_000_000 + g, 2), payload(pid, tail)])
+    return t, p
