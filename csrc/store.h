@@ -195,9 +195,10 @@ class Store {
   // The folder's map is full: evicts up to `blocks` committed blocks and returns their keys (to
   // delete in a transaction of their own before retrying; they count as part of the open batch).
   std::vector<Key> disk_make_room(std::size_t blocks, double now);
-  // Waits until every write queued so far is committed (or `timeout_s` passes: returns false).
-  // Returns the errors of writes that failed since the last flush.
-  bool disk_flush(double timeout_s, std::string* errors);
+  // Waits until every write queued so far is committed (or `timeout_s` passes: returns false); with
+  // `host`, queues the host blocks not on disk first (disk_persist). Returns the errors of writes that
+  // failed since the last flush.
+  bool disk_flush(double timeout_s, bool host, std::string* errors);
   // Index records read from the folder (at open, or found by a probe): entries become committed
   // disk blocks. Returns the keys of records that are damaged (to delete) in `bad`; records of
   // another block geometry are skipped and counted in `foreign`.

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <limits>
 
 #include "checksum.h"
 #include "disk_record.h"
@@ -347,7 +348,8 @@ std::vector<Key> Store::disk_make_room(std::size_t blocks, double now) {
   return out;
 }
 
-bool Store::disk_flush(double timeout_s, std::string* errors) {
+bool Store::disk_flush(double timeout_s, bool host, std::string* errors) {
+  if (host) disk_persist(~std::size_t{0}, std::numeric_limits<double>::quiet_NaN());
   std::unique_lock<std::mutex> lock(mu_);
   const auto done = [&] { return closed_ || (queued_ == 0 && deletes_.empty() && !batch_open_); };
   bool ok = true;

@@ -564,14 +564,9 @@ class Store:
             raise StoreClosedError("the store is closed")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
             raise InvalidArgumentError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
-        if host:
-            while self._core.disk_persist(1 << 62) > 0:
-                self._wait_flushed(timeout)
-        self._wait_flushed(timeout)
-
-    def _wait_flushed(self, timeout: float | None) -> None:
-        assert self._disk is not None
-        done, errors = self._core.disk_flush(None if timeout is None else float(timeout))
+        # One call: queueing the host blocks and waiting run in C++ without the GIL, so the writer
+        # thread never waits on this one for it.
+        done, errors = self._core.disk_flush(None if timeout is None else float(timeout), host)
         if errors:
             raise DiskWriteError(f"disk tier {self._disk.path}: {errors}")
         if not done:
