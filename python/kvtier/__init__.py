@@ -6,8 +6,12 @@
 from __future__ import annotations
 
 from kvtier.config import Namespace, StoreConfig, TierConfig
+from kvtier.copy_engine import CopyEngine, CopyHandle
+from kvtier.device import CudaStatus, DeviceArena, DeviceTierConfig, cuda_available, host_buffer
 from kvtier.errors import (
     CapacityError,
+    CudaError,
+    CudaUnavailableError,
     InvalidArgumentError,
     KvtierError,
     KvtierTypeError,
@@ -15,6 +19,7 @@ from kvtier.errors import (
     UnknownNamespaceError,
 )
 from kvtier.keys import block_keys
+from kvtier.kv_layout import KVLayout, KVRegion, TensorView
 from kvtier.replay import ReplayTrace
 from kvtier.store import InsertResult, MatchResult, Residency, ResidencyRow, Store, StoreStats, Tier, TokenSequence
 
@@ -34,10 +39,22 @@ __all__ = [
     "ResidencyRow",
     "ReplayTrace",
     "block_keys",
+    "KVLayout",
+    "KVRegion",
+    "TensorView",
+    "CopyEngine",
+    "CopyHandle",
+    "cuda_available",
+    "CudaStatus",
+    "DeviceTierConfig",
+    "DeviceArena",
+    "host_buffer",
     "KvtierError",
     "InvalidArgumentError",
     "KvtierTypeError",
     "StoreClosedError",
     "UnknownNamespaceError",
     "CapacityError",
+    "CudaUnavailableError",
+    "CudaError",
 ]

@@ -13,6 +13,8 @@ __all__ = [
     "StoreClosedError",
     "UnknownNamespaceError",
     "CapacityError",
+    "CudaUnavailableError",
+    "CudaError",
 ]
 
 
@@ -38,3 +40,14 @@ class UnknownNamespaceError(KvtierError, KeyError):
 
 class CapacityError(KvtierError, MemoryError):
     """A tier's memory could not be reserved."""
+
+
+class CudaUnavailableError(KvtierError, RuntimeError):
+    """CUDA is needed (a device tier, a copy to or from GPU memory) but cannot be used here.
+
+    The message says what is missing: the driver library (``libcuda.so.1``), a device, or a device ordinal.
+    """
+
+
+class CudaError(KvtierError, RuntimeError):
+    """A CUDA driver call failed; the message names the call and the driver's error."""
