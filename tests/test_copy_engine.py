@@ -255,6 +255,18 @@ def test_interfaces_give_the_same_layout(engine: CopyEngine) -> None:
     assert bytes(out) == expect.tobytes()
 
 
+def test_a_buffer_in_flight_cannot_be_resized() -> None:
+    layout = KVLayout.from_tensors(np.zeros((8, 64), np.uint8), block_dim=0)
+    out = bytearray(4 * 64)
+    with CopyEngine(threads=1) as e:
+        h = e.gather(layout, [0, 1, 2, 3], out)
+        with pytest.raises(BufferError):
+            out.extend(b"x")  # the handle holds the buffer's export until it is dropped
+        h.wait()
+        del h
+    out.extend(b"x")
+
+
 def test_layout_keeps_its_tensors_alive(engine: CopyEngine) -> None:
     layout = KVLayout.from_tensors(np.arange(64 * 32, dtype=np.uint8).reshape(64, 32), block_dim=0)
     out = np.zeros((2, 32), np.uint8)

@@ -191,18 +191,24 @@ void bind_copy(py::module_& m) {
         cuda::Driver& d = cuda::driver();
         d.require(0);
         if (d.api().pointer_get_attribute == nullptr)
-          throw cuda::Unavailable("this CUDA driver has no cuPointerGetAttribute; pass device= explicitly");
+          throw cuda::Unavailable("this CUDA driver has no cuPointerGetAttribute; pass a kvtier.TensorView with device=");
+        py::gil_scoped_release nogil;
         unsigned type = 0;
         int ordinal = -1;
-        py::gil_scoped_release nogil;
-        cuda::CUresult r = d.api().pointer_get_attribute(&type, cuda::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, address);
-        if (r == cuda::CUDA_ERROR_INVALID_CONTEXT) {
+        auto query = [&] {
+          cuda::CUresult r = d.api().pointer_get_attribute(&type, cuda::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, address);
+          if (r == cuda::CUDA_SUCCESS && type != cuda::CU_MEMORYTYPE_HOST &&
+              d.api().pointer_get_attribute(&ordinal, cuda::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, address) !=
+                  cuda::CUDA_SUCCESS)
+            ordinal = -1;
+          return r;
+        };
+        cuda::CUresult r = query();
+        if (r == cuda::CUDA_ERROR_INVALID_CONTEXT) {  // some drivers want a current context for the query
           cuda::ContextGuard guard(d, d.primary_context(0));
-          r = d.api().pointer_get_attribute(&type, cuda::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, address);
+          r = query();
         }
         if (r != cuda::CUDA_SUCCESS) return std::make_pair(0, -1);  // not memory CUDA knows (plain host memory)
-        d.check(d.api().pointer_get_attribute(&ordinal, cuda::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, address),
-                "cuPointerGetAttribute(DEVICE_ORDINAL)");
         return std::make_pair(static_cast<int>(type), ordinal);
       },
       py::arg("address"));

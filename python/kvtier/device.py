@@ -103,7 +103,8 @@ class DeviceTierConfig(TierConfig):
     Parameters
     ----------
     capacity_bytes
-        Bytes of GPU memory for block payloads (required; at least one block).
+        Bytes of GPU memory for block payloads, allocated up front (default 1 GiB, as for :class:`TierConfig`;
+        ``None`` is refused).
     policy, ttl_s
         As for :class:`kvtier.TierConfig`.
     device

@@ -218,8 +218,8 @@ def _from_dlpack(obj: Any, name: str) -> TensorView:
     get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
     cname = get_name(capsule)
     readonly = False
-    # The capsule is read, not consumed: when it is dropped, its producer frees its DLPack header. The tensor
-    # `obj` keeps the memory alive (TensorView.owner).
+    # The capsule is read, not consumed: it stays with the tensor in TensorView.owner, and when both are dropped
+    # the capsule's destructor lets the producer free its DLPack header.
     if cname == b"dltensor":
         t = _DLManagedTensor.from_address(get_pointer(capsule, cname)).dl_tensor
     elif cname == b"dltensor_versioned":
@@ -241,7 +241,7 @@ def _from_dlpack(obj: Any, name: str) -> TensorView:
     else:
         raise KvtierTypeError(f"{name} lives on DLPack device type {kind}; kvtier copies host and CUDA memory")
     ptr = int(t.data or 0) + int(t.byte_offset)
-    return TensorView(ptr, shape, strides, itemsize, dtype, device, readonly, obj)
+    return TensorView(ptr, shape, strides, itemsize, dtype, device, readonly, (obj, capsule))
 
 
 def as_tensor_view(obj: object, name: str = "tensor") -> TensorView:
@@ -277,7 +277,9 @@ def as_tensor_view(obj: object, name: str = "tensor") -> TensorView:
         except TypeError:
             view = None
         if view is not None:
-            return _from_numpy(obj, np.asarray(view))
+            # The owner holds the buffer export, so a bytearray cannot be resized under a copy in flight.
+            arr = np.asarray(view)
+            return _from_numpy((obj, arr), arr)
         if hasattr(obj, "__dlpack__"):
             return _from_dlpack(obj, name)
     except KvtierTypeError as e:
