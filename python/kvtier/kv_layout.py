@@ -456,7 +456,7 @@ class KVLayout:
             expect = v.itemsize
             for stride, size in sorted(inner):
                 if stride != expect:
-                    split = f" or split it with kv_dim=" if kv_dim is None else ""
+                    split = " or split it with kv_dim=" if kv_dim is None else ""
                     raise KvtierTypeError(
                         f"{name}: the dimensions other than block_dim{'/kv_dim' if kd is not None else ''} are not one "
                         f"contiguous run per block (shape {v.shape}, strides {v.strides} bytes); make the cache "
