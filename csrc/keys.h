@@ -20,6 +20,13 @@ namespace kvtier {
 
 inline constexpr const char* kNamespaceContext = "kvtier namespace v1";
 
+// True for the all-zero key (the "parent" of a prompt's first block).
+inline bool is_zero_key(const Key& k) {
+  for (std::uint8_t b : k)
+    if (b) return false;
+  return true;
+}
+
 // The 32-byte namespace key of the given fields (in the order documented above).
 Key namespace_key(const std::vector<std::string>& fields);
 

@@ -24,14 +24,18 @@ struct Priority {
   bool operator<(const Priority& o) const { return major != o.major ? major < o.major : minor < o.minor; }
 };
 
-inline Priority priority_of(Policy p, const Node& n) {
+// `Item` is anything with `hits` and `seq` (a tree node, a disk-index entry).
+template <class Item>
+Priority priority_of(Policy p, const Item& n) {
   if (p == Policy::kLFU) return {n.hits, n.seq};
   return {n.seq, 0};
 }
 
-class EvictionQueue {
+// `Table::at(id)` gives an item with `hits`, `seq` and a `heap_pos` this queue owns.
+template <class Table>
+class BasicEvictionQueue {
  public:
-  EvictionQueue(Policy policy, RadixTree& tree) : policy_(policy), tree_(tree) {}
+  BasicEvictionQueue(Policy policy, Table& tree) : policy_(policy), tree_(tree) {}
 
   bool empty() const { return heap_.empty(); }
   std::size_t size() const { return heap_.size(); }
@@ -103,8 +107,10 @@ class EvictionQueue {
   }
 
   Policy policy_;
-  RadixTree& tree_;
+  Table& tree_;
   std::vector<Entry> heap_;
 };
+
+using EvictionQueue = BasicEvictionQueue<RadixTree>;
 
 }  // namespace kvtier

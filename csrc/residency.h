@@ -12,8 +12,9 @@
 
 namespace kvtier {
 
-inline constexpr int kNumTiers = 3;  // 0 device, 1 host, 2 disk (only host is populated today)
+inline constexpr int kNumTiers = 3;  // 0 device, 1 host, 2 disk
 inline constexpr int kTierHost = 1;
+inline constexpr int kTierDisk = 2;
 
 struct ResidencyCounter {
   std::int64_t bytes = 0;       // resident now

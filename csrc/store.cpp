@@ -1,6 +1,8 @@
 #include "store.h"
 
 #include <algorithm>
+
+#include "checksum.h"
 #include <chrono>
 #include <cstring>
 #include <sstream>
@@ -41,7 +43,29 @@ Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spe
   } else if (spec.payloads) {
     throw Error(Code::kInvalidArgument, "a store with payloads needs a finite capacity_bytes");
   }
-  if (spec.payloads) arena_ = std::make_unique<HostArena>(capacity_blocks_, spec.block_bytes);
+  std::size_t slots = capacity_blocks_;
+  if (spec.disk.enabled) {
+    const DiskSpec& d = spec.disk;
+    if (!spec.payloads) throw Error(Code::kInvalidArgument, "a disk tier needs a store with payloads");
+    if (d.capacity_bytes < spec.block_bytes)
+      throw Error(Code::kInvalidArgument, "disk capacity_bytes=" + std::to_string(d.capacity_bytes) +
+                                              " is smaller than one block (block_bytes=" +
+                                              std::to_string(spec.block_bytes) + ")");
+    if (!(d.ttl_s >= 0.0) || std::isinf(d.ttl_s))
+      throw Error(Code::kInvalidArgument, "disk ttl_s must be a finite number of seconds >= 0");
+    if (d.policy == Policy::kTTL && d.ttl_s <= 0.0) throw Error(Code::kInvalidArgument, "disk policy 'ttl' needs ttl_s > 0");
+    if (d.queue_blocks == 0) throw Error(Code::kInvalidArgument, "disk queue_blocks must be > 0");
+    disk_capacity_blocks_ = d.capacity_bytes / spec.block_bytes;
+    // Blocks waiting for the writer keep their host slot: the arena has room for the queue too.
+    slots += d.queue_blocks;
+    disk_ = std::make_unique<DiskIndex>(d.policy);
+    dstats_.capacity_bytes = disk_capacity_blocks_ * spec.block_bytes;
+  }
+  if (spec.payloads) {
+    arena_ = std::make_unique<HostArena>(slots, spec.block_bytes);
+    slot_refs_.assign(slots, 0);
+    if (disk_) slot_crc_.assign(slots, 0);
+  }
   stats_.capacity_bytes = capacity_blocks_ * spec.block_bytes;
 }
 
@@ -67,6 +91,10 @@ std::uint32_t Store::root_of(std::uint32_t ns) const {
 std::uint32_t Store::add_namespace(const Key& ns_key) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
+  return add_namespace_locked(ns_key);
+}
+
+std::uint32_t Store::add_namespace_locked(const Key& ns_key) {
   auto it = ns_ids_.find(ns_key);
   if (it != ns_ids_.end()) return it->second;
   const auto id = static_cast<std::uint32_t>(roots_.size());
@@ -83,6 +111,10 @@ std::uint32_t Store::add_namespace(const Key& ns_key) {
 std::uint32_t Store::account(std::uint32_t ns, const std::string& session) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
+  return account_locked(ns, session);
+}
+
+std::uint32_t Store::account_locked(std::uint32_t ns, const std::string& session) {
   root_of(ns);
   auto key = std::make_pair(ns, session);
   auto it = account_ids_.find(key);
@@ -178,8 +210,14 @@ void Store::drop_blocks(std::uint32_t id, std::uint32_t count, double now) {
   } else {
     stats_.evicted += count;
   }
-  if (arena_)
-    for (std::uint32_t i = have - count; i < have; ++i) arena_->give_back(n.payload->slots[i]);
+  if (arena_) {
+    for (std::uint32_t i = have - count; i < have; ++i) {
+      if (disk_ && demote_)
+        queue_write(id, i, /*host_keeps=*/false, now);  // the write takes over the slot (or releases it)
+      else
+        slot_unref(tree_.at(id).payload->slots[i]);
+    }
+  }
   used_blocks_ -= count;
   if (count < have) {
     tree_.trim_tail(id, count);
@@ -250,6 +288,24 @@ std::uint64_t Store::expire_locked(double now) {
   return stats_.expired - before;
 }
 
+std::uint32_t Store::new_pin() {
+  std::uint32_t id;
+  if (!free_pins_.empty()) {
+    id = free_pins_.back();
+    free_pins_.pop_back();
+  } else {
+    id = static_cast<std::uint32_t>(pin_records_.size());
+    pin_records_.emplace_back();
+  }
+  PinRecord& rec = pin_records_[id];
+  rec.node = kNil;
+  rec.host_blocks = 0;
+  rec.disk.clear();
+  rec.words.clear();
+  rec.alive = true;
+  return id;
+}
+
 MatchResult Store::match(std::uint32_t ns, const Word* words, std::size_t n, double now, bool touch, bool pin) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
@@ -262,21 +318,48 @@ MatchResult Store::match(std::uint32_t ns, const Word* words, std::size_t n, dou
     stats_.hits += r.blocks;
     stats_.misses += n - r.blocks;
   }
-  if (!path_.empty()) {
-    r.node = path_.back().node;
-    if (pin) pin_path(+1);
+  std::vector<std::uint32_t> disk_ids;
+  if (disk_ && r.blocks < n) {
+    r.disk_blocks = disk_walk(ns, words, n, now, touch, &r, &disk_ids);
+    if (touch) {
+      dstats_.hits += r.disk_blocks;
+      dstats_.misses += n - r.blocks - r.disk_blocks;
+    }
+  }
+  if (pin && (r.blocks > 0 || r.disk_blocks > 0)) {
+    r.pin = new_pin();
+    PinRecord& rec = pin_records_[r.pin];
+    rec.ns = ns;
+    rec.host_blocks = r.blocks;
+    if (!path_.empty()) {
+      rec.node = path_.back().node;
+      pin_path(+1);
+    }
+    if (!disk_ids.empty()) {
+      for (std::uint32_t id : disk_ids) {
+        ++disk_->at(id).pins;
+        disk_->refresh(id);
+      }
+      rec.disk = std::move(disk_ids);
+      rec.words.assign(words, words + static_cast<std::size_t>(r.blocks + r.disk_blocks) * spec_.width);
+    }
   }
   return r;
 }
 
-void Store::unpin(std::uint32_t node, double now) {
+void Store::unpin(std::uint32_t pin, double now) {
   std::lock_guard<std::mutex> lock(mu_);
+  KVTIER_ASSERT(pin < pin_records_.size() && pin_records_[pin].alive);
+  PinRecord& rec = pin_records_[pin];
   // Unpinning after close is allowed: it only releases a hold.
-  if (closed_) return;
+  if (closed_) {
+    rec.alive = false;
+    return;
+  }
   if (std::isnan(now) && std::isfinite(last_now_)) now = last_now_;  // default: the latest time seen
   now = resolve_now(now);
   const std::uint64_t op = ++seq_;
-  for (std::uint32_t id = node; tree_.at(id).parent != kNil; id = tree_.at(id).parent) {
+  for (std::uint32_t id = rec.node; id != kNil && tree_.at(id).parent != kNil; id = tree_.at(id).parent) {
     Node& n = tree_.at(id);
     KVTIER_ASSERT(n.alive && n.pins > 0);
     --n.pins;
@@ -285,17 +368,85 @@ void Store::unpin(std::uint32_t node, double now) {
     if (n.heap_pos != kNil) queue_.update(id);
     refresh_candidate(id);
   }
+  for (std::uint32_t id : rec.disk) {
+    DiskEntry& e = disk_->at(id);
+    if (e.state != DiskState::kRemoved) {
+      e.seq = op;
+      e.last_access = now;
+      disk_->touched(id);
+    }
+    disk_->unpin(id);
+  }
+  rec.alive = false;
+  rec.disk.clear();
+  rec.words.clear();
+  free_pins_.push_back(pin);
 }
 
 InsertResult Store::insert(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
                            const std::uint8_t* payload, std::size_t payload_first, double now) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   check_open();
   now = resolve_now(now);
   if (account >= accounts_.size() || accounts_[account].first != ns)
     throw Error(Code::kInvalidArgument, "account " + std::to_string(account) + " does not belong to namespace " +
                                             std::to_string(ns));
-  return insert_locked(ns, account, words, n, payload, payload_first, now, /*as_hit=*/false);
+  if (!disk_) return insert_locked(ns, account, words, n, payload, payload_first, now, /*as_hit=*/false);
+  // With a disk tier, an insert may queue writes (write-through, or demotions of the blocks it
+  // evicts). It runs in chunks, each waiting for room in the write queue first (back-pressure).
+  // Blocks that the host tier cannot take (it is full of this prompt's own prefix or of pinned
+  // blocks) go straight to the disk queue ("spill").
+  const std::uint64_t chunk = std::max<std::uint64_t>(1, spec_.disk.queue_blocks / 4);
+  InsertResult total;
+  bool started = false, spilling = false;
+  Key prev{};
+  std::size_t from = 0;
+  std::size_t end = std::min<std::size_t>(n, payload_first + chunk);
+  while (true) {
+    wait_queue_room(lock, chunk);
+    check_open();
+    now = std::max(now, last_now_);  // other calls may have run while this one waited
+    if (!spilling) {
+      const InsertResult r = insert_locked(ns, account, words, end, payload, payload_first, now, false);
+      if (!started && (r.matched < end || end == n)) {
+        total.matched = r.matched;
+        started = true;
+      }
+      total.inserted += r.inserted;
+      if (r.matched < payload_first) {
+        // Blocks below start_block are not all in the host tier: if the disk holds the rest of them,
+        // the new blocks chain on from there (to the disk); otherwise there is a gap and nothing to do.
+        if (!disk_chain(ns, words, r.matched, payload_first, now, &prev)) break;
+        total.matched = static_cast<std::uint32_t>(payload_first);
+        spilling = true;
+        from = payload_first;
+      } else {
+        from = r.matched + r.inserted;
+      }
+      if (!spilling && from < end) {
+        spilling = true;
+        if (from > 0) {  // the key the spilled blocks chain from: the last host block's
+          walk(ns, words, from, now, /*reclaim=*/false);
+          KVTIER_ASSERT(!path_.empty());
+          prev = node_keys(path_.back().node)[path_.back().blocks - 1];
+        }
+      }
+    }
+    if (spilling) {
+      const std::size_t stored = spill_locked(ns, account, words, from, end, payload, payload_first, now, &prev);
+      total.inserted += static_cast<std::uint32_t>(stored);
+      if (from + stored < end) break;
+      from = end;
+    }
+    if (end == n) break;
+    end = std::min<std::size_t>(n, end + chunk);
+  }
+  return total;
+}
+
+void Store::wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t blocks) {
+  const std::uint64_t limit = spec_.disk.queue_blocks;
+  cv_.wait(lock, [&] { return closed_ || queued_ + blocks <= limit; });
 }
 
 InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
@@ -343,7 +494,12 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
     for (std::uint64_t i = 0; i < want; ++i) {
       const std::uint32_t slot = arena_->take();
       slots[i] = slot;
-      std::memcpy(arena_->slot_ptr(slot), payload + (r.matched + i - payload_first) * bb, bb);
+      slot_refs_[slot] = 1;
+      const std::uint8_t* src = payload + (r.matched + i - payload_first) * bb;
+      if (disk_)
+        slot_crc_[slot] = copy_with_checksum(arena_->slot_ptr(slot), src, bb);
+      else
+        std::memcpy(arena_->slot_ptr(slot), src, bb);
     }
     stats_.bytes_written += want * bb;
     // Chained keys are computed lazily (keys_pinned), off the insert path.
@@ -354,16 +510,21 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   refresh_candidate(child);
   refresh_candidate(attach);
   r.inserted = static_cast<std::uint32_t>(want);
+  if (disk_ && spec_.disk.write_through)
+    for (std::uint32_t i = 0; i < want; ++i) queue_write(child, i, /*host_keeps=*/true, now);
   return r;
 }
 
-std::uint32_t Store::load_pinned(std::uint32_t node, std::uint8_t* out, std::size_t max_blocks) {
+std::uint32_t Store::load_pinned(std::uint32_t pin, std::uint8_t* out, std::size_t max_blocks,
+                                 std::vector<DiskRead>* reads) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
   if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
+  KVTIER_ASSERT(pin < pin_records_.size() && pin_records_[pin].alive);
+  const PinRecord& rec = pin_records_[pin];
   // Collect the chain root..node, then copy in order.
   std::vector<std::uint32_t> chain;
-  for (std::uint32_t id = node; tree_.at(id).parent != kNil; id = tree_.at(id).parent) {
+  for (std::uint32_t id = rec.node; id != kNil && tree_.at(id).parent != kNil; id = tree_.at(id).parent) {
     KVTIER_ASSERT(tree_.at(id).pins > 0);
     chain.push_back(id);
   }
@@ -378,6 +539,16 @@ std::uint32_t Store::load_pinned(std::uint32_t node, std::uint8_t* out, std::siz
     }
   }
   stats_.bytes_read += copied * bb;
+  if (copied < rec.host_blocks) return static_cast<std::uint32_t>(copied);
+  for (std::size_t k = 0; k < rec.disk.size() && copied < max_blocks; ++k, ++copied) {
+    const DiskEntry& e = disk_->at(rec.disk[k]);
+    if (e.state == DiskState::kRemoved) break;  // found damaged by another load meanwhile
+    if (e.slot != kNil) {
+      std::memcpy(out + copied * bb, arena_->slot_ptr(e.slot), bb);  // still queued: the host slot has it
+    } else {
+      reads->push_back({static_cast<std::uint32_t>(copied), e.key, e.checksum});
+    }
+  }
   return static_cast<std::uint32_t>(copied);
 }
 
@@ -402,26 +573,47 @@ std::uint32_t Store::load(std::uint32_t ns, const Word* words, std::size_t n, st
   return m;
 }
 
-std::vector<Key> Store::keys_pinned(std::uint32_t node) {
+std::vector<Key> Store::keys_pinned(std::uint32_t pin) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
   if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it keeps no keys");
+  KVTIER_ASSERT(pin < pin_records_.size() && pin_records_[pin].alive);
+  const PinRecord& rec = pin_records_[pin];
   std::vector<std::uint32_t> chain;
-  for (std::uint32_t id = node; tree_.at(id).parent != kNil; id = tree_.at(id).parent) chain.push_back(id);
+  for (std::uint32_t id = rec.node; id != kNil && tree_.at(id).parent != kNil; id = tree_.at(id).parent)
+    chain.push_back(id);
   std::vector<Key> keys;
-  const Key* parent = nullptr;
+  if (rec.node != kNil) node_keys(rec.node);  // computes the whole chain's keys
   for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
-    Node& n = tree_.at(*it);
-    std::vector<Key>& nk = n.payload->keys;
-    if (nk.empty()) {  // first request for this node's keys: chain them from the parent's last key
-      const std::uint32_t nb = tree_.num_blocks(*it);
-      nk.resize(nb);
-      chain_keys(ns_keys_[n.ns], parent, n.words.data(), nb, spec_.width, nullptr, 0, nk.data());
-    }
+    const std::vector<Key>& nk = tree_.at(*it).payload->keys;
     keys.insert(keys.end(), nk.begin(), nk.end());
-    parent = &nk.back();
   }
+  for (std::uint32_t id : rec.disk) keys.push_back(disk_->at(id).key);
   return keys;
+}
+
+// The chained keys of node `id`'s blocks, computing (and caching) them and its ancestors' as needed.
+const std::vector<Key>& Store::node_keys(std::uint32_t id) {
+  std::vector<std::uint32_t> todo;
+  for (std::uint32_t x = id; tree_.at(x).parent != kNil && tree_.at(x).payload->keys.empty(); x = tree_.at(x).parent)
+    todo.push_back(x);
+  for (auto it = todo.rbegin(); it != todo.rend(); ++it) {
+    Node& n = tree_.at(*it);
+    const Node& p = tree_.at(n.parent);
+    const Key* parent = p.parent == kNil ? nullptr : &p.payload->keys.back();
+    const std::uint32_t nb = tree_.num_blocks(*it);
+    n.payload->keys.resize(nb);
+    chain_keys(ns_keys_[n.ns], parent, n.words.data(), nb, spec_.width, nullptr, 0, n.payload->keys.data());
+  }
+  return tree_.at(id).payload->keys;
+}
+
+// The key block `block` of node `node` chains from (zero for a prompt's first block).
+Key Store::parent_key_of(std::uint32_t node, std::uint32_t block) {
+  const std::vector<Key>& keys = node_keys(node);
+  if (block > 0) return keys[block - 1];
+  const Node& p = tree_.at(tree_.at(node).parent);
+  return p.parent == kNil ? Key{} : p.payload->keys.back();
 }
 
 std::uint64_t Store::evict(std::uint64_t bytes, double now) {
@@ -436,19 +628,31 @@ std::uint64_t Store::expire(double now) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
   now = resolve_now(now);
-  return expire_locked(now);
+  const std::uint64_t host = expire_locked(now);
+  return host + (disk_ ? disk_expire_locked(now) : 0);
 }
 
 std::uint64_t Store::clear(double now) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
   now = resolve_now(now);
-  return evict_blocks(~std::uint64_t{0}, now);
+  demote_ = false;
+  std::uint64_t n = evict_blocks(~std::uint64_t{0}, now);
+  demote_ = true;
+  if (disk_) {
+    auto& q = disk_->queue();
+    while (!q.empty()) {
+      disk_remove(q.top(), now, Gone::kEvicted);
+      ++n;
+    }
+  }
+  return n;
 }
 
 void Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
+  if (spec_.payloads) throw Error(Code::kInvalidArgument, "replay needs a metadata-only store (it has no payloads)");
   const std::uint32_t width = spec_.width;
   if (t.n_requests > 0 && t.times[0] < last_now_)
     throw Error(Code::kInvalidArgument, "timestamps[0] = " + fmt_time(t.times[0]) +
@@ -507,10 +711,14 @@ std::vector<AccountResidency> Store::residency(double now) {
   check_open();
   now = resolve_now(now);
   expire_locked(now);
+  if (disk_) disk_expire_locked(now);
   std::vector<AccountResidency> out;
-  for (std::uint32_t a = 0; a < accounts_.size(); ++a)
-    out.push_back({accounts_[a].first, accounts_[a].second, kTierHost, ledger_.bytes(kTierHost, a),
-                   ledger_.byte_seconds(kTierHost, a, now)});
+  for (int tier : {kTierHost, kTierDisk}) {
+    if (tier == kTierDisk && !disk_) break;
+    for (std::uint32_t a = 0; a < accounts_.size(); ++a)
+      out.push_back({accounts_[a].first, accounts_[a].second, tier, ledger_.bytes(tier, a),
+                     ledger_.byte_seconds(tier, a, now)});
+  }
   return out;
 }
 
@@ -520,8 +728,10 @@ double Store::clock_now() {
 }
 
 void Store::close() {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return !batch_open_; });  // the writer may be reading slots
   closed_ = true;
+  cv_.notify_all();
   arena_.reset();
 }
 
@@ -568,7 +778,39 @@ void Store::check_invariants() {
   KVTIER_ASSERT(blocks == used_blocks_);
   KVTIER_ASSERT(candidates == queue_.size());
   KVTIER_ASSERT(capacity_blocks_ == 0 || used_blocks_ <= capacity_blocks_);
-  if (arena_) KVTIER_ASSERT(arena_->free_slots() + used_blocks_ == arena_->slots());
+  if (!arena_) return;
+  // Every slot's holders: host blocks and queued writes.
+  std::vector<std::uint32_t> refs(arena_->slots(), 0);
+  for (std::uint32_t root : roots_) {
+    std::vector<std::uint32_t> todo{root};
+    while (!todo.empty()) {
+      const std::uint32_t id = todo.back();
+      todo.pop_back();
+      for (std::uint32_t c = tree_.at(id).first_child; c != kNil; c = tree_.at(c).next_sibling) {
+        for (std::uint32_t s : tree_.at(c).payload->slots) ++refs[s];
+        todo.push_back(c);
+      }
+    }
+  }
+  if (disk_) {
+    disk_->check();
+    std::uint64_t queued = 0;
+    for (std::uint32_t id = 0; id < disk_->slots(); ++id) {
+      const DiskEntry& e = disk_->at(id);
+      const bool in_queue = e.state == DiskState::kPending || e.state == DiskState::kWriting;
+      queued += in_queue;
+      KVTIER_ASSERT(in_queue == (e.slot != kNil));
+      if (in_queue) ++refs[e.slot];
+    }
+    KVTIER_ASSERT(queued == queued_);
+    KVTIER_ASSERT(disk_->live() <= disk_capacity_blocks_);
+  }
+  std::size_t free_slots = 0;
+  for (std::size_t s = 0; s < refs.size(); ++s) {
+    KVTIER_ASSERT(refs[s] == slot_refs_[s]);
+    free_slots += refs[s] == 0;
+  }
+  KVTIER_ASSERT(free_slots == arena_->free_slots());
 }
 
 }  // namespace kvtier

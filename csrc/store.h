@@ -7,7 +7,9 @@
 #pragma once
 
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -17,6 +19,7 @@
 #include <vector>
 
 #include "common.h"
+#include "disk_index.h"
 #include "host_tier.h"
 #include "keys.h"
 #include "policy.h"
@@ -31,12 +34,24 @@ struct TierSpec {
   double ttl_s = 0.0;                // max idle seconds; 0 = no TTL
 };
 
+// The disk tier's shape. The folder itself (LMDB) is driven from Python through the writer calls
+// below; the core keeps the index, the queue and the policies.
+struct DiskSpec {
+  bool enabled = false;
+  std::uint64_t capacity_bytes = 0;  // > 0 when enabled
+  Policy policy = Policy::kLRU;
+  double ttl_s = 0.0;                // max idle seconds; 0 = no TTL
+  bool write_through = false;        // false: write-back (host evictions demote)
+  std::uint32_t queue_blocks = 64;   // blocks queued for the writer before inserts wait
+};
+
 struct StoreSpec {
   std::uint32_t block_size = 16;   // tokens per block (reported as matched tokens)
   std::uint32_t width = 16;        // words compared per block: block_size for tokens, 2 for u64 ids
   std::uint64_t block_bytes = 0;   // payload bytes per block (also the accounting size)
   bool payloads = true;            // false = metadata-only (no arena, no keys)
   TierSpec host;
+  DiskSpec disk;
 };
 
 struct TierStats {
@@ -54,6 +69,48 @@ struct TierStats {
   std::uint64_t nodes = 0;
 };
 
+struct DiskStats {
+  std::uint64_t hits = 0;           // blocks matched on disk (beyond the host match)
+  std::uint64_t misses = 0;         // full blocks found in neither tier
+  std::uint64_t queued = 0;         // blocks put in the write queue
+  std::uint64_t written = 0;        // blocks committed to the folder
+  std::uint64_t bytes_written = 0;
+  std::uint64_t bytes_read = 0;     // payload bytes loaded from the disk tier
+  std::uint64_t evicted = 0;
+  std::uint64_t expired = 0;
+  std::uint64_t corrupted = 0;      // blocks whose payload failed its checksum (removed, never served)
+  std::uint64_t missing = 0;        // blocks in the index whose payload was gone (another process removed it)
+  std::uint64_t write_errors = 0;   // blocks a failed commit did not persist
+  std::uint64_t rejected = 0;       // demotions skipped: the disk was full of pinned or queued blocks
+  std::uint64_t promoted = 0;       // disk hits copied back into the host tier
+  std::uint64_t restored = 0;       // entries read from the folder at open or from other processes
+  std::uint64_t pending = 0;        // blocks queued or being written now
+  std::uint64_t blocks = 0;
+  std::uint64_t resident_bytes = 0;
+  std::uint64_t capacity_bytes = 0;
+  std::uint64_t pinned_blocks = 0;
+};
+
+// One block handed to the writer: where its payload is and its index record.
+struct WriteOut {
+  Key key;
+  std::vector<std::uint8_t> record;  // the index record (docs/disk.md)
+  const std::uint8_t* payload;       // block_bytes, valid until disk_finish
+};
+
+struct WriteBatch {
+  std::vector<WriteOut> writes;
+  std::vector<Key> deletes;  // apply before the writes
+  bool closed = false;       // the store is closing: the writer should stop
+};
+
+// A committed disk block that a load must read from the folder.
+struct DiskRead {
+  std::uint32_t block;  // index in the prompt
+  Key key;
+  std::uint32_t checksum;
+};
+
 struct AccountResidency {
   std::uint32_t ns;
   std::string session;
@@ -63,8 +120,11 @@ struct AccountResidency {
 };
 
 struct MatchResult {
-  std::uint32_t blocks = 0;   // leading full blocks found
-  std::uint32_t node = kNil;  // deepest matched node (pinned when asked)
+  std::uint32_t blocks = 0;       // leading full blocks found in the host tier
+  std::uint32_t disk_blocks = 0;  // blocks found on disk after those
+  std::uint32_t pin = kNil;       // pin record (when asked and something matched)
+  bool probe = false;             // the disk lookup stopped at a missing key: `probe_key` of
+  Key probe_key{};                // block blocks + disk_blocks (another process may have stored it)
 };
 
 struct InsertResult {
@@ -101,36 +161,83 @@ class Store {
   MatchResult match(std::uint32_t ns, const Word* words, std::size_t n, double now, bool touch, bool pin);
   // Releases a pin. Releasing counts as an access of the prefix (recency refreshed, no hit): its
   // idle time, and so its TTL, starts now. NaN `now` means the latest time the store has seen.
-  void unpin(std::uint32_t node, double now);
+  void unpin(std::uint32_t pin, double now);
 
   // Stores the blocks of `words` not yet present. Payload mode: `payload` holds blocks
   // [payload_first, n) back to back (block_bytes each); blocks below payload_first must be present.
   InsertResult insert(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
                       const std::uint8_t* payload, std::size_t payload_first, double now);
 
-  // Copies the payloads of the pinned prefix ending at `node` (at most `max_blocks`) to `out`.
-  // Returns blocks copied. Caller holds the pin.
-  std::uint32_t load_pinned(std::uint32_t node, std::uint8_t* out, std::size_t max_blocks);
+  // Copies the payloads of pinned prefix `pin` (at most `max_blocks`) to `out`: host blocks and
+  // disk blocks still in the write queue. Returns the blocks copied from the front; committed disk
+  // blocks after them are listed in `reads` for the caller to read from the folder, verify and copy
+  // (copy_with_checksum), then report with disk_finish_load.
+  std::uint32_t load_pinned(std::uint32_t pin, std::uint8_t* out, std::size_t max_blocks,
+                            std::vector<DiskRead>* reads);
+  // After a load's folder reads: `good` leading blocks of the prefix are in `out`; `bad` keys failed
+  // their checksum (or were gone) and are removed. With `promote`, good disk blocks are copied into
+  // the host tier when that needs no wait. Returns `good`.
+  std::uint32_t disk_finish_load(std::uint32_t pin, const std::uint8_t* out, std::uint32_t good,
+                                 const std::vector<Key>& corrupt, const std::vector<Key>& missing, bool promote,
+                                 double now);
   // Match (touching) and copy in one locked step. Returns blocks copied.
   std::uint32_t load(std::uint32_t ns, const Word* words, std::size_t n, std::uint8_t* out, double now);
-  // Chained keys of the pinned prefix ending at `node` (payload mode).
-  std::vector<Key> keys_pinned(std::uint32_t node);
+  // Chained keys of pinned prefix `pin` (payload mode).
+  std::vector<Key> keys_pinned(std::uint32_t pin);
 
-  std::uint64_t evict(std::uint64_t bytes, double now);  // frees at least `bytes` if unpinned blocks allow
+  // ---- disk tier: the writer side (one writer thread) ----
+  // Waits up to `timeout_s` for work; takes at most `max_blocks` queued writes and every pending
+  // delete. `wall_now` (seconds since the epoch) dates the index records.
+  WriteBatch disk_take(std::size_t max_blocks, double timeout_s, double wall_now);
+  // Ends the batch taken last: committed (`ok`), or not persisted (`error` says why).
+  void disk_finish(bool ok, const std::string& error);
+  // The folder's map is full: evicts up to `blocks` committed blocks and returns their keys to
+  // delete before retrying.
+  std::vector<Key> disk_make_room(std::size_t blocks, double now);
+  // Waits until every write queued so far is committed (or `timeout_s` passes: returns false).
+  // Returns the errors of writes that failed since the last flush.
+  bool disk_flush(double timeout_s, std::string* errors);
+  // Index records read from the folder (at open, or found by a probe): entries become committed
+  // disk blocks. Returns the keys of records that are damaged (to delete) in `bad`; records of
+  // another block geometry are skipped and counted in `foreign`.
+  std::uint64_t disk_restore(const std::vector<std::pair<Key, std::string>>& records, double wall_now, double now,
+                             std::vector<Key>* bad, std::uint64_t* foreign);
+  // Keys of blocks `from`.. of `words` chained from `parent` (nullptr: the first block).
+  std::vector<Key> chain_keys_from(std::uint32_t ns, const Word* words, std::size_t n, std::size_t from,
+                                   const Key* parent);
+  // Queues up to `max_blocks` host blocks that are not on disk yet (a clean shutdown of a
+  // write-back store persists its host tier this way; they keep their host slots meanwhile).
+  // Returns the blocks queued.
+  std::uint64_t disk_persist(std::size_t max_blocks, double now);
+  DiskStats disk_stats();
+
+  std::uint64_t evict(std::uint64_t bytes, double now);  // host: frees at least `bytes` (demoting to disk)
   std::uint64_t expire(double now);                      // reclaims expired blocks; returns blocks
-  std::uint64_t clear(double now);                       // removes every unpinned block
+  std::uint64_t clear(double now);                       // removes every unpinned block, every tier
   void replay(const ReplayTrace& trace, std::int32_t* hits_out);
 
   TierStats stats();
   std::vector<AccountResidency> residency(double now);
   double clock_now();  // the store's notion of now (last time seen, or the monotonic clock)
-  void close();
+  void close();  // waits for a writer batch in flight; wakes the writer
   bool closed();
 
   // Checks every structural invariant (tests). Throws nothing; aborts on violation.
   void check_invariants();
 
  private:
+  struct PinRecord {
+    std::uint32_t node = kNil;             // deepest pinned host node
+    std::uint32_t host_blocks = 0;
+    std::uint32_t ns = 0;
+    std::vector<std::uint32_t> disk;       // pinned disk entries, in prompt order
+    std::vector<Word> words;               // the prompt's blocks up to the end of `disk` (promotion)
+    bool alive = false;
+  };
+  struct WriteItem {
+    std::uint32_t entry;
+    std::vector<Word> words;  // the block's tokens, for its index record
+  };
   struct Step {
     std::uint32_t node;
     std::uint32_t blocks;  // blocks of this node matched (the last step may be partial)
@@ -141,6 +248,28 @@ class Store {
   bool expired(const Node& n, double now) const {
     return spec_.host.ttl_s > 0.0 && n.pins == 0 && now - n.last_access > spec_.host.ttl_s;
   }
+  bool disk_expired(const DiskEntry& e, double now) const {
+    return spec_.disk.ttl_s > 0.0 && e.pins == 0 && e.state == DiskState::kCommitted &&
+           now - e.last_access > spec_.disk.ttl_s;
+  }
+  std::uint32_t add_namespace_locked(const Key& ns_key);
+  std::uint32_t account_locked(std::uint32_t ns, const std::string& session);
+  std::uint32_t new_pin();
+  void unpin_disk(PinRecord& rec);
+  const std::vector<Key>& node_keys(std::uint32_t id);
+  Key parent_key_of(std::uint32_t node, std::uint32_t block);
+  std::uint32_t disk_walk(std::uint32_t ns, const Word* words, std::size_t n, double now, bool touch,
+                          MatchResult* r, std::vector<std::uint32_t>* ids);
+  void slot_unref(std::uint32_t slot);
+  bool disk_room(double now);
+  void queue_write(std::uint32_t node, std::uint32_t block, bool host_keeps, double now);
+  enum class Gone { kEvicted, kExpired, kCorrupt, kMissing, kFailed };
+  void disk_remove(std::uint32_t entry, double now, Gone why);
+  std::uint64_t disk_expire_locked(double now);
+  void wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t blocks);
+  bool disk_chain(std::uint32_t ns, const Word* words, std::size_t host_blocks, std::size_t to, double now, Key* last);
+  std::size_t spill_locked(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t from, std::size_t to,
+                           const std::uint8_t* payload, std::size_t payload_first, double now, Key* prev);
   std::uint32_t walk(std::uint32_t ns, const Word* words, std::size_t n, double now, bool reclaim);
   void split_partial_end();
   void touch_path(double now, bool hit);
@@ -173,6 +302,23 @@ class Store {
   std::map<Key, std::uint32_t> ns_ids_;
   std::vector<std::pair<std::uint32_t, std::string>> accounts_;  // account -> (ns, session)
   std::map<std::pair<std::uint32_t, std::string>, std::uint32_t> account_ids_;
+  // Disk tier (spec_.disk.enabled).
+  std::unique_ptr<DiskIndex> disk_;
+  DiskStats dstats_;
+  std::uint64_t disk_capacity_blocks_ = 0;
+  std::vector<std::uint32_t> slot_crc_;   // block_checksum of each host slot's payload
+  std::vector<std::uint8_t> slot_refs_;   // holders of each slot: the host tree and/or a queued write
+  std::deque<WriteItem> writes_;          // queued for the writer
+  std::vector<std::uint32_t> batch_;      // entries taken by the writer, not yet finished
+  std::vector<Key> deletes_;              // keys to delete from the folder
+  bool batch_open_ = false;
+  std::uint64_t queued_ = 0;              // entries pending or writing
+  bool demote_ = true;                    // host evictions go to disk (false while clearing)
+  std::string write_errors_;              // since the last flush
+  std::condition_variable cv_;            // queue changes: writer work, room, flush
+  std::vector<PinRecord> pin_records_;
+  std::vector<std::uint32_t> free_pins_;
+
   std::vector<Step> path_;           // scratch for walk()
   std::vector<std::uint32_t> stack_; // scratch for subtree walks
 };

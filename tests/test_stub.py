@@ -262,6 +262,16 @@ def _stub_basic(annotation: str | None) -> set[str] | None:
     return parts
 
 
+def _tuple_len(annotation: str) -> int:
+    """Elements of a ``tuple[...]`` annotation (commas at the top level of its brackets)."""
+    depth, n = 0, 1
+    for ch in annotation[len("tuple[") : -1]:
+        depth += ch == "["
+        depth -= ch == "]"
+        n += ch == "," and depth == 0
+    return n
+
+
 def _compare(where: str, live: Signature, stub: Signature, is_method: bool) -> list[str]:
     problems = []
     lp = list(live.params)
@@ -306,8 +316,7 @@ def _compare(where: str, live: Signature, stub: Signature, is_method: bool) -> l
         if not stub.returns.endswith(f".{dt}]"):
             problems.append(f"{where}: binding returns {live.returns!r} but stub {stub.returns!r}")
     elif live.returns is not None and live.returns.startswith("tuple["):
-        n_live = live.returns.count(",") + 1
-        if not stub.returns.startswith("tuple[") or stub.returns.count(",") + 1 != n_live:
+        if not stub.returns.startswith("tuple[") or _tuple_len(stub.returns) != _tuple_len(live.returns):
             problems.append(f"{where}: binding returns {live.returns!r} but stub {stub.returns!r}")
     return problems
 
@@ -424,13 +433,18 @@ def test_parameter_names_are_the_bound_ones() -> None:
     ns = s.add_namespace(kvtier.Namespace(model="m").key(2))
     acc = s.account(ns, "")
     assert s.insert(ns=ns, account=acc, tokens=[1, 2], payload=bytes(4), payload_first=0, now=1.0) == (0, 1, 1)
-    blocks, pin = s.match(ns=ns, tokens=[1, 2], now=2.0, touch=True, pin=True)
-    assert (blocks, pin.blocks, pin.active) == (1, 1, True)
-    assert s.load_pinned(pin=pin, out=bytearray(4)) == 1
+    blocks, disk_blocks, pin, probe = s.match(ns=ns, tokens=[1, 2], now=2.0, touch=True, pin=True)
+    assert (blocks, disk_blocks, probe, pin.blocks, pin.active) == (1, 0, None, 1, True)
+    assert s.load_pinned(pin=pin, out=bytearray(4)) == (1, [])
     assert s.keys_pinned(pin).shape == (1, 32)
     s.unpin(pin)
     assert s.evict(bytes=4, now=3.0) == 4
-    assert s.replay(offsets=[0], blocks=[], times=[], ns=None, accounts=None).shape == (0,)
+    with pytest.raises(kvtier.InvalidArgumentError, match="metadata-only"):
+        s.replay(offsets=[0], blocks=[], times=[], ns=None, accounts=None)
+    meta = _core.Store(
+        block_size=2, ids=False, block_bytes=4, payloads=False, capacity_bytes=64, policy=0, ttl_s=0.0, limit=100
+    )
+    assert meta.replay(offsets=[0], blocks=[], times=[], ns=None, accounts=None).shape == (0,)
     assert _core.blake3(data=b"", out_len=4) == _core.blake3(b"")[:4]
     # Unnamed parameters are positional-only: the stub marks them with "/".
     with pytest.raises(TypeError):

@@ -251,8 +251,8 @@ Words id_words(py::handle obj, const char* arg) {
 // never be used on another store that happens to reuse the address).
 struct PyPin {
   std::shared_ptr<Store> store;
-  std::uint32_t node;
-  std::uint32_t blocks;
+  std::uint32_t pin;
+  std::uint32_t blocks;  // host + disk
   bool active;
 };
 
@@ -326,6 +326,45 @@ Key key_from(py::bytes b, const char* arg) {
   return k;
 }
 
+py::bytes key_bytes(const Key& k) { return py::bytes(reinterpret_cast<const char*>(k.data()), 32); }
+
+py::dict disk_stats_dict(const DiskStats& s) {
+  py::dict d;
+  d["hits"] = s.hits;
+  d["misses"] = s.misses;
+  d["queued"] = s.queued;
+  d["written"] = s.written;
+  d["bytes_written"] = s.bytes_written;
+  d["bytes_read"] = s.bytes_read;
+  d["evicted"] = s.evicted;
+  d["expired"] = s.expired;
+  d["corrupted"] = s.corrupted;
+  d["missing"] = s.missing;
+  d["write_errors"] = s.write_errors;
+  d["rejected"] = s.rejected;
+  d["promoted"] = s.promoted;
+  d["restored"] = s.restored;
+  d["pending"] = s.pending;
+  d["blocks"] = s.blocks;
+  d["resident_bytes"] = s.resident_bytes;
+  d["capacity_bytes"] = s.capacity_bytes;
+  d["pinned_blocks"] = s.pinned_blocks;
+  return d;
+}
+
+std::vector<Key> keys_from_list(const py::list& keys, const char* arg) {
+  std::vector<Key> out;
+  out.reserve(keys.size());
+  for (py::handle k : keys) out.push_back(key_from(py::reinterpret_borrow<py::bytes>(k), arg));
+  return out;
+}
+
+PyPin& active_pin(PyStore& s, PyPin& p) {
+  if (p.store != s.store) raise(Code::kInvalidArgument, "this pin belongs to another store");
+  if (!p.active) raise(Code::kInvalidArgument, "this pin was already released");
+  return p;
+}
+
 py::array_t<std::uint8_t> keys_array(const std::vector<Key>& keys) {
   py::array_t<std::uint8_t> out({static_cast<py::ssize_t>(keys.size()), py::ssize_t{32}});
   if (!keys.empty()) std::memcpy(out.mutable_data(), keys.data(), keys.size() * 32);
@@ -334,10 +373,12 @@ py::array_t<std::uint8_t> keys_array(const std::vector<Key>& keys) {
 
 }  // namespace
 
+void bind_disk_functions(py::module_& m);  // bindings/disk.cpp
 void bind_copy(py::module_& m);  // csrc/bindings/copy.cpp
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "kvtier's C++ core. Private: use the kvtier package.";
+  bind_disk_functions(m);
   bind_copy(m);
 
   py::register_exception_translator([](std::exception_ptr p) {
@@ -438,8 +479,12 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<PyStore>(m, "Store")
       .def(py::init([](std::uint32_t block_size, bool ids, std::uint64_t block_bytes, bool payloads,
-                       std::uint64_t capacity_bytes, int policy, double ttl_s, std::uint64_t limit) {
+                       std::uint64_t capacity_bytes, int policy, double ttl_s, std::uint64_t limit,
+                       std::uint64_t disk_capacity_bytes, int disk_policy, double disk_ttl_s, bool write_through,
+                       std::uint32_t queue_blocks) {
              if (policy < 0 || policy > 2) raise(Code::kInvalidArgument, "policy must be 0 (lru), 1 (lfu) or 2 (ttl)");
+             if (disk_policy < 0 || disk_policy > 2)
+               raise(Code::kInvalidArgument, "disk policy must be 0 (lru), 1 (lfu) or 2 (ttl)");
              StoreSpec spec;
              spec.block_size = block_size;
              spec.width = ids ? 2 : block_size;
@@ -448,6 +493,14 @@ PYBIND11_MODULE(_core, m) {
              spec.host.capacity_bytes = capacity_bytes;
              spec.host.policy = static_cast<Policy>(policy);
              spec.host.ttl_s = ttl_s;
+             if (disk_capacity_bytes > 0) {
+               spec.disk.enabled = true;
+               spec.disk.capacity_bytes = disk_capacity_bytes;
+               spec.disk.policy = static_cast<Policy>(disk_policy);
+               spec.disk.ttl_s = disk_ttl_s;
+               spec.disk.write_through = write_through;
+               spec.disk.queue_blocks = queue_blocks;
+             }
              auto s = std::make_unique<PyStore>();
              {
                py::gil_scoped_release nogil;
@@ -458,9 +511,12 @@ PYBIND11_MODULE(_core, m) {
              return s;
            }),
            py::kw_only(), py::arg("block_size"), py::arg("ids"), py::arg("block_bytes"), py::arg("payloads"),
-           py::arg("capacity_bytes"), py::arg("policy"), py::arg("ttl_s"), py::arg("limit"))
+           py::arg("capacity_bytes"), py::arg("policy"), py::arg("ttl_s"), py::arg("limit"),
+           py::arg("disk_capacity_bytes") = 0, py::arg("disk_policy") = 0, py::arg("disk_ttl_s") = 0.0,
+           py::arg("write_through") = false, py::arg("queue_blocks") = 64)
       .def("add_namespace", [](PyStore& s, py::bytes key) { return s.store->add_namespace(key_from(key, "namespace key")); })
       .def("account", [](PyStore& s, std::uint32_t ns, const std::string& session) { return s.store->account(ns, session); })
+      .def("namespace_key_of", [](PyStore& s, std::uint32_t ns) { return key_bytes(s.store->namespace_key_of(ns)); })
       .def(
           "match",
           [](PyStore& s, std::uint32_t ns, py::handle tokens, std::optional<double> now, bool touch, bool pin) {
@@ -471,8 +527,9 @@ PYBIND11_MODULE(_core, m) {
               r = s.store->match(ns, w.data, s.blocks_of(w), time_arg(now), touch, pin);
             }
             py::object handle = py::none();
-            if (pin && r.node != kNil) handle = py::cast(PyPin{s.store, r.node, r.blocks, true});
-            return py::make_tuple(r.blocks, handle);
+            if (pin && r.pin != kNil) handle = py::cast(PyPin{s.store, r.pin, r.blocks + r.disk_blocks, true});
+            py::object probe = r.probe ? py::object(key_bytes(r.probe_key)) : py::object(py::none());
+            return py::make_tuple(r.blocks, r.disk_blocks, handle, probe);
           },
           py::arg("ns"), py::arg("tokens"), py::arg("now"), py::arg("touch"), py::arg("pin"))
       .def("unpin",
@@ -484,7 +541,7 @@ PYBIND11_MODULE(_core, m) {
              p.active = false;
              try {
                py::gil_scoped_release nogil;
-               s.store->unpin(p.node, t);
+               s.store->unpin(p.pin, t);
              } catch (...) {
                p.active = true;  // nothing was released (e.g. time went backwards)
                throw;
@@ -542,24 +599,133 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "load_pinned",
           [](PyStore& s, PyPin& p, py::handle out) {
-            if (p.store != s.store) raise(Code::kInvalidArgument, "this pin belongs to another store");
-            if (!p.active) raise(Code::kInvalidArgument, "this pin was already released");
+            active_pin(s, p);
             ByteView v = byte_view(out, true, "out");
             const std::size_t bb = s.store->spec().block_bytes;
             if (v.bytes < static_cast<std::size_t>(p.blocks) * bb)
               raise(Code::kInvalidArgument, "out has " + std::to_string(v.bytes) + " bytes; it must hold " +
                                                 std::to_string(p.blocks) + " blocks x block_bytes=" + std::to_string(bb));
-            py::gil_scoped_release nogil;
-            return s.store->load_pinned(p.node, v.data, p.blocks);
+            std::vector<DiskRead> reads;
+            std::uint32_t planned;
+            {
+              py::gil_scoped_release nogil;
+              planned = s.store->load_pinned(p.pin, v.data, p.blocks, &reads);
+            }
+            py::list r;
+            for (const DiskRead& d : reads) r.append(py::make_tuple(d.block, key_bytes(d.key), d.checksum));
+            return py::make_tuple(planned, r);
           },
           py::arg("pin"), py::arg("out"))
+      .def(
+          "disk_finish_load",
+          [](PyStore& s, PyPin& p, py::handle out, std::uint32_t good, const py::list& corrupt, const py::list& missing,
+             bool promote, std::optional<double> now) {
+            active_pin(s, p);
+            ByteView v = byte_view(out, false, "out");
+            if (good > p.blocks || v.bytes < static_cast<std::size_t>(good) * s.store->spec().block_bytes)
+              raise(Code::kInvalidArgument, "good blocks out of range");
+            const std::vector<Key> bad = keys_from_list(corrupt, "corrupt"), gone = keys_from_list(missing, "missing");
+            const double t = time_arg(now);
+            py::gil_scoped_release nogil;
+            return s.store->disk_finish_load(p.pin, v.data, good, bad, gone, promote, t);
+          },
+          py::arg("pin"), py::arg("out"), py::arg("good"), py::arg("corrupt"), py::arg("missing"), py::arg("promote"),
+          py::arg("now") = py::none())
+      .def(
+          "disk_take",
+          [](PyStore& s, std::size_t max_blocks, double timeout_s, double wall_now) {
+            WriteBatch b;
+            {
+              py::gil_scoped_release nogil;
+              b = s.store->disk_take(max_blocks, timeout_s, wall_now);
+            }
+            const std::size_t bb = s.store->spec().block_bytes;
+            py::list writes, deletes;
+            for (const WriteOut& w : b.writes)
+              writes.append(py::make_tuple(
+                  key_bytes(w.key), py::bytes(reinterpret_cast<const char*>(w.record.data()), w.record.size()),
+                  py::memoryview::from_memory(static_cast<const void*>(w.payload), static_cast<py::ssize_t>(bb))));
+            for (const Key& k : b.deletes) deletes.append(key_bytes(k));
+            return py::make_tuple(b.closed, writes, deletes);
+          },
+          py::arg("max_blocks"), py::arg("timeout_s"), py::arg("wall_now"))
+      .def("disk_finish", [](PyStore& s, bool ok, const std::string& error) {
+             py::gil_scoped_release nogil;
+             s.store->disk_finish(ok, error);
+           }, py::arg("ok"), py::arg("error") = "")
+      .def("disk_make_room", [](PyStore& s, std::size_t blocks) {
+             std::vector<Key> keys;
+             {
+               py::gil_scoped_release nogil;
+               keys = s.store->disk_make_room(blocks, std::numeric_limits<double>::quiet_NaN());
+             }
+             py::list out;
+             for (const Key& k : keys) out.append(key_bytes(k));
+             return out;
+           }, py::arg("blocks"))
+      .def("disk_flush", [](PyStore& s, std::optional<double> timeout_s) {
+             std::string errors;
+             bool ok;
+             {
+               py::gil_scoped_release nogil;
+               ok = s.store->disk_flush(timeout_s ? *timeout_s : -1.0, &errors);
+             }
+             return py::make_tuple(ok, errors);
+           }, py::arg("timeout_s") = py::none())
+      .def(
+          "disk_restore",
+          [](PyStore& s, const py::list& records, double wall_now, std::optional<double> now) {
+            std::vector<std::pair<Key, std::string>> recs;
+            recs.reserve(records.size());
+            for (py::handle item : records) {
+              auto t = py::reinterpret_borrow<py::tuple>(item);
+              recs.emplace_back(key_from(t[0].cast<py::bytes>(), "record key"), t[1].cast<std::string>());
+            }
+            std::vector<Key> bad;
+            std::uint64_t foreign = 0, restored;
+            const double t = time_arg(now);
+            {
+              py::gil_scoped_release nogil;
+              restored = s.store->disk_restore(recs, wall_now, t, &bad, &foreign);
+            }
+            py::list bad_keys;
+            for (const Key& k : bad) bad_keys.append(key_bytes(k));
+            return py::make_tuple(restored, bad_keys, foreign);
+          },
+          py::arg("records"), py::arg("wall_now"), py::arg("now") = py::none())
+      .def(
+          "chain_keys_from",
+          [](PyStore& s, std::uint32_t ns, py::handle tokens, std::size_t from, std::optional<py::bytes> parent) {
+            Words w = s.words_of(tokens, "tokens");
+            std::optional<Key> par;
+            if (parent) par = key_from(*parent, "parent");
+            std::vector<Key> keys;
+            {
+              py::gil_scoped_release nogil;
+              keys = s.store->chain_keys_from(ns, w.data, s.blocks_of(w), from, par ? &*par : nullptr);
+            }
+            return keys_array(keys);
+          },
+          py::arg("ns"), py::arg("tokens"), py::arg("from_block"), py::arg("parent") = py::none())
+      .def("disk_persist", [](PyStore& s, std::size_t max_blocks) {
+             py::gil_scoped_release nogil;
+             return s.store->disk_persist(max_blocks, std::numeric_limits<double>::quiet_NaN());
+           }, py::arg("max_blocks"))
+      .def("disk_stats", [](PyStore& s) {
+        DiskStats st;
+        {
+          py::gil_scoped_release nogil;
+          st = s.store->disk_stats();
+        }
+        return disk_stats_dict(st);
+      })
       .def("keys_pinned",
            [](PyStore& s, PyPin& p) {
              if (p.store != s.store || !p.active) raise(Code::kInvalidArgument, "pin is not active in this store");
              std::vector<Key> keys;
              {
                py::gil_scoped_release nogil;
-               keys = s.store->keys_pinned(p.node);
+               keys = s.store->keys_pinned(p.pin);
              }
              keys.resize(std::min<std::size_t>(keys.size(), p.blocks));
              return keys_array(keys);

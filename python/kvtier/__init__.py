@@ -5,13 +5,15 @@
 
 from __future__ import annotations
 
-from kvtier.config import Namespace, StoreConfig, TierConfig
+from kvtier.config import DiskConfig, Namespace, StoreConfig, TierConfig
 from kvtier.copy_engine import CopyEngine, CopyHandle
 from kvtier.device import CudaStatus, DeviceArena, DeviceTierConfig, cuda_available, host_buffer
 from kvtier.errors import (
     CapacityError,
     CudaError,
     CudaUnavailableError,
+    DiskError,
+    DiskWriteError,
     InvalidArgumentError,
     KvtierError,
     KvtierTypeError,
@@ -21,7 +23,17 @@ from kvtier.errors import (
 from kvtier.keys import block_keys
 from kvtier.kv_layout import KVLayout, KVRegion, TensorView
 from kvtier.replay import ReplayTrace
-from kvtier.store import InsertResult, MatchResult, Residency, ResidencyRow, Store, StoreStats, Tier, TokenSequence
+from kvtier.store import (
+    DiskStats,
+    InsertResult,
+    MatchResult,
+    Residency,
+    ResidencyRow,
+    Store,
+    StoreStats,
+    Tier,
+    TokenSequence,
+)
 
 __version__ = "0.1.0"
 
@@ -29,12 +41,14 @@ __all__ = [
     "Store",
     "StoreConfig",
     "TierConfig",
+    "DiskConfig",
     "Namespace",
     "Tier",
     "TokenSequence",
     "MatchResult",
     "InsertResult",
     "StoreStats",
+    "DiskStats",
     "Residency",
     "ResidencyRow",
     "ReplayTrace",
@@ -55,6 +69,8 @@ __all__ = [
     "StoreClosedError",
     "UnknownNamespaceError",
     "CapacityError",
+    "DiskError",
+    "DiskWriteError",
     "CudaUnavailableError",
     "CudaError",
 ]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
 from kvtier.errors import InvalidArgumentError, KvtierTypeError
 
-__all__ = ["Namespace", "TierConfig", "StoreConfig", "Policy"]
+__all__ = ["Namespace", "TierConfig", "DiskConfig", "StoreConfig", "Policy"]
 
 Policy = Literal["lru", "lfu", "ttl"]
 _POLICIES: dict[str, int] = {"lru": 0, "lfu": 1, "ttl": 2}
@@ -100,6 +101,77 @@ class TierConfig:
 
 
 @dataclass(frozen=True)
+class DiskConfig:
+    """The disk tier: an LMDB folder under the host tier that survives restarts.
+
+    Parameters
+    ----------
+    path
+        The folder (created if missing). Several processes may open the same folder.
+    capacity_bytes
+        Payload bytes the tier may hold; evicted by ``policy`` beyond it.
+    policy, ttl_s
+        As for :class:`TierConfig`; ``ttl_s`` is the maximum idle time on disk.
+    write_through
+        ``False`` (default, write-back): blocks reach the disk when the host tier evicts them.
+        ``True``: every inserted block is queued for the disk at once (other processes see it after
+        :meth:`kvtier.Store.flush`).
+    queue_blocks
+        Blocks waiting for the background writer before an insert waits for it (back-pressure).
+        The host arena holds this many extra slots for them.
+    batch_blocks
+        Blocks per LMDB write transaction.
+    sync
+        Flush to stable storage at every commit (LMDB's default). ``False`` is faster; a machine
+        crash (not a process crash) may then lose the latest commits, never corrupt older ones.
+    promote
+        Copy disk hits back into the host tier (when that needs no wait).
+    map_size
+        LMDB map size in bytes (default: 1.25 x capacity + 64 MiB). When it fills up, blocks are
+        evicted and the write retried.
+    """
+
+    path: str | os.PathLike[str]
+    capacity_bytes: int = 16 << 30
+    policy: Policy = "lru"
+    ttl_s: float | None = None
+    write_through: bool = False
+    queue_blocks: int = 64
+    batch_blocks: int = 32
+    sync: bool = True
+    promote: bool = True
+    map_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, (str, os.PathLike)):
+            raise KvtierTypeError(f"disk path must be a str or os.PathLike, got {type(self.path).__name__}")
+        if not os.fspath(self.path):
+            raise InvalidArgumentError("disk path must name a folder")
+        _check_int("disk capacity_bytes", self.capacity_bytes, 1)
+        # Policy and TTL: the same rules as any tier.
+        TierConfig(capacity_bytes=self.capacity_bytes, policy=self.policy, ttl_s=self.ttl_s)
+        for name in ("write_through", "sync", "promote"):
+            if not isinstance(getattr(self, name), bool):
+                raise KvtierTypeError(f"disk {name} must be a bool, got {type(getattr(self, name)).__name__}")
+        _check_int("disk queue_blocks", self.queue_blocks, 1)
+        if self.queue_blocks >= 1 << 32:
+            raise InvalidArgumentError(f"disk queue_blocks must be below 2**32, got {self.queue_blocks}")
+        _check_int("disk batch_blocks", self.batch_blocks, 1)
+        if self.map_size is not None:
+            _check_int("disk map_size", self.map_size, 1 << 20)
+
+    @property
+    def policy_code(self) -> int:
+        return _POLICIES[self.policy]
+
+    @property
+    def lmdb_map_size(self) -> int:
+        if self.map_size is not None:
+            return self.map_size
+        return self.capacity_bytes + self.capacity_bytes // 4 + (64 << 20)
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """Shape of a store: block geometry, content kind, payloads and the host tier.
 
@@ -121,6 +193,8 @@ class StoreConfig:
         If given (a numpy dtype name), payload arrays must have this dtype.
     host
         The host-memory tier.
+    disk
+        The disk tier below it (:class:`DiskConfig`), or ``None``.
     """
 
     block_size: int = 16
@@ -130,6 +204,7 @@ class StoreConfig:
     vocab_size: int | None = None
     payload_dtype: str | None = None
     host: TierConfig = field(default_factory=TierConfig)
+    disk: DiskConfig | None = None
 
     def __post_init__(self) -> None:
         _check_int("block_size", self.block_size, 1)
@@ -142,6 +217,16 @@ class StoreConfig:
                 raise InvalidArgumentError(f"vocab_size must be <= 2**32, got {self.vocab_size}")
         if not isinstance(self.host, TierConfig):
             raise KvtierTypeError(f"host must be a TierConfig, got {type(self.host).__name__}")
+        if self.disk is not None:
+            if not isinstance(self.disk, DiskConfig):
+                raise KvtierTypeError(f"disk must be a DiskConfig, got {type(self.disk).__name__}")
+            if self.metadata_only:
+                raise InvalidArgumentError("a disk tier stores payloads: it needs metadata_only=False")
+            if self.disk.capacity_bytes < self.block_bytes:
+                raise InvalidArgumentError(
+                    f"disk.capacity_bytes={self.disk.capacity_bytes} is smaller than one block "
+                    f"(block_bytes={self.block_bytes})"
+                )
         if self.host.capacity_bytes is None and not self.metadata_only:
             raise InvalidArgumentError("host.capacity_bytes=None (unlimited) needs metadata_only=True")
         if self.host.capacity_bytes is not None and self.host.capacity_bytes < self.block_bytes:

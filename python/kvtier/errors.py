@@ -13,6 +13,8 @@ __all__ = [
     "StoreClosedError",
     "UnknownNamespaceError",
     "CapacityError",
+    "DiskError",
+    "DiskWriteError",
     "CudaUnavailableError",
     "CudaError",
 ]
@@ -40,6 +42,14 @@ class UnknownNamespaceError(KvtierError, KeyError):
 
 class CapacityError(KvtierError, MemoryError):
     """A tier's memory could not be reserved."""
+
+
+class DiskError(KvtierError, OSError):
+    """The disk folder cannot be opened or used (not a kvtier folder, another format, no permission)."""
+
+
+class DiskWriteError(DiskError):
+    """Blocks queued for the disk were not persisted (e.g. the disk is full); the store keeps serving."""
 
 
 class CudaUnavailableError(KvtierError, RuntimeError):

@@ -25,9 +25,10 @@ import numpy.typing as npt
 
 from kvtier import _core
 from kvtier.config import Namespace, StoreConfig
-from kvtier.errors import InvalidArgumentError, KvtierTypeError, StoreClosedError
+from kvtier.errors import DiskWriteError, InvalidArgumentError, KvtierTypeError, StoreClosedError
 
 if TYPE_CHECKING:
+    from kvtier.disk import DiskFolder, RestoreReport
     from kvtier.replay import ReplayTrace
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "MatchResult",
     "InsertResult",
     "StoreStats",
+    "DiskStats",
     "ResidencyRow",
     "Residency",
     "TokenSequence",
@@ -48,7 +50,7 @@ _GB = 1e9
 
 
 class Tier(IntEnum):
-    """Where a block lives. Only HOST holds blocks today; DEVICE and DISK are the tiers to come."""
+    """Where a block lives: HOST memory or the DISK folder (DEVICE: GPU memory, not yet a store tier)."""
 
     DEVICE = 0
     HOST = 1
@@ -94,38 +96,49 @@ class MatchResult:
         Leading full blocks found.
     num_tokens
         ``num_blocks * block_size``.
+    host_blocks
+        Leading blocks found in the host tier; the rest (``disk_blocks``) are on disk.
     tiers
         ``uint8[num_blocks]``: the :class:`Tier` of each matched block.
     pinned
         Whether the prefix is held (never evicted) until :meth:`Store.unpin`.
     """
 
-    __slots__ = ("num_blocks", "num_tokens", "_pin", "_tier")
+    __slots__ = ("num_blocks", "num_tokens", "host_blocks", "_pin")
     num_blocks: int
     num_tokens: int
+    host_blocks: int
     _pin: Any
-    _tier: int
 
-    def __init__(self, num_blocks: int, num_tokens: int, pin: Any = None, tier: int = Tier.HOST) -> None:
+    def __init__(self, num_blocks: int, num_tokens: int, pin: Any = None, host_blocks: int | None = None) -> None:
         setattr_ = object.__setattr__
         setattr_(self, "num_blocks", num_blocks)
         setattr_(self, "num_tokens", num_tokens)
+        setattr_(self, "host_blocks", num_blocks if host_blocks is None else host_blocks)
         setattr_(self, "_pin", pin)
-        setattr_(self, "_tier", tier)
 
     @property
     def pinned(self) -> bool:
         return self._pin is not None
 
     @property
+    def disk_blocks(self) -> int:
+        return self.num_blocks - self.host_blocks
+
+    @property
     def tiers(self) -> npt.NDArray[np.uint8]:
-        return np.full(self.num_blocks, int(self._tier), dtype=np.uint8)
+        out = np.full(self.num_blocks, int(Tier.DISK), dtype=np.uint8)
+        out[: self.host_blocks] = int(Tier.HOST)
+        return out
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("MatchResult is read-only")
 
     def __repr__(self) -> str:
-        return f"MatchResult(num_blocks={self.num_blocks}, num_tokens={self.num_tokens}, pinned={self.pinned})"
+        return (
+            f"MatchResult(num_blocks={self.num_blocks}, num_tokens={self.num_tokens}, "
+            f"host_blocks={self.host_blocks}, pinned={self.pinned})"
+        )
 
 
 @dataclass(frozen=True)
@@ -146,8 +159,43 @@ class InsertResult:
 
 
 @dataclass(frozen=True)
+class DiskStats:
+    """Counters of the disk tier since the store was opened (blocks unless the name says bytes).
+
+    ``hits`` are blocks found on disk beyond the host match; ``corrupted`` blocks failed their
+    checksum on a read (removed, never served); ``missing`` were in the index but gone from the folder
+    (another process evicted them); ``write_errors`` were queued but not persisted (e.g. a full disk);
+    ``rejected`` demotions found the disk full of pinned or queued blocks; ``restored`` entries came from
+    the folder at open or from other processes; ``pending`` are queued or being written now.
+    """
+
+    hits: int
+    misses: int
+    queued: int
+    written: int
+    bytes_written: int
+    bytes_read: int
+    evicted: int
+    expired: int
+    corrupted: int
+    missing: int
+    write_errors: int
+    rejected: int
+    promoted: int
+    restored: int
+    pending: int
+    blocks: int
+    resident_bytes: int
+    capacity_bytes: int
+    pinned_blocks: int
+
+
+@dataclass(frozen=True)
 class StoreStats:
-    """Counters of the host tier since the store was created (blocks unless the name says bytes)."""
+    """Counters of the host tier since the store was created (blocks unless the name says bytes).
+
+    ``disk`` holds the disk tier's counters when the store has one.
+    """
 
     hits: int
     misses: int
@@ -161,6 +209,7 @@ class StoreStats:
     blocks: int
     pinned_blocks: int
     nodes: int
+    disk: DiskStats | None = None
 
     @property
     def hit_ratio(self) -> float:
@@ -220,16 +269,22 @@ class Store:
         Block geometry, content kind and the host tier (:class:`StoreConfig`).
     namespace
         The default namespace for calls that name none (default: ``Namespace(model="default")``).
+    now
+        With a disk tier: the time (on the clock later calls use) at which blocks restored from the
+        folder are dated; their idle time before the restart is kept. Default: the monotonic clock.
 
     Every method takes an optional ``now`` (seconds on the caller's clock; default: a monotonic
     clock). Time must not go backwards. Use as a context manager to close it.
     """
 
-    def __init__(self, config: StoreConfig | None = None, *, namespace: Namespace | None = None) -> None:
+    def __init__(
+        self, config: StoreConfig | None = None, *, namespace: Namespace | None = None, now: float | None = None
+    ) -> None:
         self.config = config if config is not None else StoreConfig()
         if not isinstance(self.config, StoreConfig):
             raise KvtierTypeError(f"config must be a StoreConfig, got {type(self.config).__name__}")
         host = self.config.host
+        disk = self.config.disk
         self._core = _core.Store(
             block_size=self.config.block_size,
             ids=self.config.content == "block_ids",
@@ -239,7 +294,13 @@ class Store:
             policy=host.policy_code,
             ttl_s=0.0 if host.ttl_s is None else float(host.ttl_s),
             limit=self.config.token_limit,
+            disk_capacity_bytes=0 if disk is None else disk.capacity_bytes,
+            disk_policy=0 if disk is None else disk.policy_code,
+            disk_ttl_s=0.0 if disk is None or disk.ttl_s is None else float(disk.ttl_s),
+            write_through=False if disk is None else disk.write_through,
+            queue_blocks=64 if disk is None else disk.queue_blocks,
         )
+        self._disk: DiskFolder | None = None
         self._ns_lock = threading.Lock()
         self._ns_ids: dict[Namespace, int] = {}
         self._ns_by_id: list[Namespace] = []
@@ -248,6 +309,46 @@ class Store:
         self._default_ns = self.register(self.default_namespace)
         self._block_size = self.config.block_size
         self._dtype = None if self.config.payload_dtype is None else np.dtype(self.config.payload_dtype)
+        if disk is not None:
+            self._open_disk(now)
+
+    def _open_disk(self, now: float | None) -> None:
+        from kvtier.disk import DiskFolder
+
+        assert self.config.disk is not None
+        folder = DiskFolder(self._core, self.config.disk, self.config.block_size, self.config.block_bytes)
+        try:
+            self._disk = folder
+            for namespace in list(self._ns_by_id):  # registered before the folder was open
+                folder.record_namespace(namespace.key(self.config.block_size), namespace)
+            for namespace in folder.stored_namespaces().values():
+                self.register(namespace)
+            folder.restore(now)
+            self._sync_namespaces()
+            folder.start_writer()
+        except BaseException:
+            self._core.close()
+            folder.close()
+            self._disk = None
+            raise
+
+    def _sync_namespaces(self) -> None:
+        """Names namespaces the core learned from the folder without a recorded Namespace."""
+        with self._ns_lock:
+            while True:
+                ns = len(self._ns_by_id)
+                try:
+                    key = self._core.namespace_key_of(ns)
+                except KeyError:
+                    return
+                unnamed = Namespace(model=f"unrecorded:{key.hex()[:16]}")
+                self._ns_ids[unnamed] = ns
+                self._ns_by_id.append(unnamed)
+
+    @property
+    def restore_report(self) -> RestoreReport | None:
+        """What opening the disk folder restored (``None`` without a disk tier)."""
+        return None if self._disk is None else self._disk.restore_report
 
     # ----------------------------------------------------------------- namespaces
     def register(self, namespace: Namespace) -> int:
@@ -257,7 +358,10 @@ class Store:
         with self._ns_lock:
             ns = self._ns_ids.get(namespace)
             if ns is None:
-                ns = self._core.add_namespace(namespace.key(self.config.block_size))
+                key = namespace.key(self.config.block_size)
+                if self._disk is not None:
+                    self._disk.record_namespace(key, namespace)
+                ns = self._core.add_namespace(key)
                 self._ns_ids[namespace] = ns
                 if ns == len(self._ns_by_id):
                     self._ns_by_id.append(namespace)
@@ -284,8 +388,20 @@ class Store:
     def _arg(tokens: Tokens) -> Any:
         return tokens._seq if isinstance(tokens, TokenSequence) else tokens
 
-    def _result(self, blocks: int, pin: Any) -> MatchResult:
-        return MatchResult(blocks, blocks * self._block_size, pin)
+    def _lookup(self, ns: int, tokens: Any, now: float | None, touch: bool, pin: bool) -> MatchResult:
+        if self._disk is not None:
+            # First without side effects: where the disk lookup stops at a key this process does not
+            # know, another process sharing the folder may have stored it (and what follows). Import
+            # those entries before the real lookup, so that hits and recency are counted once.
+            host, disk, handle, probe = self._core.match(ns, tokens, now, False, False)
+            if probe is not None and self._disk.import_chain(ns, tokens, host + disk, probe):
+                host, disk, handle, probe = self._core.match(ns, tokens, now, False, False)
+            if touch or pin:
+                host, disk, handle, probe = self._core.match(ns, tokens, now, touch, pin)
+        else:
+            host, disk, handle, probe = self._core.match(ns, tokens, now, touch, pin)
+        blocks = host + disk
+        return MatchResult(blocks, blocks * self._block_size, handle, host)
 
     # ----------------------------------------------------------------- lookups
     def match(
@@ -296,13 +412,11 @@ class Store:
         With ``pin=True`` the prefix is held (never evicted) until :meth:`unpin`; a request in flight
         pins its prefix as SGLang's ``inc_lock_ref`` does.
         """
-        blocks, pin_handle = self._core.match(self._ns(namespace), self._arg(tokens), now, True, pin)
-        return self._result(blocks, pin_handle)
+        return self._lookup(self._ns(namespace), self._arg(tokens), now, True, pin)
 
     def peek(self, tokens: Tokens, *, namespace: Namespace | None = None, now: float | None = None) -> MatchResult:
         """Like :meth:`match` without side effects (no recency, no stats): what vLLM's scheduler asks."""
-        blocks, _ = self._core.match(self._ns(namespace), self._arg(tokens), now, False, False)
-        return self._result(blocks, None)
+        return self._lookup(self._ns(namespace), self._arg(tokens), now, False, False)
 
     def unpin(self, result: MatchResult, *, now: float | None = None) -> None:
         """Releases a prefix pinned by ``match(..., pin=True)``.
@@ -388,8 +502,30 @@ class Store:
         if isinstance(tokens, MatchResult):
             if not tokens.pinned:
                 raise InvalidArgumentError("load() of a MatchResult needs one returned by match(..., pin=True)")
-            return int(self._core.load_pinned(tokens._pin, out))
-        return int(self._core.load(self._ns(namespace), self._arg(tokens), out, now))
+            return self._load_pinned(tokens._pin, out, now)
+        if self._disk is None:
+            return int(self._core.load(self._ns(namespace), self._arg(tokens), out, now))
+        m = self.match(tokens, namespace=namespace, now=now, pin=True)
+        if not m.pinned:
+            return 0
+        try:
+            return self._load_pinned(m._pin, out, now)
+        finally:
+            self._core.unpin(m._pin, None)
+
+    def _load_pinned(self, pin: Any, out: Any, now: float | None) -> int:
+        planned, reads = self._core.load_pinned(pin, out)
+        if self._disk is None:
+            return int(planned)
+        good = int(planned)
+        corrupt: list[bytes] = []
+        missing: list[bytes] = []
+        if reads:
+            first_bad, corrupt, missing = self._disk.read(out, reads)
+            if first_bad is not None:
+                good = first_bad
+        promote = self._disk.config.promote
+        return int(self._core.disk_finish_load(pin, out, good, corrupt, missing, promote, now))
 
     def block_keys_of(self, result: MatchResult) -> npt.NDArray[np.uint8]:
         """``uint8[num_blocks, 32]``: the chained keys of a pinned match (docs/keys.md)."""
@@ -397,9 +533,40 @@ class Store:
             raise InvalidArgumentError("block_keys_of() needs a MatchResult returned by match(..., pin=True)")
         return self._core.keys_pinned(result._pin)
 
+    # ----------------------------------------------------------------- disk tier
+    def flush(self, timeout: float | None = None, *, host: bool = False) -> None:
+        """Waits until every block queued for the disk so far is committed to the folder.
+
+        After it returns, those blocks survive a killed process and are visible to other processes
+        that open the folder. With ``host=True`` the host tier's blocks that are not on disk yet are
+        written too (write-back stores keep them only in memory until evicted; :meth:`close` does
+        this). Raises :class:`DiskWriteError` if writes failed since the last flush (e.g. the disk is
+        full; the store keeps serving what it holds), and ``TimeoutError`` if ``timeout`` seconds
+        pass first. A store without a disk tier returns at once.
+        """
+        if self._disk is None:
+            return
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+            raise InvalidArgumentError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+        if host:
+            while self._core.disk_persist(1 << 62) > 0:
+                self._wait_flushed(timeout)
+        self._wait_flushed(timeout)
+
+    def _wait_flushed(self, timeout: float | None) -> None:
+        assert self._disk is not None
+        done, errors = self._core.disk_flush(None if timeout is None else float(timeout))
+        if errors:
+            raise DiskWriteError(f"disk tier {self._disk.path}: {errors}")
+        if not done:
+            raise TimeoutError(f"flush: writes still queued after {timeout} s")
+
     # ----------------------------------------------------------------- maintenance
     def evict(self, nbytes: int, *, now: float | None = None) -> int:
-        """Evicts unpinned blocks by policy until ``nbytes`` are freed (or none is left). Returns bytes freed."""
+        """Evicts unpinned host blocks by policy until ``nbytes`` are freed (or none is left).
+
+        With a write-back disk tier the evicted blocks move to disk. Returns bytes freed in the host.
+        """
         if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
             raise InvalidArgumentError(f"nbytes must be an int >= 0, got {nbytes!r}")
         return int(self._core.evict(min(nbytes, (1 << 64) - 1), now))
@@ -409,7 +576,10 @@ class Store:
         return int(self._core.expire(now))
 
     def clear(self, *, now: float | None = None) -> int:
-        """Evicts every unpinned block. Returns the blocks removed."""
+        """Removes every unpinned block from every tier (nothing is demoted). Returns the blocks removed.
+
+        Blocks still queued for the disk are written, then stay; call :meth:`flush` first to clear them too.
+        """
         return int(self._core.clear(now))
 
     # ----------------------------------------------------------------- reporting
@@ -417,6 +587,8 @@ class Store:
         d = self._core.stats()
         if d["capacity_bytes"] == 0:
             d["capacity_bytes"] = None
+        if self._disk is not None:
+            d["disk"] = DiskStats(**self._core.disk_stats())
         return StoreStats(**d)
 
     def residency(self, *, now: float | None = None) -> Residency:
@@ -461,9 +633,27 @@ class Store:
         return self._core.replay(trace.offsets, trace.blocks, trace.timestamps, ns_ids, accounts)
 
     # ----------------------------------------------------------------- lifetime
-    def close(self) -> None:
-        """Frees the host arena. Every later call raises :class:`StoreClosedError`."""
+    def close(self, *, persist: bool = True) -> None:
+        """Writes the host tier's blocks to disk (``persist``), stops the writer and frees the arena.
+
+        With a disk tier, ``persist=True`` (default) makes a clean shutdown keep every block for the
+        next open; ``persist=False`` only waits for writes already queued. Every later call raises
+        :class:`StoreClosedError`. Write errors found by the final flush are raised after the store
+        is closed.
+        """
+        if self._core.closed:
+            return
+        error: BaseException | None = None
+        if self._disk is not None:
+            try:
+                self.flush(host=persist)
+            except DiskWriteError as e:
+                error = e
         self._core.close()
+        if self._disk is not None:
+            self._disk.close()
+        if error is not None:
+            raise error
 
     @property
     def closed(self) -> bool:

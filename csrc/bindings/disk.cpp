@@ -1,0 +1,120 @@
+// kvtier._core: the disk tier's free functions — checksums, the verified copy of blocks read from
+// the folder (GIL released), and index-record decoding for `kvtier fsck`.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "../checksum.h"
+#include "../common.h"
+#include "../disk_record.h"
+#include "../keys.h"
+
+namespace py = pybind11;
+using namespace kvtier;
+
+namespace {
+
+struct Span {
+  const std::uint8_t* data;
+  std::size_t bytes;
+};
+
+// A readable, C-contiguous buffer (bytes, memoryview from LMDB, numpy array).
+Span read_span(py::handle obj, std::vector<py::buffer_info>& keep, const char* arg) {
+  if (!PyObject_CheckBuffer(obj.ptr())) throw Error(Code::kTypeError, std::string(arg) + " must be a bytes-like object");
+  keep.push_back(py::reinterpret_borrow<py::buffer>(obj).request());
+  const py::buffer_info& info = keep.back();
+  py::ssize_t expect = info.itemsize;
+  for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
+    if (info.shape[d] > 1 && info.strides[d] != expect)
+      throw Error(Code::kTypeError, std::string(arg) + " must be C-contiguous");
+    expect *= info.shape[d];
+  }
+  return {static_cast<const std::uint8_t*>(info.ptr), static_cast<std::size_t>(info.size * info.itemsize)};
+}
+
+}  // namespace
+
+void bind_disk_functions(py::module_& m) {
+  m.def(
+      "block_checksum",
+      [](py::handle data, bool portable) {
+        std::vector<py::buffer_info> keep;
+        const Span s = read_span(data, keep, "data");
+        py::gil_scoped_release nogil;
+        return portable ? block_checksum_portable(s.data, s.bytes) : block_checksum(s.data, s.bytes);
+      },
+      py::arg("data"), py::kw_only(), py::arg("portable") = false);
+
+  // Copies block payloads read from the folder into `out` (block i at i * block_bytes), checking each
+  // against its checksum on the way. `reads` is a list of (block, payload buffer, checksum).
+  // Returns one bool per read: False for a payload of the wrong length or checksum (nothing of it is
+  // to be used). Runs without the GIL.
+  m.def(
+      "copy_verified",
+      [](py::handle out, std::size_t block_bytes, const py::list& reads) {
+        if (!PyObject_CheckBuffer(out.ptr())) throw Error(Code::kTypeError, "out must be a writable buffer");
+        py::buffer_info dst = py::reinterpret_borrow<py::buffer>(out).request(true);
+        const std::size_t out_bytes = static_cast<std::size_t>(dst.size * dst.itemsize);
+        struct Job {
+          std::size_t block;
+          Span src;
+          std::uint32_t checksum;
+        };
+        std::vector<py::buffer_info> keep;
+        keep.reserve(reads.size());
+        std::vector<Job> jobs;
+        for (py::handle item : reads) {
+          auto t = py::reinterpret_borrow<py::tuple>(item);
+          const auto block = t[0].cast<std::size_t>();
+          if ((block + 1) * block_bytes > out_bytes)
+            throw Error(Code::kInvalidArgument, "block " + std::to_string(block) + " does not fit in out");
+          jobs.push_back({block, read_span(t[1], keep, "payload"), t[2].cast<std::uint32_t>()});
+        }
+        std::vector<char> ok(jobs.size(), 0);
+        {
+          py::gil_scoped_release nogil;
+          auto* base = static_cast<std::uint8_t*>(dst.ptr);
+          for (std::size_t i = 0; i < jobs.size(); ++i) {
+            const Job& j = jobs[i];
+            if (j.src.bytes != block_bytes) continue;
+            ok[i] = copy_with_checksum(base + j.block * block_bytes, j.src.data, block_bytes) == j.checksum;
+          }
+        }
+        py::list result;
+        for (char c : ok) result.append(py::bool_(c != 0));
+        return result;
+      },
+      py::arg("out"), py::arg("block_bytes"), py::arg("reads"));
+
+  // An index record as a dict (fsck), or None if malformed. `key_ok` says whether the record's own key
+  // is the chained key of its namespace, parent and words.
+  m.def(
+      "decode_record",
+      [](py::bytes key, py::bytes record) -> py::object {
+        const std::string k = key, r = record;
+        DiskRecord rec;
+        if (k.size() != 32 || !decode_record(reinterpret_cast<const std::uint8_t*>(r.data()), r.size(), &rec))
+          return py::none();
+        Key want, got;
+        std::memcpy(got.data(), k.data(), 32);
+        chain_keys(rec.ns, is_zero_key(rec.parent) ? nullptr : &rec.parent, rec.words.data(), 1, rec.width, nullptr, 0,
+                   &want);
+        py::dict d;
+        d["width"] = rec.width;
+        d["checksum"] = rec.checksum;
+        d["length"] = rec.length;
+        d["wall_time"] = rec.wall_time;
+        d["hits"] = rec.hits;
+        d["namespace"] = py::bytes(reinterpret_cast<const char*>(rec.ns.data()), 32);
+        d["parent"] = py::bytes(reinterpret_cast<const char*>(rec.parent.data()), 32);
+        d["first_block"] = is_zero_key(rec.parent);
+        d["session"] = rec.session;
+        d["key_ok"] = want == got;
+        return d;
+      },
+      py::arg("key"), py::arg("record"));
+}

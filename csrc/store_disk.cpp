@@ -1,0 +1,449 @@
+// Store: the disk tier's half — demotion, the write queue and its writer protocol, disk lookups,
+// loads from the folder, restore and expiry. The folder itself (LMDB) is driven by the Python
+// writer through disk_take / disk_finish; everything here runs under the store lock.
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "checksum.h"
+#include "disk_record.h"
+#include "store.h"
+
+namespace kvtier {
+
+void Store::slot_unref(std::uint32_t slot) {
+  KVTIER_ASSERT(slot_refs_[slot] > 0);
+  if (--slot_refs_[slot] == 0) arena_->give_back(slot);
+}
+
+// Makes room for one more disk block by evicting committed leaves by policy. False if none can go.
+bool Store::disk_room(double now) {
+  auto& q = disk_->queue();
+  while (disk_->live() >= disk_capacity_blocks_) {
+    if (q.empty()) return false;
+    const std::uint32_t v = q.top();
+    disk_remove(v, now, disk_expired(disk_->at(v), now) ? Gone::kExpired : Gone::kEvicted);
+  }
+  return true;
+}
+
+// Queues block `block` of host node `node` for the disk. With `host_keeps` the host tree keeps the
+// block too (write-through); otherwise the host's hold on the slot passes to the write (demotion).
+void Store::queue_write(std::uint32_t node, std::uint32_t block, bool host_keeps, double now) {
+  const std::uint32_t slot = tree_.at(node).payload->slots[block];
+  const Key key = node_keys(node)[block];
+  const bool known = disk_->find(key) != kNil;  // already on disk or queued: same key, same payload
+  if (known || !disk_room(now)) {
+    if (!known) ++dstats_.rejected;
+    if (!host_keeps) slot_unref(slot);
+    return;
+  }
+  const Key parent = parent_key_of(node, block);
+  const Node& nd = tree_.at(node);
+  const std::uint32_t id = disk_->add(key, parent, nd.ns, DiskState::kPending);
+  DiskEntry& e = disk_->at(id);
+  e.account = nd.account;
+  e.seq = nd.seq;
+  e.last_access = nd.last_access;
+  e.hits = nd.hits;
+  e.checksum = slot_crc_[slot];
+  e.slot = slot;
+  if (host_keeps) ++slot_refs_[slot];
+  const Word* w = nd.words.data() + static_cast<std::size_t>(block) * spec_.width;
+  writes_.push_back({id, std::vector<Word>(w, w + spec_.width)});
+  ++queued_;
+  ++dstats_.queued;
+  ledger_.change(kTierDisk, e.account, static_cast<std::int64_t>(spec_.block_bytes), now);
+  cv_.notify_all();
+}
+
+// Whether blocks [host_blocks, to) of `words` are all on disk, following the host match of
+// `host_blocks` blocks; `*last` becomes the key of block to - 1.
+bool Store::disk_chain(std::uint32_t ns, const Word* words, std::size_t host_blocks, std::size_t to, double now,
+                       Key* last) {
+  walk(ns, words, host_blocks, now, /*reclaim=*/false);
+  Key prev{};
+  bool chained = false;
+  if (host_blocks > 0) {
+    if (path_.empty()) return false;
+    prev = node_keys(path_.back().node)[path_.back().blocks - 1];
+    chained = true;
+  }
+  for (std::size_t i = host_blocks; i < to; ++i) {
+    Key k;
+    chain_keys(ns_keys_[ns], chained ? &prev : nullptr, words + i * spec_.width, 1, spec_.width, nullptr, 0, &k);
+    const std::uint32_t id = disk_->find(k);
+    if (id == kNil || disk_expired(disk_->at(id), now)) return false;
+    prev = k;
+    chained = true;
+  }
+  *last = prev;
+  return true;
+}
+
+// Queues blocks [from, to) of an insert straight for the disk, chained from `*prev` (zero: none),
+// each in a free slot of the arena's queue reserve. Returns the blocks stored (already on disk or
+// queued); stops early when the disk is full of pinned or queued blocks.
+std::size_t Store::spill_locked(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t from,
+                                std::size_t to, const std::uint8_t* payload, std::size_t payload_first, double now,
+                                Key* prev) {
+  const std::uint32_t width = spec_.width;
+  const std::size_t bb = spec_.block_bytes;
+  std::size_t i = from;
+  for (; i < to; ++i) {
+    Key key;
+    const bool first = is_zero_key(*prev) && i == 0;
+    chain_keys(ns_keys_[ns], first ? nullptr : prev, words + i * width, 1, width, nullptr, 0, &key);
+    if (disk_->find(key) == kNil) {
+      if (arena_->free_slots() == 0) break;
+      if (!disk_room(now)) {
+        ++dstats_.rejected;
+        break;
+      }
+      const std::uint32_t slot = arena_->take();
+      slot_refs_[slot] = 1;
+      slot_crc_[slot] = copy_with_checksum(arena_->slot_ptr(slot), payload + (i - payload_first) * bb, bb);
+      const std::uint32_t id = disk_->add(key, first ? Key{} : *prev, ns, DiskState::kPending);
+      DiskEntry& e = disk_->at(id);
+      e.account = account;
+      e.seq = ++seq_;
+      e.last_access = now;
+      e.checksum = slot_crc_[slot];
+      e.slot = slot;
+      writes_.push_back({id, std::vector<Word>(words + i * width, words + (i + 1) * width)});
+      ++queued_;
+      ++dstats_.queued;
+      ledger_.change(kTierDisk, account, static_cast<std::int64_t>(bb), now);
+      stats_.bytes_written += bb;
+    }
+    *prev = key;
+  }
+  cv_.notify_all();
+  return i - from;
+}
+
+std::uint64_t Store::disk_persist(std::size_t max_blocks, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  if (std::isnan(now)) now = std::isfinite(last_now_) ? last_now_ : 0.0;
+  // Host blocks keep their slots while queued, so this needs no room in the queue's slot reserve.
+  std::uint64_t queued = 0;
+  std::vector<std::uint32_t> todo(roots_.begin(), roots_.end());
+  while (!todo.empty() && queued < max_blocks) {
+    const std::uint32_t id = todo.back();
+    todo.pop_back();
+    for (std::uint32_t c = tree_.at(id).first_child; c != kNil; c = tree_.at(c).next_sibling) todo.push_back(c);
+    if (tree_.at(id).parent == kNil) continue;
+    const std::vector<Key>& keys = node_keys(id);
+    for (std::uint32_t b = 0; b < keys.size() && queued < max_blocks; ++b) {
+      if (disk_->find(keys[b]) != kNil) continue;
+      const std::uint64_t before = queued_;
+      queue_write(id, b, /*host_keeps=*/true, now);
+      if (queued_ == before) return queued;  // the disk is full of pinned or queued blocks
+      ++queued;
+    }
+  }
+  return queued;
+}
+
+void Store::disk_remove(std::uint32_t id, double now, Gone why) {
+  DiskEntry& e = disk_->at(id);
+  const std::uint64_t bb = spec_.block_bytes;
+  KVTIER_ASSERT(e.state == DiskState::kCommitted || (why == Gone::kFailed && e.state == DiskState::kWriting));
+  ledger_.change(kTierDisk, e.account, -static_cast<std::int64_t>(bb), now);
+  switch (why) {
+    case Gone::kExpired: {
+      // Residency ends at the expiry instant, not at the (later) reclaim.
+      const double expiry = e.last_access + spec_.disk.ttl_s;
+      if (now > expiry) ledger_.refund(kTierDisk, e.account, static_cast<double>(bb) * (now - expiry));
+      ++dstats_.expired;
+      break;
+    }
+    case Gone::kEvicted: ++dstats_.evicted; break;
+    case Gone::kCorrupt: ++dstats_.corrupted; break;
+    case Gone::kMissing: ++dstats_.missing; break;
+    case Gone::kFailed: ++dstats_.write_errors; break;
+  }
+  if (e.state == DiskState::kCommitted) deletes_.push_back(e.key);
+  disk_->remove(id);
+  cv_.notify_all();
+}
+
+std::uint64_t Store::disk_expire_locked(double now) {
+  if (spec_.disk.ttl_s <= 0.0) return 0;
+  const std::uint64_t before = dstats_.expired;
+  auto& q = disk_->queue();
+  if (spec_.disk.policy != Policy::kLFU) {
+    // The queue is in touch order, which is time order: expired leaves come first.
+    while (!q.empty() && disk_expired(disk_->at(q.top()), now)) disk_remove(q.top(), now, Gone::kExpired);
+  } else {
+    // Parents are touched with their children, so expired leaves go first, then their parents.
+    bool again = true;
+    while (again) {
+      again = false;
+      for (std::uint32_t id = 0; id < disk_->slots(); ++id) {
+        const DiskEntry& e = disk_->at(id);
+        if (e.heap_pos != kNil && disk_expired(e, now)) {
+          disk_remove(id, now, Gone::kExpired);
+          again = true;
+        }
+      }
+    }
+  }
+  return dstats_.expired - before;
+}
+
+// Continues a lookup past the host match (path_) on disk: computes each next block's key and finds
+// it in the index. Returns the disk blocks found; their entries go to `ids`.
+std::uint32_t Store::disk_walk(std::uint32_t ns, const Word* words, std::size_t n, double now, bool touch,
+                               MatchResult* r, std::vector<std::uint32_t>* ids) {
+  Key prev{};
+  bool chained = false;
+  if (!path_.empty()) {
+    const Step& s = path_.back();
+    prev = node_keys(s.node)[s.blocks - 1];
+    chained = true;
+  }
+  const std::uint64_t op = touch ? ++seq_ : 0;
+  const std::uint32_t width = spec_.width;
+  std::size_t i = r->blocks;
+  for (; i < n; ++i) {
+    Key k;
+    chain_keys(ns_keys_[ns], chained ? &prev : nullptr, words + i * width, 1, width, nullptr, 0, &k);
+    const std::uint32_t id = disk_->find(k);
+    if (id == kNil) {
+      r->probe = true;
+      r->probe_key = k;
+      break;
+    }
+    DiskEntry& e = disk_->at(id);
+    if (disk_expired(e, now)) break;
+    ids->push_back(id);
+    if (touch) {
+      e.seq = op;
+      e.last_access = now;
+      ++e.hits;
+      disk_->touched(id);
+    }
+    prev = k;
+    chained = true;
+  }
+  return static_cast<std::uint32_t>(i - r->blocks);
+}
+
+std::uint32_t Store::disk_finish_load(std::uint32_t pin, const std::uint8_t* out, std::uint32_t good,
+                                      const std::vector<Key>& corrupt, const std::vector<Key>& missing, bool promote,
+                                      double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  if (std::isnan(now) && std::isfinite(last_now_)) now = last_now_;
+  now = resolve_now(now);
+  KVTIER_ASSERT(pin < pin_records_.size() && pin_records_[pin].alive);
+  for (const auto* keys : {&corrupt, &missing}) {
+    for (const Key& k : *keys) {
+      const std::uint32_t id = disk_->find(k);
+      if (id != kNil && disk_->at(id).state == DiskState::kCommitted)
+        disk_remove(id, now, keys == &corrupt ? Gone::kCorrupt : Gone::kMissing);
+    }
+  }
+  const PinRecord& rec = pin_records_[pin];
+  if (good <= rec.host_blocks) return good;
+  const std::uint32_t from_disk = good - rec.host_blocks;
+  dstats_.bytes_read += static_cast<std::uint64_t>(from_disk) * spec_.block_bytes;
+  if (promote && arena_->free_slots() >= from_disk) {
+    // Opportunistic: copying into the host may demote other blocks; never wait for the queue here.
+    const std::uint32_t account = disk_->at(rec.disk[0]).account;
+    const std::vector<Word> words(rec.words.begin(), rec.words.begin() + static_cast<std::size_t>(good) * spec_.width);
+    if (queued_ + from_disk <= spec_.disk.queue_blocks) {
+      const InsertResult r = insert_locked(rec.ns, account, words.data(), good, out, 0, now, false);
+      dstats_.promoted += r.inserted;
+    }
+  }
+  return good;
+}
+
+WriteBatch Store::disk_take(std::size_t max_blocks, double timeout_s, double wall_now) {
+  std::unique_lock<std::mutex> lock(mu_);
+  KVTIER_ASSERT(disk_ && !batch_open_);
+  WriteBatch b;
+  const auto ready = [&] { return closed_ || !writes_.empty() || !deletes_.empty(); };
+  if (timeout_s > 0.0)
+    cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), ready);
+  if (closed_) {
+    b.closed = true;
+    return b;
+  }
+  b.deletes = std::move(deletes_);
+  deletes_.clear();
+  const double store_now = std::isfinite(last_now_) ? last_now_ : 0.0;
+  while (!writes_.empty() && b.writes.size() < max_blocks) {
+    WriteItem item = std::move(writes_.front());
+    writes_.pop_front();
+    DiskEntry& e = disk_->at(item.entry);
+    KVTIER_ASSERT(e.state == DiskState::kPending && e.slot != kNil);
+    e.state = DiskState::kWriting;
+    batch_.push_back(item.entry);
+    DiskRecord rec;
+    rec.width = spec_.width;
+    rec.checksum = e.checksum;
+    rec.length = static_cast<std::uint32_t>(spec_.block_bytes);
+    rec.wall_time = wall_now - std::max(0.0, store_now - e.last_access);
+    rec.hits = e.hits;
+    rec.ns = ns_keys_[e.ns];
+    rec.parent = e.parent;
+    rec.words = std::move(item.words);
+    rec.session = accounts_[e.account].second;
+    b.writes.push_back({e.key, encode_record(rec), arena_->slot_ptr(e.slot)});
+  }
+  batch_open_ = !b.writes.empty() || !b.deletes.empty();
+  return b;
+}
+
+void Store::disk_finish(bool ok, const std::string& error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!batch_open_) return;
+  const double now = std::isfinite(last_now_) ? last_now_ : 0.0;
+  const std::uint64_t bb = spec_.block_bytes;
+  for (std::uint32_t id : batch_) {
+    DiskEntry& e = disk_->at(id);
+    KVTIER_ASSERT(e.state == DiskState::kWriting);
+    slot_unref(e.slot);
+    e.slot = kNil;
+    if (ok) {
+      e.state = DiskState::kCommitted;
+      ++dstats_.written;
+      dstats_.bytes_written += bb;
+      disk_->refresh(id);
+    } else {
+      disk_remove(id, now, Gone::kFailed);
+    }
+  }
+  if (!ok && !batch_.empty()) {
+    if (!write_errors_.empty()) write_errors_ += "; ";
+    write_errors_ += std::to_string(batch_.size()) + " blocks not persisted: " + error;
+  }
+  queued_ -= batch_.size();
+  batch_.clear();
+  batch_open_ = false;
+  cv_.notify_all();
+}
+
+std::vector<Key> Store::disk_make_room(std::size_t blocks, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (std::isnan(now)) now = std::isfinite(last_now_) ? last_now_ : 0.0;
+  auto& q = disk_->queue();
+  for (std::size_t k = 0; k < blocks && !q.empty(); ++k) disk_remove(q.top(), now, Gone::kEvicted);
+  // What the folder's map holds is the real capacity: keep below it from now on.
+  disk_capacity_blocks_ = std::max<std::uint64_t>(1, std::min<std::uint64_t>(disk_capacity_blocks_, disk_->live() + queued_));
+  dstats_.capacity_bytes = disk_capacity_blocks_ * spec_.block_bytes;
+  std::vector<Key> out = std::move(deletes_);
+  deletes_.clear();
+  return out;
+}
+
+bool Store::disk_flush(double timeout_s, std::string* errors) {
+  std::unique_lock<std::mutex> lock(mu_);
+  const auto done = [&] { return closed_ || (queued_ == 0 && deletes_.empty() && !batch_open_); };
+  bool ok = true;
+  if (timeout_s < 0.0)
+    cv_.wait(lock, done);
+  else
+    ok = cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), done);
+  *errors = std::move(write_errors_);
+  write_errors_.clear();
+  return ok;
+}
+
+std::uint64_t Store::disk_restore(const std::vector<std::pair<Key, std::string>>& records, double wall_now,
+                                  double now, std::vector<Key>* bad, std::uint64_t* foreign) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  // Without a time, restored blocks are dated on the monotonic clock, and the store's clock is left
+  // alone (a caller who drives the store with its own clock passes its time here).
+  if (std::isnan(now))
+    now = std::max(std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(),
+                   last_now_);
+  else
+    now = resolve_now(now);
+  struct Parsed {
+    const Key* key;
+    DiskRecord rec;
+  };
+  std::vector<Parsed> parsed;
+  parsed.reserve(records.size());
+  for (const auto& [key, bytes] : records) {
+    Parsed p{&key, {}};
+    if (!decode_record(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), &p.rec)) {
+      bad->push_back(key);
+      continue;
+    }
+    if (p.rec.width != spec_.width || p.rec.length != spec_.block_bytes) {
+      ++*foreign;  // another block geometry: never served here, left for its own stores (and fsck)
+      continue;
+    }
+    Key check;
+    chain_keys(p.rec.ns, is_zero_key(p.rec.parent) ? nullptr : &p.rec.parent, p.rec.words.data(), 1, spec_.width,
+               nullptr, 0, &check);
+    if (check != key) {
+      bad->push_back(key);
+      continue;
+    }
+    parsed.push_back(std::move(p));
+  }
+  // Oldest first, so that the LRU order survives the restart.
+  std::stable_sort(parsed.begin(), parsed.end(),
+                   [](const Parsed& a, const Parsed& b) { return a.rec.wall_time < b.rec.wall_time; });
+  disk_->reserve(disk_->slots() + parsed.size());
+  std::uint64_t restored = 0;
+  const std::int64_t bb = static_cast<std::int64_t>(spec_.block_bytes);
+  for (Parsed& p : parsed) {
+    if (disk_->find(*p.key) != kNil) continue;
+    if (!disk_room(now)) break;
+    const std::uint32_t ns = add_namespace_locked(p.rec.ns);
+    const std::uint32_t account = account_locked(ns, p.rec.session);
+    const std::uint32_t id = disk_->add(*p.key, p.rec.parent, ns, DiskState::kCommitted);
+    DiskEntry& e = disk_->at(id);
+    e.account = account;
+    e.seq = ++seq_;
+    e.last_access = now - std::max(0.0, wall_now - p.rec.wall_time);
+    e.hits = p.rec.hits;
+    e.checksum = p.rec.checksum;
+    disk_->refresh(id);
+    ledger_.change(kTierDisk, account, bb, now);
+    ++restored;
+  }
+  dstats_.restored += restored;
+  return restored;
+}
+
+std::vector<Key> Store::chain_keys_from(std::uint32_t ns, const Word* words, std::size_t n, std::size_t from,
+                                        const Key* parent) {
+  Key ns_key;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    check_open();
+    root_of(ns);
+    ns_key = ns_keys_[ns];
+  }
+  std::vector<Key> keys(n > from ? n - from : 0);
+  if (!keys.empty()) chain_keys(ns_key, parent, words + from * spec_.width, keys.size(), spec_.width, nullptr, 0, keys.data());
+  return keys;
+}
+
+DiskStats Store::disk_stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  DiskStats s = dstats_;
+  if (!disk_) return s;
+  s.blocks = disk_->live();
+  s.resident_bytes = s.blocks * spec_.block_bytes;
+  s.pending = queued_;
+  std::uint64_t pinned = 0;
+  for (std::uint32_t id = 0; id < disk_->slots(); ++id) {
+    const DiskEntry& e = disk_->at(id);
+    pinned += e.pins > 0 && e.state != DiskState::kRemoved && e.state != DiskState::kFree;
+  }
+  s.pinned_blocks = pinned;
+  return s;
+}
+
+}  // namespace kvtier
