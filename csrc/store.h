@@ -15,6 +15,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -191,8 +192,8 @@ class Store {
   WriteBatch disk_take(std::size_t max_blocks, double timeout_s, double wall_now);
   // Ends the batch taken last: committed (`ok`), or not persisted (`error` says why).
   void disk_finish(bool ok, const std::string& error);
-  // The folder's map is full: evicts up to `blocks` committed blocks and returns their keys to
-  // delete before retrying.
+  // The folder's map is full: evicts up to `blocks` committed blocks and returns their keys (to
+  // delete in a transaction of their own before retrying; they count as part of the open batch).
   std::vector<Key> disk_make_room(std::size_t blocks, double now);
   // Waits until every write queued so far is committed (or `timeout_s` passes: returns false).
   // Returns the errors of writes that failed since the last flush.
@@ -311,6 +312,10 @@ class Store {
   std::deque<WriteItem> writes_;          // queued for the writer
   std::vector<std::uint32_t> batch_;      // entries taken by the writer, not yet finished
   std::vector<Key> deletes_;              // keys to delete from the folder
+  std::vector<Key> batch_deletes_;        // deletes handed to the writer, not yet finished
+  // Keys removed here whose delete has not committed yet: the folder still has them, and an import
+  // (disk_restore from a probe) must not bring them back.
+  std::unordered_set<Key, KeyHash> deleting_;
   bool batch_open_ = false;
   std::uint64_t queued_ = 0;              // entries pending or writing
   bool demote_ = true;                    // host evictions go to disk (false while clearing)

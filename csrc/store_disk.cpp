@@ -164,7 +164,10 @@ void Store::disk_remove(std::uint32_t id, double now, Gone why) {
     case Gone::kMissing: ++dstats_.missing; break;
     case Gone::kFailed: ++dstats_.write_errors; break;
   }
-  if (e.state == DiskState::kCommitted) deletes_.push_back(e.key);
+  if (e.state == DiskState::kCommitted) {
+    deletes_.push_back(e.key);
+    deleting_.insert(e.key);
+  }
   disk_->remove(id);
   cv_.notify_all();
 }
@@ -273,7 +276,8 @@ WriteBatch Store::disk_take(std::size_t max_blocks, double timeout_s, double wal
     b.closed = true;
     return b;
   }
-  b.deletes = std::move(deletes_);
+  b.deletes = deletes_;
+  batch_deletes_ = std::move(deletes_);
   deletes_.clear();
   const double store_now = std::isfinite(last_now_) ? last_now_ : 0.0;
   while (!writes_.empty() && b.writes.size() < max_blocks) {
@@ -324,6 +328,10 @@ void Store::disk_finish(bool ok, const std::string& error) {
   }
   queued_ -= batch_.size();
   batch_.clear();
+  // Deletes are idempotent: whether the commit went through or not, the index no longer has them
+  // (a failed delete leaves a block that a later open restores, or fsck finds).
+  for (const Key& k : batch_deletes_) deleting_.erase(k);
+  batch_deletes_.clear();
   batch_open_ = false;
   cv_.notify_all();
 }
@@ -333,11 +341,9 @@ std::vector<Key> Store::disk_make_room(std::size_t blocks, double now) {
   if (std::isnan(now)) now = std::isfinite(last_now_) ? last_now_ : 0.0;
   auto& q = disk_->queue();
   for (std::size_t k = 0; k < blocks && !q.empty(); ++k) disk_remove(q.top(), now, Gone::kEvicted);
-  // What the folder's map holds is the real capacity: keep below it from now on.
-  disk_capacity_blocks_ = std::max<std::uint64_t>(1, std::min<std::uint64_t>(disk_capacity_blocks_, disk_->live() + queued_));
-  dstats_.capacity_bytes = disk_capacity_blocks_ * spec_.block_bytes;
   std::vector<Key> out = std::move(deletes_);
   deletes_.clear();
+  batch_deletes_.insert(batch_deletes_.end(), out.begin(), out.end());
   return out;
 }
 
@@ -397,7 +403,7 @@ std::uint64_t Store::disk_restore(const std::vector<std::pair<Key, std::string>>
   std::uint64_t restored = 0;
   const std::int64_t bb = static_cast<std::int64_t>(spec_.block_bytes);
   for (Parsed& p : parsed) {
-    if (disk_->find(*p.key) != kNil) continue;
+    if (disk_->find(*p.key) != kNil || deleting_.count(*p.key)) continue;
     if (!disk_room(now)) break;
     const std::uint32_t ns = add_namespace_locked(p.rec.ns);
     const std::uint32_t account = account_locked(ns, p.rec.session);

@@ -14,6 +14,7 @@ lock and every call releases the GIL.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -260,6 +261,14 @@ class Residency:
         return {(r.namespace, r.session): r.gb_hours for r in self.rows}
 
 
+def _shutdown_disk(core: Any, folder: DiskFolder) -> None:
+    """Commits what is queued (bounded wait), stops the writer and closes the folder. Runs once."""
+    if not core.closed:
+        core.disk_flush(60.0)
+        core.close()
+    folder.close()
+
+
 class Store:
     """A KV prefix-cache store: radix tree + host tier + exact residency accounting.
 
@@ -301,6 +310,7 @@ class Store:
             queue_blocks=64 if disk is None else disk.queue_blocks,
         )
         self._disk: DiskFolder | None = None
+        self._finalizer: weakref.finalize | None = None
         self._ns_lock = threading.Lock()
         self._ns_ids: dict[Namespace, int] = {}
         self._ns_by_id: list[Namespace] = []
@@ -326,6 +336,10 @@ class Store:
             folder.restore(now)
             self._sync_namespaces()
             folder.start_writer()
+            # A store dropped or left open at interpreter exit still commits its queued writes and
+            # stops its writer thread (a writer still waiting in the core when Python finalizes would
+            # abort the process).
+            self._finalizer = weakref.finalize(self, _shutdown_disk, self._core, folder)
         except BaseException:
             self._core.close()
             folder.close()
@@ -546,6 +560,8 @@ class Store:
         """
         if self._disk is None:
             return
+        if self._core.closed:
+            raise StoreClosedError("the store is closed")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
             raise InvalidArgumentError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
         if host:
@@ -649,9 +665,10 @@ class Store:
                 self.flush(host=persist)
             except DiskWriteError as e:
                 error = e
-        self._core.close()
-        if self._disk is not None:
-            self._disk.close()
+        if self._finalizer is not None:
+            self._finalizer()  # closes the core (which stops the writer) and the folder
+        else:
+            self._core.close()
         if error is not None:
             raise error
 
