@@ -310,7 +310,7 @@ class Store:
             queue_blocks=64 if disk is None else disk.queue_blocks,
         )
         self._disk: DiskFolder | None = None
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[[Any, DiskFolder], Store] | None = None
         self._ns_lock = threading.Lock()
         self._ns_ids: dict[Namespace, int] = {}
         self._ns_by_id: list[Namespace] = []
