@@ -374,10 +374,12 @@ py::array_t<std::uint8_t> keys_array(const std::vector<Key>& keys) {
 }  // namespace
 
 void bind_disk_functions(py::module_& m);  // bindings/disk.cpp
+void bind_copy(py::module_& m);  // csrc/bindings/copy.cpp
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "kvtier's C++ core. Private: use the kvtier package.";
   bind_disk_functions(m);
+  bind_copy(m);
 
   py::register_exception_translator([](std::exception_ptr p) {
     try {
