@@ -1,29 +1,24 @@
 #include "checksum.h"
 
-#include <array>
 #include <cstring>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define KVTIER_AVX2_SUM 1
+#endif
 
 namespace kvtier {
 namespace {
 
-constexpr std::uint32_t kPoly = 0x82F63B78u;  // CRC32C, reflected
-
-struct Tables {
-  std::array<std::array<std::uint32_t, 256>, 8> t{};  // slicing-by-8
-  Tables() {
-    for (std::uint32_t i = 0; i < 256; ++i) {
-      std::uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c >> 1) ^ ((c & 1u) ? kPoly : 0u);
-      t[0][i] = c;
-    }
-    for (std::uint32_t i = 0; i < 256; ++i)
-      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFFu];
-  }
+constexpr std::uint64_t kSeed[8] = {
+    0x9E3779B185EBCA87ull, 0xC2B2AE3D27D4EB4Full, 0x165667B19E3779F9ull, 0x85EBCA77C2B2AE63ull,
+    0x27D4EB2F165667C5ull, 0xD6E8FEB86659FD93ull, 0xA0761D6478BD642Full, 0xE7037ED1A0B428DBull,
 };
-const Tables& tables() {
-  static const Tables t;
-  return t;
-}
+constexpr std::uint64_t kP1 = 0x8EBC6AF09C88C6E3ull;
+constexpr std::uint64_t kP2 = 0x589965CC75374CC3ull;
+constexpr std::uint64_t kP3 = 0x1D8E4E27C47D124Full;
+constexpr std::size_t kStripe = 64;
+constexpr std::size_t kChunk = 4096;  // copy chunk: a multiple of kStripe that stays in L1
 
 inline std::uint64_t load64(const std::uint8_t* p) {
   std::uint64_t v;
@@ -31,112 +26,146 @@ inline std::uint64_t load64(const std::uint8_t* p) {
   return v;
 }
 
-inline std::uint32_t sw_byte(std::uint32_t c, std::uint8_t b) {
-  return (c >> 8) ^ tables().t[0][(c ^ b) & 0xFFu];
-}
-inline std::uint32_t sw_word(std::uint32_t c, std::uint64_t w) {
-  const auto& t = tables().t;
-  const std::uint64_t x = w ^ c;
-  return t[7][x & 0xFF] ^ t[6][(x >> 8) & 0xFF] ^ t[5][(x >> 16) & 0xFF] ^ t[4][(x >> 24) & 0xFF] ^
-         t[3][(x >> 32) & 0xFF] ^ t[2][(x >> 40) & 0xFF] ^ t[1][(x >> 48) & 0xFF] ^ t[0][x >> 56];
-}
-
-struct Portable {
-  static std::uint32_t word(std::uint32_t c, std::uint64_t w) { return sw_word(c, w); }
-  static std::uint32_t byte(std::uint32_t c, std::uint8_t b) { return sw_byte(c, b); }
-};
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define KVTIER_HW_CRC 1
-struct Hardware {
-  __attribute__((target("sse4.2"))) static std::uint32_t word(std::uint32_t c, std::uint64_t w) {
-    return static_cast<std::uint32_t>(__builtin_ia32_crc32di(c, w));
-  }
-  __attribute__((target("sse4.2"))) static std::uint32_t byte(std::uint32_t c, std::uint8_t b) {
-    return __builtin_ia32_crc32qi(c, b);
-  }
-};
-#endif
-
-// One pass over `src`: four lanes of 8-byte words, optionally storing each word to `dst`.
-template <class Crc, bool kCopy>
-#if defined(KVTIER_HW_CRC)
-__attribute__((target("sse4.2")))
-#endif
-std::uint32_t lanes(std::uint8_t* dst, const std::uint8_t* src, std::size_t n) {
-  std::uint32_t c0 = 0xFFFFFFFFu, c1 = c0, c2 = c0, c3 = c0;
-  std::size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    const std::uint64_t w0 = load64(src + i), w1 = load64(src + i + 8), w2 = load64(src + i + 16),
-                        w3 = load64(src + i + 24);
-    if constexpr (kCopy) {
-      std::memcpy(dst + i, &w0, 8);
-      std::memcpy(dst + i + 8, &w1, 8);
-      std::memcpy(dst + i + 16, &w2, 8);
-      std::memcpy(dst + i + 24, &w3, 8);
+// Accumulates `n` bytes (a multiple of kStripe): the portable path.
+void accumulate_scalar(std::uint64_t* acc, const std::uint8_t* p, std::size_t n) {
+  std::uint64_t a[8];
+  for (int j = 0; j < 8; ++j) a[j] = acc[j];
+  for (std::size_t i = 0; i < n; i += kStripe) {
+    for (int j = 0; j < 8; ++j) {
+      const std::uint64_t w = load64(p + i + 8 * j);
+      const std::uint64_t x = w ^ kSeed[j];
+      a[j] += static_cast<std::uint64_t>(static_cast<std::uint32_t>(x)) * static_cast<std::uint32_t>(x >> 32);
+      a[j ^ 1] += w;
     }
-    c0 = Crc::word(c0, w0);
-    c1 = Crc::word(c1, w1);
-    c2 = Crc::word(c2, w2);
-    c3 = Crc::word(c3, w3);
   }
-  for (; i < n; ++i) {
-    if constexpr (kCopy) dst[i] = src[i];
-    c0 = Crc::byte(c0, src[i]);
-  }
-  std::uint8_t tail[24];
-  const std::uint32_t lane[4] = {~c0, ~c1, ~c2, ~c3};
-  std::memcpy(tail, lane, 16);
-  const std::uint64_t len = n;
-  std::memcpy(tail + 16, &len, 8);
-  std::uint32_t c = 0xFFFFFFFFu;
-  for (int k = 0; k < 3; ++k) c = Crc::word(c, load64(tail + 8 * k));
-  return ~c;
+  for (int j = 0; j < 8; ++j) acc[j] = a[j];
 }
 
-bool g_portable = false;
+#if defined(KVTIER_AVX2_SUM)
+// The same arithmetic, four lanes per instruction.
+__attribute__((target("avx2"))) void accumulate_avx2(std::uint64_t* acc, const std::uint8_t* p, std::size_t n) {
+  __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc));
+  __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + 4));
+  const __m256i k0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kSeed));
+  const __m256i k1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kSeed + 4));
+  for (std::size_t i = 0; i < n; i += kStripe) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 32));
+    const __m256i x0 = _mm256_xor_si256(w0, k0), x1 = _mm256_xor_si256(w1, k1);
+    a0 = _mm256_add_epi64(a0, _mm256_mul_epu32(x0, _mm256_srli_epi64(x0, 32)));
+    a1 = _mm256_add_epi64(a1, _mm256_mul_epu32(x1, _mm256_srli_epi64(x1, 32)));
+    // acc[j ^ 1] += w[j]: swap the two 64-bit words of each 128-bit half.
+    a0 = _mm256_add_epi64(a0, _mm256_shuffle_epi32(w0, 0x4E));
+    a1 = _mm256_add_epi64(a1, _mm256_shuffle_epi32(w1, 0x4E));
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc), a0);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + 4), a1);
+}
 
-bool have_hw() {
-#if defined(KVTIER_HW_CRC)
-  static const bool has = __builtin_cpu_supports("sse4.2");
-  return has && !g_portable;
+// Copies and accumulates in one pass. Large copies use streaming stores (no read of the destination
+// lines before writing them, and no eviction of the caller's cache for data it reads later), as
+// memcpy does at these sizes. `n` is a multiple of kStripe.
+__attribute__((target("avx2"))) void copy_accumulate_avx2(std::uint64_t* acc, std::uint8_t* dst,
+                                                          const std::uint8_t* src, std::size_t n) {
+  __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc));
+  __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + 4));
+  const __m256i k0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kSeed));
+  const __m256i k1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kSeed + 4));
+  const bool stream = n >= (256u << 10) && (reinterpret_cast<std::uintptr_t>(dst) & 31) == 0;
+  for (std::size_t i = 0; i < n; i += kStripe) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i + 32));
+    if (stream) {
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + i), w0);
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + i + 32), w1);
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), w0);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i + 32), w1);
+    }
+    const __m256i x0 = _mm256_xor_si256(w0, k0), x1 = _mm256_xor_si256(w1, k1);
+    a0 = _mm256_add_epi64(a0, _mm256_mul_epu32(x0, _mm256_srli_epi64(x0, 32)));
+    a1 = _mm256_add_epi64(a1, _mm256_mul_epu32(x1, _mm256_srli_epi64(x1, 32)));
+    a0 = _mm256_add_epi64(a0, _mm256_shuffle_epi32(w0, 0x4E));
+    a1 = _mm256_add_epi64(a1, _mm256_shuffle_epi32(w1, 0x4E));
+  }
+  if (stream) _mm_sfence();
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc), a0);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + 4), a1);
+}
+#endif
+
+bool have_avx2() {
+#if defined(KVTIER_AVX2_SUM)
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  return avx2;
 #else
   return false;
 #endif
 }
 
-}  // namespace
-
-std::uint32_t crc32c(const std::uint8_t* p, std::size_t n) {
-  std::uint32_t c = 0xFFFFFFFFu;
-  std::size_t i = 0;
-#if defined(KVTIER_HW_CRC)
-  if (have_hw()) {
-    for (; i + 8 <= n; i += 8) c = Hardware::word(c, load64(p + i));
-    for (; i < n; ++i) c = Hardware::byte(c, p[i]);
-    return ~c;
-  }
+void accumulate(std::uint64_t* acc, const std::uint8_t* p, std::size_t n) {
+#if defined(KVTIER_AVX2_SUM)
+  if (have_avx2()) return accumulate_avx2(acc, p, n);
 #endif
-  for (; i + 8 <= n; i += 8) c = sw_word(c, load64(p + i));
-  for (; i < n; ++i) c = sw_byte(c, p[i]);
-  return ~c;
+  accumulate_scalar(acc, p, n);
 }
 
+inline std::uint64_t mix(std::uint64_t v) { return ((v ^ (v >> 33)) * kP3) ^ (v >> 29); }
+
+std::uint32_t finish(std::uint64_t* acc, const std::uint8_t* tail, std::size_t tail_n, std::size_t n) {
+  if (tail_n) {
+    std::uint8_t last[kStripe] = {};
+    std::memcpy(last, tail, tail_n);
+    accumulate(acc, last, kStripe);
+  }
+  std::uint64_t h = static_cast<std::uint64_t>(n) * kP1;
+  for (int j = 0; j < 8; ++j) h = (h ^ mix(acc[j])) * kP2;
+  return static_cast<std::uint32_t>(h ^ (h >> 29));
+}
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the checksum reads words little-endian");
+
+}  // namespace
+
 std::uint32_t block_checksum(const std::uint8_t* p, std::size_t n) {
-#if defined(KVTIER_HW_CRC)
-  if (have_hw()) return lanes<Hardware, false>(nullptr, p, n);
-#endif
-  return lanes<Portable, false>(nullptr, p, n);
+  std::uint64_t acc[8];
+  std::memcpy(acc, kSeed, sizeof acc);
+  const std::size_t body = n - n % kStripe;
+  accumulate(acc, p, body);
+  return finish(acc, p + body, n - body, n);
+}
+
+std::uint32_t block_checksum_portable(const std::uint8_t* p, std::size_t n) {
+  std::uint64_t acc[8];
+  std::memcpy(acc, kSeed, sizeof acc);
+  const std::size_t body = n - n % kStripe;
+  accumulate_scalar(acc, p, body);
+  if (n > body) {
+    std::uint8_t last[kStripe] = {};
+    std::memcpy(last, p + body, n - body);
+    accumulate_scalar(acc, last, kStripe);
+  }
+  return finish(acc, nullptr, 0, n);
 }
 
 std::uint32_t copy_with_checksum(std::uint8_t* dst, const std::uint8_t* src, std::size_t n) {
-#if defined(KVTIER_HW_CRC)
-  if (have_hw()) return lanes<Hardware, true>(dst, src, n);
+  std::uint64_t acc[8];
+  std::memcpy(acc, kSeed, sizeof acc);
+  const std::size_t body = n - n % kStripe;
+#if defined(KVTIER_AVX2_SUM)
+  if (have_avx2()) {
+    copy_accumulate_avx2(acc, dst, src, body);
+    if (n > body) std::memcpy(dst + body, src + body, n - body);
+    return finish(acc, src + body, n - body, n);
+  }
 #endif
-  return lanes<Portable, true>(dst, src, n);
+  for (std::size_t i = 0; i < body; i += kChunk) {
+    const std::size_t len = body - i < kChunk ? body - i : kChunk;
+    std::memcpy(dst + i, src + i, len);
+    accumulate(acc, dst + i, len);
+  }
+  if (n > body) std::memcpy(dst + body, src + body, n - body);
+  return finish(acc, src + body, n - body, n);
 }
-
-void checksum_force_portable(bool on) { g_portable = on; }
-bool checksum_hardware() { return have_hw(); }
 
 }  // namespace kvtier

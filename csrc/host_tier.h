@@ -1,4 +1,7 @@
 // Host tier payload storage: one page-aligned arena of fixed-size block slots, allocated once.
+// Where a CUDA driver is usable (cuda_driver.h), the whole arena is page-locked at construction
+// (cuMemHostRegister, portable to every context), so host <-> device copies of its slots are DMA; the
+// pages are then committed up front instead of on first touch.
 #pragma once
 
 #include <cstddef>
@@ -12,7 +15,8 @@ namespace kvtier {
 
 class HostArena {
  public:
-  // `slots` blocks of `block_bytes` each. Throws Error(kCapacity) if the memory cannot be had.
+  // `slots` blocks of `block_bytes` each. Throws Error(kCapacity) if the memory cannot be had, or cannot be
+  // page-locked where CUDA is present.
   HostArena(std::size_t slots, std::size_t block_bytes);
   HostArena(const HostArena&) = delete;
   HostArena& operator=(const HostArena&) = delete;
@@ -38,7 +42,18 @@ class HostArena {
   };
   std::size_t slots_;
   std::size_t block_bytes_;
+  // The CUDA registration of the arena, undone (cuMemHostUnregister) before base_ is unmapped: declared
+  // after base_, so destroyed before it.
+  struct Pin {
+    void* ptr = nullptr;      // registered address; null if the arena is not page-locked
+    void* context = nullptr;  // the primary context (CUcontext) it was registered under
+    Pin() = default;
+    Pin(const Pin&) = delete;
+    Pin& operator=(const Pin&) = delete;
+    ~Pin();
+  };
   std::unique_ptr<std::uint8_t, Free> base_;
+  Pin pin_;
   std::vector<std::uint32_t> free_;  // stack of free slot numbers
 };
 

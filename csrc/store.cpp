@@ -413,9 +413,17 @@ InsertResult Store::insert(std::uint32_t ns, std::uint32_t account, const Word* 
         started = true;
       }
       total.inserted += r.inserted;
-      if (spec_.payloads && r.matched < payload_first) break;  // a gap: no payload for the missing blocks
-      from = r.matched + r.inserted;
-      if (from < end) {
+      if (r.matched < payload_first) {
+        // Blocks below start_block are not all in the host tier: if the disk holds the rest of them,
+        // the new blocks chain on from there (to the disk); otherwise there is a gap and nothing to do.
+        if (!disk_chain(ns, words, r.matched, payload_first, now, &prev)) break;
+        total.matched = static_cast<std::uint32_t>(payload_first);
+        spilling = true;
+        from = payload_first;
+      } else {
+        from = r.matched + r.inserted;
+      }
+      if (!spilling && from < end) {
         spilling = true;
         if (from > 0) {  // the key the spilled blocks chain from: the last host block's
           walk(ns, words, from, now, /*reclaim=*/false);

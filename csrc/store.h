@@ -15,6 +15,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -191,12 +192,13 @@ class Store {
   WriteBatch disk_take(std::size_t max_blocks, double timeout_s, double wall_now);
   // Ends the batch taken last: committed (`ok`), or not persisted (`error` says why).
   void disk_finish(bool ok, const std::string& error);
-  // The folder's map is full: evicts up to `blocks` committed blocks and returns their keys to
-  // delete before retrying.
+  // The folder's map is full: evicts up to `blocks` committed blocks and returns their keys (to
+  // delete in a transaction of their own before retrying; they count as part of the open batch).
   std::vector<Key> disk_make_room(std::size_t blocks, double now);
-  // Waits until every write queued so far is committed (or `timeout_s` passes: returns false).
-  // Returns the errors of writes that failed since the last flush.
-  bool disk_flush(double timeout_s, std::string* errors);
+  // Waits until every write queued so far is committed (or `timeout_s` passes: returns false); with
+  // `host`, queues the host blocks not on disk first (disk_persist). Returns the errors of writes that
+  // failed since the last flush.
+  bool disk_flush(double timeout_s, bool host, std::string* errors);
   // Index records read from the folder (at open, or found by a probe): entries become committed
   // disk blocks. Returns the keys of records that are damaged (to delete) in `bad`; records of
   // another block geometry are skipped and counted in `foreign`.
@@ -206,7 +208,8 @@ class Store {
   std::vector<Key> chain_keys_from(std::uint32_t ns, const Word* words, std::size_t n, std::size_t from,
                                    const Key* parent);
   // Queues up to `max_blocks` host blocks that are not on disk yet (a clean shutdown of a
-  // write-back store persists its host tier this way). Returns the blocks queued.
+  // write-back store persists its host tier this way; they keep their host slots meanwhile).
+  // Returns the blocks queued.
   std::uint64_t disk_persist(std::size_t max_blocks, double now);
   DiskStats disk_stats();
 
@@ -266,6 +269,7 @@ class Store {
   void disk_remove(std::uint32_t entry, double now, Gone why);
   std::uint64_t disk_expire_locked(double now);
   void wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t blocks);
+  bool disk_chain(std::uint32_t ns, const Word* words, std::size_t host_blocks, std::size_t to, double now, Key* last);
   std::size_t spill_locked(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t from, std::size_t to,
                            const std::uint8_t* payload, std::size_t payload_first, double now, Key* prev);
   std::uint32_t walk(std::uint32_t ns, const Word* words, std::size_t n, double now, bool reclaim);
@@ -309,6 +313,10 @@ class Store {
   std::deque<WriteItem> writes_;          // queued for the writer
   std::vector<std::uint32_t> batch_;      // entries taken by the writer, not yet finished
   std::vector<Key> deletes_;              // keys to delete from the folder
+  std::vector<Key> batch_deletes_;        // deletes handed to the writer, not yet finished
+  // Keys removed here whose delete has not committed yet: the folder still has them, and an import
+  // (disk_restore from a probe) must not bring them back.
+  std::unordered_set<Key, KeyHash> deleting_;
   bool batch_open_ = false;
   std::uint64_t queued_ = 0;              // entries pending or writing
   bool demote_ = true;                    // host evictions go to disk (false while clearing)

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <limits>
 
 #include "checksum.h"
 #include "disk_record.h"
@@ -57,6 +58,30 @@ void Store::queue_write(std::uint32_t node, std::uint32_t block, bool host_keeps
   cv_.notify_all();
 }
 
+// Whether blocks [host_blocks, to) of `words` are all on disk, following the host match of
+// `host_blocks` blocks; `*last` becomes the key of block to - 1.
+bool Store::disk_chain(std::uint32_t ns, const Word* words, std::size_t host_blocks, std::size_t to, double now,
+                       Key* last) {
+  walk(ns, words, host_blocks, now, /*reclaim=*/false);
+  Key prev{};
+  bool chained = false;
+  if (host_blocks > 0) {
+    if (path_.empty()) return false;
+    prev = node_keys(path_.back().node)[path_.back().blocks - 1];
+    chained = true;
+  }
+  for (std::size_t i = host_blocks; i < to; ++i) {
+    Key k;
+    chain_keys(ns_keys_[ns], chained ? &prev : nullptr, words + i * spec_.width, 1, spec_.width, nullptr, 0, &k);
+    const std::uint32_t id = disk_->find(k);
+    if (id == kNil || disk_expired(disk_->at(id), now)) return false;
+    prev = k;
+    chained = true;
+  }
+  *last = prev;
+  return true;
+}
+
 // Queues blocks [from, to) of an insert straight for the disk, chained from `*prev` (zero: none),
 // each in a free slot of the arena's queue reserve. Returns the blocks stored (already on disk or
 // queued); stops early when the disk is full of pinned or queued blocks.
@@ -102,16 +127,16 @@ std::uint64_t Store::disk_persist(std::size_t max_blocks, double now) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
   if (std::isnan(now)) now = std::isfinite(last_now_) ? last_now_ : 0.0;
-  const std::uint64_t limit = spec_.disk.queue_blocks;
+  // Host blocks keep their slots while queued, so this needs no room in the queue's slot reserve.
   std::uint64_t queued = 0;
   std::vector<std::uint32_t> todo(roots_.begin(), roots_.end());
-  while (!todo.empty() && queued < max_blocks && queued_ < limit) {
+  while (!todo.empty() && queued < max_blocks) {
     const std::uint32_t id = todo.back();
     todo.pop_back();
     for (std::uint32_t c = tree_.at(id).first_child; c != kNil; c = tree_.at(c).next_sibling) todo.push_back(c);
     if (tree_.at(id).parent == kNil) continue;
     const std::vector<Key>& keys = node_keys(id);
-    for (std::uint32_t b = 0; b < keys.size() && queued < max_blocks && queued_ < limit; ++b) {
+    for (std::uint32_t b = 0; b < keys.size() && queued < max_blocks; ++b) {
       if (disk_->find(keys[b]) != kNil) continue;
       const std::uint64_t before = queued_;
       queue_write(id, b, /*host_keeps=*/true, now);
@@ -140,7 +165,10 @@ void Store::disk_remove(std::uint32_t id, double now, Gone why) {
     case Gone::kMissing: ++dstats_.missing; break;
     case Gone::kFailed: ++dstats_.write_errors; break;
   }
-  if (e.state == DiskState::kCommitted) deletes_.push_back(e.key);
+  if (e.state == DiskState::kCommitted) {
+    deletes_.push_back(e.key);
+    deleting_.insert(e.key);
+  }
   disk_->remove(id);
   cv_.notify_all();
 }
@@ -249,7 +277,8 @@ WriteBatch Store::disk_take(std::size_t max_blocks, double timeout_s, double wal
     b.closed = true;
     return b;
   }
-  b.deletes = std::move(deletes_);
+  b.deletes = deletes_;
+  batch_deletes_ = std::move(deletes_);
   deletes_.clear();
   const double store_now = std::isfinite(last_now_) ? last_now_ : 0.0;
   while (!writes_.empty() && b.writes.size() < max_blocks) {
@@ -300,6 +329,10 @@ void Store::disk_finish(bool ok, const std::string& error) {
   }
   queued_ -= batch_.size();
   batch_.clear();
+  // Deletes are idempotent: whether the commit went through or not, the index no longer has them
+  // (a failed delete leaves a block that a later open restores, or fsck finds).
+  for (const Key& k : batch_deletes_) deleting_.erase(k);
+  batch_deletes_.clear();
   batch_open_ = false;
   cv_.notify_all();
 }
@@ -309,15 +342,14 @@ std::vector<Key> Store::disk_make_room(std::size_t blocks, double now) {
   if (std::isnan(now)) now = std::isfinite(last_now_) ? last_now_ : 0.0;
   auto& q = disk_->queue();
   for (std::size_t k = 0; k < blocks && !q.empty(); ++k) disk_remove(q.top(), now, Gone::kEvicted);
-  // What the folder's map holds is the real capacity: keep below it from now on.
-  disk_capacity_blocks_ = std::max<std::uint64_t>(1, std::min<std::uint64_t>(disk_capacity_blocks_, disk_->live() + queued_));
-  dstats_.capacity_bytes = disk_capacity_blocks_ * spec_.block_bytes;
   std::vector<Key> out = std::move(deletes_);
   deletes_.clear();
+  batch_deletes_.insert(batch_deletes_.end(), out.begin(), out.end());
   return out;
 }
 
-bool Store::disk_flush(double timeout_s, std::string* errors) {
+bool Store::disk_flush(double timeout_s, bool host, std::string* errors) {
+  if (host) disk_persist(~std::size_t{0}, std::numeric_limits<double>::quiet_NaN());
   std::unique_lock<std::mutex> lock(mu_);
   const auto done = [&] { return closed_ || (queued_ == 0 && deletes_.empty() && !batch_open_); };
   bool ok = true;
@@ -334,7 +366,13 @@ std::uint64_t Store::disk_restore(const std::vector<std::pair<Key, std::string>>
                                   double now, std::vector<Key>* bad, std::uint64_t* foreign) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
-  now = resolve_now(now);
+  // Without a time, restored blocks are dated on the monotonic clock, and the store's clock is left
+  // alone (a caller who drives the store with its own clock passes its time here).
+  if (std::isnan(now))
+    now = std::max(std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(),
+                   last_now_);
+  else
+    now = resolve_now(now);
   struct Parsed {
     const Key* key;
     DiskRecord rec;
@@ -367,7 +405,7 @@ std::uint64_t Store::disk_restore(const std::vector<std::pair<Key, std::string>>
   std::uint64_t restored = 0;
   const std::int64_t bb = static_cast<std::int64_t>(spec_.block_bytes);
   for (Parsed& p : parsed) {
-    if (disk_->find(*p.key) != kNil) continue;
+    if (disk_->find(*p.key) != kNil || deleting_.count(*p.key)) continue;
     if (!disk_room(now)) break;
     const std::uint32_t ns = add_namespace_locked(p.rec.ns);
     const std::uint32_t account = account_locked(ns, p.rec.session);

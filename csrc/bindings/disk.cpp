@@ -40,25 +40,14 @@ Span read_span(py::handle obj, std::vector<py::buffer_info>& keep, const char* a
 
 void bind_disk_functions(py::module_& m) {
   m.def(
-      "crc32c",
-      [](py::handle data) {
-        std::vector<py::buffer_info> keep;
-        const Span s = read_span(data, keep, "data");
-        py::gil_scoped_release nogil;
-        return crc32c(s.data, s.bytes);
-      },
-      py::arg("data"));
-  m.def(
       "block_checksum",
-      [](py::handle data) {
+      [](py::handle data, bool portable) {
         std::vector<py::buffer_info> keep;
         const Span s = read_span(data, keep, "data");
         py::gil_scoped_release nogil;
-        return block_checksum(s.data, s.bytes);
+        return portable ? block_checksum_portable(s.data, s.bytes) : block_checksum(s.data, s.bytes);
       },
-      py::arg("data"));
-  m.def("checksum_force_portable", &checksum_force_portable, py::arg("on"));
-  m.def("checksum_hardware", &checksum_hardware);
+      py::arg("data"), py::kw_only(), py::arg("portable") = false);
 
   // Copies block payloads read from the folder into `out` (block i at i * block_bytes), checking each
   // against its checksum on the way. `reads` is a list of (block, payload buffer, checksum).

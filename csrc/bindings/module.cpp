@@ -374,10 +374,12 @@ py::array_t<std::uint8_t> keys_array(const std::vector<Key>& keys) {
 }  // namespace
 
 void bind_disk_functions(py::module_& m);  // bindings/disk.cpp
+void bind_copy(py::module_& m);  // csrc/bindings/copy.cpp
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "kvtier's C++ core. Private: use the kvtier package.";
   bind_disk_functions(m);
+  bind_copy(m);
 
   py::register_exception_translator([](std::exception_ptr p) {
     try {
@@ -661,15 +663,15 @@ PYBIND11_MODULE(_core, m) {
              for (const Key& k : keys) out.append(key_bytes(k));
              return out;
            }, py::arg("blocks"))
-      .def("disk_flush", [](PyStore& s, std::optional<double> timeout_s) {
+      .def("disk_flush", [](PyStore& s, std::optional<double> timeout_s, bool host) {
              std::string errors;
              bool ok;
              {
                py::gil_scoped_release nogil;
-               ok = s.store->disk_flush(timeout_s ? *timeout_s : -1.0, &errors);
+               ok = s.store->disk_flush(timeout_s ? *timeout_s : -1.0, host, &errors);
              }
              return py::make_tuple(ok, errors);
-           }, py::arg("timeout_s") = py::none())
+           }, py::arg("timeout_s") = py::none(), py::arg("host") = false)
       .def(
           "disk_restore",
           [](PyStore& s, const py::list& records, double wall_now, std::optional<double> now) {

@@ -6,8 +6,12 @@
 from __future__ import annotations
 
 from kvtier.config import DiskConfig, Namespace, StoreConfig, TierConfig
+from kvtier.copy_engine import CopyEngine, CopyHandle
+from kvtier.device import CudaStatus, DeviceArena, DeviceTierConfig, cuda_available, host_buffer
 from kvtier.errors import (
     CapacityError,
+    CudaError,
+    CudaUnavailableError,
     DiskError,
     DiskWriteError,
     InvalidArgumentError,
@@ -17,6 +21,7 @@ from kvtier.errors import (
     UnknownNamespaceError,
 )
 from kvtier.keys import block_keys
+from kvtier.kv_layout import KVLayout, KVRegion, TensorView
 from kvtier.replay import ReplayTrace
 from kvtier.store import (
     DiskStats,
@@ -48,6 +53,16 @@ __all__ = [
     "ResidencyRow",
     "ReplayTrace",
     "block_keys",
+    "KVLayout",
+    "KVRegion",
+    "TensorView",
+    "CopyEngine",
+    "CopyHandle",
+    "cuda_available",
+    "CudaStatus",
+    "DeviceTierConfig",
+    "DeviceArena",
+    "host_buffer",
     "KvtierError",
     "InvalidArgumentError",
     "KvtierTypeError",
@@ -56,4 +71,6 @@ __all__ = [
     "CapacityError",
     "DiskError",
     "DiskWriteError",
+    "CudaUnavailableError",
+    "CudaError",
 ]

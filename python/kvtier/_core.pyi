@@ -46,17 +46,8 @@ def block_keys(
 ) -> npt.NDArray[np.uint8]:
     """``uint8[n_full_blocks, 32]``: chained keys of the full blocks of ``tokens``."""
 
-def crc32c(data: _ReadBuffer) -> int:
-    """Standard CRC32C (Castagnoli) of ``data``."""
-
-def block_checksum(data: _ReadBuffer) -> int:
-    """The disk tier's payload checksum (csrc/checksum.h: CRC32C over four interleaved lanes)."""
-
-def checksum_force_portable(on: bool) -> None:
-    """Uses the table CRC instead of the CPU's CRC instruction (tests compare the two)."""
-
-def checksum_hardware() -> bool:
-    """Whether checksums use the CPU's CRC instruction now."""
+def block_checksum(data: _ReadBuffer, *, portable: bool = False) -> int:
+    """The disk tier's payload checksum (csrc/checksum.h, kvtier block checksum v1); ``portable``: without SIMD."""
 
 def copy_verified(out: _WriteBuffer, block_bytes: int, reads: Sequence[tuple[int, Any, int]]) -> list[bool]:
     """Copies (block, payload, checksum) reads into ``out`` at ``block * block_bytes``; True where the checksum held."""
@@ -144,7 +135,7 @@ class Store:
     ) -> tuple[bool, list[tuple[bytes, bytes, memoryview]], list[bytes]]: ...
     def disk_finish(self, ok: bool, error: str = "") -> None: ...
     def disk_make_room(self, blocks: int) -> list[bytes]: ...
-    def disk_flush(self, timeout_s: float | None = None) -> tuple[bool, str]: ...
+    def disk_flush(self, timeout_s: float | None = None, host: bool = False) -> tuple[bool, str]: ...
     # (restored, keys of damaged records, records of another geometry)
     def disk_restore(
         self, records: list[tuple[bytes, bytes]], wall_now: float, now: float | None = None
@@ -175,3 +166,112 @@ class Store:
     @property
     def closed(self) -> bool: ...
     def check_invariants(self) -> None: ...
+
+# ---------------------------------------------------------------------------------------------------------
+# Copy engine, CUDA driver probe and device tier (csrc/bindings/copy.cpp). CUDA failures raise
+# kvtier.CudaUnavailableError (CUDA missing) and kvtier.CudaError (a driver call failed).
+
+def cuda_probe() -> tuple[bool, str, str, int, list[str], bool]:
+    """(available, reason, driver library path, driver version, device names, has cuMemcpyBatchAsync)."""
+
+def pointer_info(address: int) -> tuple[int, int]:
+    """(CUmemorytype or 0 if CUDA does not know the address, device ordinal) of ``address``. Needs CUDA."""
+
+def is_page_locked(address: int) -> bool:
+    """True if CUDA reports the host address as page-locked; False without CUDA."""
+
+@final
+class KVLayout:
+    """A validated engine KV layout: regions ``(base, stride, bytes)`` of ``num_blocks`` blocks."""
+
+    def __init__(self, regions: npt.ArrayLike, num_blocks: int, device: int) -> None: ...
+    @property
+    def num_blocks(self) -> int: ...
+    @property
+    def device(self) -> int: ...
+    @property
+    def payload_bytes(self) -> int: ...
+    @property
+    def regions(self) -> npt.NDArray[np.uint64]: ...
+
+def plan_copy(
+    layout: KVLayout,
+    block_ids: npt.ArrayLike,
+    scatter: bool,
+    buffer_base: int,
+    buffer_stride: int,
+    slots: npt.ArrayLike | None,
+) -> tuple[npt.NDArray[np.uint64], int, int]:
+    """(runs ``uint64[n, 3]`` of (dst, src, bytes) after merging, runs before merging, total bytes)."""
+
+@final
+class CopyHandle:
+    """A submitted copy. Not constructible from Python."""
+
+    def poll(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def runs(self) -> int: ...
+    @property
+    def unmerged_runs(self) -> int: ...
+
+@final
+class CopyEngine:
+    """Host worker threads and one CUDA stream per device. ``batch``: 0 auto, 1 off, 2 require."""
+
+    def __init__(self, *, threads: int, inline_bytes: int, batch: int) -> None: ...
+    def submit(
+        self,
+        layout: KVLayout,
+        block_ids: npt.ArrayLike,
+        scatter: bool,
+        buffer_base: int,
+        buffer_stride: int,
+        buffer_device: int,
+        slots: npt.ArrayLike | None,
+        keep: object,
+    ) -> CopyHandle: ...
+    # Keys: submits, inline_submits, host_submits, device_submits, batch_calls, copy_calls, batch_fallbacks,
+    # runs, bytes (ints) and last_batch_error (str).
+    def stats(self) -> dict[str, Any]: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
+
+@final
+class DeviceArena:
+    """``slots`` blocks of ``block_bytes`` in one GPU's memory (cuMemAlloc on its primary context)."""
+
+    def __init__(self, *, device: int, slots: int, block_bytes: int) -> None: ...
+    def take(self, count: int) -> npt.NDArray[np.uint32]: ...
+    def give_back(self, slots: npt.ArrayLike) -> None: ...
+    def addresses(self, slots: npt.ArrayLike) -> npt.NDArray[np.uint64]: ...
+    @property
+    def device(self) -> int: ...
+    @property
+    def slots(self) -> int: ...
+    @property
+    def free_slots(self) -> int: ...
+    @property
+    def block_bytes(self) -> int: ...
+    @property
+    def base(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
+
+@final
+class HostBuffer:
+    """``nbytes`` of page-aligned host memory (page-locked where CUDA is usable); a writable uint8 buffer."""
+
+    def __init__(self, nbytes: int) -> None: ...
+    @property
+    def address(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...

@@ -27,7 +27,7 @@ def _size(text: str) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from kvtier.demo import DemoConfig, StepReport, run_demo
+    from kvtier.demo import DemoConfig, StepReport, restart, run_demo
 
     cfg = DemoConfig(
         sessions=args.sessions,
@@ -37,12 +37,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         step_seconds=args.step_seconds,
         capacity_bytes=args.capacity,
         policy=args.policy,
+        disk_path=args.disk,
+        disk_capacity_bytes=args.disk_capacity,
     )
     block_mib = cfg.kv_bytes_per_token * cfg.block_size / (1 << 20)
     print(
         f"kvtier demo: {cfg.sessions} agent sessions x {cfg.steps} steps, shared system prompt of "
         f"{cfg.system_tokens} tokens, +{cfg.step_tokens} tokens per step, {cfg.step_seconds:g} s apart\n"
-        f"host tier: {cfg.capacity_bytes / (1 << 20):.0f} MiB, {cfg.policy.upper()}, block {cfg.block_size} tokens "
+        f"host tier: {cfg.capacity_bytes / (1 << 20):.0f} MiB, {cfg.policy.upper()}; disk tier: {cfg.disk_path} "
+        f"({cfg.disk_capacity_bytes / (1 << 30):g} GiB, LMDB); block {cfg.block_size} tokens "
         f"= {block_mib:g} MiB of KV (Llama-3.2-1B, bf16)\n"
     )
     print(f"{'step':>4} {'session':<9} {'prompt':>7} {'hit':>7} {'hit %':>6} {'new blk':>7}  KV check")
@@ -52,21 +55,52 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         check = "ok" if r.verified else "MISMATCH"
         print(f"{r.step:>4} {r.session:<9} {r.prompt_tokens:>7} {r.hit_tokens:>7} {pct:>5.1f}% {r.new_blocks:>7}  {check}")
 
-    store, reports = run_demo(cfg, emit)
-    with store:
-        end = (cfg.steps - 1) * cfg.step_seconds + cfg.step_seconds
-        st = store.stats()
-        res = store.residency(now=end)
-        print(
-            f"\nhost tier: {st.blocks} blocks resident ({st.resident_bytes / (1 << 20):.0f} MiB of "
-            f"{(st.capacity_bytes or 0) / (1 << 20):.0f} MiB), block hit ratio {st.hit_ratio:.1%}, "
-            f"{st.evicted} evicted, {st.bytes_read / (1 << 30):.2f} GiB loaded instead of prefilled"
-        )
-        print(f"residency over {end:g} s: {res.gb_hours:.4f} GB-hours")
-        for (_, session), gbh in sorted(res.by_session().items(), key=lambda kv: kv[0][1]):
-            if gbh > 0:
-                print(f"  {session:<9} {gbh:.4f} GB-hours")
-    return 0 if all(r.verified for r in reports) else 1
+    store, reports, prompts = run_demo(cfg, emit)
+    end = (cfg.steps - 1) * cfg.step_seconds + cfg.step_seconds
+    st = store.stats()
+    res = store.residency(now=end)
+    disk = st.disk
+    assert disk is not None
+    print(
+        f"\nhost tier: {st.blocks} blocks resident ({st.resident_bytes / (1 << 20):.0f} MiB of "
+        f"{(st.capacity_bytes or 0) / (1 << 20):.0f} MiB), block hit ratio {st.hit_ratio:.1%}, "
+        f"{st.evicted} evicted, {st.bytes_read / (1 << 30):.2f} GiB loaded instead of prefilled"
+    )
+    print(
+        f"disk tier: {disk.blocks} blocks ({disk.resident_bytes / (1 << 20):.0f} MiB), {disk.hits} block hits, "
+        f"{disk.bytes_read / (1 << 20):.0f} MiB read (checksummed), {disk.promoted} promoted back to host"
+    )
+    print(f"residency over {end:g} s: {res.gb_hours:.4f} GB-hours")
+    for (_, session), gbh in sorted(res.by_session().items(), key=lambda kv: kv[0][1]):
+        if gbh > 0:
+            print(f"  {session:<9} {gbh:.4f} GB-hours")
+    store.close()  # a clean shutdown writes the host tier's blocks to the folder
+    store2, after = restart(cfg, prompts)
+    with store2:
+        rep = store2.restore_report
+        assert rep is not None
+        print(f"\nrestart: reopened {cfg.disk_path}: {rep.restored} blocks restored in {rep.seconds:.3f} s")
+        for r in after:
+            check = "ok" if r.verified else "MISMATCH"
+            print(
+                f"  {r.session:<9} prompt {r.prompt_tokens:>6} tokens: {r.hit_tokens:>6} hit "
+                f"({100.0 * r.hit_tokens / r.prompt_tokens:.1f}%, {r.disk_tokens} from disk)  KV check {check}"
+            )
+    ok = all(r.verified for r in reports) and all(r.verified for r in after)
+    return 0 if ok else 1
+
+
+def _cmd_fsck(args: argparse.Namespace) -> int:
+    import json
+
+    from kvtier.fsck import fsck
+
+    report = fsck(args.path, repair=args.repair, orphans=args.orphans)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
+    left = report.damaged + (report.problems["unreachable"] if args.orphans else 0)
+    if left == 0:
+        return 0
+    return 1 if args.repair else 4
 
 
 def _arg_list(parse: str, *extra: str) -> Callable[[str], Any]:
@@ -147,14 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kvtier", description="A tiered KV prefix-cache store for LLM serving.")
     p.add_argument("--version", action="version", version=f"kvtier {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run an agent-like session through the host tier and print hits and residency")
+    d = sub.add_parser(
+        "demo",
+        help="run agent sessions through the host and disk tiers, restart, and print hits and residency",
+    )
     d.add_argument("--sessions", type=int, default=3, help="concurrent agent sessions (default 3)")
     d.add_argument("--steps", type=int, default=8, help="steps per session (default 8)")
     d.add_argument("--system-tokens", type=int, default=2048, help="shared system prompt length (default 2048)")
     d.add_argument("--step-tokens", type=int, default=384, help="tokens added per step (default 384)")
     d.add_argument("--step-seconds", type=float, default=30.0, help="simulated seconds between steps (default 30)")
-    d.add_argument("--capacity", type=_size, default=1 << 30, help="host tier bytes, e.g. 512M, 2G (default 1G)")
+    d.add_argument("--capacity", type=_size, default=128 << 20, help="host tier bytes, e.g. 512M, 2G (default 128M)")
     d.add_argument("--policy", choices=["lru", "lfu"], default="lru", help="eviction policy (default lru)")
+    d.add_argument(
+        "--disk", default="kvtier-demo-cache", help="disk tier folder (LMDB; default ./kvtier-demo-cache)"
+    )
+    d.add_argument("--disk-capacity", type=_size, default=4 << 30, help="disk tier bytes (default 4G)")
     d.set_defaults(func=_cmd_demo)
 
     a = sub.add_parser(
@@ -198,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _cost_arguments(c)
     c.set_defaults(func=_cmd_cost)
+
+    f = sub.add_parser(
+        "fsck",
+        help="check a disk-tier folder block by block (records, keys, payloads, checksums); --repair removes damage",
+        description="Exit status: 0 clean, 1 damage found and repaired, 4 damage left.",
+    )
+    f.add_argument("path", help="the folder given as DiskConfig(path=...)")
+    f.add_argument("--repair", action="store_true", help="remove damaged entries (safe beside running stores)")
+    f.add_argument("--orphans", action="store_true", help="with --repair, also remove unreachable blocks")
+    f.add_argument("--json", action="store_true", help="print the report as JSON")
+    f.set_defaults(func=_cmd_fsck)
     return p
 
 

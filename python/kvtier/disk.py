@@ -58,8 +58,13 @@ class RestoreReport:
 def open_env(path: str, *, map_size: int, sync: bool = True, readonly: bool = False) -> Any:
     """The folder's LMDB environment (created if missing, unless ``readonly``)."""
     lmdb = _import_lmdb()
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise DiskError(f"disk path {path} is a file, not a folder")
     if not readonly:
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise DiskError(f"cannot create the disk folder {path}: {e}") from e
     elif not os.path.isdir(path):
         raise InvalidArgumentError(f"{path} is not a kvtier disk folder (no such directory)")
     try:
@@ -81,16 +86,21 @@ def open_env(path: str, *, map_size: int, sync: bool = True, readonly: bool = Fa
 
 def open_dbs(env: Any, *, create: bool) -> dict[bytes, Any]:
     lmdb = _import_lmdb()
-    try:
-        with env.begin(write=create) as txn:
-            dbs = {name: env.open_db(name, txn=txn, create=create) for name in _DBS}
-            meta = txn.get(b"format", db=dbs[b"meta"])
-            if meta is None and create:
-                txn.put(b"format", FORMAT, db=dbs[b"meta"])
-            elif meta is not None and bytes(meta) != FORMAT:
-                raise DiskError(f"the folder holds format {bytes(meta)!r}; this kvtier reads {FORMAT!r}")
-    except lmdb.NotFoundError as e:
-        raise DiskError(f"{env.path()} is not a kvtier disk folder: {e}") from e
+    dbs = {}
+    for name in _DBS:
+        try:
+            dbs[name] = env.open_db(name, create=create)
+        except lmdb.NotFoundError:
+            raise DiskError(f"{env.path()} is not a kvtier disk folder (no {name.decode()!r} database)") from None
+        except lmdb.Error as e:  # e.g. a plain key of that name in another application's LMDB folder
+            raise DiskError(f"{env.path()} is not a kvtier disk folder ({name.decode()!r}: {e})") from e
+    with env.begin(write=create) as txn:
+        meta = txn.get(b"format", db=dbs[b"meta"])
+        if meta is None and create:
+            txn.put(b"format", FORMAT, db=dbs[b"meta"])
+        elif meta is None or bytes(meta) != FORMAT:
+            found = "no format record" if meta is None else f"format {bytes(meta)!r}"
+            raise DiskError(f"{env.path()} holds {found}; this kvtier reads {FORMAT!r}")
     return dbs
 
 
@@ -151,12 +161,12 @@ class DiskFolder:
         self._known_ns.add(key)
 
     # ----------------------------------------------------------------- restore
-    def restore(self) -> RestoreReport:
-        """Reads the index (never the payloads) into the core's disk index."""
+    def restore(self, now: float | None = None) -> RestoreReport:
+        """Reads the index (never the payloads) into the core's disk index, dated at ``now``."""
         t0 = time.perf_counter()
         with self._env.begin() as txn:
             records = list(txn.cursor(db=self._index).iternext(keys=True, values=True))
-        restored, bad, foreign = self._core.disk_restore(records, time.time())
+        restored, bad, foreign = self._core.disk_restore(records, time.time(), now)
         if bad:
             self._delete(bad)
         self.restore_report = RestoreReport(restored, len(bad), foreign, time.perf_counter() - t0)
@@ -246,11 +256,16 @@ class DiskFolder:
                         txn.put(key, record, db=self._index)
                 return
             except lmdb.MapFullError:
-                # The map is full: evict committed blocks, then retry with their deletes first.
+                # The map is full: evict committed blocks and retry. LMDB reuses the pages a transaction
+                # frees only in later transactions, so the deletes commit on their own first, followed
+                # by one more small commit.
                 more = self._core.disk_make_room(max(2 * len(writes), 1))
-                if not more:
+                if not more and not deletes:
                     raise
-                deletes = list(deletes) + list(more)
+                self._delete(list(deletes) + list(more))
+                with self._env.begin(write=True) as txn:
+                    txn.put(b"last_eviction", repr(time.time()).encode(), db=self._meta)
+                deletes = []
         raise DiskError("the LMDB map stays full after evicting; raise DiskConfig.map_size")
 
     def _delete(self, keys: Sequence[bytes]) -> None:

@@ -15,6 +15,8 @@ __all__ = [
     "CapacityError",
     "DiskError",
     "DiskWriteError",
+    "CudaUnavailableError",
+    "CudaError",
 ]
 
 
@@ -48,3 +50,14 @@ class DiskError(KvtierError, OSError):
 
 class DiskWriteError(DiskError):
     """Blocks queued for the disk were not persisted (e.g. the disk is full); the store keeps serving."""
+
+
+class CudaUnavailableError(KvtierError, RuntimeError):
+    """CUDA is needed (a device tier, a copy to or from GPU memory) but cannot be used here.
+
+    The message says what is missing: the driver library (``libcuda.so.1``), a device, or a device ordinal.
+    """
+
+
+class CudaError(KvtierError, RuntimeError):
+    """A CUDA driver call failed; the message names the call and the driver's error."""

@@ -14,6 +14,7 @@ lock and every call releases the GIL.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -260,6 +261,14 @@ class Residency:
         return {(r.namespace, r.session): r.gb_hours for r in self.rows}
 
 
+def _shutdown_disk(core: Any, folder: DiskFolder) -> None:
+    """Commits what is queued (bounded wait), stops the writer and closes the folder. Runs once."""
+    if not core.closed:
+        core.disk_flush(60.0)
+        core.close()
+    folder.close()
+
+
 class Store:
     """A KV prefix-cache store: radix tree + host tier + exact residency accounting.
 
@@ -269,12 +278,17 @@ class Store:
         Block geometry, content kind and the host tier (:class:`StoreConfig`).
     namespace
         The default namespace for calls that name none (default: ``Namespace(model="default")``).
+    now
+        With a disk tier: the time (on the clock later calls use) at which blocks restored from the
+        folder are dated; their idle time before the restart is kept. Default: the monotonic clock.
 
     Every method takes an optional ``now`` (seconds on the caller's clock; default: a monotonic
     clock). Time must not go backwards. Use as a context manager to close it.
     """
 
-    def __init__(self, config: StoreConfig | None = None, *, namespace: Namespace | None = None) -> None:
+    def __init__(
+        self, config: StoreConfig | None = None, *, namespace: Namespace | None = None, now: float | None = None
+    ) -> None:
         self.config = config if config is not None else StoreConfig()
         if not isinstance(self.config, StoreConfig):
             raise KvtierTypeError(f"config must be a StoreConfig, got {type(self.config).__name__}")
@@ -296,6 +310,7 @@ class Store:
             queue_blocks=64 if disk is None else disk.queue_blocks,
         )
         self._disk: DiskFolder | None = None
+        self._finalizer: weakref.finalize[[Any, DiskFolder], Store] | None = None
         self._ns_lock = threading.Lock()
         self._ns_ids: dict[Namespace, int] = {}
         self._ns_by_id: list[Namespace] = []
@@ -305,21 +320,26 @@ class Store:
         self._block_size = self.config.block_size
         self._dtype = None if self.config.payload_dtype is None else np.dtype(self.config.payload_dtype)
         if disk is not None:
-            self._open_disk()
+            self._open_disk(now)
 
-    def _open_disk(self) -> None:
+    def _open_disk(self, now: float | None) -> None:
         from kvtier.disk import DiskFolder
 
         assert self.config.disk is not None
         folder = DiskFolder(self._core, self.config.disk, self.config.block_size, self.config.block_bytes)
         try:
             self._disk = folder
+            for namespace in list(self._ns_by_id):  # registered before the folder was open
+                folder.record_namespace(namespace.key(self.config.block_size), namespace)
             for namespace in folder.stored_namespaces().values():
                 self.register(namespace)
-            self.register(self.default_namespace)
-            folder.restore()
+            folder.restore(now)
             self._sync_namespaces()
             folder.start_writer()
+            # A store dropped or left open at interpreter exit still commits its queued writes and
+            # stops its writer thread (a writer still waiting in the core when Python finalizes would
+            # abort the process).
+            self._finalizer = weakref.finalize(self, _shutdown_disk, self._core, folder)
         except BaseException:
             self._core.close()
             folder.close()
@@ -540,16 +560,13 @@ class Store:
         """
         if self._disk is None:
             return
+        if self._core.closed:
+            raise StoreClosedError("the store is closed")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
             raise InvalidArgumentError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
-        if host:
-            while self._core.disk_persist(self._disk.config.queue_blocks) > 0:
-                self._wait_flushed(timeout)
-        self._wait_flushed(timeout)
-
-    def _wait_flushed(self, timeout: float | None) -> None:
-        assert self._disk is not None
-        done, errors = self._core.disk_flush(None if timeout is None else float(timeout))
+        # One call: queueing the host blocks and waiting run in C++ without the GIL, so the writer
+        # thread never waits on this one for it.
+        done, errors = self._core.disk_flush(None if timeout is None else float(timeout), host)
         if errors:
             raise DiskWriteError(f"disk tier {self._disk.path}: {errors}")
         if not done:
@@ -643,9 +660,10 @@ class Store:
                 self.flush(host=persist)
             except DiskWriteError as e:
                 error = e
-        self._core.close()
-        if self._disk is not None:
-            self._disk.close()
+        if self._finalizer is not None:
+            self._finalizer()  # closes the core (which stops the writer) and the folder
+        else:
+            self._core.close()
         if error is not None:
             raise error
 

@@ -1,0 +1,247 @@
+"""CUDA at run time: whether it is usable, the device tier's configuration and memory, page-locked host buffers.
+
+kvtier needs no CUDA to build or import. The driver library (``libcuda.so.1``) is loaded the first time
+something asks for it (:func:`cuda_available`, a device layout, a :class:`DeviceArena`, a host tier made where
+CUDA is present); without it every GPU path raises :class:`kvtier.CudaUnavailableError` saying what is missing,
+and the host tier simply stays pageable.
+
+Status: the device tier is memory (:class:`DeviceArena`) plus the copy engine; the store does not yet place
+blocks in it (promotion and demotion between device, host and disk go through :class:`kvtier.CopyEngine`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from kvtier import _core
+from kvtier.config import TierConfig, _check_int
+from kvtier.copy_engine import SlotBuffer
+from kvtier.errors import CudaUnavailableError, InvalidArgumentError, KvtierTypeError, StoreClosedError
+from kvtier.kv_layout import KVLayout, KVRegion, as_tensor_view
+
+__all__ = [
+    "CudaStatus",
+    "cuda_available",
+    "DeviceTierConfig",
+    "DeviceArena",
+    "host_buffer",
+    "is_page_locked",
+]
+
+
+@dataclass(frozen=True)
+class CudaStatus:
+    """Whether kvtier can use CUDA in this process. Truthy when it can; ``reason`` says why not.
+
+    Attributes
+    ----------
+    available
+        The driver library loaded, ``cuInit`` succeeded and at least one device is visible.
+    reason
+        ``""`` when available; otherwise what is missing, e.g. ``"libcuda.so.1 not found (...)"``.
+    library
+        The driver library loaded (a path), ``""`` if none.
+    driver_version
+        The driver's CUDA version as ``1000 * major + 10 * minor`` (12080 is CUDA 12.8); 0 if unknown.
+    devices
+        Device names by ordinal (as ``CUDA_VISIBLE_DEVICES`` exposes them).
+    batched_memcpy
+        The driver has ``cuMemcpyBatchAsync`` (CUDA >= 12.8), which the copy engine uses.
+    """
+
+    available: bool
+    reason: str
+    library: str
+    driver_version: int
+    devices: tuple[str, ...]
+    batched_memcpy: bool
+
+    def __bool__(self) -> bool:
+        return self.available
+
+    def __str__(self) -> str:
+        if not self.available:
+            return f"CUDA unavailable: {self.reason}"
+        v = f"{self.driver_version // 1000}.{self.driver_version % 1000 // 10}"
+        names = ", ".join(f"{i}: {n}" for i, n in enumerate(self.devices))
+        return f"CUDA {v} ({self.library}); devices {names}; batched memcpy {'yes' if self.batched_memcpy else 'no'}"
+
+
+def cuda_available() -> CudaStatus:
+    """Whether CUDA is usable here, and why not (loads the driver on the first call; cheap after)."""
+    ok, reason, library, version, names, batched = _core.cuda_probe()
+    return CudaStatus(bool(ok), str(reason), str(library), int(version), tuple(names), bool(batched))
+
+
+def _require_cuda(what: str, device: int) -> CudaStatus:
+    status = cuda_available()
+    if not status:
+        raise CudaUnavailableError(
+            f"{what} needs CUDA, which is not usable here: {status.reason}. Run on a machine with an NVIDIA GPU "
+            f"and driver, or configure no device tier"
+        )
+    if device >= len(status.devices):
+        raise InvalidArgumentError(
+            f"device={device}, but CUDA sees {len(status.devices)} device(s) ({', '.join(status.devices)}); "
+            f"CUDA_VISIBLE_DEVICES renumbers them"
+        )
+    return status
+
+
+@dataclass(frozen=True)
+class DeviceTierConfig(TierConfig):
+    """The device tier: a pool of block slots in one GPU's memory, allocated once.
+
+    Validated on construction, CUDA included: without a usable CUDA driver and device this raises
+    :class:`kvtier.CudaUnavailableError` naming what is missing.
+
+    Parameters
+    ----------
+    capacity_bytes
+        Bytes of GPU memory for block payloads, allocated up front (default 1 GiB, as for :class:`TierConfig`;
+        ``None`` is refused).
+    policy, ttl_s
+        As for :class:`kvtier.TierConfig`.
+    device
+        CUDA device ordinal.
+    """
+
+    device: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.capacity_bytes is None:
+            raise InvalidArgumentError("a device tier needs a finite capacity_bytes (GPU memory is allocated up front)")
+        _check_int("device", self.device, 0)
+        _require_cuda("a device tier", self.device)
+
+
+class DeviceArena:
+    """The device tier's memory: ``capacity_bytes // block_bytes`` slots of ``block_bytes`` on one GPU.
+
+    Allocated once (``cuMemAlloc`` on the device's primary context, shared with PyTorch) and freed by
+    :meth:`close`. Slots move to and from the host through :class:`kvtier.CopyEngine`: :meth:`layout` describes
+    the arena as a KV layout (slot number = block id), so ``engine.gather(arena.layout(), slots, host_out)``
+    demotes and ``engine.scatter(arena.layout(), slots, host_src)`` promotes; :meth:`slot_buffer` makes slots
+    the kvtier side of a copy from an engine's cache.
+
+    Raises
+    ------
+    CudaUnavailableError
+        No usable CUDA or no such device.
+    CapacityError
+        The device has not that much free memory.
+    """
+
+    def __init__(self, config: DeviceTierConfig, block_bytes: int) -> None:
+        if not isinstance(config, DeviceTierConfig):
+            raise KvtierTypeError(f"config must be a DeviceTierConfig, got {type(config).__name__}")
+        _check_int("block_bytes", block_bytes, 1)
+        assert config.capacity_bytes is not None
+        slots = config.capacity_bytes // block_bytes
+        if slots < 1:
+            raise InvalidArgumentError(
+                f"capacity_bytes={config.capacity_bytes} is smaller than one block (block_bytes={block_bytes})"
+            )
+        self._config = config
+        self._core = _core.DeviceArena(device=config.device, slots=slots, block_bytes=block_bytes)
+        self._layout = KVLayout(
+            [KVRegion(int(self._core.base), block_bytes, block_bytes, "device arena")],
+            slots,
+            device=config.device,
+            owners=(self._core,),  # the core arena, not self: no reference cycle
+        )
+
+    def _arena(self) -> _core.DeviceArena:
+        if self._core.closed:
+            raise StoreClosedError("the device arena is closed")
+        return self._core
+
+    @property
+    def config(self) -> DeviceTierConfig:
+        return self._config
+
+    @property
+    def device(self) -> int:
+        return int(self._arena().device)
+
+    @property
+    def num_slots(self) -> int:
+        return int(self._arena().slots)
+
+    @property
+    def free_slots(self) -> int:
+        return int(self._arena().free_slots)
+
+    @property
+    def block_bytes(self) -> int:
+        return int(self._arena().block_bytes)
+
+    def take(self, count: int) -> npt.NDArray[np.uint32]:
+        """``count`` free slots (:class:`kvtier.CapacityError` if fewer are free)."""
+        _check_int("count", count, 0)
+        return self._arena().take(count)
+
+    def give_back(self, slots: npt.ArrayLike) -> None:
+        """Returns slots taken from this arena (all are checked before any is returned)."""
+        self._arena().give_back(np.asarray(slots, dtype=np.int64).reshape(-1))
+
+    def addresses(self, slots: npt.ArrayLike) -> npt.NDArray[np.uint64]:
+        """Device addresses of taken slots."""
+        return self._arena().addresses(np.asarray(slots, dtype=np.int64).reshape(-1))
+
+    def layout(self) -> KVLayout:
+        """The arena as a KV layout of one region: block id = slot number, payload = ``block_bytes``."""
+        self._arena()
+        return self._layout
+
+    def slot_buffer(self, slots: npt.ArrayLike) -> SlotBuffer:
+        """Taken slots as the kvtier side of a copy (``CopyEngine.gather(engine_layout, ids, arena.slot_buffer(s))``)."""
+        return SlotBuffer(self.addresses(slots), self.device, self.block_bytes, self)
+
+    def close(self) -> None:
+        """Frees the GPU memory. Wait for copies that touch it first. Idempotent."""
+        if not self._core.closed:
+            self._core.close()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._core.closed)
+
+    def __enter__(self) -> DeviceArena:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
+        self.close()
+        return False
+
+    def __repr__(self) -> str:
+        if self._core.closed:
+            return "DeviceArena(closed)"
+        return f"DeviceArena(device={self.device}, slots={self.num_slots}, block_bytes={self.block_bytes})"
+
+
+def host_buffer(nbytes: int) -> npt.NDArray[np.uint8]:
+    """``nbytes`` of page-aligned host memory as a uint8 array, page-locked where CUDA is usable.
+
+    The memory the host tier uses, for staging copies to and from GPU memory at DMA speed. It is committed up
+    front when page-locked, and freed with the last reference to the array.
+    """
+    _check_int("nbytes", nbytes, 1)
+    # HostBuffer exports the buffer protocol, which its stub cannot declare before Python 3.12 (__buffer__).
+    memory: Any = _core.HostBuffer(nbytes)
+    array: npt.NDArray[np.uint8] = np.frombuffer(memory, dtype=np.uint8)
+    return array
+
+
+def is_page_locked(buffer: object) -> bool:
+    """True if CUDA reports ``buffer``'s memory (host memory) as page-locked; False without CUDA."""
+    v = as_tensor_view(buffer, "buffer")
+    return v.device == -1 and v.data_ptr != 0 and bool(_core.is_page_locked(v.data_ptr))
