@@ -15,8 +15,11 @@ sub-tensors back to back, as raw bytes::
 The payload format depends on the backend's layout, so the layout's name, the vLLM version and the per-layer
 shapes go into the namespace (``describe``): a cache written under one layout is never served to another.
 
-The copies (:func:`gather_blocks`, :func:`scatter_blocks`) use torch ``index_select`` / ``index_copy_``; they are
-the one place a native copy engine would replace.
+The copies (:func:`gather_blocks`, :func:`scatter_blocks`) go through kvtier's copy engine
+(:class:`kvtier.CopyEngine`: memcpy runs on worker threads, CUDA copies on GPUs, the GIL released) whenever the
+layout is one it expresses (each layer's block one contiguous run, or a K and a V run); that payload is byte for
+byte the one described above. Other layouts (a block's data scattered by strides) fall back to torch
+``index_select`` / ``index_copy_``, which handle any strides.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from kvtier.errors import InvalidArgumentError
+import kvtier
+from kvtier.errors import InvalidArgumentError, KvtierError
 
 __all__ = ["PagedKVLayout", "LayerView", "gather_blocks", "scatter_blocks"]
 
@@ -50,6 +55,7 @@ class PagedKVLayout:
     num_blocks: int
     block_bytes: int  # sum over layers
     device: Any  # torch.device
+    native: kvtier.KVLayout | None = None  # the same layout for kvtier's copy engine, when it can express it
 
     @classmethod
     def from_kv_caches(cls, kv_caches: dict[str, Any], num_blocks: int, layer_order: list[str] | None = None) -> "PagedKVLayout":
@@ -94,12 +100,34 @@ class PagedKVLayout:
             elif t.device != device:
                 raise InvalidArgumentError(f"KV tensors are on several devices ({device} and {t.device})")
             views.append(LayerView(name, t, d, shape, nbytes))
-        return cls(tuple(views), num_blocks, sum(v.block_bytes for v in views), device)
+        block_bytes = sum(v.block_bytes for v in views)
+        return cls(tuple(views), num_blocks, block_bytes, device, _native(views, num_blocks, block_bytes))
 
     def describe(self) -> str:
         """Layout fingerprint: per layer the dtype, block dimension and per-block shape (not the block count)."""
         parts = [f"{v.tensor.dtype}:d{v.block_dim}:{'x'.join(map(str, v.block_shape))}" for v in self.layers]
         return ";".join(parts)
+
+
+def _native(views: list[LayerView], num_blocks: int, block_bytes: int) -> kvtier.KVLayout | None:
+    """The copy engine's layout for these tensors, if it expresses the same payload (else ``None``: torch copies)."""
+    dims = {v.block_dim for v in views}
+    if len(dims) != 1 or len({v.tensor.dtype for v in views}) != 1:
+        return None
+    (d,) = dims
+    tensors = [v.tensor for v in views]
+    candidates: list[int | None] = [None]
+    # a [2, num_blocks, ...] layer holds a block's K and V as two runs: K first, as select(block_dim) orders them
+    if d == 1 and all(t.shape[0] == 2 for t in tensors):
+        candidates.append(0)
+    for kv_dim in candidates:
+        try:
+            native = kvtier.KVLayout.from_tensors(tensors, block_dim=d, kv_dim=kv_dim, num_blocks=num_blocks)
+        except KvtierError:
+            continue
+        if native.payload_bytes == block_bytes:
+            return native
+    return None
 
 
 def _staging_rows(staging: Any, n: int, block_bytes: int) -> Any:
@@ -110,14 +138,20 @@ def _staging_rows(staging: Any, n: int, block_bytes: int) -> Any:
     return staging[:n]
 
 
-def gather_blocks(layout: PagedKVLayout, block_ids: list[int], staging: Any) -> Any:
+def gather_blocks(layout: PagedKVLayout, block_ids: list[int], staging: Any, copier: kvtier.CopyEngine | None = None) -> Any:
     """Copies engine blocks ``block_ids`` into rows ``0 .. n-1`` of ``staging`` (uint8[>= n, block_bytes], CPU).
 
-    Returns the filled rows, ``uint8[n, block_bytes]``.
+    Returns the filled rows, ``uint8[n, block_bytes]``. With a ``copier`` and a layout it expresses, kvtier's copy
+    engine copies (and this waits for it); otherwise torch does.
     """
     n = len(block_ids)
     rows = _staging_rows(staging, n, layout.block_bytes)
     if n == 0:
+        return rows
+    if layout.native is not None and copier is not None:
+        if layout.device.type == "cuda":
+            torch.cuda.current_stream(layout.device).synchronize()  # the forward's writes are final
+        copier.gather(layout.native, np.asarray(block_ids, dtype=np.int64), rows.numpy()).wait()
         return rows
     idx = torch.tensor(block_ids, dtype=torch.long, device=layout.device)
     off = 0
@@ -129,11 +163,14 @@ def gather_blocks(layout: PagedKVLayout, block_ids: list[int], staging: Any) -> 
     return rows
 
 
-def scatter_blocks(layout: PagedKVLayout, block_ids: list[int], staging: Any) -> None:
+def scatter_blocks(layout: PagedKVLayout, block_ids: list[int], staging: Any, copier: kvtier.CopyEngine | None = None) -> None:
     """Copies rows ``0 .. n-1`` of ``staging`` into engine blocks ``block_ids`` (the inverse of :func:`gather_blocks`)."""
     n = len(block_ids)
     rows = _staging_rows(staging, n, layout.block_bytes)
     if n == 0:
+        return
+    if layout.native is not None and copier is not None:
+        copier.scatter(layout.native, np.asarray(block_ids, dtype=np.int64), rows.numpy()).wait()
         return
     idx = torch.tensor(block_ids, dtype=torch.long, device=layout.device)
     off = 0

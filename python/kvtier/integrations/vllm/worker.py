@@ -70,6 +70,7 @@ class WorkerSide:
         self._events_enabled = events_enabled
         self._ns_cache: dict[str, tuple[Namespace, Namespace]] = {}
         self.layout: PagedKVLayout | None = None
+        self._copier: kvtier.CopyEngine | None = None
         self.store: Store | None = None
         self._staging: Any = None
         self._reqs: dict[str, _ReqState] = {}
@@ -90,6 +91,10 @@ class WorkerSide:
                 f"KV cache spec says {self.block_bytes}; layout not understood: {layout.describe()}"
             )
         self.layout = layout
+        self._copier = kvtier.CopyEngine() if layout.native is not None else None
+        logger.info(
+            "kvtier: KV layout %s; copies by %s", layout.describe(), "kvtier's copy engine" if self._copier else "torch"
+        )
         cfg = self.cfg
         self.store = Store(
             StoreConfig(
@@ -179,7 +184,9 @@ class WorkerSide:
                 copy_s = time.perf_counter() - t1
                 ok = min(got, have)
                 if ok > spec.engine_blocks:
-                    scatter_blocks(self.layout, spec.block_ids[: ok - spec.engine_blocks], staging[spec.engine_blocks : ok])
+                    scatter_blocks(
+                        self.layout, spec.block_ids[: ok - spec.engine_blocks], staging[spec.engine_blocks : ok], self._copier
+                    )
         finally:
             if m.pinned:
                 self.store.unpin(m)
@@ -241,7 +248,7 @@ class WorkerSide:
         start = self.store.peek(toks, namespace=st.ns).num_blocks
         if start >= end:
             return 0
-        rows = gather_blocks(self.layout, step.save.block_ids[start:end], self._rows(end - start))
+        rows = gather_blocks(self.layout, step.save.block_ids[start:end], self._rows(end - start), self._copier)
         res = self.store.insert(toks, rows.numpy(), start_block=start, namespace=st.ns)
         stored = min(res.stored_blocks, end)
         logger.debug("kvtier: save %s: blocks %d..%d, stored through %d", step.req_id, start, end, stored)
@@ -297,3 +304,5 @@ class WorkerSide:
         if self.store is not None:
             self.store.flush()
             self.store.close()
+        if self._copier is not None:
+            self._copier.close()

@@ -6,6 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import kvtier  # noqa: E402
 from kvtier import InvalidArgumentError  # noqa: E402
 from kvtier.integrations.vllm.layout import PagedKVLayout, gather_blocks, scatter_blocks  # noqa: E402
 
@@ -26,21 +27,27 @@ def _layers(shape_of: str, n_layers: int = 3) -> dict[str, object]:
     return out
 
 
+@pytest.mark.parametrize("engine", ["copy-engine", "torch"])
 @pytest.mark.parametrize("kind", ["cpu", "flash", "strided"])
-def test_gather_then_scatter_round_trips_exactly(kind: str) -> None:
+def test_gather_then_scatter_round_trips_exactly(kind: str, engine: str) -> None:
     src = _layers(kind)
     layout = PagedKVLayout.from_kv_caches(src, NUM_BLOCKS)
+    # kvtier's copy engine expresses the CPU and FlashAttention layouts; a block scattered by strides needs torch
+    assert (layout.native is not None) == (kind != "strided")
+    copier = kvtier.CopyEngine() if engine == "copy-engine" else None
     per_layer = next(iter(src.values()))
     assert layout.block_bytes == 3 * per_layer.numel() // NUM_BLOCKS * per_layer.element_size()
     ids = [7, 3, 30, 0, 39]
     staging = torch.zeros((8, layout.block_bytes), dtype=torch.uint8)
-    rows = gather_blocks(layout, ids, staging)
+    rows = gather_blocks(layout, ids, staging, copier)
     assert rows.shape == (5, layout.block_bytes)
+    # both copy paths produce the same payload bytes
+    assert torch.equal(rows, gather_blocks(layout, ids, torch.zeros_like(staging), None))
 
     dst = {k: torch.zeros_like(v) for k, v in src.items()}
     dst_layout = PagedKVLayout.from_kv_caches(dst, NUM_BLOCKS)
     targets = [1, 2, 5, 11, 38]
-    scatter_blocks(dst_layout, targets, staging)
+    scatter_blocks(dst_layout, targets, staging, copier)
     for name, t in src.items():
         d = dst_layout.layers[[v.name for v in dst_layout.layers].index(name)].block_dim
         for s, tgt in zip(ids, targets):
