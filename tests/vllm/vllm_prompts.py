@@ -22,6 +22,7 @@ PROMPTS: dict[str, list[int]] = {
     "salted": _tokens(2, 200),  # 6 claimable full blocks (192 tokens)
     "restart_intact": _tokens(3, 1000),  # 31 claimable full blocks
     "restart_corrupt": _tokens(4, 500),  # 15 claimable full blocks
+    "declined": _tokens(6, 300),  # 9 claimable full blocks, offered to an engine that estimates loads as too slow
 }
 
 #: The agent session: a system prompt, then each step appends the model's answer and a new observation.
