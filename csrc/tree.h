@@ -4,14 +4,17 @@
 //                               └── [b4' b5' b6']    where two prefixes diverge
 //
 // Every block is `width` words (a block of tokens, or an engine's block id). Children are found
-// through ChildIndex by a fast hash of their first block and confirmed by exact comparison. The tree
+// through ChildIndex by their first block (see child_index.h: exact for block ids). The tree
 // knows only structure; policy state (recency, pins, heap position) lives in the node but is driven
 // by Store. Node ids are stable for a node's lifetime; freed ids are reused.
 #pragma once
 
 #include <array>
-#include <memory>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
 #include <vector>
 
 #include "child_index.h"
@@ -28,11 +31,78 @@ struct NodePayload {
   std::vector<Key> keys;             // chained key per block, filled lazily (empty until asked)
 };
 
+// A node's run of blocks: size() words (blocks() blocks of the tree's width), block-major, in one
+// heap buffer that the node owns. Only the tree changes it. A split drops the front of a run by
+// moving `start_` (nothing is copied), and a freed node keeps its buffer for the next node that
+// takes its id, so most new runs need no allocation.
+class WordRun {
+ public:
+  WordRun() = default;
+  WordRun(WordRun&& o) noexcept { take(o); }
+  WordRun& operator=(WordRun&& o) noexcept {
+    if (this != &o) {
+      std::free(base_);
+      take(o);
+    }
+    return *this;
+  }
+  WordRun(const WordRun&) = delete;
+  WordRun& operator=(const WordRun&) = delete;
+  ~WordRun() { std::free(base_); }
+
+  const Word* data() const { return base_ + start_; }
+  std::size_t size() const { return size_; }  // words
+  bool empty() const { return size_ == 0; }
+  std::uint32_t blocks() const { return blocks_; }
+
+ private:
+  friend class RadixTree;
+
+  // Replaces the run with `words` words (`blocks` blocks) copied from `w`; reuses the buffer if it fits.
+  void assign(const Word* w, std::uint32_t words, std::uint32_t blocks) {
+    if (words > cap_) {
+      std::free(base_);
+      cap_ = (words + 7u) & ~7u;  // 32-byte steps, so a reused buffer fits more often
+      base_ = static_cast<Word*>(std::malloc(static_cast<std::size_t>(cap_) * sizeof(Word)));
+      if (base_ == nullptr) throw std::bad_alloc();
+    }
+    std::memcpy(base_, w, static_cast<std::size_t>(words) * sizeof(Word));
+    start_ = 0;
+    size_ = words;
+    blocks_ = blocks;
+  }
+  void drop_front(std::uint32_t words, std::uint32_t blocks) {
+    start_ += words;
+    size_ -= words;
+    blocks_ -= blocks;
+  }
+  void drop_back(std::uint32_t words, std::uint32_t blocks) {
+    size_ -= words;
+    blocks_ -= blocks;
+  }
+  void clear() { start_ = size_ = blocks_ = 0; }  // keeps the buffer
+  void take(WordRun& o) {
+    base_ = o.base_;
+    start_ = o.start_;
+    size_ = o.size_;
+    cap_ = o.cap_;
+    blocks_ = o.blocks_;
+    o.base_ = nullptr;
+    o.start_ = o.size_ = o.cap_ = o.blocks_ = 0;
+  }
+
+  Word* base_ = nullptr;     // malloc'd, cap_ words
+  std::uint32_t start_ = 0;  // words of base_ before the run (dropped by splits)
+  std::uint32_t size_ = 0;   // words
+  std::uint32_t cap_ = 0;    // words allocated at base_
+  std::uint32_t blocks_ = 0; // size_ / width, kept so no lookup divides
+};
+
 struct Node {
   // First cache line: what a lookup reads and touches (walk, compare, recency, eviction queue).
-  std::vector<Word> words;        // num_blocks * width, block-major
+  WordRun words;                  // num_blocks * width, block-major
   std::uint32_t parent = kNil;
-  std::uint32_t heap_pos = kNil;  // position in the eviction heap, kNil if not a candidate
+  std::uint32_t heap_pos = kNil;  // the node's place in the eviction queue, kNil if not a candidate
   std::uint64_t seq = 0;          // operation sequence of the last touch (LRU order)
   double last_access = 0.0;       // seconds, the caller's clock
   std::uint32_t pins = 0;         // requests in flight holding this node
@@ -51,23 +121,33 @@ struct Node {
 
 class RadixTree {
  public:
-  explicit RadixTree(std::uint32_t width) : width_(width) {}
+  explicit RadixTree(std::uint32_t width) : width_(width), exact_(exact_tag(width)) {}
 
   std::uint32_t width() const { return width_; }
   Node& at(std::uint32_t id) { return nodes_[id]; }
   const Node& at(std::uint32_t id) const { return nodes_[id]; }
-  std::uint32_t num_blocks(std::uint32_t id) const {
-    return static_cast<std::uint32_t>(nodes_[id].words.size() / width_);
-  }
+  std::uint32_t num_blocks(std::uint32_t id) const { return nodes_[id].words.blocks(); }
 
   // A new root (no blocks) for namespace `ns`.
   std::uint32_t add_root(std::uint32_t ns);
 
   // The child of `parent` whose first block equals `block` (width words), or kNil.
-  std::uint32_t find_child(std::uint32_t parent, const Word* block) const;
+  std::uint32_t find_child(std::uint32_t parent, const Word* block) const {
+    const std::uint64_t tag = block_tag(block, width_);
+    if (exact_) return index_.find(parent, tag, [](std::uint32_t) { return true; });
+    const std::size_t bytes = width_ * sizeof(Word);
+    return index_.find(parent, tag,
+                       [&](std::uint32_t c) { return std::memcmp(nodes_[c].words.data(), block, bytes) == 0; });
+  }
 
   // Number of leading blocks of node `id` equal to `blocks` (at most `n` blocks compared).
-  std::uint32_t common_blocks(std::uint32_t id, const Word* blocks, std::size_t n) const;
+  std::uint32_t common_blocks(std::uint32_t id, const Word* blocks, std::size_t n) const {
+    const WordRun& run = nodes_[id].words;
+    const std::size_t limit = run.blocks() < n ? run.blocks() : n;
+    // Fast path: the whole overlap is equal (the common case for a returning prefix).
+    if (std::memcmp(run.data(), blocks, limit * width_ * sizeof(Word)) == 0) return static_cast<std::uint32_t>(limit);
+    return first_difference(run.data(), blocks, limit);
+  }
 
   // Splits node `id` after `at` blocks (0 < at < num_blocks). A new node takes the first `at`
   // blocks and the place of `id` under its parent; `id` keeps the rest and becomes its only child,
@@ -83,23 +163,22 @@ class RadixTree {
   // Unlinks and frees leaf `id` (no children). Its id may be reused.
   void remove_leaf(std::uint32_t id);
 
-  // Makes room for `n` more nodes without moving the node array or rehashing the child index.
-  void reserve(std::size_t n) {
-    nodes_.reserve(nodes_.size() + n);
-    index_.reserve(index_.size() + n);
-  }
+  // Makes room for `n` more nodes without moving the node array. The child index is left to grow
+  // with the live tree: sized for the worst case it would be mostly empty, and every probe a miss.
+  void reserve(std::size_t n) { nodes_.reserve(nodes_.size() + n); }
 
   std::size_t live_nodes() const { return nodes_.size() - free_.size(); }
 
  private:
-  std::uint64_t key_of(std::uint32_t parent, const Word* first_block) const {
-    return child_key(parent, hash_block(first_block, width_));
-  }
+  std::uint64_t tag_of(const Node& n) const { return block_tag(n.words.data(), width_); }
+  // The first of `limit` blocks of `a` and `b` that differ (`limit` if none does).
+  std::uint32_t first_difference(const Word* a, const Word* b, std::size_t limit) const;
   void link(std::uint32_t parent, std::uint32_t child);
   void unlink(std::uint32_t child);
   std::uint32_t alloc();
 
   std::uint32_t width_;
+  bool exact_;  // blocks are their own child-index tags (no confirming comparison)
   std::vector<Node> nodes_;
   std::vector<std::uint32_t> free_;
   ChildIndex index_;
