@@ -76,7 +76,6 @@ std::uint32_t RadixTree::split(std::uint32_t id, std::uint32_t at) {
   Node& n = nodes_[id];
   const std::uint32_t parent = n.parent;
   const std::uint32_t cut = at * width_;
-  const std::uint64_t tag = tag_of(n);  // both halves start with the same block
 
   u.ns = n.ns;
   u.account = n.account;
@@ -85,8 +84,10 @@ std::uint32_t RadixTree::split(std::uint32_t id, std::uint32_t at) {
   u.hits = n.hits;
   u.seq = n.seq;
   u.last_access = n.last_access;
+  u.tag = n.tag;  // the upper half starts with the same block
   u.words.assign(n.words.data(), cut, at);
   n.words.drop_front(cut, at);
+  n.tag = block_tag(n.words.data(), width_);
   if (n.payload) {
     u.payload = std::make_unique<NodePayload>();
     auto& from = *n.payload;
@@ -101,7 +102,7 @@ std::uint32_t RadixTree::split(std::uint32_t id, std::uint32_t at) {
   n.depth += at;
 
   // `up` takes `id`'s place under the parent (same first block, same index entry).
-  index_.replace(parent, tag, id, up);
+  index_.replace(parent, u.tag, id, up);
   // Splice `up` into the parent's child list where `id` was.
   u.parent = parent;
   u.prev_sibling = n.prev_sibling;
@@ -115,7 +116,7 @@ std::uint32_t RadixTree::split(std::uint32_t id, std::uint32_t at) {
   u.first_child = kNil;
   u.num_children = 0;
   link(up, id);
-  index_.insert(up, tag_of(n), id);
+  index_.insert(up, n.tag, id);
   return up;
 }
 
@@ -127,8 +128,9 @@ std::uint32_t RadixTree::add_child(std::uint32_t parent, const Word* blocks, std
   c.ns = p.ns;
   c.depth = p.depth + p.words.blocks();
   c.words.assign(blocks, static_cast<std::uint32_t>(n) * width_, static_cast<std::uint32_t>(n));
+  c.tag = block_tag(blocks, width_);
   link(parent, id);
-  index_.insert(parent, block_tag(blocks, width_), id);
+  index_.insert(parent, c.tag, id);
   return id;
 }
 
@@ -145,7 +147,7 @@ void RadixTree::trim_tail(std::uint32_t id, std::uint32_t n) {
 void RadixTree::remove_leaf(std::uint32_t id) {
   Node& node = nodes_[id];
   KVTIER_ASSERT(node.alive && node.num_children == 0 && node.parent != kNil);
-  index_.erase(node.parent, tag_of(node), id);
+  index_.erase(node.parent, node.tag, id);
   unlink(id);
   // The rest of the node is reset when alloc() hands the id out again; the buffer is kept for it.
   node.words.clear();

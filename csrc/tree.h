@@ -101,6 +101,7 @@ class WordRun {
 struct Node {
   // First cache line: what a lookup reads and touches (walk, compare, recency, eviction queue).
   WordRun words;                  // num_blocks * width, block-major
+  std::uint64_t tag = 0;          // child-index tag of the first block (child_index.h)
   std::uint32_t parent = kNil;
   std::uint32_t heap_pos = kNil;  // the node's place in the eviction queue, kNil if not a candidate
   std::uint64_t seq = 0;          // operation sequence of the last touch (LRU order)
@@ -170,7 +171,6 @@ class RadixTree {
   std::size_t live_nodes() const { return nodes_.size() - free_.size(); }
 
  private:
-  std::uint64_t tag_of(const Node& n) const { return block_tag(n.words.data(), width_); }
   // The first of `limit` blocks of `a` and `b` that differ (`limit` if none does).
   std::uint32_t first_difference(const Word* a, const Word* b, std::size_t limit) const;
   void link(std::uint32_t parent, std::uint32_t child);
