@@ -9,11 +9,7 @@ std::uint32_t RadixTree::alloc() {
   if (!free_.empty()) {
     id = free_.back();
     free_.pop_back();
-    // A freed node keeps its (empty) word buffer, so a new node of similar size needs no allocation.
-    Node& n = nodes_[id];
-    WordRun buffer = std::move(n.words);
-    n = Node{};
-    n.words = std::move(buffer);
+    nodes_[id] = Node{};
   } else {
     KVTIER_ASSERT(nodes_.size() < kNil - 1);
     id = static_cast<std::uint32_t>(nodes_.size());
@@ -27,6 +23,20 @@ std::uint32_t RadixTree::add_root(std::uint32_t ns) {
   std::uint32_t id = alloc();
   nodes_[id].ns = ns;
   return id;
+}
+
+void RadixTree::fill(WordRun& run, const Word* w, std::uint32_t blocks) {
+  KVTIER_ASSERT(run.words_ == 0 && blocks > 0 && blocks <= WordPool::kMaxWords / width_);
+  const std::uint32_t words = blocks * width_;
+  run.base_ = pool_.take(words);
+  std::memcpy(run.base_, w, static_cast<std::size_t>(words) * sizeof(Word));
+  run.blocks_ = blocks;
+  run.words_ = words;
+}
+
+void RadixTree::release(WordRun& run) {
+  if (run.words_ != 0) pool_.give_back(run.base_, run.words_);
+  run = WordRun{};
 }
 
 std::uint32_t RadixTree::first_difference(const Word* a, const Word* b, std::size_t limit) const {
@@ -75,7 +85,6 @@ std::uint32_t RadixTree::split(std::uint32_t id, std::uint32_t at) {
   Node& u = nodes_[up];
   Node& n = nodes_[id];
   const std::uint32_t parent = n.parent;
-  const std::uint32_t cut = at * width_;
 
   u.ns = n.ns;
   u.account = n.account;
@@ -85,8 +94,12 @@ std::uint32_t RadixTree::split(std::uint32_t id, std::uint32_t at) {
   u.seq = n.seq;
   u.last_access = n.last_access;
   u.tag = n.tag;  // the upper half starts with the same block
-  u.words.assign(n.words.data(), cut, at);
-  n.words.drop_front(cut, at);
+  // The upper half keeps the buffer (its first `at` blocks); the lower half gets a copy of the rest.
+  const std::uint32_t blocks = n.words.blocks_;
+  u.words = n.words;
+  u.words.blocks_ = at;
+  n.words = WordRun{};
+  fill(n.words, u.words.data() + static_cast<std::size_t>(at) * width_, blocks - at);
   n.tag = block_tag(n.words.data(), width_);
   if (n.payload) {
     u.payload = std::make_unique<NodePayload>();
@@ -121,13 +134,13 @@ std::uint32_t RadixTree::split(std::uint32_t id, std::uint32_t at) {
 }
 
 std::uint32_t RadixTree::add_child(std::uint32_t parent, const Word* blocks, std::size_t n) {
-  KVTIER_ASSERT(n > 0 && n < kNil / width_);
+  KVTIER_ASSERT(n > 0 && n <= WordPool::kMaxWords / width_);
   std::uint32_t id = alloc();
   Node& c = nodes_[id];
   const Node& p = nodes_[parent];
   c.ns = p.ns;
   c.depth = p.depth + p.words.blocks();
-  c.words.assign(blocks, static_cast<std::uint32_t>(n) * width_, static_cast<std::uint32_t>(n));
+  fill(c.words, blocks, static_cast<std::uint32_t>(n));
   c.tag = block_tag(blocks, width_);
   link(parent, id);
   index_.insert(parent, c.tag, id);
@@ -137,7 +150,7 @@ std::uint32_t RadixTree::add_child(std::uint32_t parent, const Word* blocks, std
 void RadixTree::trim_tail(std::uint32_t id, std::uint32_t n) {
   Node& node = nodes_[id];
   KVTIER_ASSERT(node.num_children == 0 && n < num_blocks(id));
-  node.words.drop_back(n * width_, n);
+  node.words.blocks_ -= n;  // the buffer stays as it is: released whole with the node
   if (node.payload) {
     node.payload->slots.resize(node.payload->slots.size() - n);
     if (!node.payload->keys.empty()) node.payload->keys.resize(node.payload->keys.size() - n);
@@ -149,8 +162,8 @@ void RadixTree::remove_leaf(std::uint32_t id) {
   KVTIER_ASSERT(node.alive && node.num_children == 0 && node.parent != kNil);
   index_.erase(node.parent, node.tag, id);
   unlink(id);
-  // The rest of the node is reset when alloc() hands the id out again; the buffer is kept for it.
-  node.words.clear();
+  // The rest of the node is reset when alloc() hands the id out again.
+  release(node.words);
   node.payload.reset();
   node.parent = kNil;
   node.alive = false;

@@ -11,14 +11,13 @@
 
 #include <array>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <new>
 #include <vector>
 
 #include "child_index.h"
 #include "common.h"
+#include "word_pool.h"
 
 namespace kvtier {
 
@@ -31,71 +30,19 @@ struct NodePayload {
   std::vector<Key> keys;             // chained key per block, filled lazily (empty until asked)
 };
 
-// A node's run of blocks: size() words (blocks() blocks of the tree's width), block-major, in one
-// heap buffer that the node owns. Only the tree changes it. A split drops the front of a run by
-// moving `start_` (nothing is copied), and a freed node keeps its buffer for the next node that
-// takes its id, so most new runs need no allocation.
+// A node's run of blocks: blocks() blocks of the tree's width, block-major, in a buffer of the
+// tree's WordPool. Only the tree changes it; the pool owns the memory.
 class WordRun {
  public:
-  WordRun() = default;
-  WordRun(WordRun&& o) noexcept { take(o); }
-  WordRun& operator=(WordRun&& o) noexcept {
-    if (this != &o) {
-      std::free(base_);
-      take(o);
-    }
-    return *this;
-  }
-  WordRun(const WordRun&) = delete;
-  WordRun& operator=(const WordRun&) = delete;
-  ~WordRun() { std::free(base_); }
-
-  const Word* data() const { return base_ + start_; }
-  std::size_t size() const { return size_; }  // words
-  bool empty() const { return size_ == 0; }
+  const Word* data() const { return base_; }
+  bool empty() const { return blocks_ == 0; }
   std::uint32_t blocks() const { return blocks_; }
 
  private:
   friend class RadixTree;
-
-  // Replaces the run with `words` words (`blocks` blocks) copied from `w`; reuses the buffer if it fits.
-  void assign(const Word* w, std::uint32_t words, std::uint32_t blocks) {
-    if (words > cap_) {
-      std::free(base_);
-      cap_ = (words + 7u) & ~7u;  // 32-byte steps, so a reused buffer fits more often
-      base_ = static_cast<Word*>(std::malloc(static_cast<std::size_t>(cap_) * sizeof(Word)));
-      if (base_ == nullptr) throw std::bad_alloc();
-    }
-    std::memcpy(base_, w, static_cast<std::size_t>(words) * sizeof(Word));
-    start_ = 0;
-    size_ = words;
-    blocks_ = blocks;
-  }
-  void drop_front(std::uint32_t words, std::uint32_t blocks) {
-    start_ += words;
-    size_ -= words;
-    blocks_ -= blocks;
-  }
-  void drop_back(std::uint32_t words, std::uint32_t blocks) {
-    size_ -= words;
-    blocks_ -= blocks;
-  }
-  void clear() { start_ = size_ = blocks_ = 0; }  // keeps the buffer
-  void take(WordRun& o) {
-    base_ = o.base_;
-    start_ = o.start_;
-    size_ = o.size_;
-    cap_ = o.cap_;
-    blocks_ = o.blocks_;
-    o.base_ = nullptr;
-    o.start_ = o.size_ = o.cap_ = o.blocks_ = 0;
-  }
-
-  Word* base_ = nullptr;     // malloc'd, cap_ words
-  std::uint32_t start_ = 0;  // words of base_ before the run (dropped by splits)
-  std::uint32_t size_ = 0;   // words
-  std::uint32_t cap_ = 0;    // words allocated at base_
-  std::uint32_t blocks_ = 0; // size_ / width, kept so no lookup divides
+  Word* base_ = nullptr;
+  std::uint32_t blocks_ = 0;
+  std::uint32_t words_ = 0;  // asked of the pool for base_ (0: no buffer)
 };
 
 struct Node {
@@ -173,6 +120,9 @@ class RadixTree {
  private:
   // The first of `limit` blocks of `a` and `b` that differ (`limit` if none does).
   std::uint32_t first_difference(const Word* a, const Word* b, std::size_t limit) const;
+  // Gives `run` a fresh buffer holding `blocks` blocks copied from `w`; `run` must have none.
+  void fill(WordRun& run, const Word* w, std::uint32_t blocks);
+  void release(WordRun& run);  // returns its buffer to the pool
   void link(std::uint32_t parent, std::uint32_t child);
   void unlink(std::uint32_t child);
   std::uint32_t alloc();
@@ -182,6 +132,7 @@ class RadixTree {
   std::vector<Node> nodes_;
   std::vector<std::uint32_t> free_;
   ChildIndex index_;
+  WordPool pool_;  // the runs' buffers
 };
 
 }  // namespace kvtier
