@@ -26,7 +26,7 @@ std::uint32_t RadixTree::add_root(std::uint32_t ns) {
 }
 
 void RadixTree::fill(WordRun& run, const Word* w, std::uint32_t blocks) {
-  KVTIER_ASSERT(run.words_ == 0 && blocks > 0 && blocks <= WordPool::kMaxWords / width_);
+  KVTIER_ASSERT(run.words_ == 0 && blocks > 0 && std::uint64_t{blocks} * width_ <= WordPool::kMaxWords);
   const std::uint32_t words = blocks * width_;
   run.base_ = pool_.take(words);
   std::memcpy(run.base_, w, static_cast<std::size_t>(words) * sizeof(Word));
@@ -134,7 +134,7 @@ std::uint32_t RadixTree::split(std::uint32_t id, std::uint32_t at) {
 }
 
 std::uint32_t RadixTree::add_child(std::uint32_t parent, const Word* blocks, std::size_t n) {
-  KVTIER_ASSERT(n > 0 && n <= WordPool::kMaxWords / width_);
+  KVTIER_ASSERT(n > 0 && n <= WordPool::kMaxWords);  // fill() checks the words
   std::uint32_t id = alloc();
   Node& c = nodes_[id];
   const Node& p = nodes_[parent];
