@@ -82,10 +82,11 @@ class RadixTree {
   // The child of `parent` whose first block equals `block` (width words), or kNil.
   std::uint32_t find_child(std::uint32_t parent, const Word* block) const {
     const std::uint64_t tag = block_tag(block, width_);
-    if (exact_) return index_.find(parent, tag, [](std::uint32_t) { return true; });
-    const std::size_t bytes = width_ * sizeof(Word);
-    return index_.find(parent, tag,
-                       [&](std::uint32_t c) { return std::memcmp(nodes_[c].words.data(), block, bytes) == 0; });
+    return index_.find(parent, tag, [&](std::uint32_t c) {
+      const Node& n = nodes_[c];
+      return n.parent == parent && n.tag == tag &&
+             (exact_ || std::memcmp(n.words.data(), block, width_ * sizeof(Word)) == 0);
+    });
   }
 
   // Number of leading blocks of node `id` equal to `blocks` (at most `n` blocks compared).
@@ -128,7 +129,7 @@ class RadixTree {
   std::uint32_t alloc();
 
   std::uint32_t width_;
-  bool exact_;  // blocks are their own child-index tags (no confirming comparison)
+  bool exact_;  // blocks are their own child-index tags (no word comparison to confirm a child)
   std::vector<Node> nodes_;
   std::vector<std::uint32_t> free_;
   ChildIndex index_;
