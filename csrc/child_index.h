@@ -105,13 +105,6 @@ class ChildIndex {
     --size_;
   }
 
-  // Makes room for `n` entries without a rehash.
-  void reserve(std::size_t n) {
-    std::size_t cap = slots_.size();
-    while (cap < 2 * n) cap *= 2;
-    if (cap != slots_.size()) rehash(cap);
-  }
-
   std::size_t size() const { return size_; }
 
  private:
