@@ -7,10 +7,10 @@
 //
 // LFU keeps them in an indexed binary min-heap: touching a node re-keys it in O(log n).
 // LRU and TTL keep them in touch order. A touch gives a node the newest sequence, so it moves to
-// the back of a list in O(1), and a new leaf is pushed there too. The one push that comes out of
-// order is a parent that becomes a leaf when its last child leaves: it keeps its older sequence,
-// so it goes to a side heap (the same indexed heap, usually small). The oldest candidate is the
-// older of the list's front and the heap's top:
+// the back of a list in O(1), and a new leaf is pushed there too. A push that comes out of order
+// (chiefly a parent that becomes a leaf when its last child leaves: it keeps its older sequence)
+// goes to a side heap instead (the same indexed heap, usually near empty). The oldest candidate is
+// the older of the list's front and the heap's top:
 //
 //   list  (non-decreasing seq)   front [12]-[40]-[41]-[57] back    push with seq >= back's: append
 //   heap  (the rest)             {20, 33}                          otherwise: heap
@@ -75,7 +75,7 @@ class EvictionQueue {
   }
   // Re-reads the node's priority after a touch.
   void update(std::uint32_t node) {
-    if (by_touch_) {  // the new sequence is the newest: to the back of the list
+    if (by_touch_) {  // a touch gives the newest sequence: to the back of the list
       erase(node);
       push(node);
       return;
@@ -96,7 +96,8 @@ class EvictionQueue {
     std::uint32_t node;
   };
 
-  // ---- the touch-order list (links_ is indexed by node id, so a touch writes no node line)
+  // ---- the touch-order list (links_ is indexed by node id: moving a node writes its neighbours'
+  // links, not their nodes)
   void append(std::uint32_t node) {
     if (node >= links_.size()) links_.resize(std::max<std::size_t>(node + 1, 2 * links_.size()));
     links_[node] = {back_, kNil};
