@@ -35,9 +35,10 @@ pytest.importorskip("tqdm")
 from kvtier.analytics.logs import RequestLog, read_log  # noqa: E402
 from kvtier.analytics.sweep import SweepConfig, build_configs, run_config, run_sweep  # noqa: E402
 
-# Issue 5 asks for >= 20x; runs on the project's 2-core VM measure 10-16x, so that figure is not met yet and
-# the issue stays open. The gate holds a regression floor with room for this machine's noise.
-MIN_RATIO_VS_ORDERED_DICT = 8.0
+# Issue 5 asks for >= 20x. On the project's shared 2-core VM, runs measure 25-31x at load 4 (run_config 2.6-4.0 ms,
+# the OrderedDict LRU 70-120 ms) and 21-48x at load 5-6 (other jobs on both cores), so the gate holds with a thin
+# margin on the busiest runs.
+MIN_RATIO_VS_ORDERED_DICT = 20.0
 CAPACITY_BLOCKS = 10_000
 BLOCK_TOKENS = 512
 SWEEP_CAPACITIES: list[int | None] = [500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, None]

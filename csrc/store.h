@@ -202,8 +202,12 @@ class Store {
   // Index records read from the folder (at open, or found by a probe): entries become committed
   // disk blocks. Returns the keys of records that are damaged (to delete) in `bad`; records of
   // another block geometry are skipped and counted in `foreign`.
+  // An import from a probe passes the delete_generation() read before its folder snapshot: if deletes
+  // committed since, the snapshot may hold blocks this store removed, and nothing is imported.
   std::uint64_t disk_restore(const std::vector<std::pair<Key, std::string>>& records, double wall_now, double now,
-                             std::vector<Key>* bad, std::uint64_t* foreign);
+                             std::vector<Key>* bad, std::uint64_t* foreign,
+                             std::optional<std::uint64_t> generation = std::nullopt);
+  std::uint64_t delete_generation();
   // Keys of blocks `from`.. of `words` chained from `parent` (nullptr: the first block).
   std::vector<Key> chain_keys_from(std::uint32_t ns, const Word* words, std::size_t n, std::size_t from,
                                    const Key* parent);
@@ -317,6 +321,7 @@ class Store {
   // Keys removed here whose delete has not committed yet: the folder still has them, and an import
   // (disk_restore from a probe) must not bring them back.
   std::unordered_set<Key, KeyHash> deleting_;
+  std::uint64_t delete_generation_ = 0;   // writer batches with deletes finished so far
   bool batch_open_ = false;
   std::uint64_t queued_ = 0;              // entries pending or writing
   bool demote_ = true;                    // host evictions go to disk (false while clearing)

@@ -332,6 +332,7 @@ void Store::disk_finish(bool ok, const std::string& error) {
   // Deletes are idempotent: whether the commit went through or not, the index no longer has them
   // (a failed delete leaves a block that a later open restores, or fsck finds).
   for (const Key& k : batch_deletes_) deleting_.erase(k);
+  if (!batch_deletes_.empty()) ++delete_generation_;
   batch_deletes_.clear();
   batch_open_ = false;
   cv_.notify_all();
@@ -363,9 +364,11 @@ bool Store::disk_flush(double timeout_s, bool host, std::string* errors) {
 }
 
 std::uint64_t Store::disk_restore(const std::vector<std::pair<Key, std::string>>& records, double wall_now,
-                                  double now, std::vector<Key>* bad, std::uint64_t* foreign) {
+                                  double now, std::vector<Key>* bad, std::uint64_t* foreign,
+                                  std::optional<std::uint64_t> generation) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
+  if (generation && *generation != delete_generation_) return 0;
   // Without a time, restored blocks are dated on the monotonic clock, and the store's clock is left
   // alone (a caller who drives the store with its own clock passes its time here).
   if (std::isnan(now))
@@ -422,6 +425,11 @@ std::uint64_t Store::disk_restore(const std::vector<std::pair<Key, std::string>>
   }
   dstats_.restored += restored;
   return restored;
+}
+
+std::uint64_t Store::delete_generation() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return delete_generation_;
 }
 
 std::vector<Key> Store::chain_keys_from(std::uint32_t ns, const Word* words, std::size_t n, std::size_t from,

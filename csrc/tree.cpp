@@ -9,10 +9,7 @@ std::uint32_t RadixTree::alloc() {
   if (!free_.empty()) {
     id = free_.back();
     free_.pop_back();
-    // A freed node keeps its (empty) word buffer, so a new node of similar size needs no allocation.
-    std::vector<Word> buffer = std::move(nodes_[id].words);
     nodes_[id] = Node{};
-    nodes_[id].words = std::move(buffer);
   } else {
     KVTIER_ASSERT(nodes_.size() < kNil - 1);
     id = static_cast<std::uint32_t>(nodes_.size());
@@ -28,24 +25,33 @@ std::uint32_t RadixTree::add_root(std::uint32_t ns) {
   return id;
 }
 
-std::uint32_t RadixTree::find_child(std::uint32_t parent, const Word* block) const {
-  const std::size_t bytes = width_ * sizeof(Word);
-  return index_.find(key_of(parent, block), [&](std::uint32_t c) {
-    const Node& n = nodes_[c];
-    return n.parent == parent && std::memcmp(n.words.data(), block, bytes) == 0;
-  });
+void RadixTree::fill(WordRun& run, const Word* w, std::uint32_t blocks) {
+  KVTIER_ASSERT(run.words_ == 0 && blocks > 0 && std::uint64_t{blocks} * width_ <= WordPool::kMaxWords);
+  const std::uint32_t words = blocks * width_;
+  run.base_ = pool_.take(words);
+  std::memcpy(run.base_, w, static_cast<std::size_t>(words) * sizeof(Word));
+  run.blocks_ = blocks;
+  run.words_ = words;
 }
 
-std::uint32_t RadixTree::common_blocks(std::uint32_t id, const Word* blocks, std::size_t n) const {
-  const Node& node = nodes_[id];
-  const std::size_t have = node.words.size() / width_;
-  const std::size_t limit = have < n ? have : n;
-  // Fast path: the whole overlap is equal (the common case for a returning prefix).
-  if (std::memcmp(node.words.data(), blocks, limit * width_ * sizeof(Word)) == 0)
-    return static_cast<std::uint32_t>(limit);
+void RadixTree::release(WordRun& run) {
+  if (run.words_ != 0) pool_.give_back(run.base_, run.words_);
+  run = WordRun{};
+}
+
+std::uint32_t RadixTree::first_difference(const Word* a, const Word* b, std::size_t limit) const {
   std::size_t i = 0;
+  if (width_ == 2) {  // block ids: one 64-bit compare per block
+    for (; i < limit; ++i) {
+      std::uint64_t x, y;
+      std::memcpy(&x, a + 2 * i, sizeof x);
+      std::memcpy(&y, b + 2 * i, sizeof y);
+      if (x != y) break;
+    }
+    return static_cast<std::uint32_t>(i);
+  }
   const std::size_t bytes = width_ * sizeof(Word);
-  while (i < limit && std::memcmp(node.words.data() + i * width_, blocks + i * width_, bytes) == 0) ++i;
+  while (i < limit && std::memcmp(a + i * width_, b + i * width_, bytes) == 0) ++i;
   return static_cast<std::uint32_t>(i);
 }
 
@@ -79,7 +85,6 @@ std::uint32_t RadixTree::split(std::uint32_t id, std::uint32_t at) {
   Node& u = nodes_[up];
   Node& n = nodes_[id];
   const std::uint32_t parent = n.parent;
-  const std::size_t cut = static_cast<std::size_t>(at) * width_;
 
   u.ns = n.ns;
   u.account = n.account;
@@ -88,8 +93,14 @@ std::uint32_t RadixTree::split(std::uint32_t id, std::uint32_t at) {
   u.hits = n.hits;
   u.seq = n.seq;
   u.last_access = n.last_access;
-  u.words.assign(n.words.begin(), n.words.begin() + static_cast<std::ptrdiff_t>(cut));
-  n.words.erase(n.words.begin(), n.words.begin() + static_cast<std::ptrdiff_t>(cut));
+  u.tag = n.tag;  // the upper half starts with the same block
+  // The upper half keeps the buffer (its first `at` blocks); the lower half gets a copy of the rest.
+  const std::uint32_t blocks = n.words.blocks_;
+  u.words = n.words;
+  u.words.blocks_ = at;
+  n.words = WordRun{};
+  fill(n.words, u.words.data() + static_cast<std::size_t>(at) * width_, blocks - at);
+  n.tag = block_tag(n.words.data(), width_);
   if (n.payload) {
     u.payload = std::make_unique<NodePayload>();
     auto& from = *n.payload;
@@ -103,8 +114,8 @@ std::uint32_t RadixTree::split(std::uint32_t id, std::uint32_t at) {
   }
   n.depth += at;
 
-  // `up` takes `id`'s place under the parent (same first block, same index key).
-  index_.replace(key_of(parent, u.words.data()), id, up);
+  // `up` takes `id`'s place under the parent (same first block, same index entry).
+  index_.replace(parent, u.tag, id, up);
   // Splice `up` into the parent's child list where `id` was.
   u.parent = parent;
   u.prev_sibling = n.prev_sibling;
@@ -118,27 +129,28 @@ std::uint32_t RadixTree::split(std::uint32_t id, std::uint32_t at) {
   u.first_child = kNil;
   u.num_children = 0;
   link(up, id);
-  index_.insert(key_of(up, n.words.data()), id);
+  index_.insert(up, n.tag, id);
   return up;
 }
 
 std::uint32_t RadixTree::add_child(std::uint32_t parent, const Word* blocks, std::size_t n) {
-  KVTIER_ASSERT(n > 0);
+  KVTIER_ASSERT(n > 0 && n <= WordPool::kMaxWords);  // fill() checks the words
   std::uint32_t id = alloc();
   Node& c = nodes_[id];
   const Node& p = nodes_[parent];
   c.ns = p.ns;
-  c.depth = p.depth + static_cast<std::uint32_t>(p.words.size() / width_);
-  c.words.assign(blocks, blocks + n * width_);
+  c.depth = p.depth + p.words.blocks();
+  fill(c.words, blocks, static_cast<std::uint32_t>(n));
+  c.tag = block_tag(blocks, width_);
   link(parent, id);
-  index_.insert(key_of(parent, blocks), id);
+  index_.insert(parent, c.tag, id);
   return id;
 }
 
 void RadixTree::trim_tail(std::uint32_t id, std::uint32_t n) {
   Node& node = nodes_[id];
   KVTIER_ASSERT(node.num_children == 0 && n < num_blocks(id));
-  node.words.resize(node.words.size() - static_cast<std::size_t>(n) * width_);
+  node.words.blocks_ -= n;  // the buffer stays as it is: released whole with the node
   if (node.payload) {
     node.payload->slots.resize(node.payload->slots.size() - n);
     if (!node.payload->keys.empty()) node.payload->keys.resize(node.payload->keys.size() - n);
@@ -148,12 +160,13 @@ void RadixTree::trim_tail(std::uint32_t id, std::uint32_t n) {
 void RadixTree::remove_leaf(std::uint32_t id) {
   Node& node = nodes_[id];
   KVTIER_ASSERT(node.alive && node.num_children == 0 && node.parent != kNil);
-  index_.erase(key_of(node.parent, node.words.data()), id);
+  index_.erase(node.parent, node.tag, id);
   unlink(id);
-  std::vector<Word> buffer = std::move(node.words);
-  buffer.clear();
-  node = Node{};
-  node.words = std::move(buffer);  // kept for reuse by alloc()
+  // The rest of the node is reset when alloc() hands the id out again.
+  release(node.words);
+  node.payload.reset();
+  node.parent = kNil;
+  node.alive = false;
   free_.push_back(id);
 }
 

@@ -822,7 +822,8 @@ def test_namespaces_from_the_folder_are_named_after_reopen(tmp_path: Path) -> No
 def test_lmdb_map_full_evicts_and_retries(tmp_path: Path) -> None:
     """A map smaller than the capacity: writes evict and retry; no error, correct bytes."""
     bb = 64 << 10
-    s = open_store(tmp_path, host_blocks=4, block_bytes=bb, disk_blocks=256, map_size=2 << 20, sync=False)
+    # promote=False: the checks below must not move blocks (a promotion demotes others into the full map).
+    s = open_store(tmp_path, host_blocks=4, block_bytes=bb, disk_blocks=256, map_size=2 << 20, sync=False, promote=False)
     n_prompts = 40  # 80 blocks of 64 KiB = 5 MiB through a 2 MiB map
     for pid in range(1, n_prompts + 1):
         r = s.insert(tokens(pid, 2), payload(pid, 2, bb))

@@ -674,7 +674,8 @@ PYBIND11_MODULE(_core, m) {
            }, py::arg("timeout_s") = py::none(), py::arg("host") = false)
       .def(
           "disk_restore",
-          [](PyStore& s, const py::list& records, double wall_now, std::optional<double> now) {
+          [](PyStore& s, const py::list& records, double wall_now, std::optional<double> now,
+             std::optional<std::uint64_t> generation) {
             std::vector<std::pair<Key, std::string>> recs;
             recs.reserve(records.size());
             for (py::handle item : records) {
@@ -686,13 +687,14 @@ PYBIND11_MODULE(_core, m) {
             const double t = time_arg(now);
             {
               py::gil_scoped_release nogil;
-              restored = s.store->disk_restore(recs, wall_now, t, &bad, &foreign);
+              restored = s.store->disk_restore(recs, wall_now, t, &bad, &foreign, generation);
             }
             py::list bad_keys;
             for (const Key& k : bad) bad_keys.append(key_bytes(k));
             return py::make_tuple(restored, bad_keys, foreign);
           },
-          py::arg("records"), py::arg("wall_now"), py::arg("now") = py::none())
+          py::arg("records"), py::arg("wall_now"), py::arg("now") = py::none(), py::arg("generation") = py::none())
+      .def("delete_generation", [](PyStore& s) { return s.store->delete_generation(); })
       .def(
           "chain_keys_from",
           [](PyStore& s, std::uint32_t ns, py::handle tokens, std::size_t from, std::optional<py::bytes> parent) {

@@ -138,8 +138,13 @@ class Store:
     def disk_flush(self, timeout_s: float | None = None, host: bool = False) -> tuple[bool, str]: ...
     # (restored, keys of damaged records, records of another geometry)
     def disk_restore(
-        self, records: list[tuple[bytes, bytes]], wall_now: float, now: float | None = None
+        self,
+        records: list[tuple[bytes, bytes]],
+        wall_now: float,
+        now: float | None = None,
+        generation: int | None = None,
     ) -> tuple[int, list[bytes], int]: ...
+    def delete_generation(self) -> int: ...
     def chain_keys_from(
         self, ns: int, tokens: _Tokens, from_block: int, parent: bytes | None = None
     ) -> npt.NDArray[np.uint8]: ...

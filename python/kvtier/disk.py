@@ -177,6 +177,9 @@ class DiskFolder:
 
         Returns the blocks imported (0 if ``probe`` is not in the folder).
         """
+        # Deletes this store queued are not in the folder's snapshot yet, or are: the generation read
+        # first lets the core refuse a snapshot older than a delete it committed meanwhile.
+        generation = self._core.delete_generation()
         with self._env.begin() as txn:
             record = txn.get(probe, db=self._index)
             if record is None:
@@ -189,7 +192,7 @@ class DiskFolder:
                 if record is None:
                     break
                 records.append((k, bytes(record)))
-        restored, bad, _foreign = self._core.disk_restore(records, time.time())
+        restored, _bad, _foreign = self._core.disk_restore(records, time.time(), None, generation)
         return int(restored)
 
     # ----------------------------------------------------------------- reads

@@ -331,15 +331,19 @@ def run_config(
         replay_s = time.perf_counter() - t0
         st = store.stats()
         gbh = store.residency(now=float(trace.timestamps[-1])).gb_hours if kv_bytes_per_token and n else None
-    hit_tokens = np.minimum(hits.astype(np.int64) * block_tokens, log.input_tokens)
+    # One int64 copy of the hits, then in place: hit blocks, then hit tokens per request.
+    h = hits.astype(np.int64)
+    hit_blocks = int(h.sum())
+    h *= block_tokens
+    np.minimum(h, log.input_tokens, out=h)
     return SweepResult(
         config=config,
         block_tokens=block_tokens,
         requests=n,
         total_blocks=trace.num_blocks,
-        hit_blocks=int(hits.sum(dtype=np.int64)),
+        hit_blocks=hit_blocks,
         input_tokens=int(log.input_tokens.sum()),
-        hit_tokens=int(hit_tokens.sum()),
+        hit_tokens=int(h.sum()),
         evicted_blocks=st.evicted,
         expired_blocks=st.expired,
         resident_blocks_end=st.blocks,
