@@ -24,7 +24,14 @@ def _outputs(results: Any) -> list[dict[str, Any]]:
     for r in results:
         c = r.outputs[0]
         lps = [float(lp[t].logprob) for t, lp in zip(c.token_ids, c.logprobs or [])]
-        out.append({"token_ids": list(c.token_ids), "logprobs": lps, "num_cached_tokens": int(r.num_cached_tokens or 0)})
+        out.append(
+            {
+                "token_ids": list(c.token_ids),
+                "logprobs": lps,
+                "num_cached_tokens": int(r.num_cached_tokens or 0),
+                "finish_reason": None if c.finish_reason is None else str(c.finish_reason),
+            }
+        )
     return out
 
 

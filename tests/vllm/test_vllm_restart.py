@@ -2,7 +2,8 @@
 and a payload corrupted on disk is never served (the engine recomputes it; the output still equals the baseline).
 Also "a hit is taken only when it pays": the writer believes loads crawl (1 byte/s priors) and declines its hits.
 
-Two engines in this module, one after the other: the writer, then a fresh reader (a new process tree).
+Three engines in this module, one after the other: the writer, a fresh reader (a new process tree), and a fresh
+engine with ``kv_load_failure_policy="fail"``.
 """
 
 from __future__ import annotations
@@ -54,13 +55,14 @@ def restarted(
     slow = {**cfg, "host_bandwidth": 1, "disk_bandwidth": 1}
     with Engine(tiny_model, vllm_workdir, connector=slow, name="writer") as writer:
         result["writer_intact"] = writer.generate([PROMPTS["restart_intact"]])[0]
+        keys_intact = _block_keys(disk)  # restart_intact's blocks alone
         m0 = writer.metrics()
         result["declined"] = [writer.generate([PROMPTS["declined"]])[0] for _ in range(2)]
         result["metrics_declined"] = (m0, writer.metrics())
-        keys_intact = _block_keys(disk)
+        keys_before = _block_keys(disk)
         result["writer_corrupt"] = writer.generate([PROMPTS["restart_corrupt"]])[0]
         keys_all = _block_keys(disk)
-    new_keys = keys_all - keys_intact
+    new_keys = keys_all - keys_before  # restart_corrupt's blocks alone
     result["new_keys"] = len(new_keys)
     # Any one of the prompt's blocks: the reader claims the whole chain, so its load reaches the bad block wherever
     # it is (the set does not tell the chain order).
@@ -73,6 +75,14 @@ def restarted(
         result["metrics_corrupt"] = reader.metrics()
         result["events_corrupt"] = reader.events()
         result["reader_corrupt_again"] = reader.generate([PROMPTS["restart_corrupt"]])[0]
+    # kv_load_failure_policy="fail": a corrupt block fails the request loudly instead of recomputing it.
+    _corrupt(disk, sorted(keys_intact)[0])
+    with Engine(tiny_model, vllm_workdir, connector=cfg, name="failer", failure_policy="fail") as failer:
+        try:
+            result["fail_policy"] = failer.generate([PROMPTS["restart_intact"]])[0]
+        except RuntimeError as e:  # the engine refused the request as a whole
+            result["fail_policy"] = {"raised": str(e)[-2000:]}
+        result["metrics_fail_policy"] = failer.metrics()
     return result
 
 
@@ -119,3 +129,9 @@ def test_corrupted_payload_is_never_served(restarted: dict[str, Any], baseline: 
     again = restarted["reader_corrupt_again"]
     assert again["num_cached_tokens"] == claimable_tokens(len(prompt))
     assert_same_output(again, baseline["restart_corrupt"], "after re-save")
+
+
+def test_fail_policy_fails_the_request_loudly(restarted: dict[str, Any]) -> None:
+    out = restarted["fail_policy"]
+    assert restarted["metrics_fail_policy"].get("vllm:kvtier_load_failed_blocks", 0) >= 1
+    assert "raised" in out or out["finish_reason"] == "error", f"a failed load under policy 'fail' gave {out}"
