@@ -649,6 +649,10 @@ PYBIND11_MODULE(_core, m) {
             return py::make_tuple(b.closed, writes, deletes);
           },
           py::arg("max_blocks"), py::arg("timeout_s"), py::arg("wall_now"))
+      .def("disk_wait", [](PyStore& s, double timeout_s) {
+             py::gil_scoped_release nogil;
+             return s.store->disk_wait(timeout_s);
+           }, py::arg("timeout_s"))
       .def("disk_finish", [](PyStore& s, bool ok, const std::string& error) {
              py::gil_scoped_release nogil;
              s.store->disk_finish(ok, error);
