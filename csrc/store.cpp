@@ -1,11 +1,13 @@
+// Store: construction, namespaces, the tree walk, inserts, eviction and expiry, replay, reporting.
+// Lookups and loads are in store_lookup.cpp, the disk tier's half in store_disk.cpp.
 #include "store.h"
 
 #include <algorithm>
-
-#include "checksum.h"
 #include <chrono>
 #include <cstring>
 #include <sstream>
+
+#include "checksum.h"
 
 namespace kvtier {
 namespace {
@@ -288,101 +290,6 @@ std::uint64_t Store::expire_locked(double now) {
   return stats_.expired - before;
 }
 
-std::uint32_t Store::new_pin() {
-  std::uint32_t id;
-  if (!free_pins_.empty()) {
-    id = free_pins_.back();
-    free_pins_.pop_back();
-  } else {
-    id = static_cast<std::uint32_t>(pin_records_.size());
-    pin_records_.emplace_back();
-  }
-  PinRecord& rec = pin_records_[id];
-  rec.node = kNil;
-  rec.host_blocks = 0;
-  rec.disk.clear();
-  rec.words.clear();
-  rec.alive = true;
-  return id;
-}
-
-MatchResult Store::match(std::uint32_t ns, const Word* words, std::size_t n, double now, bool touch, bool pin) {
-  std::lock_guard<std::mutex> lock(mu_);
-  check_open();
-  now = resolve_now(now);
-  MatchResult r;
-  r.blocks = walk(ns, words, n, now, /*reclaim=*/touch);
-  if (touch || pin) split_partial_end();
-  if (touch) {
-    touch_path(now, /*hit=*/true);
-    stats_.hits += r.blocks;
-    stats_.misses += n - r.blocks;
-  }
-  std::vector<std::uint32_t> disk_ids;
-  if (disk_ && r.blocks < n) {
-    r.disk_blocks = disk_walk(ns, words, n, now, touch, &r, &disk_ids);
-    if (touch) {
-      dstats_.hits += r.disk_blocks;
-      dstats_.misses += n - r.blocks - r.disk_blocks;
-    }
-  }
-  if (pin && (r.blocks > 0 || r.disk_blocks > 0)) {
-    r.pin = new_pin();
-    PinRecord& rec = pin_records_[r.pin];
-    rec.ns = ns;
-    rec.host_blocks = r.blocks;
-    if (!path_.empty()) {
-      rec.node = path_.back().node;
-      pin_path(+1);
-    }
-    if (!disk_ids.empty()) {
-      for (std::uint32_t id : disk_ids) {
-        ++disk_->at(id).pins;
-        disk_->refresh(id);
-      }
-      rec.disk = std::move(disk_ids);
-      rec.words.assign(words, words + static_cast<std::size_t>(r.blocks + r.disk_blocks) * spec_.width);
-    }
-  }
-  return r;
-}
-
-void Store::unpin(std::uint32_t pin, double now) {
-  std::lock_guard<std::mutex> lock(mu_);
-  KVTIER_ASSERT(pin < pin_records_.size() && pin_records_[pin].alive);
-  PinRecord& rec = pin_records_[pin];
-  // Unpinning after close is allowed: it only releases a hold.
-  if (closed_) {
-    rec.alive = false;
-    return;
-  }
-  if (std::isnan(now) && std::isfinite(last_now_)) now = last_now_;  // default: the latest time seen
-  now = resolve_now(now);
-  const std::uint64_t op = ++seq_;
-  for (std::uint32_t id = rec.node; id != kNil && tree_.at(id).parent != kNil; id = tree_.at(id).parent) {
-    Node& n = tree_.at(id);
-    KVTIER_ASSERT(n.alive && n.pins > 0);
-    --n.pins;
-    n.seq = op;
-    n.last_access = now;
-    if (n.heap_pos != kNil) queue_.update(id);
-    refresh_candidate(id);
-  }
-  for (std::uint32_t id : rec.disk) {
-    DiskEntry& e = disk_->at(id);
-    if (e.state != DiskState::kRemoved) {
-      e.seq = op;
-      e.last_access = now;
-      disk_->touched(id);
-    }
-    disk_->unpin(id);
-  }
-  rec.alive = false;
-  rec.disk.clear();
-  rec.words.clear();
-  free_pins_.push_back(pin);
-}
-
 InsertResult Store::insert(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
                            const std::uint8_t* payload, std::size_t payload_first, double now) {
   std::unique_lock<std::mutex> lock(mu_);
@@ -513,107 +420,6 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   if (disk_ && spec_.disk.write_through)
     for (std::uint32_t i = 0; i < want; ++i) queue_write(child, i, /*host_keeps=*/true, now);
   return r;
-}
-
-std::uint32_t Store::load_pinned(std::uint32_t pin, std::uint8_t* out, std::size_t max_blocks,
-                                 std::vector<DiskRead>* reads) {
-  std::lock_guard<std::mutex> lock(mu_);
-  check_open();
-  if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
-  KVTIER_ASSERT(pin < pin_records_.size() && pin_records_[pin].alive);
-  const PinRecord& rec = pin_records_[pin];
-  // Collect the chain root..node, then copy in order.
-  std::vector<std::uint32_t> chain;
-  for (std::uint32_t id = rec.node; id != kNil && tree_.at(id).parent != kNil; id = tree_.at(id).parent) {
-    KVTIER_ASSERT(tree_.at(id).pins > 0);
-    chain.push_back(id);
-  }
-  const std::size_t bb = spec_.block_bytes;
-  std::size_t copied = 0;
-  for (auto it = chain.rbegin(); it != chain.rend() && copied < max_blocks; ++it) {
-    const Node& n = tree_.at(*it);
-    for (std::uint32_t s : n.payload->slots) {
-      if (copied == max_blocks) break;
-      std::memcpy(out + copied * bb, arena_->slot_ptr(s), bb);
-      ++copied;
-    }
-  }
-  stats_.bytes_read += copied * bb;
-  if (copied < rec.host_blocks) return static_cast<std::uint32_t>(copied);
-  for (std::size_t k = 0; k < rec.disk.size() && copied < max_blocks; ++k, ++copied) {
-    const DiskEntry& e = disk_->at(rec.disk[k]);
-    if (e.state == DiskState::kRemoved) break;  // found damaged by another load meanwhile
-    if (e.slot != kNil) {
-      std::memcpy(out + copied * bb, arena_->slot_ptr(e.slot), bb);  // still queued: the host slot has it
-    } else {
-      reads->push_back({static_cast<std::uint32_t>(copied), e.key, e.checksum});
-    }
-  }
-  return static_cast<std::uint32_t>(copied);
-}
-
-std::uint32_t Store::load(std::uint32_t ns, const Word* words, std::size_t n, std::uint8_t* out, double now) {
-  std::lock_guard<std::mutex> lock(mu_);
-  check_open();
-  if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
-  now = resolve_now(now);
-  const std::uint32_t m = walk(ns, words, n, now, /*reclaim=*/true);
-  split_partial_end();
-  touch_path(now, /*hit=*/true);
-  stats_.hits += m;
-  stats_.misses += n - m;
-  const std::size_t bb = spec_.block_bytes;
-  std::size_t copied = 0;
-  for (const Step& s : path_) {
-    const Node& node = tree_.at(s.node);
-    for (std::uint32_t i = 0; i < s.blocks; ++i, ++copied)
-      std::memcpy(out + copied * bb, arena_->slot_ptr(node.payload->slots[i]), bb);
-  }
-  stats_.bytes_read += copied * bb;
-  return m;
-}
-
-std::vector<Key> Store::keys_pinned(std::uint32_t pin) {
-  std::lock_guard<std::mutex> lock(mu_);
-  check_open();
-  if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it keeps no keys");
-  KVTIER_ASSERT(pin < pin_records_.size() && pin_records_[pin].alive);
-  const PinRecord& rec = pin_records_[pin];
-  std::vector<std::uint32_t> chain;
-  for (std::uint32_t id = rec.node; id != kNil && tree_.at(id).parent != kNil; id = tree_.at(id).parent)
-    chain.push_back(id);
-  std::vector<Key> keys;
-  if (rec.node != kNil) node_keys(rec.node);  // computes the whole chain's keys
-  for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
-    const std::vector<Key>& nk = tree_.at(*it).payload->keys;
-    keys.insert(keys.end(), nk.begin(), nk.end());
-  }
-  for (std::uint32_t id : rec.disk) keys.push_back(disk_->at(id).key);
-  return keys;
-}
-
-// The chained keys of node `id`'s blocks, computing (and caching) them and its ancestors' as needed.
-const std::vector<Key>& Store::node_keys(std::uint32_t id) {
-  std::vector<std::uint32_t> todo;
-  for (std::uint32_t x = id; tree_.at(x).parent != kNil && tree_.at(x).payload->keys.empty(); x = tree_.at(x).parent)
-    todo.push_back(x);
-  for (auto it = todo.rbegin(); it != todo.rend(); ++it) {
-    Node& n = tree_.at(*it);
-    const Node& p = tree_.at(n.parent);
-    const Key* parent = p.parent == kNil ? nullptr : &p.payload->keys.back();
-    const std::uint32_t nb = tree_.num_blocks(*it);
-    n.payload->keys.resize(nb);
-    chain_keys(ns_keys_[n.ns], parent, n.words.data(), nb, spec_.width, nullptr, 0, n.payload->keys.data());
-  }
-  return tree_.at(id).payload->keys;
-}
-
-// The key block `block` of node `node` chains from (zero for a prompt's first block).
-Key Store::parent_key_of(std::uint32_t node, std::uint32_t block) {
-  const std::vector<Key>& keys = node_keys(node);
-  if (block > 0) return keys[block - 1];
-  const Node& p = tree_.at(tree_.at(node).parent);
-  return p.parent == kNil ? Key{} : p.payload->keys.back();
 }
 
 std::uint64_t Store::evict(std::uint64_t bytes, double now) {

@@ -190,6 +190,8 @@ class Store {
   // Waits up to `timeout_s` for work; takes at most `max_blocks` queued writes and every pending
   // delete. `wall_now` (seconds since the epoch) dates the index records.
   WriteBatch disk_take(std::size_t max_blocks, double timeout_s, double wall_now);
+  // Waits up to `timeout_s` until there is work for the writer; true once the store is closed.
+  bool disk_wait(double timeout_s);
   // Ends the batch taken last: committed (`ok`), or not persisted (`error` says why).
   void disk_finish(bool ok, const std::string& error);
   // The folder's map is full: evicts up to `blocks` committed blocks and returns their keys (to

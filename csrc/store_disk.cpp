@@ -266,6 +266,13 @@ std::uint32_t Store::disk_finish_load(std::uint32_t pin, const std::uint8_t* out
   return good;
 }
 
+bool Store::disk_wait(double timeout_s) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, std::chrono::duration<double>(timeout_s),
+               [&] { return closed_ || ((!writes_.empty() || !deletes_.empty()) && !batch_open_); });
+  return closed_;
+}
+
 WriteBatch Store::disk_take(std::size_t max_blocks, double timeout_s, double wall_now) {
   std::unique_lock<std::mutex> lock(mu_);
   KVTIER_ASSERT(disk_ && !batch_open_);

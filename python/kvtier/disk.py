@@ -119,6 +119,7 @@ class DiskFolder:
         self._meta, self._namespaces, self._index, self._blocks = (self._dbs[n] for n in _DBS)
         self._known_ns: set[bytes] = set()
         self._writer: threading.Thread | None = None
+        self._commit_lock = threading.Lock()
         self._writer_error: BaseException | None = None
         self.restore_report = RestoreReport(0, 0, 0, 0.0)
 
@@ -228,23 +229,28 @@ class DiskFolder:
         self._writer.start()
 
     def _writer_loop(self) -> None:
+        while not self._core.disk_wait(0.25):
+            self.drain(one_batch=True)
+
+    def drain(self, one_batch: bool = False) -> None:
+        """Commits queued writes on the calling thread (the writer thread, or a thread in flush())."""
         core = self._core
-        batch = self.config.batch_blocks
-        while True:
-            closed, writes, deletes = core.disk_take(batch, 0.25, time.time())
-            if closed:
-                return
-            if not writes and not deletes:
-                continue
-            try:
-                self._commit(writes, deletes)
-            except self._lmdb.Error as e:
-                core.disk_finish(False, f"{type(e).__name__}: {e}")
-            except BaseException as e:  # keep serving: the queue must never stall on a writer bug
-                self._writer_error = e
-                core.disk_finish(False, f"{type(e).__name__}: {e}")
-            else:
-                core.disk_finish(True, "")
+        with self._commit_lock:  # one batch in flight at a time, whoever commits it
+            while True:
+                closed, writes, deletes = core.disk_take(self.config.batch_blocks, 0.0, time.time())
+                if closed or (not writes and not deletes):
+                    return
+                try:
+                    self._commit(writes, deletes)
+                except self._lmdb.Error as e:
+                    core.disk_finish(False, f"{type(e).__name__}: {e}")
+                except BaseException as e:  # keep serving: the queue must never stall on a writer bug
+                    self._writer_error = e
+                    core.disk_finish(False, f"{type(e).__name__}: {e}")
+                else:
+                    core.disk_finish(True, "")
+                if one_batch:
+                    return
 
     def _commit(self, writes: list[tuple[bytes, bytes, memoryview]], deletes: list[bytes]) -> None:
         lmdb = self._lmdb
@@ -254,8 +260,12 @@ class DiskFolder:
                     for key in deletes:
                         txn.delete(key, db=self._index)
                         txn.delete(key, db=self._blocks)
-                    for key, record, payload in writes:
+                    # Payloads first, then the small records: each payload takes a contiguous run of
+                    # overflow pages, and keeping the records' leaf pages out of those runs keeps the
+                    # free space contiguous after deletes (LMDB searches its free list for runs).
+                    for key, _record, payload in writes:
                         txn.put(key, payload, db=self._blocks)
+                    for key, record, _payload in writes:
                         txn.put(key, record, db=self._index)
                 return
             except lmdb.MapFullError:

@@ -564,9 +564,12 @@ class Store:
             raise StoreClosedError("the store is closed")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
             raise InvalidArgumentError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
-        # One call: queueing the host blocks and waiting run in C++ without the GIL, so the writer
-        # thread never waits on this one for it.
-        done, errors = self._core.disk_flush(None if timeout is None else float(timeout), host)
+        if host:
+            self._core.disk_persist(1 << 62)
+        # The calling thread commits what is queued itself (no hand-off to the writer thread, which
+        # keeps draining inserts in the background), then waits for whatever the writer holds.
+        self._disk.drain()
+        done, errors = self._core.disk_flush(None if timeout is None else float(timeout), False)
         if errors:
             raise DiskWriteError(f"disk tier {self._disk.path}: {errors}")
         if not done:
