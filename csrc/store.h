@@ -217,6 +217,11 @@ class Store {
   // write-back store persists its host tier this way; they keep their host slots meanwhile).
   // Returns the blocks queued.
   std::uint64_t disk_persist(std::size_t max_blocks, double now);
+  // Keys of blocks that left the disk tier (evicted, expired, corrupt, missing, not persisted, cleared)
+  // since the last call, oldest first; at most kRemovedLog are kept (older ones are dropped and
+  // counted in *dropped). For KV events.
+  std::vector<Key> disk_take_removed(std::uint64_t* dropped);
+  static constexpr std::size_t kRemovedLog = 1 << 16;
   DiskStats disk_stats();
 
   std::uint64_t evict(std::uint64_t bytes, double now);  // host: frees at least `bytes` (demoting to disk)
@@ -324,6 +329,8 @@ class Store {
   // (disk_restore from a probe) must not bring them back.
   std::unordered_set<Key, KeyHash> deleting_;
   std::uint64_t delete_generation_ = 0;   // writer batches with deletes finished so far
+  std::deque<Key> removed_log_;           // disk_take_removed
+  std::uint64_t removed_dropped_ = 0;
   bool batch_open_ = false;
   std::uint64_t queued_ = 0;              // entries pending or writing
   bool demote_ = true;                    // host evictions go to disk (false while clearing)

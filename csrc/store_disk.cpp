@@ -169,6 +169,11 @@ void Store::disk_remove(std::uint32_t id, double now, Gone why) {
     deletes_.push_back(e.key);
     deleting_.insert(e.key);
   }
+  if (removed_log_.size() == kRemovedLog) {
+    removed_log_.pop_front();
+    ++removed_dropped_;
+  }
+  removed_log_.push_back(e.key);
   disk_->remove(id);
   cv_.notify_all();
 }
@@ -451,6 +456,15 @@ std::vector<Key> Store::chain_keys_from(std::uint32_t ns, const Word* words, std
   std::vector<Key> keys(n > from ? n - from : 0);
   if (!keys.empty()) chain_keys(ns_key, parent, words + from * spec_.width, keys.size(), spec_.width, nullptr, 0, keys.data());
   return keys;
+}
+
+std::vector<Key> Store::disk_take_removed(std::uint64_t* dropped) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<Key> out(removed_log_.begin(), removed_log_.end());
+  removed_log_.clear();
+  *dropped = removed_dropped_;
+  removed_dropped_ = 0;
+  return out;
 }
 
 DiskStats Store::disk_stats() {

@@ -121,3 +121,28 @@ def test_fsck_bad_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     env.close()
     assert main(["fsck", str(other)]) == 2
     assert "holds format b'something else'" in capsys.readouterr().err
+
+
+def test_take_removed_keys_reports_blocks_that_left_the_disk(tmp_path: Path) -> None:
+    """Keys of evicted disk blocks come back once, oldest first (what vLLM's BlockRemoved events carry)."""
+    cfg = kvtier.StoreConfig(
+        block_size=4, block_bytes=64, host=kvtier.TierConfig(capacity_bytes=64 * 2),
+        disk=kvtier.DiskConfig(path=str(tmp_path / "d"), capacity_bytes=64 * 4),
+    )
+    ns = kvtier.Namespace(model="m")
+    prompts = [np.arange(8, dtype=np.int32) + 100 * i for i in range(4)]
+    with kvtier.Store(cfg, namespace=ns) as s:
+        assert s.take_removed_keys() == ([], 0)
+        for i, p in enumerate(prompts):
+            s.insert(p, np.full((2, 64), i, np.uint8), now=float(i))
+            s.flush()
+        # Host holds the last prompt; the disk (4 blocks) held prompts 0-2 and had to evict the oldest.
+        removed, dropped = s.take_removed_keys()
+        assert dropped == 0
+        first = [bytes(k) for k in kvtier.block_keys(prompts[0], ns, block_size=4)]
+        assert removed == first[::-1]  # leaf first, then its parent
+        assert s.peek(prompts[0]).num_blocks == 0
+        assert s.take_removed_keys() == ([], 0)  # each key is reported once
+    host_only = kvtier.Store(kvtier.StoreConfig(block_size=4, block_bytes=64))
+    assert host_only.take_removed_keys() == ([], 0)
+    host_only.close()

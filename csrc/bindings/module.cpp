@@ -505,6 +505,17 @@ PYBIND11_MODULE(_core, m) {
              py::gil_scoped_release nogil;
              return s.store->disk_persist(max_blocks, std::numeric_limits<double>::quiet_NaN());
            }, py::arg("max_blocks"))
+      .def("disk_take_removed", [](PyStore& s) {
+             std::vector<Key> keys;
+             std::uint64_t dropped = 0;
+             {
+               py::gil_scoped_release nogil;
+               keys = s.store->disk_take_removed(&dropped);
+             }
+             py::list out;
+             for (const Key& k : keys) out.append(key_bytes(k));
+             return py::make_tuple(out, dropped);
+           })
       .def("disk_stats", [](PyStore& s) {
         DiskStats st;
         {

@@ -575,6 +575,19 @@ class Store:
         if not done:
             raise TimeoutError(f"flush: writes still queued after {timeout} s")
 
+    def take_removed_keys(self) -> tuple[list[bytes], int]:
+        """Chained keys of blocks that left the disk tier since the last call, oldest first.
+
+        Evicted, expired, corrupt, missing, not persisted and cleared blocks all count (a block leaving
+        the host tier for the disk is not a removal). Returns (keys, dropped): at most 65,536 keys are
+        kept between calls, and ``dropped`` says how many older ones were lost. For KV events
+        (vLLM's ``BlockRemoved``). A store without a disk tier returns ``([], 0)``.
+        """
+        if self._disk is None:
+            return [], 0
+        keys, dropped = self._core.disk_take_removed()
+        return list(keys), int(dropped)
+
     # ----------------------------------------------------------------- maintenance
     def evict(self, nbytes: int, *, now: float | None = None) -> int:
         """Evicts unpinned host blocks by policy until ``nbytes`` are freed (or none is left).

@@ -283,6 +283,15 @@ class WorkerSide:
         self._events.append(BlockRemoved(block_hashes=[bytes(k) for k in keys[ok:want]], medium=MEDIUM_CPU))
 
     def take_events(self) -> KVTierKVEvents | None:
+        if self._events_enabled and self.store is not None and self._world == 1:
+            # Blocks kvtier's disk tier dropped (evictions, expiry, damage). Their keys are the store's
+            # chained keys, which name blocks in events only without tensor parallelism (with it, each
+            # rank stores under its own namespace and removals are reported for failed loads only).
+            from vllm.distributed.kv_events import MEDIUM_CPU, BlockRemoved
+
+            removed, _dropped = self.store.take_removed_keys()
+            if removed:
+                self._events.append(BlockRemoved(block_hashes=removed, medium=MEDIUM_CPU))
         if not self._events:
             return None
         ev = KVTierKVEvents(num_workers=1)
