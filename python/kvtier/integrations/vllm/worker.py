@@ -290,6 +290,9 @@ class WorkerSide:
             from vllm.distributed.kv_events import MEDIUM_CPU, BlockRemoved
 
             removed, _dropped = self.store.take_removed_keys()
+            # A corrupt block found by a failed load is already in that load's BlockRemoved.
+            reported = {h for e in self._events if isinstance(e, BlockRemoved) for h in e.block_hashes}
+            removed = [k for k in removed if k not in reported]
             if removed:
                 self._events.append(BlockRemoved(block_hashes=removed, medium=MEDIUM_CPU))
         if not self._events:
