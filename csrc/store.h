@@ -187,9 +187,9 @@ class Store {
   std::vector<Key> keys_pinned(std::uint32_t pin);
 
   // ---- disk tier: the writer side (one writer thread) ----
-  // Waits up to `timeout_s` for work; takes at most `max_blocks` queued writes and every pending
-  // delete. `wall_now` (seconds since the epoch) dates the index records.
-  WriteBatch disk_take(std::size_t max_blocks, double timeout_s, double wall_now);
+  // Takes at most `max_blocks` queued writes and every pending delete (without waiting: see
+  // disk_wait). `wall_now` (seconds since the epoch) dates the index records.
+  WriteBatch disk_take(std::size_t max_blocks, double wall_now);
   // Waits up to `timeout_s` until there is work for the writer; true once the store is closed.
   bool disk_wait(double timeout_s);
   // Ends the batch taken last: committed (`ok`), or not persisted (`error` says why).

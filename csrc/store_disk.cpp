@@ -278,13 +278,10 @@ bool Store::disk_wait(double timeout_s) {
   return closed_;
 }
 
-WriteBatch Store::disk_take(std::size_t max_blocks, double timeout_s, double wall_now) {
-  std::unique_lock<std::mutex> lock(mu_);
+WriteBatch Store::disk_take(std::size_t max_blocks, double wall_now) {
+  std::lock_guard<std::mutex> lock(mu_);
   KVTIER_ASSERT(disk_ && !batch_open_);
   WriteBatch b;
-  const auto ready = [&] { return closed_ || !writes_.empty() || !deletes_.empty(); };
-  if (timeout_s > 0.0)
-    cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), ready);
   if (closed_) {
     b.closed = true;
     return b;

@@ -421,11 +421,11 @@ PYBIND11_MODULE(_core, m) {
           py::arg("now") = py::none())
       .def(
           "disk_take",
-          [](PyStore& s, std::size_t max_blocks, double timeout_s, double wall_now) {
+          [](PyStore& s, std::size_t max_blocks, double wall_now) {
             WriteBatch b;
             {
               py::gil_scoped_release nogil;
-              b = s.store->disk_take(max_blocks, timeout_s, wall_now);
+              b = s.store->disk_take(max_blocks, wall_now);
             }
             const std::size_t bb = s.store->spec().block_bytes;
             py::list writes, deletes;
@@ -436,7 +436,7 @@ PYBIND11_MODULE(_core, m) {
             for (const Key& k : b.deletes) deletes.append(key_bytes(k));
             return py::make_tuple(b.closed, writes, deletes);
           },
-          py::arg("max_blocks"), py::arg("timeout_s"), py::arg("wall_now"))
+          py::arg("max_blocks"), py::arg("wall_now"))
       .def("disk_wait", [](PyStore& s, double timeout_s) {
              py::gil_scoped_release nogil;
              return s.store->disk_wait(timeout_s);

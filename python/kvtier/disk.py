@@ -120,7 +120,6 @@ class DiskFolder:
         self._known_ns: set[bytes] = set()
         self._writer: threading.Thread | None = None
         self._commit_lock = threading.Lock()
-        self._writer_error: BaseException | None = None
         self.restore_report = RestoreReport(0, 0, 0, 0.0)
 
     # ----------------------------------------------------------------- namespaces
@@ -237,7 +236,7 @@ class DiskFolder:
         core = self._core
         with self._commit_lock:  # one batch in flight at a time, whoever commits it
             while True:
-                closed, writes, deletes = core.disk_take(self.config.batch_blocks, 0.0, time.time())
+                closed, writes, deletes = core.disk_take(self.config.batch_blocks, time.time())
                 if closed or (not writes and not deletes):
                     return
                 try:
@@ -245,8 +244,7 @@ class DiskFolder:
                 except self._lmdb.Error as e:
                     core.disk_finish(False, f"{type(e).__name__}: {e}")
                 except BaseException as e:  # keep serving: the queue must never stall on a writer bug
-                    self._writer_error = e
-                    core.disk_finish(False, f"{type(e).__name__}: {e}")
+                    core.disk_finish(False, f"{type(e).__name__}: {e}")  # flush() raises it as DiskWriteError
                 else:
                     core.disk_finish(True, "")
                 if one_batch:
@@ -286,9 +284,6 @@ class DiskFolder:
             for key in keys:
                 txn.delete(key, db=self._index)
                 txn.delete(key, db=self._blocks)
-
-    def writer_error(self) -> BaseException | None:
-        return self._writer_error
 
     def close(self) -> None:
         """Stops the writer (the core must be closed first, which wakes it) and closes the folder."""
