@@ -13,6 +13,7 @@
 namespace kvtier {
 
 inline constexpr int kNumTiers = 3;  // 0 device, 1 host, 2 disk
+inline constexpr int kTierDevice = 0;
 inline constexpr int kTierHost = 1;
 inline constexpr int kTierDisk = 2;
 

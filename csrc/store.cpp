@@ -63,6 +63,22 @@ Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spe
     disk_ = std::make_unique<DiskIndex>(d.policy);
     dstats_.capacity_bytes = disk_capacity_blocks_ * spec.block_bytes;
   }
+  if (spec.device.enabled) {
+    const DeviceSpec& d = spec.device;
+    if (!spec.payloads) throw Error(Code::kInvalidArgument, "a device tier needs a store with payloads");
+    if (d.capacity_bytes < spec.block_bytes)
+      throw Error(Code::kInvalidArgument, "device capacity_bytes=" + std::to_string(d.capacity_bytes) +
+                                              " is smaller than one block (block_bytes=" +
+                                              std::to_string(spec.block_bytes) + ")");
+    if (d.capacity_bytes / spec.block_bytes > capacity_blocks_)
+      throw Error(Code::kInvalidArgument,
+                  "device capacity_bytes=" + std::to_string(d.capacity_bytes) + " exceeds the host tier's (" +
+                      std::to_string(capacity_blocks_ * spec.block_bytes) +
+                      "): every device block keeps a host slot to be written back to");
+    if (d.ordinal < 0) throw Error(Code::kInvalidArgument, "device must be >= 0");
+    // Throws cuda::Unavailable naming what is missing, Error(kCapacity) when the GPU lacks the memory.
+    darena_ = std::make_unique<DeviceArena>(d.ordinal, d.capacity_bytes / spec.block_bytes, spec.block_bytes);
+  }
   if (spec.payloads) {
     arena_ = std::make_unique<HostArena>(slots, spec.block_bytes);
     slot_refs_.assign(slots, 0);
@@ -161,7 +177,12 @@ std::uint32_t Store::walk(std::uint32_t ns, const Word* words, std::size_t n, do
 void Store::split_partial_end() {
   if (path_.empty()) return;
   Step& last = path_.back();
-  if (last.blocks < tree_.num_blocks(last.node)) last.node = tree_.split(last.node, last.blocks);
+  if (last.blocks < tree_.num_blocks(last.node)) {
+    const std::uint32_t lower = last.node;
+    last.node = tree_.split(lower, last.blocks);
+    // Both halves stay on the device, in the same place of its LRU list (dirty counts are per block).
+    if (darena_ && on_device(lower)) dev_link_before(last.node, lower);
+  }
 }
 
 void Store::touch_path(double now, bool hit) {
@@ -172,6 +193,7 @@ void Store::touch_path(double now, bool hit) {
     n.last_access = now;
     if (hit) ++n.hits;
     if (n.heap_pos != kNil) queue_.update(s.node);
+    if (darena_ && on_device(s.node)) dev_touch(s.node, op);
   }
 }
 
@@ -211,6 +233,11 @@ void Store::drop_blocks(std::uint32_t id, std::uint32_t count, double now) {
     stats_.expired += count;
   } else {
     stats_.evicted += count;
+  }
+  if (darena_ && on_device(id)) {
+    // The node leaves the device with its host blocks. Dirty blocks are written back first when they
+    // stay in the host (a partial drop) or go on to the disk; otherwise they are simply gone.
+    dev_evict(id, /*write_back=*/count < have || (disk_ && demote_), now);
   }
   if (arena_) {
     for (std::uint32_t i = have - count; i < have; ++i) {
@@ -291,7 +318,7 @@ std::uint64_t Store::expire_locked(double now) {
 }
 
 InsertResult Store::insert(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
-                           const std::uint8_t* payload, std::size_t payload_first, double now) {
+                           Memory payload, std::size_t payload_first, double now) {
   std::unique_lock<std::mutex> lock(mu_);
   check_open();
   now = resolve_now(now);
@@ -357,8 +384,7 @@ void Store::wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t bl
 }
 
 InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
-                                  const std::uint8_t* payload, std::size_t payload_first, double now,
-                                  bool as_hit) {
+                                  Memory payload, std::size_t payload_first, double now, bool as_hit) {
   InsertResult r;
   r.matched = walk(ns, words, n, now, /*reclaim=*/true);
   split_partial_end();
@@ -387,6 +413,36 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   }
   if (want == 0) return r;
 
+  // Payloads are copied before the node exists, so a failed (device) copy leaves the tree as it was.
+  std::unique_ptr<NodePayload> np;
+  const std::size_t bb = spec_.block_bytes;
+  bool to_device = false;
+  if (arena_) {
+    np = std::make_unique<NodePayload>();
+    np->slots.resize(want);
+    for (auto& slot : np->slots) slot = arena_->take();
+    const Memory src{payload.data + (r.matched - payload_first) * bb, payload.device};
+    // GPU memory on the device tier's GPU goes to the device tier, if it has room without evicting the
+    // prefix this insert extends; the host slots stay dirty until the device evicts the blocks.
+    to_device = darena_ && src.device == darena_->device() && dev_make_room(want, seq_, now);
+    try {
+      if (to_device) {
+        np->dslots.resize(want);
+        for (auto& d : np->dslots) d = darena_->take();
+        std::vector<Run> runs;
+        for (std::uint64_t i = 0; i < want; ++i)
+          runs.push_back({darena_->slot_address(np->dslots[i]), reinterpret_cast<std::uint64_t>(src.data + i * bb), bb});
+        move_runs(runs, src.device);
+      } else {
+        fill_host_slots(np->slots, src, disk_ != nullptr);
+      }
+    } catch (...) {
+      for (std::uint32_t slot : np->slots) arena_->give_back(slot);
+      for (std::uint32_t d : np->dslots) darena_->give_back(d);
+      throw;
+    }
+    for (std::uint32_t slot : np->slots) slot_refs_[slot] = 1;
+  }
   const std::uint32_t width = spec_.width;
   const std::uint32_t child = tree_.add_child(attach, words + static_cast<std::size_t>(r.matched) * width, want);
   Node& c = tree_.at(child);
@@ -394,21 +450,19 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   c.seq = seq_;
   c.last_access = now;
   if (arena_) {
-    c.payload = std::make_unique<NodePayload>();
-    auto& slots = c.payload->slots;
-    slots.resize(want);
-    const std::size_t bb = spec_.block_bytes;
-    for (std::uint64_t i = 0; i < want; ++i) {
-      const std::uint32_t slot = arena_->take();
-      slots[i] = slot;
-      slot_refs_[slot] = 1;
-      const std::uint8_t* src = payload + (r.matched + i - payload_first) * bb;
-      if (disk_)
-        slot_crc_[slot] = copy_with_checksum(arena_->slot_ptr(slot), src, bb);
-      else
-        std::memcpy(arena_->slot_ptr(slot), src, bb);
+    c.payload = std::move(np);
+    if (to_device) {
+      c.payload->dirty = true;
+      c.payload->dstamp = seq_;
+      dev_link_tail(child);
+      dused_ += want;
+      ddirty_ += want;
+      devstats_.inserted += want;
+      devstats_.bytes_written += want * bb;
+      ledger_.change(kTierDevice, account, static_cast<std::int64_t>(want * bb), now);
+    } else {
+      stats_.bytes_written += want * bb;
     }
-    stats_.bytes_written += want * bb;
     // Chained keys are computed lazily (keys_pinned), off the insert path.
   }
   used_blocks_ += want;
@@ -483,7 +537,7 @@ void Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
     if (spec_.host.ttl_s > 0.0) expire_locked(now);
     const std::uint64_t begin = t.offsets[r], end = t.offsets[r + 1];
     const InsertResult res =
-        insert_locked(ns, acc, t.words + begin * width, end - begin, nullptr, 0, now, /*as_hit=*/true);
+        insert_locked(ns, acc, t.words + begin * width, end - begin, Memory{}, 0, now, /*as_hit=*/true);
     hits_out[r] = static_cast<std::int32_t>(res.matched);
   }
 }
@@ -519,8 +573,8 @@ std::vector<AccountResidency> Store::residency(double now) {
   expire_locked(now);
   if (disk_) disk_expire_locked(now);
   std::vector<AccountResidency> out;
-  for (int tier : {kTierHost, kTierDisk}) {
-    if (tier == kTierDisk && !disk_) break;
+  for (int tier : {kTierDevice, kTierHost, kTierDisk}) {
+    if ((tier == kTierDisk && !disk_) || (tier == kTierDevice && !darena_)) continue;
     for (std::uint32_t a = 0; a < accounts_.size(); ++a)
       out.push_back({accounts_[a].first, accounts_[a].second, tier, ledger_.bytes(tier, a),
                      ledger_.byte_seconds(tier, a, now)});
@@ -538,6 +592,8 @@ void Store::close() {
   cv_.wait(lock, [&] { return !batch_open_; });  // the writer may be reading slots
   closed_ = true;
   cv_.notify_all();
+  copier_.reset();  // its copies are complete: every call waits for its own
+  darena_.reset();
   arena_.reset();
 }
 
@@ -617,6 +673,38 @@ void Store::check_invariants() {
     free_slots += refs[s] == 0;
   }
   KVTIER_ASSERT(free_slots == arena_->free_slots());
+  if (!darena_) return;
+  // The device: the LRU list holds exactly the nodes with device slots; slots are used once.
+  std::vector<bool> dused(darena_->slots(), false);
+  std::uint64_t listed = 0, dirty = 0;
+  for (std::uint32_t id = dhead_, prev = kNil; id != kNil; prev = id, id = tree_.at(id).payload->dnext) {
+    const Node& n = tree_.at(id);
+    KVTIER_ASSERT(n.alive && n.parent != kNil && n.payload->dprev == prev);
+    KVTIER_ASSERT(n.payload->dslots.size() == n.payload->slots.size());
+    if (n.payload->dnext == kNil) KVTIER_ASSERT(dtail_ == id);
+    for (std::uint32_t d : n.payload->dslots) {
+      KVTIER_ASSERT(darena_->in_use(d) && !dused[d]);
+      dused[d] = true;
+    }
+    listed += n.payload->dslots.size();
+    if (n.payload->dirty) dirty += n.payload->dslots.size();
+  }
+  KVTIER_ASSERT(listed == dused_ && dirty == ddirty_);
+  KVTIER_ASSERT(darena_->free_slots() + dused_ == darena_->slots());
+  std::uint64_t on = 0;  // every node with device slots is listed
+  for (std::uint32_t root : roots_) {
+    std::vector<std::uint32_t> todo{root};
+    while (!todo.empty()) {
+      const std::uint32_t id = todo.back();
+      todo.pop_back();
+      for (std::uint32_t c = tree_.at(id).first_child; c != kNil; c = tree_.at(c).next_sibling) {
+        KVTIER_ASSERT(!tree_.at(c).payload->dirty || !tree_.at(c).payload->dslots.empty());
+        on += tree_.at(c).payload->dslots.size();
+        todo.push_back(c);
+      }
+    }
+  }
+  KVTIER_ASSERT(on == dused_);
 }
 
 }  // namespace kvtier

@@ -20,6 +20,8 @@
 #include <vector>
 
 #include "common.h"
+#include "copy_engine.h"
+#include "device_tier.h"
 #include "disk_index.h"
 #include "host_tier.h"
 #include "keys.h"
@@ -46,6 +48,15 @@ struct DiskSpec {
   std::uint32_t queue_blocks = 64;   // blocks queued for the writer before inserts wait
 };
 
+// The device tier's shape: a pool of GPU block slots above the host tier (store_device.cpp). It is
+// inclusive: every device block also holds a host slot, written when the device evicts it.
+struct DeviceSpec {
+  bool enabled = false;
+  std::uint64_t capacity_bytes = 0;  // > 0 when enabled; at most the host tier's capacity
+  int ordinal = 0;                   // CUDA device
+  bool promote = true;               // loads copy the host blocks they read up to the device
+};
+
 struct StoreSpec {
   std::uint32_t block_size = 16;   // tokens per block (reported as matched tokens)
   std::uint32_t width = 16;        // words compared per block: block_size for tokens, 2 for u64 ids
@@ -53,6 +64,7 @@ struct StoreSpec {
   bool payloads = true;            // false = metadata-only (no arena, no keys)
   TierSpec host;
   DiskSpec disk;
+  DeviceSpec device;
 };
 
 struct TierStats {
@@ -92,6 +104,26 @@ struct DiskStats {
   std::uint64_t pinned_blocks = 0;
 };
 
+struct DeviceStats {
+  std::uint64_t hits = 0;           // blocks loaded from the device tier
+  std::uint64_t inserted = 0;       // blocks stored from GPU memory straight into the device tier
+  std::uint64_t promoted = 0;       // host blocks copied up to the device
+  std::uint64_t evicted = 0;        // blocks that left the device (LRU, evict(), or with their host block)
+  std::uint64_t written_back = 0;   // device-only blocks copied down to their host slot (demotion, disk)
+  std::uint64_t bytes_written = 0;  // payload bytes copied into device slots
+  std::uint64_t bytes_read = 0;     // payload bytes copied out of device slots
+  std::uint64_t blocks = 0;
+  std::uint64_t dirty_blocks = 0;   // blocks whose only copy is on the device
+  std::uint64_t resident_bytes = 0;
+  std::uint64_t capacity_bytes = 0;
+};
+
+// Memory passed to the store: host memory (device -1) or CUDA memory of device `device`.
+struct Memory {
+  std::uint8_t* data = nullptr;
+  int device = -1;
+};
+
 // One block handed to the writer: where its payload is and its index record.
 struct WriteOut {
   Key key;
@@ -123,6 +155,8 @@ struct AccountResidency {
 struct MatchResult {
   std::uint32_t blocks = 0;       // leading full blocks found in the host tier
   std::uint32_t disk_blocks = 0;  // blocks found on disk after those
+  std::uint32_t device_blocks = 0;  // of the host blocks, those also on the device tier
+  std::vector<std::uint8_t> on_device;  // per host block, 1 if on the device (filled when a device tier exists)
   std::uint32_t pin = kNil;       // pin record (when asked and something matched)
   bool probe = false;             // the disk lookup stopped at a missing key: `probe_key` of
   Key probe_key{};                // block blocks + disk_blocks (another process may have stored it)
@@ -166,23 +200,29 @@ class Store {
 
   // Stores the blocks of `words` not yet present. Payload mode: `payload` holds blocks
   // [payload_first, n) back to back (block_bytes each); blocks below payload_first must be present.
+  // `payload` may be GPU memory: with a device tier on that GPU the new blocks go to the device tier
+  // (device to device; their host slots are written only when the device evicts them), otherwise they
+  // are copied to the host tier.
   InsertResult insert(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
-                      const std::uint8_t* payload, std::size_t payload_first, double now);
+                      Memory payload, std::size_t payload_first, double now);
 
   // Copies the payloads of pinned prefix `pin` (at most `max_blocks`) to `out`: host blocks and
   // disk blocks still in the write queue. Returns the blocks copied from the front; committed disk
   // blocks after them are listed in `reads` for the caller to read from the folder, verify and copy
   // (copy_with_checksum), then report with disk_finish_load.
-  std::uint32_t load_pinned(std::uint32_t pin, std::uint8_t* out, std::size_t max_blocks,
-                            std::vector<DiskRead>* reads);
+  // `out` may be GPU memory. With a device tier that promotes, the host blocks read are copied up to it.
+  std::uint32_t load_pinned(std::uint32_t pin, Memory out, std::size_t max_blocks, std::vector<DiskRead>* reads);
   // After a load's folder reads: `good` leading blocks of the prefix are in `out`; `bad` keys failed
   // their checksum (or were gone) and are removed. With `promote`, good disk blocks are copied into
   // the host tier when that needs no wait. Returns `good`.
-  std::uint32_t disk_finish_load(std::uint32_t pin, const std::uint8_t* out, std::uint32_t good,
-                                 const std::vector<Key>& corrupt, const std::vector<Key>& missing, bool promote,
-                                 double now);
+  // When `out` is GPU memory the caller read the folder's blocks into host memory `staged` instead
+  // (block staged_blocks[k] at staged + k * block_bytes); they are copied to `out` first.
+  std::uint32_t disk_finish_load(std::uint32_t pin, Memory out, std::uint32_t good, const std::vector<Key>& corrupt,
+                                 const std::vector<Key>& missing, bool promote, double now,
+                                 const std::uint8_t* staged = nullptr,
+                                 const std::vector<std::uint32_t>& staged_blocks = {});
   // Match (touching) and copy in one locked step. Returns blocks copied.
-  std::uint32_t load(std::uint32_t ns, const Word* words, std::size_t n, std::uint8_t* out, double now);
+  std::uint32_t load(std::uint32_t ns, const Word* words, std::size_t n, Memory out, double now);
   // Chained keys of pinned prefix `pin` (payload mode).
   std::vector<Key> keys_pinned(std::uint32_t pin);
 
@@ -225,11 +265,13 @@ class Store {
   DiskStats disk_stats();
 
   std::uint64_t evict(std::uint64_t bytes, double now);  // host: frees at least `bytes` (demoting to disk)
+  std::uint64_t evict_device(std::uint64_t bytes, double now);  // device: frees at least `bytes` (to the host)
   std::uint64_t expire(double now);                      // reclaims expired blocks; returns blocks
   std::uint64_t clear(double now);                       // removes every unpinned block, every tier
   void replay(const ReplayTrace& trace, std::int32_t* hits_out);
 
   TierStats stats();
+  DeviceStats device_stats();
   std::vector<AccountResidency> residency(double now);
   double clock_now();  // the store's notion of now (last time seen, or the monotonic clock)
   void close();  // waits for a writer batch in flight; wakes the writer
@@ -282,7 +324,23 @@ class Store {
   void wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t blocks);
   bool disk_chain(std::uint32_t ns, const Word* words, std::size_t host_blocks, std::size_t to, double now, Key* last);
   std::size_t spill_locked(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t from, std::size_t to,
-                           const std::uint8_t* payload, std::size_t payload_first, double now, Key* prev);
+                           Memory payload, std::size_t payload_first, double now, Key* prev);
+  // ---- device tier (store_device.cpp) ----
+  bool on_device(std::uint32_t id) const { return !tree_.at(id).payload->dslots.empty(); }
+  void dev_link_tail(std::uint32_t id);
+  void dev_link_before(std::uint32_t id, std::uint32_t next);
+  void dev_unlink(std::uint32_t id);
+  void dev_touch(std::uint32_t id, std::uint64_t op);
+  bool dev_make_room(std::uint64_t blocks, std::uint64_t guard, double now);
+  bool dev_place(std::uint32_t id, std::uint64_t guard, double now);
+  void dev_write_back(std::uint32_t id);
+  void dev_evict(std::uint32_t id, bool write_back, double now);
+  void dev_promote_chain(const std::vector<std::uint32_t>& root_first, double now);
+  std::uint32_t copy_out(const std::vector<Step>& steps, Memory out);
+  void move_runs(std::vector<Run>& runs, int device);
+  CopyEngine& copier();
+  void fill_host_slots(const std::vector<std::uint32_t>& slots, Memory src, bool checksum);
+
   std::uint32_t walk(std::uint32_t ns, const Word* words, std::size_t n, double now, bool reclaim);
   void split_partial_end();
   void touch_path(double now, bool hit);
@@ -293,7 +351,7 @@ class Store {
   std::uint64_t evict_blocks(std::uint64_t count, double now);
   std::uint64_t expire_locked(double now);
   InsertResult insert_locked(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
-                             const std::uint8_t* payload, std::size_t payload_first, double now, bool as_hit);
+                             Memory payload, std::size_t payload_first, double now, bool as_hit);
   std::uint64_t capacity_blocks() const { return capacity_blocks_; }
 
   StoreSpec spec_;
@@ -338,6 +396,15 @@ class Store {
   std::condition_variable cv_;            // queue changes: writer work, room, flush
   std::vector<PinRecord> pin_records_;
   std::vector<std::uint32_t> free_pins_;
+
+  // Device tier (spec_.device.enabled): GPU slots, an LRU list of the nodes on it (head = coldest).
+  std::unique_ptr<DeviceArena> darena_;
+  std::unique_ptr<CopyEngine> copier_;  // device copies, on its own stream (created on first use)
+  DeviceStats devstats_;
+  std::uint32_t dhead_ = kNil;
+  std::uint32_t dtail_ = kNil;
+  std::uint64_t dused_ = 0;             // device blocks in use
+  std::uint64_t ddirty_ = 0;            // of those, dirty
 
   std::vector<Step> path_;           // scratch for walk()
   std::vector<std::uint32_t> stack_; // scratch for subtree walks

@@ -31,6 +31,7 @@ bool Store::disk_room(double now) {
 // Queues block `block` of host node `node` for the disk. With `host_keeps` the host tree keeps the
 // block too (write-through); otherwise the host's hold on the slot passes to the write (demotion).
 void Store::queue_write(std::uint32_t node, std::uint32_t block, bool host_keeps, double now) {
+  if (darena_ && on_device(node)) dev_write_back(node);  // the writer reads the host slot
   const std::uint32_t slot = tree_.at(node).payload->slots[block];
   const Key key = node_keys(node)[block];
   const bool known = disk_->find(key) != kNil;  // already on disk or queued: same key, same payload
@@ -86,7 +87,7 @@ bool Store::disk_chain(std::uint32_t ns, const Word* words, std::size_t host_blo
 // each in a free slot of the arena's queue reserve. Returns the blocks stored (already on disk or
 // queued); stops early when the disk is full of pinned or queued blocks.
 std::size_t Store::spill_locked(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t from,
-                                std::size_t to, const std::uint8_t* payload, std::size_t payload_first, double now,
+                                std::size_t to, Memory payload, std::size_t payload_first, double now,
                                 Key* prev) {
   const std::uint32_t width = spec_.width;
   const std::size_t bb = spec_.block_bytes;
@@ -102,8 +103,13 @@ std::size_t Store::spill_locked(std::uint32_t ns, std::uint32_t account, const W
         break;
       }
       const std::uint32_t slot = arena_->take();
+      try {
+        fill_host_slots({slot}, Memory{payload.data + (i - payload_first) * bb, payload.device}, /*checksum=*/true);
+      } catch (...) {
+        arena_->give_back(slot);
+        throw;
+      }
       slot_refs_[slot] = 1;
-      slot_crc_[slot] = copy_with_checksum(arena_->slot_ptr(slot), payload + (i - payload_first) * bb, bb);
       const std::uint32_t id = disk_->add(key, first ? Key{} : *prev, ns, DiskState::kPending);
       DiskEntry& e = disk_->at(id);
       e.account = account;
@@ -240,11 +246,21 @@ std::uint32_t Store::disk_walk(std::uint32_t ns, const Word* words, std::size_t 
   return static_cast<std::uint32_t>(i - r->blocks);
 }
 
-std::uint32_t Store::disk_finish_load(std::uint32_t pin, const std::uint8_t* out, std::uint32_t good,
+std::uint32_t Store::disk_finish_load(std::uint32_t pin, Memory out, std::uint32_t good,
                                       const std::vector<Key>& corrupt, const std::vector<Key>& missing, bool promote,
-                                      double now) {
+                                      double now, const std::uint8_t* staged,
+                                      const std::vector<std::uint32_t>& staged_blocks) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
+  if (staged != nullptr) {  // GPU `out`: the folder's blocks were read into host memory first
+    const std::size_t bb = spec_.block_bytes;
+    std::vector<Run> runs;
+    for (std::size_t k = 0; k < staged_blocks.size(); ++k)
+      if (staged_blocks[k] < good)
+        runs.push_back({reinterpret_cast<std::uint64_t>(out.data + staged_blocks[k] * bb),
+                        reinterpret_cast<std::uint64_t>(staged + k * bb), bb});
+    move_runs(runs, out.device);
+  }
   if (std::isnan(now) && std::isfinite(last_now_)) now = last_now_;
   now = resolve_now(now);
   KVTIER_ASSERT(pin < pin_records_.size() && pin_records_[pin].alive);

@@ -1,5 +1,6 @@
 // Store: lookups and loads — match and pins, copies out of the host tier, chained keys of pinned
 // prefixes. The disk tier's part of a lookup is in store_disk.cpp.
+#include <algorithm>
 #include <cstring>
 
 #include "store.h"
@@ -35,6 +36,14 @@ MatchResult Store::match(std::uint32_t ns, const Word* words, std::size_t n, dou
     touch_path(now, /*hit=*/true);
     stats_.hits += r.blocks;
     stats_.misses += n - r.blocks;
+  }
+  if (darena_) {
+    r.on_device.reserve(r.blocks);
+    for (const Step& s : path_) {
+      const bool dev = on_device(s.node);
+      r.on_device.insert(r.on_device.end(), s.blocks, dev ? 1 : 0);
+      r.device_blocks += dev ? s.blocks : 0;
+    }
   }
   std::vector<std::uint32_t> disk_ids;
   if (disk_ && r.blocks < n) {
@@ -85,6 +94,7 @@ void Store::unpin(std::uint32_t pin, double now) {
     n.last_access = now;
     if (n.heap_pos != kNil) queue_.update(id);
     refresh_candidate(id);
+    if (darena_ && on_device(id)) dev_touch(id, op);
   }
   for (std::uint32_t id : rec.disk) {
     DiskEntry& e = disk_->at(id);
@@ -101,7 +111,7 @@ void Store::unpin(std::uint32_t pin, double now) {
   free_pins_.push_back(pin);
 }
 
-std::uint32_t Store::load_pinned(std::uint32_t pin, std::uint8_t* out, std::size_t max_blocks,
+std::uint32_t Store::load_pinned(std::uint32_t pin, Memory out, std::size_t max_blocks,
                                  std::vector<DiskRead>* reads) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
@@ -115,30 +125,35 @@ std::uint32_t Store::load_pinned(std::uint32_t pin, std::uint8_t* out, std::size
     chain.push_back(id);
   }
   const std::size_t bb = spec_.block_bytes;
+  std::vector<Step> steps;
   std::size_t copied = 0;
   for (auto it = chain.rbegin(); it != chain.rend() && copied < max_blocks; ++it) {
-    const Node& n = tree_.at(*it);
-    for (std::uint32_t s : n.payload->slots) {
-      if (copied == max_blocks) break;
-      std::memcpy(out + copied * bb, arena_->slot_ptr(s), bb);
-      ++copied;
-    }
+    const auto take = static_cast<std::uint32_t>(std::min<std::size_t>(tree_.num_blocks(*it), max_blocks - copied));
+    steps.push_back({*it, take});
+    copied += take;
   }
-  stats_.bytes_read += copied * bb;
+  copy_out(steps, out);
+  if (darena_) {
+    std::vector<std::uint32_t> root_first(chain.rbegin(), chain.rend());
+    dev_promote_chain(root_first, last_now_);
+  }
   if (copied < rec.host_blocks) return static_cast<std::uint32_t>(copied);
+  std::vector<Run> queued;  // disk blocks still in the write queue: their host slot has them
   for (std::size_t k = 0; k < rec.disk.size() && copied < max_blocks; ++k, ++copied) {
     const DiskEntry& e = disk_->at(rec.disk[k]);
     if (e.state == DiskState::kRemoved) break;  // found damaged by another load meanwhile
     if (e.slot != kNil) {
-      std::memcpy(out + copied * bb, arena_->slot_ptr(e.slot), bb);  // still queued: the host slot has it
+      queued.push_back({reinterpret_cast<std::uint64_t>(out.data + copied * bb),
+                        reinterpret_cast<std::uint64_t>(arena_->slot_ptr(e.slot)), bb});
     } else {
       reads->push_back({static_cast<std::uint32_t>(copied), e.key, e.checksum});
     }
   }
+  move_runs(queued, out.device);
   return static_cast<std::uint32_t>(copied);
 }
 
-std::uint32_t Store::load(std::uint32_t ns, const Word* words, std::size_t n, std::uint8_t* out, double now) {
+std::uint32_t Store::load(std::uint32_t ns, const Word* words, std::size_t n, Memory out, double now) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
   if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
@@ -148,14 +163,12 @@ std::uint32_t Store::load(std::uint32_t ns, const Word* words, std::size_t n, st
   touch_path(now, /*hit=*/true);
   stats_.hits += m;
   stats_.misses += n - m;
-  const std::size_t bb = spec_.block_bytes;
-  std::size_t copied = 0;
-  for (const Step& s : path_) {
-    const Node& node = tree_.at(s.node);
-    for (std::uint32_t i = 0; i < s.blocks; ++i, ++copied)
-      std::memcpy(out + copied * bb, arena_->slot_ptr(node.payload->slots[i]), bb);
+  copy_out(path_, out);
+  if (darena_) {
+    std::vector<std::uint32_t> root_first;
+    for (const Step& s : path_) root_first.push_back(s.node);
+    dev_promote_chain(root_first, now);
   }
-  stats_.bytes_read += copied * bb;
   return m;
 }
 

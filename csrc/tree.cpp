@@ -111,6 +111,12 @@ std::uint32_t RadixTree::split(std::uint32_t id, std::uint32_t at) {
       to.keys.assign(from.keys.begin(), from.keys.begin() + at);
       from.keys.erase(from.keys.begin(), from.keys.begin() + at);
     }
+    if (!from.dslots.empty()) {  // both halves stay on the device; the store links `up` into its list
+      to.dslots.assign(from.dslots.begin(), from.dslots.begin() + at);
+      from.dslots.erase(from.dslots.begin(), from.dslots.begin() + at);
+      to.dirty = from.dirty;
+      to.dstamp = from.dstamp;
+    }
   }
   n.depth += at;
 
@@ -154,6 +160,7 @@ void RadixTree::trim_tail(std::uint32_t id, std::uint32_t n) {
   if (node.payload) {
     node.payload->slots.resize(node.payload->slots.size() - n);
     if (!node.payload->keys.empty()) node.payload->keys.resize(node.payload->keys.size() - n);
+    KVTIER_ASSERT(node.payload->dslots.empty());  // the store takes the blocks off the device first
   }
 }
 

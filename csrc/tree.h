@@ -28,6 +28,12 @@ using Key = std::array<std::uint8_t, 32>;
 struct NodePayload {
   std::vector<std::uint32_t> slots;  // host slot per block
   std::vector<Key> keys;             // chained key per block, filled lazily (empty until asked)
+  // Device tier (store_device.cpp): a GPU slot per block when the node is on the device, else empty.
+  std::vector<std::uint32_t> dslots;
+  bool dirty = false;                // the host slots are stale: the device holds the only copy
+  std::uint32_t dprev = kNil;        // the device tier's LRU list (Store owns its ends)
+  std::uint32_t dnext = kNil;
+  std::uint64_t dstamp = 0;          // operation that last touched the node on the device
 };
 
 // A node's run of blocks: blocks() blocks of the tree's width, block-major, in a buffer of the

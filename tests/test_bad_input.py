@@ -929,7 +929,7 @@ _CORE_MISUSE = """
     expect(kvtier.InvalidArgumentError, _core.block_keys, b"k" * 31, [1, 2], 2, 100, b"", None)
 
     s.insert(ns, 0, [1, 2, 3, 4], bytes(range(8)), 0, None)
-    blocks, _disk, pin, _probe = s.match(ns, [1, 2, 3, 4], None, True, True)
+    blocks, _disk, pin, _probe, _dev = s.match(ns, [1, 2, 3, 4], None, True, True)
     assert blocks == 2 and pin.active
     expect(TypeError, s.unpin, None)
     s.close()

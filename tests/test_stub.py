@@ -433,12 +433,14 @@ def test_parameter_names_are_the_bound_ones() -> None:
     ns = s.add_namespace(kvtier.Namespace(model="m").key(2))
     acc = s.account(ns, "")
     assert s.insert(ns=ns, account=acc, tokens=[1, 2], payload=bytes(4), payload_first=0, now=1.0) == (0, 1, 1)
-    blocks, disk_blocks, pin, probe = s.match(ns=ns, tokens=[1, 2], now=2.0, touch=True, pin=True)
-    assert (blocks, disk_blocks, probe, pin.blocks, pin.active) == (1, 0, None, 1, True)
+    blocks, disk_blocks, pin, probe, on_device = s.match(ns=ns, tokens=[1, 2], now=2.0, touch=True, pin=True)
+    assert (blocks, disk_blocks, probe, on_device, pin.blocks, pin.active) == (1, 0, None, None, 1, True)
     assert s.load_pinned(pin=pin, out=bytearray(4)) == (1, [])
     assert s.keys_pinned(pin).shape == (1, 32)
     s.unpin(pin)
     assert s.evict(bytes=4, now=3.0) == 4
+    assert s.evict_device(bytes=4, now=3.0) == 0  # no device tier
+    assert s.device_stats()["capacity_bytes"] == 0
     with pytest.raises(kvtier.InvalidArgumentError, match="metadata-only"):
         s.replay(offsets=[0], blocks=[], times=[], ns=None, accounts=None)
     meta = _core.Store(

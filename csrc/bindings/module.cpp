@@ -77,6 +77,33 @@ ByteView byte_view(py::handle obj, bool writable, const char* arg) {
   return v;
 }
 
+// A payload or output argument: a buffer-protocol object, or memory the facade passes as the tuple
+// (address, bytes, device; -1 = host) read from the caller's tensor (kvtier.kv_layout.as_tensor_view),
+// holding the tensor for the call.
+struct MemArg {
+  Memory mem;
+  std::size_t bytes = 0;
+  ByteView view;  // keeps a host buffer alive
+};
+
+MemArg mem_arg(py::handle obj, bool writable, const char* arg) {
+  MemArg m;
+  if (py::isinstance<py::tuple>(obj)) {
+    const auto t = py::reinterpret_borrow<py::tuple>(obj);
+    if (t.size() != 3) raise(Code::kTypeError, std::string(arg) + ": a device buffer is (address, bytes, device)");
+    m.mem.data = reinterpret_cast<std::uint8_t*>(t[0].cast<std::uint64_t>());
+    m.bytes = t[1].cast<std::size_t>();
+    m.mem.device = t[2].cast<int>();
+    if (m.mem.device < -1 || (m.mem.data == nullptr && m.bytes > 0))
+      raise(Code::kInvalidArgument, std::string(arg) + ": a memory tuple needs an address and a device >= -1");
+    return m;
+  }
+  m.view = byte_view(obj, writable, arg);
+  m.mem.data = m.view.data;
+  m.bytes = m.view.bytes;
+  return m;
+}
+
 struct PyStore {
   std::shared_ptr<Store> store;
   bool ids;               // block ids instead of tokens
@@ -269,7 +296,8 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init([](std::uint32_t block_size, bool ids, std::uint64_t block_bytes, bool payloads,
                        std::uint64_t capacity_bytes, int policy, double ttl_s, std::uint64_t limit,
                        std::uint64_t disk_capacity_bytes, int disk_policy, double disk_ttl_s, bool write_through,
-                       std::uint32_t queue_blocks) {
+                       std::uint32_t queue_blocks, std::uint64_t device_capacity_bytes, int device,
+                       bool device_promote) {
              if (policy < 0 || policy > 2) raise(Code::kInvalidArgument, "policy must be 0 (lru), 1 (lfu) or 2 (ttl)");
              if (disk_policy < 0 || disk_policy > 2)
                raise(Code::kInvalidArgument, "disk policy must be 0 (lru), 1 (lfu) or 2 (ttl)");
@@ -289,6 +317,12 @@ PYBIND11_MODULE(_core, m) {
                spec.disk.write_through = write_through;
                spec.disk.queue_blocks = queue_blocks;
              }
+             if (device_capacity_bytes > 0) {
+               spec.device.enabled = true;
+               spec.device.capacity_bytes = device_capacity_bytes;
+               spec.device.ordinal = device;
+               spec.device.promote = device_promote;
+             }
              auto s = std::make_unique<PyStore>();
              {
                py::gil_scoped_release nogil;
@@ -301,7 +335,8 @@ PYBIND11_MODULE(_core, m) {
            py::kw_only(), py::arg("block_size"), py::arg("ids"), py::arg("block_bytes"), py::arg("payloads"),
            py::arg("capacity_bytes"), py::arg("policy"), py::arg("ttl_s"), py::arg("limit"),
            py::arg("disk_capacity_bytes") = 0, py::arg("disk_policy") = 0, py::arg("disk_ttl_s") = 0.0,
-           py::arg("write_through") = false, py::arg("queue_blocks") = 64)
+           py::arg("write_through") = false, py::arg("queue_blocks") = 64, py::arg("device_capacity_bytes") = 0,
+           py::arg("device") = 0, py::arg("device_promote") = true)
       .def("add_namespace", [](PyStore& s, py::bytes key) { return s.store->add_namespace(key_from(key, "namespace key")); })
       .def("account", [](PyStore& s, std::uint32_t ns, const std::string& session) { return s.store->account(ns, session); })
       .def("namespace_key_of", [](PyStore& s, std::uint32_t ns) { return key_bytes(s.store->namespace_key_of(ns)); })
@@ -317,7 +352,10 @@ PYBIND11_MODULE(_core, m) {
             py::object handle = py::none();
             if (pin && r.pin != kNil) handle = py::cast(PyPin{s.store, r.pin, r.blocks + r.disk_blocks, true});
             py::object probe = r.probe ? py::object(key_bytes(r.probe_key)) : py::object(py::none());
-            return py::make_tuple(r.blocks, r.disk_blocks, handle, probe);
+            py::object on_device = py::none();  // per host block, 1 if also on the device tier
+            if (s.store->spec().device.enabled)
+              on_device = py::bytes(reinterpret_cast<const char*>(r.on_device.data()), r.on_device.size());
+            return py::make_tuple(r.blocks, r.disk_blocks, handle, probe, on_device);
           },
           py::arg("ns"), py::arg("tokens"), py::arg("now"), py::arg("touch"), py::arg("pin"))
       .def("unpin",
@@ -341,22 +379,22 @@ PYBIND11_MODULE(_core, m) {
              std::size_t payload_first, std::optional<double> now) {
             Words w = s.words_of(tokens, "tokens");
             const std::size_t n = s.blocks_of(w);
-            const std::uint8_t* data = nullptr;
-            ByteView v;
+            Memory data;
+            MemArg v;
             if (!payload.is_none()) {
               if (!s.store->spec().payloads)
                 raise(Code::kInvalidArgument, "payloads given to a metadata-only store");
               if (payload_first > n)
                 raise(Code::kInvalidArgument, "start_block=" + std::to_string(payload_first) + " is beyond the " +
                                                   std::to_string(n) + " full blocks of tokens");
-              v = byte_view(payload, false, "payloads");
+              v = mem_arg(payload, false, "payloads");
               const std::size_t want = (n - payload_first) * s.store->spec().block_bytes;
               if (v.bytes != want)
                 raise(Code::kInvalidArgument, "payloads has " + std::to_string(v.bytes) + " bytes; expected " +
                                                   std::to_string(want) + " (" + std::to_string(n - payload_first) +
                                                   " blocks x block_bytes=" +
                                                   std::to_string(s.store->spec().block_bytes) + ")");
-              data = v.data;
+              data = v.mem;
             } else if (s.store->spec().payloads) {
               raise(Code::kInvalidArgument, "payloads are required: this store keeps KV payloads "
                                             "(use metadata_only=True for a store without them)");
@@ -375,20 +413,20 @@ PYBIND11_MODULE(_core, m) {
           [](PyStore& s, std::uint32_t ns, py::handle tokens, py::handle out, std::optional<double> now) {
             Words w = s.words_of(tokens, "tokens");
             const std::size_t n = s.blocks_of(w);
-            ByteView v = byte_view(out, true, "out");
+            MemArg v = mem_arg(out, true, "out");
             const std::size_t bb = s.store->spec().block_bytes;
             if (v.bytes < n * bb)
               raise(Code::kInvalidArgument, "out has " + std::to_string(v.bytes) + " bytes; it must hold " +
                                                 std::to_string(n) + " blocks x block_bytes=" + std::to_string(bb));
             py::gil_scoped_release nogil;
-            return s.store->load(ns, w.data, n, v.data, time_arg(now));
+            return s.store->load(ns, w.data, n, v.mem, time_arg(now));
           },
           py::arg("ns"), py::arg("tokens"), py::arg("out"), py::arg("now"))
       .def(
           "load_pinned",
           [](PyStore& s, PyPin& p, py::handle out) {
             active_pin(s, p);
-            ByteView v = byte_view(out, true, "out");
+            MemArg v = mem_arg(out, true, "out");
             const std::size_t bb = s.store->spec().block_bytes;
             if (v.bytes < static_cast<std::size_t>(p.blocks) * bb)
               raise(Code::kInvalidArgument, "out has " + std::to_string(v.bytes) + " bytes; it must hold " +
@@ -397,7 +435,7 @@ PYBIND11_MODULE(_core, m) {
             std::uint32_t planned;
             {
               py::gil_scoped_release nogil;
-              planned = s.store->load_pinned(p.pin, v.data, p.blocks, &reads);
+              planned = s.store->load_pinned(p.pin, v.mem, p.blocks, &reads);
             }
             py::list r;
             for (const DiskRead& d : reads) r.append(py::make_tuple(d.block, key_bytes(d.key), d.checksum));
@@ -407,18 +445,28 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "disk_finish_load",
           [](PyStore& s, PyPin& p, py::handle out, std::uint32_t good, const py::list& corrupt, const py::list& missing,
-             bool promote, std::optional<double> now) {
+             bool promote, std::optional<double> now, py::handle staged, std::vector<std::uint32_t> staged_blocks) {
             active_pin(s, p);
-            ByteView v = byte_view(out, false, "out");
-            if (good > p.blocks || v.bytes < static_cast<std::size_t>(good) * s.store->spec().block_bytes)
+            MemArg v = mem_arg(out, true, "out");
+            const std::size_t bb = s.store->spec().block_bytes;
+            if (good > p.blocks || v.bytes < static_cast<std::size_t>(good) * bb)
               raise(Code::kInvalidArgument, "good blocks out of range");
+            MemArg st;
+            if (!staged.is_none()) {
+              st = mem_arg(staged, false, "staged");
+              if (st.mem.device >= 0 || st.bytes < staged_blocks.size() * bb)
+                raise(Code::kInvalidArgument, "staged must be host memory holding every staged block");
+              for (std::uint32_t b : staged_blocks)
+                if (b >= p.blocks) raise(Code::kInvalidArgument, "staged block out of range");
+            }
             const std::vector<Key> bad = keys_from_list(corrupt, "corrupt"), gone = keys_from_list(missing, "missing");
             const double t = time_arg(now);
             py::gil_scoped_release nogil;
-            return s.store->disk_finish_load(p.pin, v.data, good, bad, gone, promote, t);
+            return s.store->disk_finish_load(p.pin, v.mem, good, bad, gone, promote, t, st.mem.data, staged_blocks);
           },
           py::arg("pin"), py::arg("out"), py::arg("good"), py::arg("corrupt"), py::arg("missing"), py::arg("promote"),
-          py::arg("now") = py::none())
+          py::arg("now") = py::none(), py::arg("staged") = py::none(),
+          py::arg("staged_blocks") = std::vector<std::uint32_t>{})
       .def(
           "disk_take",
           [](PyStore& s, std::size_t max_blocks, double wall_now) {
@@ -539,6 +587,30 @@ PYBIND11_MODULE(_core, m) {
              py::gil_scoped_release nogil;
              return s.store->evict(bytes, time_arg(now));
            }, py::arg("bytes"), py::arg("now"))
+      .def("evict_device", [](PyStore& s, std::uint64_t bytes, std::optional<double> now) {
+             py::gil_scoped_release nogil;
+             return s.store->evict_device(bytes, time_arg(now));
+           }, py::arg("bytes"), py::arg("now"))
+      .def("device_stats", [](PyStore& s) {
+        DeviceStats st;
+        {
+          py::gil_scoped_release nogil;
+          st = s.store->device_stats();
+        }
+        py::dict d;
+        d["hits"] = st.hits;
+        d["inserted"] = st.inserted;
+        d["promoted"] = st.promoted;
+        d["evicted"] = st.evicted;
+        d["written_back"] = st.written_back;
+        d["bytes_written"] = st.bytes_written;
+        d["bytes_read"] = st.bytes_read;
+        d["blocks"] = st.blocks;
+        d["dirty_blocks"] = st.dirty_blocks;
+        d["resident_bytes"] = st.resident_bytes;
+        d["capacity_bytes"] = st.capacity_bytes;
+        return d;
+      })
       .def("expire", [](PyStore& s, std::optional<double> now) {
              py::gil_scoped_release nogil;
              return s.store->expire(time_arg(now));

@@ -24,6 +24,7 @@ from kvtier.keys import block_keys
 from kvtier.kv_layout import KVLayout, KVRegion, TensorView
 from kvtier.replay import ReplayTrace
 from kvtier.store import (
+    DeviceStats,
     DiskStats,
     InsertResult,
     MatchResult,
@@ -48,6 +49,7 @@ __all__ = [
     "MatchResult",
     "InsertResult",
     "StoreStats",
+    "DeviceStats",
     "DiskStats",
     "Residency",
     "ResidencyRow",

@@ -23,6 +23,9 @@ import numpy.typing as npt
 _ReadBuffer: TypeAlias = npt.ArrayLike | memoryview | bytes | bytearray
 # ``out`` of load: a C-contiguous writable buffer (numpy array, bytearray, writable memoryview).
 _WriteBuffer: TypeAlias = npt.NDArray[Any] | bytearray | memoryview
+# Memory the facade describes itself (CUDA memory, host tensors without the buffer protocol):
+# (address, bytes, device ordinal or -1 for host memory).
+_Memory: TypeAlias = tuple[int, int, int]
 # Token ids: a TokenSequence, a 1-D contiguous integer buffer, or a list/tuple of ints (not bool);
 # each in [0, limit). In a store made with ids=True: 64-bit block ids, a 1-D integer array or a
 # list/tuple of ints >= 0 (a TokenSequence is refused there).
@@ -98,36 +101,42 @@ class Store:
         disk_ttl_s: float = 0.0,
         write_through: bool = False,
         queue_blocks: int = 64,
+        device_capacity_bytes: int = 0,
+        device: int = 0,
+        device_promote: bool = True,
     ) -> None: ...
     def add_namespace(self, arg0: bytes, /) -> int: ...
     def account(self, arg0: int, arg1: str, /) -> int: ...
     def namespace_key_of(self, arg0: int, /) -> bytes: ...
-    # (host blocks, disk blocks after them, pin or None, key where the disk lookup stopped or None)
+    # (host blocks, disk blocks after them, pin or None, key where the disk lookup stopped or None,
+    #  per host block 1 if on the device tier (None without one))
     def match(
         self, ns: int, tokens: _Tokens, now: float | None, touch: bool, pin: bool
-    ) -> tuple[int, int, Pin | None, bytes | None]: ...
+    ) -> tuple[int, int, Pin | None, bytes | None, bytes | None]: ...
     def unpin(self, pin: Pin, now: float | None = None) -> None: ...
     def insert(
         self,
         ns: int,
         account: int,
         tokens: _Tokens,
-        payload: _ReadBuffer | None,
+        payload: _ReadBuffer | _Memory | None,
         payload_first: int,
         now: float | None,
     ) -> tuple[int, int, int]: ...
-    def load(self, ns: int, tokens: _Tokens, out: _WriteBuffer, now: float | None) -> int: ...
+    def load(self, ns: int, tokens: _Tokens, out: _WriteBuffer | _Memory, now: float | None) -> int: ...
     # (blocks planned, [(block, key, checksum)] to read from the disk folder)
-    def load_pinned(self, pin: Pin, out: _WriteBuffer) -> tuple[int, list[tuple[int, bytes, int]]]: ...
+    def load_pinned(self, pin: Pin, out: _WriteBuffer | _Memory) -> tuple[int, list[tuple[int, bytes, int]]]: ...
     def disk_finish_load(
         self,
         pin: Pin,
-        out: _ReadBuffer,
+        out: _WriteBuffer | _Memory,
         good: int,
         corrupt: list[bytes],
         missing: list[bytes],
         promote: bool,
         now: float | None = None,
+        staged: _ReadBuffer | None = None,
+        staged_blocks: list[int] = ...,
     ) -> int: ...
     # (closed, [(key, index record, payload view)], [keys to delete])
     def disk_take(
@@ -154,6 +163,10 @@ class Store:
     def disk_stats(self) -> dict[str, Any]: ...
     def keys_pinned(self, arg0: Pin, /) -> npt.NDArray[np.uint8]: ...
     def evict(self, bytes: int, now: float | None) -> int: ...
+    def evict_device(self, bytes: int, now: float | None) -> int: ...
+    # Keys: hits, inserted, promoted, evicted, written_back, bytes_written, bytes_read, blocks, dirty_blocks,
+    # resident_bytes, capacity_bytes; every value is an int.
+    def device_stats(self) -> dict[str, Any]: ...
     def expire(self, now: float | None) -> int: ...
     def clear(self, now: float | None) -> int: ...
     def replay(

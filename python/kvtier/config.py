@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from kvtier.errors import InvalidArgumentError, KvtierTypeError
+
+if TYPE_CHECKING:
+    from kvtier.device import DeviceTierConfig
 
 __all__ = ["Namespace", "TierConfig", "DiskConfig", "StoreConfig", "Policy"]
 
@@ -195,6 +198,9 @@ class StoreConfig:
         The host-memory tier.
     disk
         The disk tier below it (:class:`DiskConfig`), or ``None``.
+    device
+        The device tier above it (:class:`kvtier.DeviceTierConfig`: GPU memory, needs CUDA), or ``None``.
+        Every device block also keeps a host slot, so its capacity is at most the host tier's.
     """
 
     block_size: int = 16
@@ -205,6 +211,7 @@ class StoreConfig:
     payload_dtype: str | None = None
     host: TierConfig = field(default_factory=TierConfig)
     disk: DiskConfig | None = None
+    device: DeviceTierConfig | None = None
 
     def __post_init__(self) -> None:
         _check_int("block_size", self.block_size, 1)
@@ -226,6 +233,25 @@ class StoreConfig:
                 raise InvalidArgumentError(
                     f"disk.capacity_bytes={self.disk.capacity_bytes} is smaller than one block "
                     f"(block_bytes={self.block_bytes})"
+                )
+        if self.device is not None:
+            from kvtier.device import DeviceTierConfig
+
+            if not isinstance(self.device, DeviceTierConfig):
+                raise KvtierTypeError(f"device must be a DeviceTierConfig, got {type(self.device).__name__}")
+            if self.metadata_only:
+                raise InvalidArgumentError("a device tier stores payloads: it needs metadata_only=False")
+            assert self.device.capacity_bytes is not None
+            if self.device.capacity_bytes < self.block_bytes:
+                raise InvalidArgumentError(
+                    f"device.capacity_bytes={self.device.capacity_bytes} is smaller than one block "
+                    f"(block_bytes={self.block_bytes})"
+                )
+            host_cap = self.host.capacity_bytes
+            if host_cap is not None and self.device.capacity_bytes // self.block_bytes > host_cap // self.block_bytes:
+                raise InvalidArgumentError(
+                    f"device.capacity_bytes={self.device.capacity_bytes} exceeds host.capacity_bytes={host_cap}: "
+                    f"every device block keeps a host slot to be written back to"
                 )
         if self.host.capacity_bytes is None and not self.metadata_only:
             raise InvalidArgumentError("host.capacity_bytes=None (unlimited) needs metadata_only=True")

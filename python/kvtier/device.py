@@ -5,8 +5,9 @@ something asks for it (:func:`cuda_available`, a device layout, a :class:`Device
 CUDA is present); without it every GPU path raises :class:`kvtier.CudaUnavailableError` saying what is missing,
 and the host tier simply stays pageable.
 
-Status: the device tier is memory (:class:`DeviceArena`) plus the copy engine; the store does not yet place
-blocks in it (promotion and demotion between device, host and disk go through :class:`kvtier.CopyEngine`).
+A store gets a device tier from ``StoreConfig(device=DeviceTierConfig(...))`` (see docs/device.md): GPU block
+slots above the host tier, filled by inserts from CUDA tensors and by loads (promotion), written back to the host
+when evicted. :class:`DeviceArena` is the same memory for callers who manage slots themselves.
 """
 
 from __future__ import annotations
@@ -106,17 +107,28 @@ class DeviceTierConfig(TierConfig):
         Bytes of GPU memory for block payloads, allocated up front (default 1 GiB, as for :class:`TierConfig`;
         ``None`` is refused).
     policy, ttl_s
-        As for :class:`kvtier.TierConfig`.
+        The device tier evicts the least recently used node: ``policy`` must be ``"lru"`` and ``ttl_s`` unset
+        (idle blocks age out of the host and disk tiers, which keep a copy of every device block).
     device
         CUDA device ordinal.
+    promote
+        Loads copy the host blocks they read up to the device tier (so the next load of them is GPU to GPU).
     """
 
     device: int = 0
+    promote: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.capacity_bytes is None:
             raise InvalidArgumentError("a device tier needs a finite capacity_bytes (GPU memory is allocated up front)")
+        if self.policy != "lru" or self.ttl_s is not None:
+            raise InvalidArgumentError(
+                f"the device tier evicts least recently used blocks: policy must be 'lru' and ttl_s None, got "
+                f"policy={self.policy!r}, ttl_s={self.ttl_s!r} (set TTLs on the host and disk tiers)"
+            )
+        if not isinstance(self.promote, bool):
+            raise KvtierTypeError(f"promote must be a bool, got {type(self.promote).__name__}")
         _check_int("device", self.device, 0)
         _require_cuda("a device tier", self.device)
 

@@ -39,6 +39,7 @@ __all__ = [
     "InsertResult",
     "StoreStats",
     "DiskStats",
+    "DeviceStats",
     "ResidencyRow",
     "Residency",
     "TokenSequence",
@@ -51,7 +52,7 @@ _GB = 1e9
 
 
 class Tier(IntEnum):
-    """Where a block lives: HOST memory or the DISK folder (DEVICE: GPU memory, not yet a store tier)."""
+    """Where a block lives: DEVICE (the device tier's GPU memory), HOST memory or the DISK folder."""
 
     DEVICE = 0
     HOST = 1
@@ -99,24 +100,35 @@ class MatchResult:
         ``num_blocks * block_size``.
     host_blocks
         Leading blocks found in the host tier; the rest (``disk_blocks``) are on disk.
+    device_blocks
+        Of the host blocks, those also held by the device tier (a load copies them GPU to GPU).
     tiers
-        ``uint8[num_blocks]``: the :class:`Tier` of each matched block.
+        ``uint8[num_blocks]``: the :class:`Tier` of each matched block (the fastest that holds it).
     pinned
         Whether the prefix is held (never evicted) until :meth:`Store.unpin`.
     """
 
-    __slots__ = ("num_blocks", "num_tokens", "host_blocks", "_pin")
+    __slots__ = ("num_blocks", "num_tokens", "host_blocks", "_pin", "_on_device")
     num_blocks: int
     num_tokens: int
     host_blocks: int
     _pin: Any
+    _on_device: bytes | None
 
-    def __init__(self, num_blocks: int, num_tokens: int, pin: Any = None, host_blocks: int | None = None) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        num_tokens: int,
+        pin: Any = None,
+        host_blocks: int | None = None,
+        on_device: bytes | None = None,
+    ) -> None:
         setattr_ = object.__setattr__
         setattr_(self, "num_blocks", num_blocks)
         setattr_(self, "num_tokens", num_tokens)
         setattr_(self, "host_blocks", num_blocks if host_blocks is None else host_blocks)
         setattr_(self, "_pin", pin)
+        setattr_(self, "_on_device", on_device)
 
     @property
     def pinned(self) -> bool:
@@ -127,9 +139,15 @@ class MatchResult:
         return self.num_blocks - self.host_blocks
 
     @property
+    def device_blocks(self) -> int:
+        return 0 if not self._on_device else self._on_device.count(1)
+
+    @property
     def tiers(self) -> npt.NDArray[np.uint8]:
         out = np.full(self.num_blocks, int(Tier.DISK), dtype=np.uint8)
         out[: self.host_blocks] = int(Tier.HOST)
+        if self._on_device:
+            out[: self.host_blocks][np.frombuffer(self._on_device, dtype=np.uint8) == 1] = int(Tier.DEVICE)
         return out
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -192,10 +210,33 @@ class DiskStats:
 
 
 @dataclass(frozen=True)
+class DeviceStats:
+    """Counters of the device tier since the store was created (blocks unless the name says bytes).
+
+    ``hits`` are blocks a load copied out of the device tier; ``inserted`` came from GPU memory straight into
+    it; ``promoted`` were copied up from the host by a load; ``evicted`` left it (least recently used first,
+    :meth:`Store.evict` with ``tier=Tier.DEVICE``, or with their host block); ``written_back`` were copied
+    down to their host slot first because the device held their only copy (``dirty_blocks`` now).
+    """
+
+    hits: int
+    inserted: int
+    promoted: int
+    evicted: int
+    written_back: int
+    bytes_written: int
+    bytes_read: int
+    blocks: int
+    dirty_blocks: int
+    resident_bytes: int
+    capacity_bytes: int
+
+
+@dataclass(frozen=True)
 class StoreStats:
     """Counters of the host tier since the store was created (blocks unless the name says bytes).
 
-    ``disk`` holds the disk tier's counters when the store has one.
+    ``disk`` and ``device`` hold those tiers' counters when the store has them.
     """
 
     hits: int
@@ -211,6 +252,7 @@ class StoreStats:
     pinned_blocks: int
     nodes: int
     disk: DiskStats | None = None
+    device: DeviceStats | None = None
 
     @property
     def hit_ratio(self) -> float:
@@ -294,6 +336,7 @@ class Store:
             raise KvtierTypeError(f"config must be a StoreConfig, got {type(self.config).__name__}")
         host = self.config.host
         disk = self.config.disk
+        device = self.config.device
         self._core = _core.Store(
             block_size=self.config.block_size,
             ids=self.config.content == "block_ids",
@@ -308,6 +351,9 @@ class Store:
             disk_ttl_s=0.0 if disk is None or disk.ttl_s is None else float(disk.ttl_s),
             write_through=False if disk is None else disk.write_through,
             queue_blocks=64 if disk is None else disk.queue_blocks,
+            device_capacity_bytes=0 if device is None or device.capacity_bytes is None else device.capacity_bytes,
+            device=0 if device is None else device.device,
+            device_promote=True if device is None else device.promote,
         )
         self._disk: DiskFolder | None = None
         self._finalizer: weakref.finalize[[Any, DiskFolder], Store] | None = None
@@ -407,15 +453,15 @@ class Store:
             # First without side effects: where the disk lookup stops at a key this process does not
             # know, another process sharing the folder may have stored it (and what follows). Import
             # those entries before the real lookup, so that hits and recency are counted once.
-            host, disk, handle, probe = self._core.match(ns, tokens, now, False, False)
+            host, disk, handle, probe, dev = self._core.match(ns, tokens, now, False, False)
             if probe is not None and self._disk.import_chain(ns, tokens, host + disk, probe):
-                host, disk, handle, probe = self._core.match(ns, tokens, now, False, False)
+                host, disk, handle, probe, dev = self._core.match(ns, tokens, now, False, False)
             if touch or pin:
-                host, disk, handle, probe = self._core.match(ns, tokens, now, touch, pin)
+                host, disk, handle, probe, dev = self._core.match(ns, tokens, now, touch, pin)
         else:
-            host, disk, handle, probe = self._core.match(ns, tokens, now, touch, pin)
+            host, disk, handle, probe, dev = self._core.match(ns, tokens, now, touch, pin)
         blocks = host + disk
-        return MatchResult(blocks, blocks * self._block_size, handle, host)
+        return MatchResult(blocks, blocks * self._block_size, handle, host, dev)
 
     # ----------------------------------------------------------------- lookups
     def match(
@@ -460,6 +506,26 @@ class Store:
         if self._dtype is not None and isinstance(payloads, np.ndarray) and payloads.dtype != self._dtype:
             raise KvtierTypeError(f"{name} must have dtype {self._dtype}, got {payloads.dtype}")
 
+    @staticmethod
+    def _memory(obj: Any, name: str, writable: bool) -> Any:
+        """What the core takes for a payload or output buffer: buffer-protocol objects as they are; tensors
+        (CUDA memory, or host tensors without the buffer protocol) as ``(address, bytes, device)``. The
+        caller keeps ``obj`` alive for the call."""
+        if isinstance(obj, (np.ndarray, bytes, bytearray, memoryview)) or not (
+            hasattr(obj, "__cuda_array_interface__") or hasattr(obj, "__dlpack__")
+        ):
+            return obj
+        from kvtier.kv_layout import as_tensor_view
+
+        view = as_tensor_view(obj, name)
+        if not view.is_c_contiguous():
+            raise KvtierTypeError(f"{name} must be C-contiguous (a tensor's .contiguous())")
+        if writable and view.readonly:
+            raise KvtierTypeError(f"{name} must be writable")
+        if view.data_ptr == 0 and view.nbytes:
+            raise InvalidArgumentError(f"{name} has no memory (a null data pointer)")
+        return (view.data_ptr, view.nbytes, view.device)
+
     def insert(
         self,
         tokens: Tokens,
@@ -480,7 +546,10 @@ class Store:
         payloads
             KV bytes of blocks ``start_block .. full_blocks-1``, back to back, C-contiguous
             (``(n_blocks, ...)`` of any numeric dtype, ``block_bytes`` per block). Required unless the
-            store is metadata-only. Only the blocks not yet cached are copied.
+            store is metadata-only. Only the blocks not yet cached are copied. A CUDA tensor (any object
+            with ``__cuda_array_interface__`` or ``__dlpack__``) is copied on the GPU into the device tier
+            when the store has one on that GPU and it has room (the host copy is written when the device
+            evicts the blocks), else into the host tier.
         start_block
             First block that ``payloads`` covers; the blocks before it must already be cached
             (an engine saving one new block passes the index of that block).
@@ -495,7 +564,8 @@ class Store:
             self._check_payload(payloads, "payloads")
         ns = self._ns(namespace)
         acc = self._account(ns, session)
-        matched, inserted, full = self._core.insert(ns, acc, self._arg(tokens), payloads, start_block, now)
+        memory = None if payloads is None else self._memory(payloads, "payloads", False)
+        matched, inserted, full = self._core.insert(ns, acc, self._arg(tokens), memory, start_block, now)
         return InsertResult(matched, inserted, full)
 
     def load(
@@ -510,20 +580,23 @@ class Store:
 
         ``tokens`` may be a pinned :class:`MatchResult` (copies exactly its blocks), or a prompt
         (matches and copies in one step). ``out`` is a writable C-contiguous buffer of at least
-        ``blocks x block_bytes`` bytes; block ``i`` lands at byte ``i * block_bytes``.
+        ``blocks x block_bytes`` bytes; block ``i`` lands at byte ``i * block_bytes``. It may be a CUDA
+        tensor: blocks on the device tier are then copied GPU to GPU, the others from pinned host memory.
+        With a device tier (``promote=True``), the host blocks a load reads are copied up to it.
         """
         self._check_payload(out, "out")
+        memory = self._memory(out, "out", True)
         if isinstance(tokens, MatchResult):
             if not tokens.pinned:
                 raise InvalidArgumentError("load() of a MatchResult needs one returned by match(..., pin=True)")
-            return self._load_pinned(tokens._pin, out, now)
+            return self._load_pinned(tokens._pin, memory, now)
         if self._disk is None:
-            return int(self._core.load(self._ns(namespace), self._arg(tokens), out, now))
+            return int(self._core.load(self._ns(namespace), self._arg(tokens), memory, now))
         m = self.match(tokens, namespace=namespace, now=now, pin=True)
         if not m.pinned:
             return 0
         try:
-            return self._load_pinned(m._pin, out, now)
+            return self._load_pinned(m._pin, memory, now)
         finally:
             self._core.unpin(m._pin, None)
 
@@ -534,12 +607,27 @@ class Store:
         good = int(planned)
         corrupt: list[bytes] = []
         missing: list[bytes] = []
+        staged = None
+        staged_blocks: list[int] = []
         if reads:
-            first_bad, corrupt, missing = self._disk.read(out, reads)
+            if isinstance(out, tuple) and out[2] >= 0:
+                # GPU `out`: read the folder's blocks into host memory; the core copies them up.
+                from kvtier.device import host_buffer
+
+                staged = host_buffer(len(reads) * self.config.block_bytes)
+                staged_blocks = [block for block, _key, _crc in reads]
+                first, corrupt, missing = self._disk.read(
+                    staged, [(k, key, crc) for k, (_b, key, crc) in enumerate(reads)]
+                )
+                first_bad = None if first is None else staged_blocks[first]
+            else:
+                first_bad, corrupt, missing = self._disk.read(out, reads)
             if first_bad is not None:
                 good = first_bad
         promote = self._disk.config.promote
-        return int(self._core.disk_finish_load(pin, out, good, corrupt, missing, promote, now))
+        return int(
+            self._core.disk_finish_load(pin, out, good, corrupt, missing, promote, now, staged, staged_blocks)
+        )
 
     def block_keys_of(self, result: MatchResult) -> npt.NDArray[np.uint8]:
         """``uint8[num_blocks, 32]``: the chained keys of a pinned match (docs/keys.md)."""
@@ -589,13 +677,19 @@ class Store:
         return list(keys), int(dropped)
 
     # ----------------------------------------------------------------- maintenance
-    def evict(self, nbytes: int, *, now: float | None = None) -> int:
-        """Evicts unpinned host blocks by policy until ``nbytes`` are freed (or none is left).
+    def evict(self, nbytes: int, *, tier: Tier = Tier.HOST, now: float | None = None) -> int:
+        """Evicts blocks from ``tier`` until ``nbytes`` are freed there (or none is left). Returns bytes freed.
 
-        With a write-back disk tier the evicted blocks move to disk. Returns bytes freed in the host.
+        ``Tier.HOST``: unpinned host blocks by policy; with a write-back disk tier they move to disk (and a block
+        on the device tier leaves it too). ``Tier.DEVICE``: device blocks, least recently used first; blocks
+        whose only copy is on the device are written back to the host first, so nothing is lost.
         """
         if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
             raise InvalidArgumentError(f"nbytes must be an int >= 0, got {nbytes!r}")
+        if tier == Tier.DEVICE:
+            return int(self._core.evict_device(min(nbytes, (1 << 64) - 1), now))
+        if tier != Tier.HOST:
+            raise InvalidArgumentError(f"tier must be Tier.HOST or Tier.DEVICE, got {tier!r}")
         return int(self._core.evict(min(nbytes, (1 << 64) - 1), now))
 
     def expire(self, *, now: float | None = None) -> int:
@@ -616,6 +710,8 @@ class Store:
             d["capacity_bytes"] = None
         if self._disk is not None:
             d["disk"] = DiskStats(**self._core.disk_stats())
+        if self.config.device is not None:
+            d["device"] = DeviceStats(**self._core.device_stats())
         return StoreStats(**d)
 
     def residency(self, *, now: float | None = None) -> Residency:
@@ -699,6 +795,9 @@ class Store:
         c = self.config
         return (
             f"Store(block_size={c.block_size}, block_bytes={c.block_bytes}, content={c.content!r}, "
-            f"metadata_only={c.metadata_only}, host={c.host})"
+            f"metadata_only={c.metadata_only}, host={c.host}"
+            + ("" if c.disk is None else f", disk={c.disk}")
+            + ("" if c.device is None else f", device={c.device}")
+            + ")"
         )
 

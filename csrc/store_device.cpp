@@ -1,0 +1,260 @@
+// Store: the device tier's half — GPU block slots above the host tier, and every copy that may touch
+// GPU memory (loads into it, inserts from it).
+//
+// The device tier is inclusive of the host tier, as SGLang's HiCache keeps a host slot for every GPU
+// node: a block on the device also holds a host slot. A block inserted from GPU memory goes to the
+// device only and its host slot is "dirty" (stale) until the device evicts it or the disk needs it;
+// then the device copies it down ("write-back", the demotion). A load copies the host blocks it reads
+// up to the device (promotion), evicting the least recently used device nodes; a later load of them
+// copies device to device. Residency is per tree node: all of a node's blocks are on the device or
+// none, and a node larger than the whole device tier is never placed there.
+//
+//   tree node   host slots  [h0 h1 h2]      always held
+//               dslots      [d0 d1 d2]      empty when the node is not on the device
+//               dirty                       h* stale; d* the only copy
+//   LRU list    dhead_ -> ... -> dtail_     nodes on the device, coldest first (dprev/dnext)
+//
+// Copies run under the store lock (never the GIL) and are synchronous: a call returns with its device
+// copies complete, so no slot is ever read or reused by a copy still in flight.
+#include <cstring>
+
+#include "checksum.h"
+#include "store.h"
+
+namespace kvtier {
+namespace {
+
+// Appends a copy, merged into the previous one when it continues it on both sides.
+void add_run(std::vector<Run>& runs, std::uint64_t dst, std::uint64_t src, std::uint64_t bytes) {
+  if (!runs.empty()) {
+    Run& last = runs.back();
+    if (last.dst + last.bytes == dst && last.src + last.bytes == src) {
+      last.bytes += bytes;
+      return;
+    }
+  }
+  runs.push_back({dst, src, bytes});
+}
+
+std::uint64_t addr(const std::uint8_t* p) { return reinterpret_cast<std::uint64_t>(p); }
+
+}  // namespace
+
+CopyEngine& Store::copier() {
+  if (!copier_) {
+    EngineOptions o;
+    o.threads = 0;  // host-only copies never come here
+    copier_ = std::make_unique<CopyEngine>(o);
+  }
+  return *copier_;
+}
+
+// Runs `runs` to completion: memcpy when `device` < 0 (host to host), else on device `device`'s stream
+// (any direction: CUDA's unified addressing tells host from device pointers). Empties `runs`.
+void Store::move_runs(std::vector<Run>& runs, int device) {
+  if (runs.empty()) return;
+  if (device < 0) {
+    for (const Run& r : runs)
+      std::memcpy(reinterpret_cast<void*>(r.dst), reinterpret_cast<const void*>(r.src), r.bytes);
+    runs.clear();
+    return;
+  }
+  CopyPlan plan;
+  plan.unmerged = runs.size();
+  for (const Run& r : runs) plan.bytes += r.bytes;
+  plan.runs = std::move(runs);
+  runs.clear();
+  copier().submit(std::move(plan), device).completion->wait(-1.0);  // throws cuda::DriverError on failure
+}
+
+// Copies blocks held in host memory or GPU memory (`src`, block_bytes each, back to back) into host
+// slots, with their checksums when the disk tier needs them.
+void Store::fill_host_slots(const std::vector<std::uint32_t>& slots, Memory src, bool checksum) {
+  const std::size_t bb = spec_.block_bytes;
+  if (src.device < 0) {
+    for (std::size_t i = 0; i < slots.size(); ++i) {
+      const std::uint8_t* from = src.data + i * bb;
+      if (checksum)
+        slot_crc_[slots[i]] = copy_with_checksum(arena_->slot_ptr(slots[i]), from, bb);
+      else
+        std::memcpy(arena_->slot_ptr(slots[i]), from, bb);
+    }
+    return;
+  }
+  std::vector<Run> runs;
+  for (std::size_t i = 0; i < slots.size(); ++i) add_run(runs, addr(arena_->slot_ptr(slots[i])), addr(src.data + i * bb), bb);
+  move_runs(runs, src.device);
+  if (checksum)
+    for (std::uint32_t s : slots) slot_crc_[s] = block_checksum(arena_->slot_ptr(s), bb);
+}
+
+// ---- the LRU list ----
+
+void Store::dev_link_tail(std::uint32_t id) { dev_link_before(id, kNil); }
+
+// Links `id` in front of `next` (kNil: at the tail).
+void Store::dev_link_before(std::uint32_t id, std::uint32_t next) {
+  NodePayload& p = *tree_.at(id).payload;
+  const std::uint32_t prev = next == kNil ? dtail_ : tree_.at(next).payload->dprev;
+  p.dprev = prev;
+  p.dnext = next;
+  (prev == kNil ? dhead_ : tree_.at(prev).payload->dnext) = id;
+  (next == kNil ? dtail_ : tree_.at(next).payload->dprev) = id;
+}
+
+void Store::dev_unlink(std::uint32_t id) {
+  NodePayload& p = *tree_.at(id).payload;
+  (p.dprev == kNil ? dhead_ : tree_.at(p.dprev).payload->dnext) = p.dnext;
+  (p.dnext == kNil ? dtail_ : tree_.at(p.dnext).payload->dprev) = p.dprev;
+  p.dprev = p.dnext = kNil;
+}
+
+void Store::dev_touch(std::uint32_t id, std::uint64_t op) {
+  tree_.at(id).payload->dstamp = op;
+  if (dtail_ == id) return;
+  dev_unlink(id);
+  dev_link_tail(id);
+}
+
+// ---- movement ----
+
+// Copies a dirty node's device blocks down to its host slots (and their checksums, for the disk).
+void Store::dev_write_back(std::uint32_t id) {
+  NodePayload& p = *tree_.at(id).payload;
+  if (!p.dirty) return;
+  const std::size_t bb = spec_.block_bytes;
+  std::vector<Run> runs;
+  for (std::size_t i = 0; i < p.slots.size(); ++i)
+    add_run(runs, addr(arena_->slot_ptr(p.slots[i])), darena_->slot_address(p.dslots[i]), bb);
+  move_runs(runs, darena_->device());
+  if (disk_)
+    for (std::uint32_t s : p.slots) slot_crc_[s] = block_checksum(arena_->slot_ptr(s), bb);
+  p.dirty = false;
+  ddirty_ -= p.slots.size();
+  devstats_.written_back += p.slots.size();
+  devstats_.bytes_read += p.slots.size() * bb;
+}
+
+// Takes node `id` off the device, writing dirty blocks back first when `write_back` (a node that is
+// leaving the host tier too without going to disk needs no copy).
+void Store::dev_evict(std::uint32_t id, bool write_back, double now) {
+  NodePayload& p = *tree_.at(id).payload;
+  KVTIER_ASSERT(!p.dslots.empty());
+  if (write_back) dev_write_back(id);
+  const std::uint64_t nb = p.dslots.size();
+  if (p.dirty) {
+    ddirty_ -= nb;
+    p.dirty = false;
+  }
+  for (std::uint32_t d : p.dslots) darena_->give_back(d);
+  p.dslots.clear();
+  dev_unlink(id);
+  dused_ -= nb;
+  devstats_.evicted += nb;
+  ledger_.change(kTierDevice, tree_.at(id).account, -static_cast<std::int64_t>(nb * spec_.block_bytes), now);
+}
+
+// Frees device slots until `blocks` are free, evicting the coldest nodes; never a node touched by
+// operation `guard` (0: none). False if that is not enough.
+bool Store::dev_make_room(std::uint64_t blocks, std::uint64_t guard, double now) {
+  if (blocks > darena_->slots()) return false;
+  while (darena_->free_slots() < blocks) {
+    const std::uint32_t victim = dhead_;
+    if (victim == kNil || (guard != 0 && tree_.at(victim).payload->dstamp == guard)) return false;
+    dev_evict(victim, /*write_back=*/true, now);
+  }
+  return true;
+}
+
+// Copies host node `id` up to the device (promotion). False if the device has no room for it.
+bool Store::dev_place(std::uint32_t id, std::uint64_t guard, double now) {
+  if (on_device(id)) return true;
+  const std::size_t nb = tree_.num_blocks(id);
+  if (!dev_make_room(nb, guard, now)) return false;
+  std::vector<std::uint32_t> dslots(nb);
+  for (auto& d : dslots) d = darena_->take();
+  const NodePayload& p = *tree_.at(id).payload;
+  const std::size_t bb = spec_.block_bytes;
+  std::vector<Run> runs;
+  for (std::size_t i = 0; i < nb; ++i) add_run(runs, darena_->slot_address(dslots[i]), addr(arena_->slot_ptr(p.slots[i])), bb);
+  try {
+    move_runs(runs, darena_->device());
+  } catch (...) {
+    for (std::uint32_t d : dslots) darena_->give_back(d);
+    throw;
+  }
+  NodePayload& q = *tree_.at(id).payload;
+  q.dslots = std::move(dslots);
+  q.dirty = false;
+  q.dstamp = guard;
+  dev_link_tail(id);
+  dused_ += nb;
+  devstats_.promoted += nb;
+  devstats_.bytes_written += nb * bb;
+  ledger_.change(kTierDevice, tree_.at(id).account, static_cast<std::int64_t>(nb * bb), now);
+  return true;
+}
+
+// After a load: the chain's nodes on the device become its most recent, and the others are copied up,
+// root first, while the device has room for them without evicting this chain.
+void Store::dev_promote_chain(const std::vector<std::uint32_t>& root_first, double now) {
+  const std::uint64_t op = ++seq_;
+  for (std::uint32_t id : root_first)
+    if (on_device(id)) dev_touch(id, op);
+  if (!spec_.device.promote) return;
+  for (std::uint32_t id : root_first)
+    if (!dev_place(id, op, now)) break;
+}
+
+// Copies the blocks of `steps` (node, leading blocks of it) to `out`, back to back, each from the device
+// when it is there. Returns the blocks copied.
+std::uint32_t Store::copy_out(const std::vector<Step>& steps, Memory out) {
+  const std::size_t bb = spec_.block_bytes;
+  std::vector<Run> host_runs, device_runs;
+  std::uint64_t copied = 0, from_device = 0;
+  for (const Step& s : steps) {
+    const NodePayload& p = *tree_.at(s.node).payload;
+    const bool dev = !p.dslots.empty();
+    for (std::uint32_t i = 0; i < s.blocks; ++i, ++copied) {
+      const std::uint64_t dst = addr(out.data + copied * bb);
+      if (dev) {
+        add_run(device_runs, dst, darena_->slot_address(p.dslots[i]), bb);
+        ++from_device;
+      } else {
+        add_run(out.device < 0 ? host_runs : device_runs, dst, addr(arena_->slot_ptr(p.slots[i])), bb);
+      }
+    }
+  }
+  move_runs(host_runs, -1);
+  move_runs(device_runs, out.device >= 0 ? out.device : (darena_ ? darena_->device() : 0));
+  devstats_.hits += from_device;
+  devstats_.bytes_read += from_device * bb;
+  stats_.bytes_read += (copied - from_device) * bb;
+  return static_cast<std::uint32_t>(copied);
+}
+
+std::uint64_t Store::evict_device(std::uint64_t bytes, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  now = resolve_now(now);
+  if (!darena_) return 0;
+  const std::uint64_t want = bytes / spec_.block_bytes + (bytes % spec_.block_bytes != 0 ? 1 : 0);
+  std::uint64_t freed = 0;
+  while (freed < want && dhead_ != kNil) {
+    freed += tree_.num_blocks(dhead_);
+    dev_evict(dhead_, /*write_back=*/true, now);
+  }
+  return freed * spec_.block_bytes;
+}
+
+DeviceStats Store::device_stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  DeviceStats s = devstats_;
+  s.blocks = dused_;
+  s.dirty_blocks = ddirty_;
+  s.resident_bytes = dused_ * spec_.block_bytes;
+  s.capacity_bytes = darena_ ? darena_->slots() * spec_.block_bytes : 0;
+  return s;
+}
+
+}  // namespace kvtier
