@@ -21,6 +21,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 FAKE_SRC = HERE / "fake_cuda" / "fake_libcuda.c"
 CHECKS = HERE / "fake_cuda" / "checks.py"
+STORE_CHECKS = HERE / "fake_cuda" / "store_checks.py"
 
 
 def _compiler() -> str | None:
@@ -56,12 +57,12 @@ def broken_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory.mktemp("fake_cuda_broken"), "-DFAKE_OMIT_MEMCPY")
 
 
-def _run(lib_dir: Path, name: str, **env: str) -> str:
+def _run(lib_dir: Path, name: str, script: Path = CHECKS, **env: str) -> str:
     e = {k: v for k, v in os.environ.items() if not k.startswith("FAKE_CUDA_")}
     e["LD_LIBRARY_PATH"] = str(lib_dir) + (os.pathsep + e["LD_LIBRARY_PATH"] if e.get("LD_LIBRARY_PATH") else "")
     e.update(env)
     r = subprocess.run(
-        [sys.executable, str(CHECKS), name], env=e, capture_output=True, text=True, timeout=120, cwd=str(HERE)
+        [sys.executable, str(script), name], env=e, capture_output=True, text=True, timeout=120, cwd=str(HERE)
     )
     assert r.returncode == 0, f"check {name} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
     assert f"check {name}: ok" in r.stdout
@@ -112,3 +113,36 @@ def test_probe_library_lacking_a_call(broken_dir: Path) -> None:
 )
 def test_fake_driver(fake_dir: Path, name: str, env: dict[str, str]) -> None:
     _run(fake_dir, name, **env)
+
+
+@pytest.mark.parametrize(
+    ("name", "env"),
+    [
+        ("insert_from_gpu_and_write_back", {}),
+        ("promote_and_evict", {}),
+        ("no_promotion", {}),
+        ("too_big_for_device", {}),
+        ("residency", {}),
+        ("disk_round_trip", {}),
+        ("other_gpu_goes_to_host", {"FAKE_CUDA_DEVICES": "2"}),
+        ("bad_input", {}),
+        ("model", {}),
+        ("model", {"FAKE_CUDA_NO_BATCH": "1"}),
+    ],
+    ids=[
+        "insert-from-gpu-write-back",
+        "promote-evict",
+        "no-promotion",
+        "too-big",
+        "residency",
+        "disk-round-trip",
+        "other-gpu",
+        "bad-input",
+        "model",
+        "model-copy-loop",
+    ],
+)
+def test_store_device_tier(fake_dir: Path, name: str, env: dict[str, str]) -> None:
+    """The store's device tier (store_device.cpp) with the fake driver: GPU payloads in and out, write-back,
+    promotion, eviction, residency and the disk below it."""
+    _run(fake_dir, name, STORE_CHECKS, **env)

@@ -1,0 +1,313 @@
+"""The store's device tier against the fake driver (fake_libcuda.c), whose device memory is host memory.
+
+``python store_checks.py NAME`` runs ``check_NAME()`` in a process whose libcuda.so.1 is the fake (see
+test_cuda_fake.py). Payloads are compared byte for byte with what was inserted; every check also verifies the
+store's invariants and that no driver call was made without a current context.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from checks import FakeDeviceTensor, counter
+
+import kvtier
+from kvtier import DeviceTierConfig, DiskConfig, StoreConfig, Tier, TierConfig
+from kvtier.errors import InvalidArgumentError, KvtierTypeError
+
+BS = 4  # tokens per block
+_clock = [100_000.0]
+
+
+def T() -> float:
+    """A time after every explicit time the checks pass (loads need no particular one)."""
+    _clock[0] += 1.0
+    return _clock[0]
+
+BB = 512  # payload bytes per block
+
+
+def config(host_blocks: int, device_blocks: int, **kw: Any) -> StoreConfig:
+    return StoreConfig(
+        block_size=BS,
+        block_bytes=BB,
+        host=TierConfig(capacity_bytes=host_blocks * BB),
+        device=DeviceTierConfig(capacity_bytes=device_blocks * BB, **kw.pop("device_kw", {})),
+        **kw,
+    )
+
+
+def prompt(seed: int, blocks: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 50_000, size=blocks * BS, dtype=np.int32)
+
+
+def payload(seed: int, blocks: int) -> np.ndarray:
+    return np.random.default_rng(seed + 1_000_000).integers(0, 256, size=(blocks, BB), dtype=np.uint8)
+
+
+def on_gpu(a: np.ndarray) -> FakeDeviceTensor:
+    t = FakeDeviceTensor(a.shape, a.dtype)
+    t.host[...] = a
+    return t
+
+
+def load_host(store: kvtier.Store, tokens: np.ndarray, blocks: int, now: float) -> np.ndarray:
+    out = np.zeros((blocks, BB), np.uint8)
+    got = store.load(tokens, out, now=now)
+    return out[:got]
+
+
+def load_gpu(store: kvtier.Store, tokens: np.ndarray, blocks: int, now: float) -> np.ndarray:
+    out = FakeDeviceTensor((blocks, BB), np.uint8)
+    out.host[...] = 0
+    got = store.load(tokens, out, now=now)
+    return out.host[:got].copy()
+
+
+def check_insert_from_gpu_and_write_back() -> None:
+    with kvtier.Store(config(host_blocks=32, device_blocks=8)) as s:
+        a, pa = prompt(1, 4), payload(1, 4)
+        r = s.insert(a, on_gpu(pa), now=T())
+        assert r.inserted_blocks == 4
+        d = s.stats().device
+        assert d is not None and (d.inserted, d.blocks, d.dirty_blocks, d.written_back) == (4, 4, 4, 0), d
+        m = s.match(a, now=T())
+        assert m.device_blocks == 4 and m.tiers.tolist() == [int(Tier.DEVICE)] * 4
+        # Device-only blocks load from the device, into host or GPU memory.
+        assert np.array_equal(load_host(s, a, 4, now=T()), pa)
+        assert np.array_equal(load_gpu(s, a, 4, now=T()), pa)
+        assert s.stats().device.hits == 8
+        s.check_invariants()
+        # A second prompt does not fit beside the first: the first (least recent) is written back to host.
+        b, pb = prompt(2, 6), payload(2, 6)
+        s.insert(b, on_gpu(pb), now=T())
+        d = s.stats().device
+        assert (d.blocks, d.dirty_blocks, d.written_back, d.evicted) == (6, 6, 4, 4), d
+        assert s.match(a, now=T()).device_blocks == 0
+        s.check_invariants()
+        # Its host copy is the written-back one; loading it promotes it again, evicting (and writing back) b.
+        assert np.array_equal(load_host(s, a, 4, now=T()), pa)
+        d = s.stats().device
+        assert (d.promoted, d.written_back, d.blocks, d.dirty_blocks) == (4, 10, 4, 0), d
+        assert np.array_equal(load_gpu(s, b, 6, now=T()), pb)  # from the host now (device has a)
+        assert np.array_equal(load_gpu(s, a, 4, now=T()), pa)
+        s.check_invariants()
+
+
+def check_promote_and_evict() -> None:
+    with kvtier.Store(config(host_blocks=32, device_blocks=8)) as s:
+        a, pa = prompt(3, 5), payload(3, 5)
+        s.insert(a, pa, now=T())  # host memory: the host tier only
+        assert s.match(a, now=T()).device_blocks == 0 and s.stats().device.blocks == 0
+        assert np.array_equal(load_gpu(s, a, 5, now=T()), pa)  # host -> GPU, then promoted
+        d = s.stats().device
+        assert (d.promoted, d.blocks, d.hits) == (5, 5, 0), d
+        assert s.match(a, now=T()).device_blocks == 5
+        assert np.array_equal(load_gpu(s, a, 5, now=T()), pa)
+        assert s.stats().device.hits == 5
+        # A shared prefix splits the device node; both halves stay on the device.
+        ext = np.concatenate([a[: 3 * BS], prompt(4, 2)])
+        s.insert(ext, payload(4, 2), start_block=3, now=T())
+        m = s.match(ext, now=T())
+        assert m.tiers.tolist() == [0, 0, 0, 1, 1], m.tiers
+        s.check_invariants()
+        # evict(tier=DEVICE) frees whole nodes, coldest first; clean blocks need no copy.
+        freed = s.evict(BB, tier=Tier.DEVICE, now=T())
+        assert freed >= BB and s.stats().device.written_back == 0
+        s.check_invariants()
+        assert s.evict(1 << 40, tier=Tier.DEVICE, now=T()) == (5 - freed // BB) * BB
+        assert s.stats().device.blocks == 0
+        assert np.array_equal(load_host(s, a, 5, now=T()), pa)
+        # Host eviction of a block on the device takes it off the device too.
+        s.clear(now=T())
+        d = s.stats().device
+        assert d.blocks == 0 and s.stats().blocks == 0
+        s.check_invariants()
+
+
+def check_no_promotion() -> None:
+    with kvtier.Store(config(host_blocks=16, device_blocks=8, device_kw={"promote": False})) as s:
+        a, pa = prompt(5, 3), payload(5, 3)
+        s.insert(a, pa, now=T())
+        assert np.array_equal(load_gpu(s, a, 3, now=T()), pa)
+        assert s.stats().device.blocks == 0 and s.match(a, now=T()).device_blocks == 0
+
+
+def check_too_big_for_device() -> None:
+    with kvtier.Store(config(host_blocks=32, device_blocks=2)) as s:
+        a, pa = prompt(6, 5), payload(6, 5)
+        s.insert(a, on_gpu(pa), now=T())  # a 5-block node cannot go to a 2-block device: host copy
+        assert s.stats().device.inserted == 0 and s.stats().device.blocks == 0
+        assert np.array_equal(load_gpu(s, a, 5, now=T()), pa)
+        assert s.stats().device.blocks == 0
+        s.check_invariants()
+
+
+def check_residency() -> None:
+    with kvtier.Store(config(host_blocks=16, device_blocks=8)) as s:
+        s.insert(prompt(7, 2), on_gpu(payload(7, 2)), session="agent", now=10.0)
+        rows = {(r.tier, r.session): r for r in s.residency(now=20.0).rows if r.byte_seconds}
+        assert rows[(Tier.DEVICE, "agent")].byte_seconds == 2 * BB * 10.0
+        assert rows[(Tier.HOST, "agent")].byte_seconds == 2 * BB * 10.0  # the reserved host slots
+        s.evict(1, tier=Tier.DEVICE, now=25.0)
+        rows = {(r.tier, r.session): r for r in s.residency(now=30.0).rows if r.byte_seconds}
+        assert rows[(Tier.DEVICE, "agent")].byte_seconds == 2 * BB * 15.0
+        assert rows[(Tier.DEVICE, "agent")].resident_bytes == 0
+
+
+def check_disk_round_trip() -> None:
+    """GPU -> device tier -> host -> disk -> (restart) -> GPU, byte-exact, for write-back and write-through."""
+    for write_through in (False, True):
+        with tempfile.TemporaryDirectory() as folder:
+            disk = DiskConfig(path=folder, capacity_bytes=64 * BB, write_through=write_through, sync=False)
+            a, pa = prompt(8, 6), payload(8, 6)
+            with kvtier.Store(config(host_blocks=8, device_blocks=8, disk=disk), now=0.0) as s:
+                s.insert(a, on_gpu(pa), now=T())
+                if write_through:
+                    assert s.stats().device.written_back == 6  # the writer reads the host slots
+                s.check_invariants()
+                # Other prompts push it out of the host tier (its dirty blocks are written back, then queued).
+                for k in range(3):
+                    s.insert(prompt(20 + k, 4), payload(20 + k, 4), now=T())
+                s.flush()
+                m = s.match(a, now=T())
+                assert m.num_blocks == 6 and m.disk_blocks > 0, m
+                # Disk blocks into GPU memory go through a host staging buffer.
+                assert np.array_equal(load_gpu(s, a, 6, now=T()), pa)
+                s.check_invariants()
+            with kvtier.Store(config(host_blocks=8, device_blocks=8, disk=disk), now=0.0) as s:
+                m = s.match(a, now=T())
+                assert m.num_blocks == 6 and m.disk_blocks == 6, m
+                assert np.array_equal(load_gpu(s, a, 6, now=T()), pa)
+                assert np.array_equal(load_host(s, a, 6, now=T()), pa)
+                s.check_invariants()
+
+
+def check_other_gpu_goes_to_host() -> None:
+    """A payload on another GPU than the device tier's is copied to the host tier."""
+    with kvtier.Store(config(host_blocks=16, device_blocks=8)) as s:
+        a, pa = prompt(9, 3), payload(9, 3)
+        t = FakeDeviceTensor(pa.shape, pa.dtype, device=1)
+        t.host[...] = pa
+        s.insert(a, t, now=T())
+        assert s.stats().device.inserted == 0
+        assert np.array_equal(load_host(s, a, 3, now=T()), pa)
+
+
+def check_bad_input() -> None:
+    for kw, what in [({"policy": "lfu"}, "policy must be 'lru'"), ({"ttl_s": 5.0}, "ttl_s None")]:
+        try:
+            DeviceTierConfig(capacity_bytes=1 << 20, **kw)
+        except InvalidArgumentError as e:
+            assert what in str(e), e
+        else:
+            raise AssertionError(f"DeviceTierConfig accepted {kw}")
+    try:
+        config(host_blocks=4, device_blocks=8)
+    except InvalidArgumentError as e:
+        assert "exceeds host.capacity_bytes" in str(e), e
+    else:
+        raise AssertionError("a device tier larger than the host tier was accepted")
+    try:
+        StoreConfig(metadata_only=True, device=DeviceTierConfig(capacity_bytes=1 << 20))
+    except InvalidArgumentError as e:
+        assert "metadata_only" in str(e), e
+    else:
+        raise AssertionError("a metadata-only store with a device tier was accepted")
+    with kvtier.Store(config(host_blocks=16, device_blocks=8)) as s:
+        a = prompt(10, 2)
+        backing = FakeDeviceTensor((2, 2 * BB), np.uint8)
+
+        class Rows:  # two blocks' rows with a gap between them: not contiguous
+            __cuda_array_interface__ = {
+                "shape": (2, BB),
+                "typestr": "|u1",
+                "data": (backing.ptr, False),
+                "strides": (2 * BB, 1),
+                "version": 3,
+            }
+
+        for bad, exc, what in [
+            (Rows(), KvtierTypeError, "C-contiguous"),
+            (FakeDeviceTensor((3, BB), np.uint8), InvalidArgumentError, "expected 1024"),
+        ]:
+            try:
+                s.insert(a, bad, now=T())
+            except exc as e:
+                assert what in str(e), e
+            else:
+                raise AssertionError(f"insert accepted {what}")
+        small = FakeDeviceTensor((1, BB), np.uint8)
+        s.insert(a, on_gpu(payload(10, 2)), now=T())
+        try:
+            s.load(a, small, now=T())
+        except InvalidArgumentError as e:
+            assert "must hold 2 blocks" in str(e), e
+        else:
+            raise AssertionError("load accepted a GPU buffer too small")
+        try:
+            s.evict(1, tier=Tier.DISK, now=T())
+        except InvalidArgumentError as e:
+            assert "Tier.HOST or Tier.DEVICE" in str(e), e
+        else:
+            raise AssertionError("evict accepted tier=DISK")
+        s.check_invariants()
+
+
+def check_model() -> None:
+    """Random inserts (host or GPU memory), loads (into host or GPU memory), evictions of either tier and
+    expiry, against a dict of what each prompt's blocks hold; invariants after every step."""
+    rng = np.random.default_rng(12)
+    with tempfile.TemporaryDirectory() as folder:
+        disk = DiskConfig(path=folder, capacity_bytes=40 * BB, sync=False, queue_blocks=8)
+        with kvtier.Store(config(host_blocks=24, device_blocks=10, disk=disk), now=0.0) as s:
+            prompts: list[tuple[np.ndarray, np.ndarray]] = []
+            now = 1.0
+            for step in range(600):
+                now += float(rng.random())
+                op = rng.integers(0, 10)
+                if op < 4 or not prompts:
+                    if prompts and rng.random() < 0.5:  # extend a known prompt (shared prefix)
+                        base, pbase = prompts[rng.integers(0, len(prompts))]
+                        keep = int(rng.integers(1, len(base) // BS + 1))
+                        extra = int(rng.integers(1, 4))
+                        toks = np.concatenate([base[: keep * BS], prompt(10_000 + step, extra)])
+                        pay = np.concatenate([pbase[:keep], payload(10_000 + step, extra)])
+                    else:
+                        n = int(rng.integers(1, 7))
+                        toks, pay = prompt(20_000 + step, n), payload(20_000 + step, n)
+                    src: Any = on_gpu(pay) if rng.random() < 0.5 else pay
+                    s.insert(toks, src, now=now)
+                    prompts.append((toks, pay))
+                elif op < 8:
+                    toks, pay = prompts[rng.integers(0, len(prompts))]
+                    n = len(toks) // BS
+                    got = load_gpu(s, toks, n, now=now) if rng.random() < 0.5 else load_host(s, toks, n, now=now)
+                    assert np.array_equal(got, pay[: len(got)]), f"step {step}: wrong payload"
+                elif op == 8:
+                    s.evict(int(rng.integers(1, 6)) * BB, tier=Tier.DEVICE, now=now)
+                else:
+                    s.evict(int(rng.integers(1, 6)) * BB, now=now)
+                s.check_invariants()
+            d = s.stats().device
+            assert d.inserted > 0 and d.promoted > 0 and d.written_back > 0 and d.hits > 0, d
+            s.flush()
+
+
+def main() -> None:
+    name = sys.argv[1]
+    fn: Callable[[], None] = globals()[f"check_{name}"]
+    fn()
+    gc.collect()
+    errors = counter("ctx_errors")
+    assert errors == 0, f"{errors} driver call(s) were made without a current context"
+    print(f"check {name}: ok")
+
+
+if __name__ == "__main__":
+    main()
