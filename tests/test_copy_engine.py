@@ -474,6 +474,28 @@ def test_device_tier_without_cuda_names_what_is_missing() -> None:
 
 
 @no_cuda
+def test_store_device_tier_and_gpu_payloads_without_cuda() -> None:
+    with pytest.raises(KvtierTypeError, match="device must be a DeviceTierConfig"):
+        kvtier.StoreConfig(device="cuda:0")  # type: ignore[arg-type]
+    with pytest.raises(CudaUnavailableError, match="libcuda.so.1 not found"):  # the core checks too
+        kvtier._core.Store(
+            block_size=4, ids=False, block_bytes=64, payloads=True, capacity_bytes=1 << 16, policy=0, ttl_s=0.0,
+            limit=1 << 31, device_capacity_bytes=1 << 12,
+        )
+    with kvtier.Store(kvtier.StoreConfig(block_size=4, block_bytes=64)) as store:
+        payload = np.zeros((2, 64), np.uint8)
+        on_gpu = TensorView(payload.ctypes.data, payload.shape, payload.strides, 1, "|u1", device=0, owner=payload)
+        with pytest.raises(CudaUnavailableError):
+            store.insert(np.arange(8), on_gpu, now=1.0)
+        store.insert(np.arange(8), payload, now=2.0)
+        with pytest.raises(CudaUnavailableError):
+            store.load(np.arange(8), on_gpu, now=3.0)
+        # Nothing was half-stored by the failed insert; the host copy works.
+        store.check_invariants()
+        assert store.stats().blocks == 2 and store.stats().device is None
+
+
+@no_cuda
 def test_device_copies_without_cuda_raise(small: Any, engine: CopyEngine) -> None:
     layout, cache = small
     view = TensorView(cache.ctypes.data, cache.shape, cache.strides, 2, "<f2", device=0, owner=cache)

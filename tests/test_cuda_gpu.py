@@ -1,9 +1,10 @@
 """The CUDA paths on a real GPU (marker ``gpu``; skipped with the reason where CUDA is not usable).
 
-Round trips GPU -> host -> (file, standing in for the disk tier until it lands) -> host tier -> host -> GPU,
-bit-exact, for the per-layer ``[2, num_blocks, block_size, heads, dim]`` layout (float16 through
-``__cuda_array_interface__``, bfloat16 through DLPack) and the "all layers of a block contiguous" layout, on the
-batched and the loop paths; the device arena; page-locked host memory; sharing the primary context with PyTorch.
+Round trips an engine's paged cache GPU -> host -> disk tier (LMDB, a store reopened) -> host -> GPU, bit-exact,
+for the per-layer ``[2, num_blocks, block_size, heads, dim]`` layout (float16 through ``__cuda_array_interface__``,
+bfloat16 through DLPack) and the "all layers of a block contiguous" layout, on the batched and the loop paths; the
+same through the store's device tier (GPU -> device tier -> host -> disk -> GPU); the device arena; page-locked
+host memory; sharing the primary context with PyTorch.
 
 Run on a GPU machine: ``python -m pytest -m gpu tests/test_cuda_gpu.py bench/test_gpu_copy.py -p no:cacheprovider``.
 """
@@ -77,17 +78,20 @@ def test_round_trip_gpu_host_disk_host_gpu(torch: Any, tmp_path: Path, name: str
         assert h.wait(timeout=60.0) and h.poll()
         expect_path = "cuda-batched" if batched is None and _STATUS.batched_memcpy else "cuda-loop"
         assert h.path == expect_path
-        # the file hop (the LMDB disk tier is a separate issue)
-        path = tmp_path / "blocks.bin"
-        path.write_bytes(staging.tobytes())
-        from_disk = np.frombuffer(path.read_bytes(), np.uint8).reshape(len(ids), pb)
-        cfg = kvtier.StoreConfig(block_size=16, block_bytes=pb, host=kvtier.TierConfig(capacity_bytes=64 * pb))
+        # host tier (its arena is page-locked here) -> disk tier -> a reopened store -> host
+        disk = kvtier.DiskConfig(path=tmp_path / "kv", capacity_bytes=64 * pb)
+        cfg = kvtier.StoreConfig(
+            block_size=16, block_bytes=pb, host=kvtier.TierConfig(capacity_bytes=64 * pb), disk=disk
+        )
         tokens = np.arange(16 * len(ids), dtype=np.int32)
-        with kvtier.Store(cfg) as store:  # the host tier (its arena is page-locked here)
-            store.insert(tokens, from_disk)
-            back = host_buffer(len(ids) * pb).reshape(len(ids), pb)
+        with kvtier.Store(cfg) as store:
+            store.insert(tokens, staging)
+            store.flush(host=True)
+        back = host_buffer(len(ids) * pb).reshape(len(ids), pb)
+        with kvtier.Store(cfg) as store:
             with store.pinned(tokens) as hit:
-                store.load(hit, back)
+                assert hit.disk_blocks == len(ids)
+                assert store.load(hit, back) == len(ids)
         engine.scatter(dst_layout, ids, back).wait()
         stats = engine.stats()
     idx = torch.as_tensor(ids, device="cuda")
@@ -100,6 +104,56 @@ def test_round_trip_gpu_host_disk_host_gpu(torch: Any, tmp_path: Path, name: str
         assert stats.batch_calls == 2 and stats.batch_fallbacks == 0 and stats.last_batch_error == "", stats
     else:
         assert stats.copy_calls == stats.runs
+
+
+@pytest.mark.parametrize("write_through", [False, True], ids=["write-back", "write-through"])
+def test_store_device_tier_round_trip(torch: Any, tmp_path: Path, write_through: bool) -> None:
+    """Engine cache -> a contiguous CUDA tensor -> the store's device tier (GPU to GPU) -> written back to the host
+    when evicted -> disk -> a reopened store -> loaded straight into a CUDA tensor -> the engine cache."""
+    shape, count, block_dim, kv_dim = LAYOUTS["per_layer"]
+    g = torch.Generator(device="cuda").manual_seed(11)
+    src = [torch.randn(shape, device="cuda", generator=g).half() for _ in range(count)]
+    dst = [torch.zeros_like(t) for t in src]
+    src_layout = KVLayout.from_tensors(src, block_dim=block_dim, kv_dim=kv_dim)
+    dst_layout = KVLayout.from_tensors(dst, block_dim=block_dim, kv_dim=kv_dim)
+    pb = src_layout.payload_bytes
+    ids = np.array([9, 10, 11, 12, 40, 2])
+    dev = torch.cuda.current_device()
+    disk = kvtier.DiskConfig(path=tmp_path / "kv", capacity_bytes=64 * pb, write_through=write_through)
+    cfg = kvtier.StoreConfig(
+        block_size=16,
+        block_bytes=pb,
+        host=kvtier.TierConfig(capacity_bytes=16 * pb),
+        disk=disk,
+        device=DeviceTierConfig(capacity_bytes=8 * pb, device=dev),
+    )
+    tokens = np.arange(16 * len(ids), dtype=np.int32)
+    with CopyEngine() as engine:
+        staged = torch.empty((len(ids), pb), dtype=torch.uint8, device="cuda")
+        engine.gather(src_layout, ids, staged).wait()
+        with kvtier.Store(cfg) as store:
+            store.insert(tokens, staged)
+            d = store.stats().device
+            assert d is not None and d.inserted == len(ids) and d.blocks == len(ids)
+            assert d.dirty_blocks == (0 if write_through else len(ids))
+            out = torch.zeros_like(staged)
+            assert store.load(tokens, out) == len(ids)  # device tier -> GPU
+            assert store.stats().device.hits == len(ids)
+            assert torch.equal(out, staged)
+            store.evict(1 << 40, tier=kvtier.Tier.DEVICE)  # demotion: dirty blocks written back
+            assert store.stats().device.written_back == len(ids) and store.stats().device.blocks == 0
+            store.check_invariants()
+        with kvtier.Store(cfg) as store:  # close() persisted the host tier; reopen from the folder
+            out = torch.zeros_like(staged)
+            with store.pinned(tokens) as hit:
+                assert hit.disk_blocks == len(ids)
+                assert store.load(hit, out) == len(ids)  # disk -> pinned staging -> GPU
+            assert torch.equal(out, staged)
+            engine.scatter(dst_layout, ids, out).wait()
+    torch.cuda.synchronize()
+    idx = torch.as_tensor(ids, device="cuda")
+    for s_, d_ in zip(src, dst):
+        assert torch.equal(s_.index_select(block_dim, idx).view(torch.int16), d_.index_select(block_dim, idx).view(torch.int16))
 
 
 def test_pageable_host_buffers_work(torch: Any) -> None:

@@ -698,3 +698,19 @@ def test_keys_identical_across_processes_with_different_hash_seeds() -> None:
         Namespace(model="meta-llama/Llama-3.1-8B", tenant="acme", kv_dtype="bf16"),
         block_size=4,
     ).tobytes().hex()
+
+
+def test_torch_cpu_tensors_as_payloads_and_out() -> None:
+    """Host tensors without the buffer protocol (PyTorch CPU tensors, read through DLPack) work like numpy."""
+    torch = pytest.importorskip("torch")
+    with store() as s:
+        toks = prompt(3 * BS, seed=5)
+        kv = kv_of(toks, 0, 3)
+        s.insert(toks, torch.from_numpy(kv.copy()))
+        out = torch.zeros((3, BB), dtype=torch.uint8)
+        assert s.load(toks, out) == 3
+        assert np.array_equal(out.numpy(), kv)
+        with pytest.raises(kvtier.KvtierTypeError, match="out must be C-contiguous"):
+            s.load(toks, torch.zeros((BB, 3), dtype=torch.uint8).t())
+        with pytest.raises(kvtier.InvalidArgumentError, match="out has 8 bytes; it must hold 3 blocks"):
+            s.load(toks, torch.zeros((2, BB // 4), dtype=torch.uint8))

@@ -509,13 +509,14 @@ class Store:
     @staticmethod
     def _memory(obj: Any, name: str, writable: bool) -> Any:
         """What the core takes for a payload or output buffer: buffer-protocol objects as they are; tensors
-        (CUDA memory, or host tensors without the buffer protocol) as ``(address, bytes, device)``. The
-        caller keeps ``obj`` alive for the call."""
-        if isinstance(obj, (np.ndarray, bytes, bytearray, memoryview)) or not (
-            hasattr(obj, "__cuda_array_interface__") or hasattr(obj, "__dlpack__")
-        ):
+        (CUDA memory, host tensors without the buffer protocol, a :class:`kvtier.TensorView`) as
+        ``(address, bytes, device)``. The caller keeps ``obj`` alive for the call."""
+        if isinstance(obj, (np.ndarray, bytes, bytearray, memoryview)):
             return obj
-        from kvtier.kv_layout import as_tensor_view
+        from kvtier.kv_layout import TensorView, as_tensor_view
+
+        if not (isinstance(obj, TensorView) or hasattr(obj, "__cuda_array_interface__") or hasattr(obj, "__dlpack__")):
+            return obj
 
         view = as_tensor_view(obj, name)
         if not view.is_c_contiguous():
