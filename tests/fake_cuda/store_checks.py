@@ -183,8 +183,12 @@ def check_disk_round_trip() -> None:
             with kvtier.Store(config(host_blocks=8, device_blocks=8, disk=disk), now=0.0) as s:
                 m = s.match(a, now=T())
                 assert m.num_blocks == 6 and m.disk_blocks == 6, m
-                assert np.array_equal(load_gpu(s, a, 6, now=T()), pa)
+                # Disk blocks loaded into host memory are promoted to the host tier and on to the device.
                 assert np.array_equal(load_host(s, a, 6, now=T()), pa)
+                assert s.match(a, now=T()).tiers.tolist() == [int(Tier.DEVICE)] * 6
+                assert s.stats().device.promoted == 6
+                assert np.array_equal(load_gpu(s, a, 6, now=T()), pa)
+                assert s.stats().device.hits == 6
                 s.check_invariants()
 
 
