@@ -844,6 +844,22 @@ def test_lmdb_map_full_evicts_and_retries(tmp_path: Path) -> None:
     s.close()
 
 
+def test_lmdb_map_full_with_the_writer_behind(tmp_path: Path) -> None:
+    """A writer that fell behind takes a batch; it must fit a small map after evictions (batches are capped
+    at a quarter of the map): no write error, the latest prompts intact."""
+    bb = 64 << 10
+    s = open_store(tmp_path, host_blocks=4, block_bytes=bb, disk_blocks=256, map_size=2 << 20, sync=False, promote=False)
+    assert s._disk is not None
+    with s._disk._commit_lock:  # holds the writer: 40 demoted blocks queue up (2.5 MiB, more than the map)
+        for pid in range(1, 23):
+            s.insert(tokens(pid, 2), payload(pid, 2, bb))
+    s.flush()
+    assert s.stats().disk.write_errors == 0
+    assert [check_prompt(s, pid, 2, bb) for pid in range(19, 23)] == [2] * 4
+    s.check_invariants()
+    s.close()
+
+
 FULL_DISK_CHILD = """
 import json, os, resource, signal, sys
 import numpy as np

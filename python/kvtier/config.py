@@ -123,7 +123,7 @@ class DiskConfig:
         Blocks waiting for the background writer before an insert waits for it (back-pressure).
         The host arena holds this many extra slots for them.
     batch_blocks
-        Blocks per LMDB write transaction.
+        Blocks per LMDB write transaction (at most, and at most a quarter of the map's bytes).
     sync
         Flush to stable storage at every commit (LMDB's default). ``False`` is faster; a machine
         crash (not a process crash) may then lose the latest commits, never corrupt older ones.

@@ -114,6 +114,9 @@ class DiskFolder:
         self.path = os.fspath(config.path)
         self._block_size = block_size
         self._block_bytes = block_bytes
+        # A batch must fit the map after evictions (the blocks being written cannot be evicted), so a
+        # small map takes smaller batches: at most a quarter of it per transaction.
+        self._batch_blocks = max(1, min(config.batch_blocks, config.lmdb_map_size // (4 * block_bytes)))
         self._env = open_env(self.path, map_size=config.lmdb_map_size, sync=config.sync)
         self._dbs = open_dbs(self._env, create=True)
         self._meta, self._namespaces, self._index, self._blocks = (self._dbs[n] for n in _DBS)
@@ -236,7 +239,7 @@ class DiskFolder:
         core = self._core
         with self._commit_lock:  # one batch in flight at a time, whoever commits it
             while True:
-                closed, writes, deletes = core.disk_take(self.config.batch_blocks, time.time())
+                closed, writes, deletes = core.disk_take(self._batch_blocks, time.time())
                 if closed or (not writes and not deletes):
                     return
                 try:
