@@ -411,6 +411,10 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
       want = std::min<std::uint64_t>(want, capacity_blocks_ - used_blocks_);
     }
   }
+  // Blocks demoted to the disk keep their slots until written. The write queue's back-pressure keeps
+  // enough slots free for a chunk, but blocks evicted by other threads while an insert waited come
+  // back as more than a chunk: never take more slots than are free.
+  if (arena_) want = std::min<std::uint64_t>(want, arena_->free_slots());
   if (want == 0) return r;
 
   // Payloads are copied before the node exists, so a failed (device) copy leaves the tree as it was.
