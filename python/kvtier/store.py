@@ -550,7 +550,8 @@ class Store:
             store is metadata-only. Only the blocks not yet cached are copied. A CUDA tensor (any object
             with ``__cuda_array_interface__`` or ``__dlpack__``) is copied on the GPU into the device tier
             when the store has one on that GPU and it has room (the host copy is written when the device
-            evicts the blocks), else into the host tier.
+            evicts the blocks), else into the host tier. The copy runs on kvtier's own CUDA stream, not after
+            the kernels that wrote the tensor: pass it when it is final (synchronize its stream first).
         start_block
             First block that ``payloads`` covers; the blocks before it must already be cached
             (an engine saving one new block passes the index of that block).
@@ -582,7 +583,8 @@ class Store:
         ``tokens`` may be a pinned :class:`MatchResult` (copies exactly its blocks), or a prompt
         (matches and copies in one step). ``out`` is a writable C-contiguous buffer of at least
         ``blocks x block_bytes`` bytes; block ``i`` lands at byte ``i * block_bytes``. It may be a CUDA
-        tensor: blocks on the device tier are then copied GPU to GPU, the others from pinned host memory.
+        tensor: blocks on the device tier are then copied GPU to GPU, the others from pinned host memory;
+        the copies are complete when ``load`` returns (they ran on kvtier's own stream).
         With a device tier (``promote=True``), the host blocks a load reads are copied up to it.
         """
         self._check_payload(out, "out")
