@@ -437,6 +437,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
         for (std::uint64_t i = 0; i < want; ++i)
           runs.push_back({darena_->slot_address(np->dslots[i]), reinterpret_cast<std::uint64_t>(src.data + i * bb), bb});
         move_runs(runs, src.device);
+        if (spec_.device.write_through) fill_host_slots(np->slots, src, disk_ != nullptr);
       } else {
         fill_host_slots(np->slots, src, disk_ != nullptr);
       }
@@ -456,11 +457,11 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   if (arena_) {
     c.payload = std::move(np);
     if (to_device) {
-      c.payload->dirty = true;
+      c.payload->dirty = !spec_.device.write_through;
       c.payload->dstamp = seq_;
       dev_link_tail(child);
       dused_ += want;
-      ddirty_ += want;
+      if (c.payload->dirty) ddirty_ += want;
       devstats_.inserted += want;
       devstats_.bytes_written += want * bb;
       ledger_.change(kTierDevice, account, static_cast<std::int64_t>(want * bb), now);

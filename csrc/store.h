@@ -55,6 +55,7 @@ struct DeviceSpec {
   std::uint64_t capacity_bytes = 0;  // > 0 when enabled; at most the host tier's capacity
   int ordinal = 0;                   // CUDA device
   bool promote = true;               // loads copy the host blocks they read up to the device
+  bool write_through = false;        // inserts from GPU memory write the host slots at once too
 };
 
 struct StoreSpec {

@@ -297,7 +297,7 @@ PYBIND11_MODULE(_core, m) {
                        std::uint64_t capacity_bytes, int policy, double ttl_s, std::uint64_t limit,
                        std::uint64_t disk_capacity_bytes, int disk_policy, double disk_ttl_s, bool write_through,
                        std::uint32_t queue_blocks, std::uint64_t device_capacity_bytes, int device,
-                       bool device_promote) {
+                       bool device_promote, bool device_write_through) {
              if (policy < 0 || policy > 2) raise(Code::kInvalidArgument, "policy must be 0 (lru), 1 (lfu) or 2 (ttl)");
              if (disk_policy < 0 || disk_policy > 2)
                raise(Code::kInvalidArgument, "disk policy must be 0 (lru), 1 (lfu) or 2 (ttl)");
@@ -322,6 +322,7 @@ PYBIND11_MODULE(_core, m) {
                spec.device.capacity_bytes = device_capacity_bytes;
                spec.device.ordinal = device;
                spec.device.promote = device_promote;
+               spec.device.write_through = device_write_through;
              }
              auto s = std::make_unique<PyStore>();
              {
@@ -336,7 +337,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("capacity_bytes"), py::arg("policy"), py::arg("ttl_s"), py::arg("limit"),
            py::arg("disk_capacity_bytes") = 0, py::arg("disk_policy") = 0, py::arg("disk_ttl_s") = 0.0,
            py::arg("write_through") = false, py::arg("queue_blocks") = 64, py::arg("device_capacity_bytes") = 0,
-           py::arg("device") = 0, py::arg("device_promote") = true)
+           py::arg("device") = 0, py::arg("device_promote") = true, py::arg("device_write_through") = false)
       .def("add_namespace", [](PyStore& s, py::bytes key) { return s.store->add_namespace(key_from(key, "namespace key")); })
       .def("account", [](PyStore& s, std::uint32_t ns, const std::string& session) { return s.store->account(ns, session); })
       .def("namespace_key_of", [](PyStore& s, std::uint32_t ns) { return key_bytes(s.store->namespace_key_of(ns)); })

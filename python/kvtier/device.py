@@ -113,10 +113,15 @@ class DeviceTierConfig(TierConfig):
         CUDA device ordinal.
     promote
         Loads copy the host blocks they read up to the device tier (so the next load of them is GPU to GPU).
+    write_through
+        ``False`` (default, write-back): blocks inserted from GPU memory reach their host slots only when the
+        device tier evicts them (or the disk needs them). ``True``: the host slots are written at insert too
+        (a second copy, GPU to host), so evicting them from the device costs nothing.
     """
 
     device: int = 0
     promote: bool = True
+    write_through: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -127,8 +132,9 @@ class DeviceTierConfig(TierConfig):
                 f"the device tier evicts least recently used blocks: policy must be 'lru' and ttl_s None, got "
                 f"policy={self.policy!r}, ttl_s={self.ttl_s!r} (set TTLs on the host and disk tiers)"
             )
-        if not isinstance(self.promote, bool):
-            raise KvtierTypeError(f"promote must be a bool, got {type(self.promote).__name__}")
+        for name in ("promote", "write_through"):
+            if not isinstance(getattr(self, name), bool):
+                raise KvtierTypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
         _check_int("device", self.device, 0)
         _require_cuda("a device tier", self.device)
 

@@ -354,6 +354,7 @@ class Store:
             device_capacity_bytes=0 if device is None or device.capacity_bytes is None else device.capacity_bytes,
             device=0 if device is None else device.device,
             device_promote=True if device is None else device.promote,
+            device_write_through=False if device is None else device.write_through,
         )
         self._disk: DiskFolder | None = None
         self._finalizer: weakref.finalize[[Any, DiskFolder], Store] | None = None

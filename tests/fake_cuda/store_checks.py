@@ -138,6 +138,25 @@ def check_no_promotion() -> None:
         assert s.stats().device.blocks == 0 and s.match(a, now=T()).device_blocks == 0
 
 
+def check_write_through() -> None:
+    with kvtier.Store(config(host_blocks=16, device_blocks=8, device_kw={"write_through": True})) as s:
+        a, pa = prompt(11, 3), payload(11, 3)
+        s.insert(a, on_gpu(pa), now=T())
+        d = s.stats().device
+        assert (d.inserted, d.blocks, d.dirty_blocks) == (3, 3, 0), d
+        assert np.array_equal(load_gpu(s, a, 3, now=T()), pa) and s.stats().device.hits == 3
+        s.evict(1 << 30, tier=Tier.DEVICE, now=T())
+        assert s.stats().device.written_back == 0 and s.stats().device.blocks == 0
+        assert np.array_equal(load_host(s, a, 3, now=T()), pa)
+        s.check_invariants()
+    try:
+        DeviceTierConfig(capacity_bytes=1 << 20, write_through=1)  # type: ignore[arg-type]
+    except KvtierTypeError as e:
+        assert "write_through must be a bool" in str(e), e
+    else:
+        raise AssertionError("write_through=1 was accepted")
+
+
 def check_too_big_for_device() -> None:
     with kvtier.Store(config(host_blocks=32, device_blocks=2)) as s:
         a, pa = prompt(6, 5), payload(6, 5)
