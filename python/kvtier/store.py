@@ -359,6 +359,8 @@ class Store:
         self._disk: DiskFolder | None = None
         self._finalizer: weakref.finalize[[Any, DiskFolder], Store] | None = None
         self._ns_lock = threading.Lock()
+        self._staging: npt.NDArray[np.uint8] | None = None  # see _staging_for
+        self._staging_lock = threading.Lock()
         self._ns_ids: dict[Namespace, int] = {}
         self._ns_by_id: list[Namespace] = []
         self._accounts: dict[tuple[int, str], int] = {}
@@ -611,27 +613,42 @@ class Store:
         good = int(planned)
         corrupt: list[bytes] = []
         missing: list[bytes] = []
-        staged = None
-        staged_blocks: list[int] = []
         if reads:
             if isinstance(out, tuple) and out[2] >= 0:
-                # GPU `out`: read the folder's blocks into host memory; the core copies them up.
-                from kvtier.device import host_buffer
-
-                staged = host_buffer(len(reads) * self.config.block_bytes)
-                staged_blocks = [block for block, _key, _crc in reads]
-                first, corrupt, missing = self._disk.read(
-                    staged, [(k, key, crc) for k, (_b, key, crc) in enumerate(reads)]
-                )
-                first_bad = None if first is None else staged_blocks[first]
-            else:
-                first_bad, corrupt, missing = self._disk.read(out, reads)
+                # GPU `out`: read the folder's blocks into page-locked host memory; the core copies them up.
+                with self._staging_for(len(reads) * self.config.block_bytes) as staged:
+                    staged_blocks = [block for block, _key, _crc in reads]
+                    first, corrupt, missing = self._disk.read(
+                        staged, [(k, key, crc) for k, (_b, key, crc) in enumerate(reads)]
+                    )
+                    good = good if first is None else staged_blocks[first]
+                    return int(
+                        self._core.disk_finish_load(
+                            pin, out, good, corrupt, missing, self._disk.config.promote, now, staged, staged_blocks
+                        )
+                    )
+            first_bad, corrupt, missing = self._disk.read(out, reads)
             if first_bad is not None:
                 good = first_bad
         promote = self._disk.config.promote
-        return int(
-            self._core.disk_finish_load(pin, out, good, corrupt, missing, promote, now, staged, staged_blocks)
-        )
+        return int(self._core.disk_finish_load(pin, out, good, corrupt, missing, promote, now))
+
+    @contextmanager
+    def _staging_for(self, nbytes: int) -> Iterator[npt.NDArray[np.uint8]]:
+        """A page-locked host buffer of at least ``nbytes`` for disk reads bound for GPU memory: the store's
+        own (grown as needed; page-locking is slow to repeat), or a fresh one while another load uses it."""
+        from kvtier.device import host_buffer
+
+        if not self._staging_lock.acquire(blocking=False):
+            yield host_buffer(nbytes)
+            return
+        try:
+            if self._staging is None or self._staging.nbytes < nbytes:
+                self._staging = None
+                self._staging = host_buffer(max(nbytes, 1 << 20))
+            yield self._staging[:nbytes]
+        finally:
+            self._staging_lock.release()
 
     def block_keys_of(self, result: MatchResult) -> npt.NDArray[np.uint8]:
         """``uint8[num_blocks, 32]``: the chained keys of a pinned match (docs/keys.md)."""
@@ -780,6 +797,7 @@ class Store:
             self._finalizer()  # closes the core (which stops the writer) and the folder
         else:
             self._core.close()
+        self._staging = None
         if error is not None:
             raise error
 
