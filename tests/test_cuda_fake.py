@@ -129,6 +129,7 @@ def test_fake_driver(fake_dir: Path, name: str, env: dict[str, str]) -> None:
         ("bad_input", {}),
         ("model", {}),
         ("model", {"FAKE_CUDA_NO_BATCH": "1"}),
+        ("threads", {}),
     ],
     ids=[
         "insert-from-gpu-write-back",
@@ -142,6 +143,7 @@ def test_fake_driver(fake_dir: Path, name: str, env: dict[str, str]) -> None:
         "bad-input",
         "model",
         "model-copy-loop",
+        "threads",
     ],
 )
 def test_store_device_tier(fake_dir: Path, name: str, env: dict[str, str]) -> None:

@@ -322,6 +322,57 @@ def check_model() -> None:
             s.flush()
 
 
+def check_threads() -> None:
+    """Four threads insert (host or GPU memory), load (into host or GPU memory) and evict either tier of one
+    store with a disk below; every load returns the bytes inserted for its prompt."""
+    import threading
+
+    prompts = [(prompt(30_000 + k, 1 + k % 5), payload(30_000 + k, 1 + k % 5)) for k in range(24)]
+    errors: list[BaseException] = []
+    with tempfile.TemporaryDirectory() as folder:
+        disk = DiskConfig(path=folder, capacity_bytes=48 * BB, sync=False, queue_blocks=8)
+        with kvtier.Store(config(host_blocks=16, device_blocks=8, disk=disk)) as s:
+
+            def worker(seed: int) -> None:
+                rng = np.random.default_rng(seed)
+                try:
+                    for _ in range(200):
+                        toks, pay = prompts[int(rng.integers(0, len(prompts)))]
+                        n = len(toks) // BS
+                        op = rng.random()
+                        if op < 0.35:
+                            s.insert(toks, on_gpu(pay) if rng.random() < 0.5 else pay)
+                        elif op < 0.85:
+                            out: Any = FakeDeviceTensor((n, BB), np.uint8) if rng.random() < 0.5 else None
+                            if out is None:
+                                host = np.zeros((n, BB), np.uint8)
+                                got = s.load(toks, host)
+                                data = host[:got]
+                            else:
+                                out.host[...] = 0
+                                got = s.load(toks, out)
+                                data = out.host[:got]
+                            assert np.array_equal(data, pay[:got]), "wrong payload"
+                        elif op < 0.93:
+                            s.evict(int(rng.integers(1, 4)) * BB, tier=Tier.DEVICE)
+                        else:
+                            s.evict(int(rng.integers(1, 4)) * BB)
+                except BaseException as e:  # reported below
+                    errors.append(e)
+
+            threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+            assert not any(t.is_alive() for t in threads), "a thread hung"
+            assert not errors, repr(errors[0])
+            s.flush(host=True)
+            s.check_invariants()
+            d = s.stats().device
+            assert d.hits > 0 and d.inserted > 0 and d.written_back > 0, d
+
+
 def main() -> None:
     name = sys.argv[1]
     fn: Callable[[], None] = globals()[f"check_{name}"]
