@@ -17,6 +17,11 @@ every round; figures are medians. The scattered cases are also run on the ``cuMe
 
 Issue 7's targets: ratio >= 0.8 for 2 MiB runs and >= 0.6 for scattered runs, both directions
 (``bench/test_gpu_copy.py`` gates them).
+
+Also reported, not gated: the store's device tier (``kvtier.Store`` with ``DeviceTierConfig``), 256 blocks of
+256 KiB: a load into a CUDA tensor from the device tier (GPU to GPU) against PyTorch's device ``copy_`` of the same
+bytes, a load from the host tier (``promote=False``) against the pinned host-to-device ``copy_``, and an insert
+from a CUDA tensor into the device tier against the device ``copy_``.
 """
 
 from __future__ import annotations
@@ -94,6 +99,76 @@ def _case(
     return out
 
 
+def _store_case(torch: Any, rounds: int) -> dict[str, float]:
+    """The store's device tier: load and insert through ``kvtier.Store`` against PyTorch copies of the same bytes."""
+    bb, n = 256 << 10, 256
+    nbytes = bb * n
+    dev = torch.cuda.current_device()
+    cfg = kvtier.StoreConfig(
+        block_size=16,
+        block_bytes=bb,
+        host=kvtier.TierConfig(capacity_bytes=4 * nbytes),
+        device=kvtier.DeviceTierConfig(capacity_bytes=2 * nbytes, device=dev, promote=False),
+    )
+    src = torch.empty((n, bb), dtype=torch.uint8, device="cuda").random_(0, 256)
+    out = torch.empty_like(src)
+    pinned = torch.empty((n, bb), dtype=torch.uint8, pin_memory=True)
+    on_device = np.arange(16 * n, dtype=np.int32)
+    on_host = on_device + 1_000_000
+    with kvtier.Store(cfg) as store:
+        store.insert(on_device, src)  # device tier (GPU to GPU)
+        store.insert(on_host, src.cpu().numpy())  # host tier only (host memory, promote=False)
+        assert store.match(on_device).device_blocks == n and store.match(on_host).device_blocks == 0
+        torch.cuda.synchronize()
+
+        def torch_d2d() -> None:
+            out.copy_(src, non_blocking=True)
+            torch.cuda.synchronize()
+
+        def torch_h2d() -> None:
+            out.copy_(pinned, non_blocking=True)
+            torch.cuda.synchronize()
+
+        t = _timed_rounds(
+            {
+                "store_load_device": lambda: store.load(on_device, out),
+                "store_load_host": lambda: store.load(on_host, out),
+                "torch_d2d": torch_d2d,
+                "torch_h2d": torch_h2d,
+            },
+            rounds,
+        )
+        store.load(on_device, out)
+        torch.cuda.synchronize()
+        assert torch.equal(out, src), "a load from the device tier is not bit-exact"
+        # Inserts into the device tier, timed alone: clear() (untimed) drops the blocks again, with no write-back.
+        ins_s, d2d_s = [], []
+        for r in range(rounds + 2):
+            tokens = on_host + 2_000_000 * (r + 1)
+            t0 = time.perf_counter()
+            store.insert(tokens, src)
+            dt = time.perf_counter() - t0
+            assert store.match(tokens).device_blocks == n
+            store.clear()
+            t0 = time.perf_counter()
+            torch_d2d()
+            if r >= 2:
+                ins_s.append(dt)
+                d2d_s.append(time.perf_counter() - t0)
+        ins = {"store_insert_device": statistics.median(ins_s), "torch_d2d": statistics.median(d2d_s)}
+    return {
+        "bytes": float(nbytes),
+        "load_device_gbps": nbytes / t["store_load_device"] / 1e9,
+        "load_device_ratio": t["torch_d2d"] / t["store_load_device"],
+        "load_host_gbps": nbytes / t["store_load_host"] / 1e9,
+        "load_host_ratio": t["torch_h2d"] / t["store_load_host"],
+        "insert_device_gbps": nbytes / ins["store_insert_device"] / 1e9,
+        "insert_device_ratio": ins["torch_d2d"] / ins["store_insert_device"],
+        "torch_d2d_gbps": nbytes / t["torch_d2d"] / 1e9,
+        "torch_h2d_gbps": nbytes / t["torch_h2d"] / 1e9,
+    }
+
+
 def measure(rounds: int = 10) -> dict[str, Any]:
     """All cases; returns figures (GB/s, ratios to PyTorch) keyed by case."""
     import torch
@@ -123,6 +198,7 @@ def measure(rounds: int = 10) -> dict[str, Any]:
             del layers
             torch.cuda.empty_cache()
         figures["engine_stats"] = auto.stats()
+    figures["store"] = _store_case(torch, rounds)
     return figures
 
 
@@ -153,6 +229,15 @@ def print_report(figures: dict[str, Any]) -> None:
                 + ("" if ratio >= target else "  BELOW TARGET")
             )
     print(f"engine stats: {figures['engine_stats']}")
+    st = figures.get("store")
+    if st is not None:
+        print(f"store device tier, {st['bytes'] / MIB:.0f} MiB of 256 KiB blocks (not gated):")
+        print(f"  load from device tier -> GPU {st['load_device_gbps']:8.2f} GB/s  vs torch device copy_ "
+              f"{st['torch_d2d_gbps']:8.2f} GB/s  ratio {st['load_device_ratio']:.3f}")
+        print(f"  load from host tier   -> GPU {st['load_host_gbps']:8.2f} GB/s  vs torch pinned copy_ "
+              f"{st['torch_h2d_gbps']:8.2f} GB/s  ratio {st['load_host_ratio']:.3f}")
+        print(f"  insert GPU -> device tier    {st['insert_device_gbps']:8.2f} GB/s  vs torch device copy_ "
+              f"ratio {st['insert_device_ratio']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:

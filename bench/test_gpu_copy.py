@@ -34,6 +34,16 @@ def test_report_and_gates_of_synthetic_figures(capsys: pytest.CaptureFixture[str
     gpu_copy.print_report(figures)
     out = capsys.readouterr().out
     assert out.count("BELOW TARGET") == 2 and "16KiB" in out and "card" in out
+    assert "store device tier" not in out
+    figures["store"] = {
+        "bytes": 64.0 * 2**20,
+        **{f"{k}_gbps": 100.0 for k in ("load_device", "load_host", "insert_device", "torch_d2d", "torch_h2d")},
+        **{f"{k}_ratio": 0.9 for k in ("load_device", "load_host", "insert_device")},
+    }
+    gpu_copy.print_report(figures)
+    out = capsys.readouterr().out
+    assert "store device tier, 64 MiB" in out and out.count("ratio 0.900") == 3
+    assert len(gpu_copy.gates(figures)) == 8  # the store's figures are reported, not gated
 
 
 @pytest.mark.gpu
