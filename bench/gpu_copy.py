@@ -198,7 +198,10 @@ def measure(rounds: int = 10) -> dict[str, Any]:
             del layers
             torch.cuda.empty_cache()
         figures["engine_stats"] = auto.stats()
-    figures["store"] = _store_case(torch, rounds)
+    try:  # reported, not gated: a failure here must not hide the copy engine's figures
+        figures["store"] = _store_case(torch, rounds)
+    except Exception as e:  # noqa: BLE001
+        figures["store_error"] = f"{type(e).__name__}: {e}"
     return figures
 
 
@@ -229,6 +232,8 @@ def print_report(figures: dict[str, Any]) -> None:
                 + ("" if ratio >= target else "  BELOW TARGET")
             )
     print(f"engine stats: {figures['engine_stats']}")
+    if "store_error" in figures:
+        print(f"store device tier: FAILED, {figures['store_error']}")
     st = figures.get("store")
     if st is not None:
         print(f"store device tier, {st['bytes'] / MIB:.0f} MiB of 256 KiB blocks (not gated):")
