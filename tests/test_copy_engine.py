@@ -464,6 +464,19 @@ def test_cuda_unavailable_says_why() -> None:
 
 
 @no_cuda
+def test_cuda_command_says_why_not(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from kvtier.cli import main
+
+    assert main(["cuda"]) == 1
+    assert capsys.readouterr().out.startswith("CUDA unavailable: libcuda.so.1 not found")
+    assert main(["cuda", "--json"]) == 1
+    status = json.loads(capsys.readouterr().out)
+    assert status["available"] is False and "libcuda.so.1" in status["reason"] and status["devices"] == []
+
+
+@no_cuda
 def test_device_tier_without_cuda_names_what_is_missing() -> None:
     with pytest.raises(CudaUnavailableError, match="a device tier needs CUDA.*libcuda.so.1 not found"):
         kvtier.DeviceTierConfig(capacity_bytes=1 << 30)

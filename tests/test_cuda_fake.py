@@ -90,6 +90,10 @@ def test_probe_reasons(fake_dir: Path, env: dict[str, str], expect: str) -> None
     assert expect in _run(fake_dir, "probe_reason", **env)
 
 
+def test_cuda_command(fake_dir: Path) -> None:
+    _run(fake_dir, "cuda_command")
+
+
 def test_probe_library_lacking_a_call(broken_dir: Path) -> None:
     out = _run(broken_dir, "probe_reason")
     assert "does not export cuMemcpyAsync" in out and "libcuda.so.1" in out

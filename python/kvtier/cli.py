@@ -250,7 +250,29 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--orphans", action="store_true", help="with --repair, also remove unreachable blocks")
     f.add_argument("--json", action="store_true", help="print the report as JSON")
     f.set_defaults(func=_cmd_fsck)
+
+    g = sub.add_parser(
+        "cuda",
+        help="whether kvtier can use CUDA here (driver, devices, batched copies), and why not",
+        description="Exit status: 0 CUDA is usable, 1 it is not (the reason is printed).",
+    )
+    g.add_argument("--json", action="store_true", help="print the status as JSON")
+    g.set_defaults(func=_cmd_cuda)
     return p
+
+
+def _cmd_cuda(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from kvtier.device import cuda_available
+
+    status = cuda_available()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(status), indent=2))
+    else:
+        print(status)
+    return 0 if status else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

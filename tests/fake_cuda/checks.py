@@ -90,6 +90,24 @@ def check_probe() -> None:
     assert "CUDA 12" in str(s)
 
 
+def check_cuda_command() -> None:
+    import contextlib
+    import io
+    import json
+
+    from kvtier.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["cuda", "--json"]) == 0
+    status = json.loads(buf.getvalue())
+    assert status["available"] is True and status["reason"] == "" and len(status["devices"]) >= 1, status
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["cuda"]) == 0
+    assert buf.getvalue().startswith("CUDA ") and "devices 0: " in buf.getvalue(), buf.getvalue()
+
+
 def check_probe_reason() -> None:
     s = kvtier.cuda_available()
     assert not s
