@@ -509,8 +509,7 @@ class Store:
         if self._dtype is not None and isinstance(payloads, np.ndarray) and payloads.dtype != self._dtype:
             raise KvtierTypeError(f"{name} must have dtype {self._dtype}, got {payloads.dtype}")
 
-    @staticmethod
-    def _memory(obj: Any, name: str, writable: bool) -> Any:
+    def _memory(self, obj: Any, name: str, writable: bool) -> Any:
         """What the core takes for a payload or output buffer: buffer-protocol objects as they are; tensors
         (CUDA memory, host tensors without the buffer protocol, a :class:`kvtier.TensorView`) as
         ``(address, bytes, device)``. The caller keeps ``obj`` alive for the call."""
@@ -528,6 +527,8 @@ class Store:
             raise KvtierTypeError(f"{name} must be writable")
         if view.data_ptr == 0 and view.nbytes:
             raise InvalidArgumentError(f"{name} has no memory (a null data pointer)")
+        if self._dtype is not None and view.dtype != self._dtype.str:
+            raise KvtierTypeError(f"{name} must have dtype {self._dtype}, got {view.dtype}")
         return (view.data_ptr, view.nbytes, view.device)
 
     def insert(

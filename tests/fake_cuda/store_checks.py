@@ -265,6 +265,20 @@ def check_bad_input() -> None:
                 assert what in str(e), e
             else:
                 raise AssertionError(f"insert accepted {what}")
+        class ReadOnly:
+            __cuda_array_interface__ = {
+                "shape": (2, BB),
+                "typestr": "|u1",
+                "data": (backing.ptr, True),
+                "version": 3,
+            }
+
+        try:
+            s.load(a, ReadOnly(), now=T())
+        except KvtierTypeError as e:
+            assert "out must be writable" in str(e), e
+        else:
+            raise AssertionError("load wrote into a read-only CUDA buffer")
         small = FakeDeviceTensor((1, BB), np.uint8)
         s.insert(a, on_gpu(payload(10, 2)), now=T())
         try:
@@ -280,6 +294,30 @@ def check_bad_input() -> None:
         else:
             raise AssertionError("evict accepted tier=DISK")
         s.check_invariants()
+
+
+def check_payload_dtype() -> None:
+    """A store with payload_dtype refuses CUDA tensors of another dtype, as it does numpy arrays."""
+    cfg = StoreConfig(
+        block_size=BS,
+        block_bytes=BB,
+        payload_dtype="float16",
+        host=TierConfig(capacity_bytes=16 * BB),
+        device=DeviceTierConfig(capacity_bytes=8 * BB),
+    )
+    with kvtier.Store(cfg) as s:
+        a = prompt(12, 2)
+        try:
+            s.insert(a, FakeDeviceTensor((2, BB // 4), np.float32), now=T())
+        except KvtierTypeError as e:
+            assert "payloads must have dtype float16, got <f4" in str(e), e
+        else:
+            raise AssertionError("a float32 CUDA payload was accepted by a float16 store")
+        good = FakeDeviceTensor((2, BB // 2), np.float16)
+        good.host[...] = np.arange(BB, dtype=np.float16).reshape(2, BB // 2)
+        s.insert(a, good, now=T())
+        out = FakeDeviceTensor((2, BB // 2), np.float16)
+        assert s.load(a, out, now=T()) == 2 and np.array_equal(out.host, good.host)
 
 
 def check_model() -> None:
