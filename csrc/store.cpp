@@ -24,6 +24,13 @@ std::string fmt_time(double t) {
   return s.str();
 }
 
+// Throws unless a tier of `bytes` holds at least one block.
+void check_holds_a_block(const std::string& what, std::uint64_t bytes, std::uint64_t block_bytes) {
+  if (bytes < block_bytes)
+    throw Error(Code::kInvalidArgument, what + "=" + std::to_string(bytes) + " is smaller than one block (block_bytes=" +
+                                            std::to_string(block_bytes) + ")");
+}
+
 }  // namespace
 
 Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spec.host.policy, tree_) {
@@ -35,10 +42,7 @@ Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spe
   if (spec.host.policy == Policy::kTTL && spec.host.ttl_s <= 0.0)
     throw Error(Code::kInvalidArgument, "policy 'ttl' needs ttl_s > 0");
   if (spec.host.capacity_bytes != 0) {
-    if (spec.host.capacity_bytes < spec.block_bytes)
-      throw Error(Code::kInvalidArgument,
-                  "capacity_bytes=" + std::to_string(spec.host.capacity_bytes) +
-                      " is smaller than one block (block_bytes=" + std::to_string(spec.block_bytes) + ")");
+    check_holds_a_block("capacity_bytes", spec.host.capacity_bytes, spec.block_bytes);
     capacity_blocks_ = spec.host.capacity_bytes / spec.block_bytes;
     if (capacity_blocks_ >= kNil)
       throw Error(Code::kInvalidArgument, "capacity_bytes / block_bytes must be below 2**32 - 1 blocks");
@@ -49,10 +53,7 @@ Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spe
   if (spec.disk.enabled) {
     const DiskSpec& d = spec.disk;
     if (!spec.payloads) throw Error(Code::kInvalidArgument, "a disk tier needs a store with payloads");
-    if (d.capacity_bytes < spec.block_bytes)
-      throw Error(Code::kInvalidArgument, "disk capacity_bytes=" + std::to_string(d.capacity_bytes) +
-                                              " is smaller than one block (block_bytes=" +
-                                              std::to_string(spec.block_bytes) + ")");
+    check_holds_a_block("disk capacity_bytes", d.capacity_bytes, spec.block_bytes);
     if (!(d.ttl_s >= 0.0) || std::isinf(d.ttl_s))
       throw Error(Code::kInvalidArgument, "disk ttl_s must be a finite number of seconds >= 0");
     if (d.policy == Policy::kTTL && d.ttl_s <= 0.0) throw Error(Code::kInvalidArgument, "disk policy 'ttl' needs ttl_s > 0");
@@ -66,10 +67,7 @@ Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spe
   if (spec.device.enabled) {
     const DeviceSpec& d = spec.device;
     if (!spec.payloads) throw Error(Code::kInvalidArgument, "a device tier needs a store with payloads");
-    if (d.capacity_bytes < spec.block_bytes)
-      throw Error(Code::kInvalidArgument, "device capacity_bytes=" + std::to_string(d.capacity_bytes) +
-                                              " is smaller than one block (block_bytes=" +
-                                              std::to_string(spec.block_bytes) + ")");
+    check_holds_a_block("device capacity_bytes", d.capacity_bytes, spec.block_bytes);
     if (d.capacity_bytes / spec.block_bytes > capacity_blocks_)
       throw Error(Code::kInvalidArgument,
                   "device capacity_bytes=" + std::to_string(d.capacity_bytes) + " exceeds the host tier's (" +
