@@ -113,6 +113,7 @@ def _store_case(torch: Any, rounds: int) -> dict[str, float]:
     src = torch.empty((n, bb), dtype=torch.uint8, device="cuda").random_(0, 256)
     out = torch.empty_like(src)
     pinned = torch.empty((n, bb), dtype=torch.uint8, pin_memory=True)
+    torch.cuda.synchronize()  # kvtier copies on its own stream: src must be final
     on_device = np.arange(16 * n, dtype=np.int32)
     on_host = on_device + 1_000_000
     with kvtier.Store(cfg) as store:

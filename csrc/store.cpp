@@ -222,20 +222,29 @@ void Store::drop_blocks(std::uint32_t id, std::uint32_t count, double now) {
   Node& n = tree_.at(id);
   const std::uint32_t have = tree_.num_blocks(id);
   KVTIER_ASSERT(count > 0 && count <= have && n.pins == 0 && n.num_children == 0);
+  const bool is_expired = expired(n, now);  // the same test as lookups use: never both hit and expired
+  const double expiry = n.last_access + spec_.host.ttl_s;
+  std::uint64_t device_blocks = 0;
+  if (darena_ && on_device(id)) {
+    // The node leaves the device with its host blocks. Dirty blocks are written back first when they
+    // stay in the host (a partial drop) or go on to the disk; otherwise they are simply gone. First,
+    // so that a failed copy leaves the node as it was.
+    device_blocks = tree_.num_blocks(id);
+    dev_evict(id, /*write_back=*/count < have || (disk_ && demote_), now);
+  }
   const std::uint64_t bytes = static_cast<std::uint64_t>(count) * spec_.block_bytes;
   ledger_.change(kTierHost, n.account, -static_cast<std::int64_t>(bytes), now);
-  if (expired(n, now)) {  // the same test as lookups use, so a block is never both hit and expired
+  if (is_expired) {
     // Residency ends at the expiry instant, not at the (later) reclaim.
-    const double expiry = n.last_access + spec_.host.ttl_s;
-    if (now > expiry) ledger_.refund(kTierHost, n.account, static_cast<double>(bytes) * (now - expiry));
+    if (now > expiry) {
+      ledger_.refund(kTierHost, n.account, static_cast<double>(bytes) * (now - expiry));
+      if (device_blocks > 0)
+        ledger_.refund(kTierDevice, n.account,
+                       static_cast<double>(device_blocks * spec_.block_bytes) * (now - expiry));
+    }
     stats_.expired += count;
   } else {
     stats_.evicted += count;
-  }
-  if (darena_ && on_device(id)) {
-    // The node leaves the device with its host blocks. Dirty blocks are written back first when they
-    // stay in the host (a partial drop) or go on to the disk; otherwise they are simply gone.
-    dev_evict(id, /*write_back=*/count < have || (disk_ && demote_), now);
   }
   if (arena_) {
     for (std::uint32_t i = have - count; i < have; ++i) {
@@ -403,9 +412,15 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
       // (every other node of the path has a child on the path), so shielding it is enough.
       shielded_ = attach;
       refresh_candidate(attach);
+      struct Unshield {  // also when an eviction's copy throws
+        Store* s;
+        std::uint32_t attach;
+        ~Unshield() {
+          s->shielded_ = kNil;
+          s->refresh_candidate(attach);
+        }
+      } unshield{this, attach};
       evict_blocks(want - free_now, now);
-      shielded_ = kNil;
-      refresh_candidate(attach);
       want = std::min<std::uint64_t>(want, capacity_blocks_ - used_blocks_);
     }
   }
@@ -420,13 +435,13 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   const std::size_t bb = spec_.block_bytes;
   bool to_device = false;
   if (arena_) {
-    np = std::make_unique<NodePayload>();
-    np->slots.resize(want);
-    for (auto& slot : np->slots) slot = arena_->take();
     const Memory src{payload.data + (r.matched - payload_first) * bb, payload.device};
     // GPU memory on the device tier's GPU goes to the device tier, if it has room without evicting the
     // prefix this insert extends; the host slots stay dirty until the device evicts the blocks.
     to_device = darena_ && src.device == darena_->device() && dev_make_room(want, seq_, now);
+    np = std::make_unique<NodePayload>();
+    np->slots.resize(want);
+    for (auto& slot : np->slots) slot = arena_->take();
     try {
       if (to_device) {
         np->dslots.resize(want);

@@ -216,7 +216,8 @@ class Store {
   // After a load's folder reads: `good` leading blocks of the prefix are in `out`; `bad` keys failed
   // their checksum (or were gone) and are removed. With `promote`, good disk blocks are copied into
   // the host tier when that needs no wait. Returns `good`.
-  // When `out` is GPU memory the caller read the folder's blocks into host memory `staged` instead
+  // When `out` is a tensor (GPU memory, or host memory the folder reader cannot write into) the caller
+  // read the folder's blocks into host memory `staged` instead
   // (block staged_blocks[k] at staged + k * block_bytes); they are copied to `out` first.
   std::uint32_t disk_finish_load(std::uint32_t pin, Memory out, std::uint32_t good, const std::vector<Key>& corrupt,
                                  const std::vector<Key>& missing, bool promote, double now,

@@ -158,6 +158,13 @@ void Store::dev_evict(std::uint32_t id, bool write_back, double now) {
 // operation `guard` (0: none). False if that is not enough.
 bool Store::dev_make_room(std::uint64_t blocks, std::uint64_t guard, double now) {
   if (blocks > darena_->slots()) return false;
+  // Enough evictable nodes first, so that nothing is written back for a placement that then fails.
+  std::uint64_t could = darena_->free_slots();
+  for (std::uint32_t id = dhead_; id != kNil && could < blocks; id = tree_.at(id).payload->dnext) {
+    if (guard != 0 && tree_.at(id).payload->dstamp == guard) return false;
+    could += tree_.at(id).payload->dslots.size();
+  }
+  if (could < blocks) return false;
   while (darena_->free_slots() < blocks) {
     const std::uint32_t victim = dhead_;
     if (victim == kNil || (guard != 0 && tree_.at(victim).payload->dstamp == guard)) return false;

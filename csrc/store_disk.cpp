@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <exception>
 #include <limits>
 
 #include "checksum.h"
@@ -135,6 +136,7 @@ std::uint64_t Store::disk_persist(std::size_t max_blocks, double now) {
   if (std::isnan(now)) now = std::isfinite(last_now_) ? last_now_ : 0.0;
   // Host blocks keep their slots while queued, so this needs no room in the queue's slot reserve.
   std::uint64_t queued = 0;
+  std::exception_ptr failed;
   std::vector<std::uint32_t> todo(roots_.begin(), roots_.end());
   while (!todo.empty() && queued < max_blocks) {
     const std::uint32_t id = todo.back();
@@ -145,11 +147,18 @@ std::uint64_t Store::disk_persist(std::size_t max_blocks, double now) {
     for (std::uint32_t b = 0; b < keys.size() && queued < max_blocks; ++b) {
       if (disk_->find(keys[b]) != kNil) continue;
       const std::uint64_t before = queued_;
-      queue_write(id, b, /*host_keeps=*/true, now);
+      try {
+        queue_write(id, b, /*host_keeps=*/true, now);
+      } catch (const cuda::DriverError&) {
+        // A dirty device node could not be written back: persist every other node, then report it.
+        if (!failed) failed = std::current_exception();
+        break;
+      }
       if (queued_ == before) return queued;  // the disk is full of pinned or queued blocks
       ++queued;
     }
   }
+  if (failed) std::rethrow_exception(failed);
   return queued;
 }
 

@@ -106,8 +106,14 @@ def test_round_trip_gpu_host_disk_host_gpu(torch: Any, tmp_path: Path, name: str
         assert stats.copy_calls == stats.runs
 
 
-@pytest.mark.parametrize("write_through", [False, True], ids=["write-back", "write-through"])
-def test_store_device_tier_round_trip(torch: Any, tmp_path: Path, write_through: bool) -> None:
+@pytest.mark.parametrize(
+    ("disk_write_through", "device_write_through"),
+    [(False, False), (True, False), (False, True)],
+    ids=["write-back", "disk-write-through", "device-write-through"],
+)
+def test_store_device_tier_round_trip(
+    torch: Any, tmp_path: Path, disk_write_through: bool, device_write_through: bool
+) -> None:
     """Engine cache -> a contiguous CUDA tensor -> the store's device tier (GPU to GPU) -> written back to the host
     when evicted -> disk -> a reopened store -> loaded straight into a CUDA tensor -> the engine cache."""
     shape, count, block_dim, kv_dim = LAYOUTS["per_layer"]
@@ -119,32 +125,36 @@ def test_store_device_tier_round_trip(torch: Any, tmp_path: Path, write_through:
     pb = src_layout.payload_bytes
     ids = np.array([9, 10, 11, 12, 40, 2])
     dev = torch.cuda.current_device()
-    disk = kvtier.DiskConfig(path=tmp_path / "kv", capacity_bytes=64 * pb, write_through=write_through)
+    disk = kvtier.DiskConfig(path=tmp_path / "kv", capacity_bytes=64 * pb, write_through=disk_write_through)
     cfg = kvtier.StoreConfig(
         block_size=16,
         block_bytes=pb,
         host=kvtier.TierConfig(capacity_bytes=16 * pb),
         disk=disk,
-        device=DeviceTierConfig(capacity_bytes=8 * pb, device=dev),
+        device=DeviceTierConfig(capacity_bytes=8 * pb, device=dev, write_through=device_write_through),
     )
     tokens = np.arange(16 * len(ids), dtype=np.int32)
+    # kvtier copies on its own stream: the tensors it reads and writes must be final (torch's stream is idle).
+    staged = torch.empty((len(ids), pb), dtype=torch.uint8, device="cuda")
+    torch.cuda.synchronize()
     with CopyEngine() as engine:
-        staged = torch.empty((len(ids), pb), dtype=torch.uint8, device="cuda")
         engine.gather(src_layout, ids, staged).wait()
         with kvtier.Store(cfg) as store:
             store.insert(tokens, staged)
             d = store.stats().device
             assert d is not None and d.inserted == len(ids) and d.blocks == len(ids)
-            assert d.dirty_blocks == (0 if write_through else len(ids))
-            out = torch.zeros_like(staged)
+            # Dirty until written back; a write-through disk makes the device write them back at insert.
+            assert d.dirty_blocks == (0 if disk_write_through or device_write_through else len(ids))
+            out = torch.empty_like(staged)
             assert store.load(tokens, out) == len(ids)  # device tier -> GPU
             assert store.stats().device.hits == len(ids)
             assert torch.equal(out, staged)
             store.evict(1 << 40, tier=kvtier.Tier.DEVICE)  # demotion: dirty blocks written back
-            assert store.stats().device.written_back == len(ids) and store.stats().device.blocks == 0
+            d = store.stats().device
+            assert d.written_back == (0 if device_write_through else len(ids)) and d.blocks == 0
             store.check_invariants()
         with kvtier.Store(cfg) as store:  # close() persisted the host tier; reopen from the folder
-            out = torch.zeros_like(staged)
+            out = torch.empty_like(staged)
             with store.pinned(tokens) as hit:
                 assert hit.disk_blocks == len(ids)
                 assert store.load(hit, out) == len(ids)  # disk -> pinned staging -> GPU

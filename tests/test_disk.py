@@ -1290,3 +1290,22 @@ def test_payload_checksum_is_stored_in_the_index_record(tmp_path: Path) -> None:
     assert bytes(rec["parent"]) == k[0]
     assert rec["session"] == "sess"
     assert rec["length"] == BB
+
+
+def test_load_into_host_tensors_reads_the_folder(tmp_path: Path) -> None:
+    """A torch CPU tensor or a host TensorView as ``out`` (no buffer protocol): disk blocks come through the
+    staging buffer, checksum-verified, like into numpy."""
+    torch = pytest.importorskip("torch")
+    s = open_store(tmp_path, host_blocks=8, disk_blocks=64)
+    s.insert(tokens(1, 5), payload(1, 5))
+    s.close()
+    s = open_store(tmp_path, host_blocks=8, disk_blocks=64, promote=False)
+    out = torch.zeros((5, BB), dtype=torch.uint8)
+    assert s.match(tokens(1, 5)).disk_blocks == 5
+    assert s.load(tokens(1, 5), out) == 5
+    assert np.array_equal(out.numpy(), payload(1, 5))
+    raw = np.zeros((5, BB), np.uint8)
+    view = kvtier.TensorView(raw.ctypes.data, raw.shape, raw.strides, 1, "|u1", owner=raw)
+    assert s.load(tokens(1, 5), view) == 5 and np.array_equal(raw, payload(1, 5))
+    assert s.stats().disk.bytes_read == 10 * BB
+    s.close()

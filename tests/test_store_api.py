@@ -714,3 +714,16 @@ def test_torch_cpu_tensors_as_payloads_and_out() -> None:
             s.load(toks, torch.zeros((BB, 3), dtype=torch.uint8).t())
         with pytest.raises(kvtier.InvalidArgumentError, match="out has 8 bytes; it must hold 3 blocks"):
             s.load(toks, torch.zeros((2, BB // 4), dtype=torch.uint8))
+
+
+def test_a_tuple_is_not_memory() -> None:
+    """Only the facade describes raw memory to the core; a tuple of ints is refused, never dereferenced."""
+    with store() as s:
+        toks = prompt(2 * BS, seed=6)
+        with pytest.raises(kvtier.KvtierTypeError, match="payloads must support the buffer protocol"):
+            s.insert(toks, (16, 2 * BB, -1))  # type: ignore[arg-type]
+        s.insert(toks, kv_of(toks, 0, 2))
+        with pytest.raises(kvtier.KvtierTypeError, match="out must support the buffer protocol"):
+            s.load(toks, (16, 2 * BB, -1))  # type: ignore[arg-type]
+        with pytest.raises(kvtier.InvalidArgumentError, match="address must not be null"):
+            kvtier._core.Memory(0, 16, -1)

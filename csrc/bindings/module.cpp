@@ -77,9 +77,16 @@ ByteView byte_view(py::handle obj, bool writable, const char* arg) {
   return v;
 }
 
-// A payload or output argument: a buffer-protocol object, or memory the facade passes as the tuple
-// (address, bytes, device; -1 = host) read from the caller's tensor (kvtier.kv_layout.as_tensor_view),
-// holding the tensor for the call.
+// Memory the facade describes from a caller's tensor (kvtier.kv_layout.as_tensor_view: CUDA memory, host
+// tensors without the buffer protocol), holding the tensor for the call. A type of its own, so that no
+// other Python object is ever taken for a raw address.
+struct RawMemory {
+  std::uint64_t address = 0;
+  std::size_t bytes = 0;
+  int device = -1;  // CUDA ordinal, -1 = host
+};
+
+// A payload or output argument: a buffer-protocol object or a RawMemory.
 struct MemArg {
   Memory mem;
   std::size_t bytes = 0;
@@ -88,14 +95,11 @@ struct MemArg {
 
 MemArg mem_arg(py::handle obj, bool writable, const char* arg) {
   MemArg m;
-  if (py::isinstance<py::tuple>(obj)) {
-    const auto t = py::reinterpret_borrow<py::tuple>(obj);
-    if (t.size() != 3) raise(Code::kTypeError, std::string(arg) + ": a device buffer is (address, bytes, device)");
-    m.mem.data = reinterpret_cast<std::uint8_t*>(t[0].cast<std::uint64_t>());
-    m.bytes = t[1].cast<std::size_t>();
-    m.mem.device = t[2].cast<int>();
-    if (m.mem.device < -1 || (m.mem.data == nullptr && m.bytes > 0))
-      raise(Code::kInvalidArgument, std::string(arg) + ": a memory tuple needs an address and a device >= -1");
+  if (py::isinstance<RawMemory>(obj)) {
+    const RawMemory& r = obj.cast<const RawMemory&>();
+    m.mem.data = reinterpret_cast<std::uint8_t*>(r.address);
+    m.mem.device = r.device;
+    m.bytes = r.bytes;
     return m;
   }
   m.view = byte_view(obj, writable, arg);
@@ -287,6 +291,17 @@ PYBIND11_MODULE(_core, m) {
         if (!s.words.empty()) std::memcpy(a.mutable_data(), s.words.data(), s.words.size() * 4);
         return a;
       });
+
+  py::class_<RawMemory>(m, "Memory")
+      .def(py::init([](std::uint64_t address, std::size_t bytes, int device) {
+             if (device < -1) raise(Code::kInvalidArgument, "device must be a CUDA ordinal or -1 (host)");
+             if (address == 0 && bytes > 0) raise(Code::kInvalidArgument, "address must not be null");
+             return RawMemory{address, bytes, device};
+           }),
+           py::arg("address"), py::arg("bytes"), py::arg("device"))
+      .def_readonly("address", &RawMemory::address)
+      .def_readonly("bytes", &RawMemory::bytes)
+      .def_readonly("device", &RawMemory::device);
 
   py::class_<PyPin>(m, "Pin")
       .def_readonly("blocks", &PyPin::blocks)

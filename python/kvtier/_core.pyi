@@ -23,9 +23,7 @@ import numpy.typing as npt
 _ReadBuffer: TypeAlias = npt.ArrayLike | memoryview | bytes | bytearray
 # ``out`` of load: a C-contiguous writable buffer (numpy array, bytearray, writable memoryview).
 _WriteBuffer: TypeAlias = npt.NDArray[Any] | bytearray | memoryview
-# Memory the facade describes itself (CUDA memory, host tensors without the buffer protocol):
-# (address, bytes, device ordinal or -1 for host memory).
-_Memory: TypeAlias = tuple[int, int, int]
+_Memory: TypeAlias = "Memory"
 # Token ids: a TokenSequence, a 1-D contiguous integer buffer, or a list/tuple of ints (not bool);
 # each in [0, limit). In a store made with ids=True: 64-bit block ids, a 1-D integer array or a
 # list/tuple of ints >= 0 (a TokenSequence is refused there).
@@ -71,6 +69,17 @@ class TokenSequence:
     def numpy(self) -> npt.NDArray[np.int32]: ...
 
 @final
+class Memory:
+    """Memory the facade describes from a tensor (CUDA memory, host tensors without the buffer protocol)."""
+
+    def __init__(self, address: int, bytes: int, device: int) -> None: ...
+    @property
+    def address(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def device(self) -> int: ...
+
 class Pin:
     """A held prefix returned by ``Store.match(..., pin=True)``. Not constructible from Python."""
 

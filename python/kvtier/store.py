@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from kvtier import _core
 from kvtier.config import Namespace, StoreConfig
-from kvtier.errors import DiskWriteError, InvalidArgumentError, KvtierTypeError, StoreClosedError
+from kvtier.errors import CudaError, DiskWriteError, InvalidArgumentError, KvtierTypeError, StoreClosedError
 
 if TYPE_CHECKING:
     from kvtier.disk import DiskFolder, RestoreReport
@@ -511,8 +511,8 @@ class Store:
 
     def _memory(self, obj: Any, name: str, writable: bool) -> Any:
         """What the core takes for a payload or output buffer: buffer-protocol objects as they are; tensors
-        (CUDA memory, host tensors without the buffer protocol, a :class:`kvtier.TensorView`) as
-        ``(address, bytes, device)``. The caller keeps ``obj`` alive for the call."""
+        (CUDA memory, host tensors without the buffer protocol, a :class:`kvtier.TensorView`) as a
+        ``_core.Memory``. The caller keeps ``obj`` alive for the call."""
         if isinstance(obj, (np.ndarray, bytes, bytearray, memoryview)):
             return obj
         from kvtier.kv_layout import TensorView, as_tensor_view
@@ -529,7 +529,7 @@ class Store:
             raise InvalidArgumentError(f"{name} has no memory (a null data pointer)")
         if self._dtype is not None and view.dtype != self._dtype.str:
             raise KvtierTypeError(f"{name} must have dtype {self._dtype}, got {view.dtype}")
-        return (view.data_ptr, view.nbytes, view.device)
+        return _core.Memory(view.data_ptr, view.nbytes, view.device)
 
     def insert(
         self,
@@ -615,8 +615,9 @@ class Store:
         corrupt: list[bytes] = []
         missing: list[bytes] = []
         if reads:
-            if isinstance(out, tuple) and out[2] >= 0:
-                # GPU `out`: read the folder's blocks into page-locked host memory; the core copies them up.
+            if isinstance(out, _core.Memory):
+                # A tensor (GPU memory, or a host tensor the folder reader cannot write into): read the
+                # folder's blocks into page-locked host memory; the core copies them to `out`.
                 with self._staging_for(len(reads) * self.config.block_bytes) as staged:
                     staged_blocks = [block for block, _key, _crc in reads]
                     first, corrupt, missing = self._disk.read(
@@ -783,8 +784,8 @@ class Store:
 
         With a disk tier, ``persist=True`` (default) makes a clean shutdown keep every block for the
         next open; ``persist=False`` only waits for writes already queued. Every later call raises
-        :class:`StoreClosedError`. Write errors found by the final flush are raised after the store
-        is closed.
+        :class:`StoreClosedError`. Write errors found by the final flush (and a :class:`CudaError` when a
+        block held only by the device tier could not be written back) are raised after the store is closed.
         """
         if self._core.closed:
             return
@@ -792,7 +793,7 @@ class Store:
         if self._disk is not None:
             try:
                 self.flush(host=persist)
-            except DiskWriteError as e:
+            except (DiskWriteError, CudaError) as e:  # CudaError: a device block could not be written back
                 error = e
         if self._finalizer is not None:
             self._finalizer()  # closes the core (which stops the writer) and the folder

@@ -320,6 +320,60 @@ def check_payload_dtype() -> None:
         assert s.load(a, out, now=T()) == 2 and np.array_equal(out.host, good.host)
 
 
+def check_copy_failures() -> None:
+    """A device copy that fails (the fake fails the next copy; CUDA errors are sticky on the stream) raises
+    CudaError and leaves the store consistent: no slot leaked, the tree, the LRU list and the ledger agree."""
+    from checks import LIB
+
+    from kvtier.errors import CudaError
+
+    def expect_cuda_error(fn: Callable[[], object], what: str) -> None:
+        try:
+            fn()
+        except CudaError as e:
+            assert "CUDA_ERROR_LAUNCH_FAILED" in str(e), e
+        else:
+            raise AssertionError(f"{what}: a failed copy was not reported")
+
+    # A write-back that fails while an insert from GPU memory makes room on the device.
+    with kvtier.Store(config(host_blocks=16, device_blocks=2)) as s:
+        a, pa = prompt(40, 2), payload(40, 2)
+        s.insert(a, on_gpu(pa), now=T())
+        before = s.stats()
+        LIB.fake_cuda_fail_next_copy()
+        expect_cuda_error(lambda: s.insert(prompt(41, 2), on_gpu(payload(41, 2)), now=T()), "insert")
+        s.check_invariants()
+        after = s.stats()
+        assert after.blocks == before.blocks == 2 and after.device.blocks == 2 and after.device.dirty_blocks == 2
+        # Host-only work goes on (the device stream stays broken, as CUDA's does).
+        c, pc = prompt(42, 3), payload(42, 3)
+        s.insert(c, pc, now=T())
+        s.check_invariants()
+    # A write-back that fails while a host eviction demotes a dirty node to disk, inside an insert.
+    with tempfile.TemporaryDirectory() as folder:
+        disk = DiskConfig(path=folder, capacity_bytes=64 * BB, sync=False)
+        s = kvtier.Store(config(host_blocks=4, device_blocks=2, disk=disk), now=0.0)
+        try:
+            a, pa = prompt(43, 2), payload(43, 2)
+            s.insert(a, on_gpu(pa), now=T())
+            b = prompt(44, 3)
+            s.insert(b[:BS], payload(44, 1), now=T())
+            rows = s.residency(now=T()).rows
+            LIB.fake_cuda_fail_next_copy()
+            expect_cuda_error(lambda: s.insert(b, payload(44, 3)[1:], start_block=1, now=T()), "evicting insert")
+            s.check_invariants()
+            host = sum(r.resident_bytes for r in s.residency(now=T()).rows if r.tier == Tier.HOST)
+            assert host == s.stats().blocks * BB == sum(r.resident_bytes for r in rows if r.tier == Tier.HOST)
+            assert s.match(a, now=T()).device_blocks == 2  # still there, still dirty
+        finally:
+            # Closing persists the host tier: the dirty blocks cannot be written back over the broken stream.
+            # The error is raised after the store is closed (the folder too).
+            expect_cuda_error(s.close, "close")
+            assert s.closed
+        with kvtier.Store(config(host_blocks=4, device_blocks=2, disk=disk), now=0.0) as s:
+            assert s.match(b, now=T()).num_blocks == 1  # what was persisted before the failure reopens
+
+
 def check_model() -> None:
     """Random inserts (host or GPU memory), loads (into host or GPU memory), evictions of either tier and
     expiry, against a dict of what each prompt's blocks hold; invariants after every step."""
