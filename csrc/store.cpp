@@ -661,13 +661,17 @@ void Store::check_invariants() {
   if (!arena_) return;
   // Every slot's holders: host blocks and queued writes.
   std::vector<std::uint32_t> refs(arena_->slots(), 0);
+  std::uint64_t on_device = 0;  // device blocks held by tree nodes
   for (std::uint32_t root : roots_) {
     std::vector<std::uint32_t> todo{root};
     while (!todo.empty()) {
       const std::uint32_t id = todo.back();
       todo.pop_back();
       for (std::uint32_t c = tree_.at(id).first_child; c != kNil; c = tree_.at(c).next_sibling) {
-        for (std::uint32_t s : tree_.at(c).payload->slots) ++refs[s];
+        const NodePayload& p = *tree_.at(c).payload;
+        for (std::uint32_t s : p.slots) ++refs[s];
+        KVTIER_ASSERT(!p.dirty || !p.dslots.empty());
+        on_device += p.dslots.size();
         todo.push_back(c);
       }
     }
@@ -709,20 +713,7 @@ void Store::check_invariants() {
   }
   KVTIER_ASSERT(listed == dused_ && dirty == ddirty_);
   KVTIER_ASSERT(darena_->free_slots() + dused_ == darena_->slots());
-  std::uint64_t on = 0;  // every node with device slots is listed
-  for (std::uint32_t root : roots_) {
-    std::vector<std::uint32_t> todo{root};
-    while (!todo.empty()) {
-      const std::uint32_t id = todo.back();
-      todo.pop_back();
-      for (std::uint32_t c = tree_.at(id).first_child; c != kNil; c = tree_.at(c).next_sibling) {
-        KVTIER_ASSERT(!tree_.at(c).payload->dirty || !tree_.at(c).payload->dslots.empty());
-        on += tree_.at(c).payload->dslots.size();
-        todo.push_back(c);
-      }
-    }
-  }
-  KVTIER_ASSERT(on == dused_);
+  KVTIER_ASSERT(on_device == dused_);  // every node with device slots is listed
 }
 
 }  // namespace kvtier
