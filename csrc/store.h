@@ -338,6 +338,7 @@ class Store {
   void dev_write_back(std::uint32_t id);
   void dev_evict(std::uint32_t id, bool write_back, double now);
   void dev_promote_chain(const std::vector<std::uint32_t>& root_first, double now);
+  void dev_promote_path(double now);
   std::uint32_t copy_out(const std::vector<Step>& steps, Memory out);
   void move_runs(std::vector<Run>& runs, int device);
   CopyEngine& copier();

@@ -213,6 +213,14 @@ void Store::dev_promote_chain(const std::vector<std::uint32_t>& root_first, doub
     if (!dev_place(id, op, now)) break;
 }
 
+// dev_promote_chain over the nodes of path_ (the last walk) that it matched whole.
+void Store::dev_promote_path(double now) {
+  std::vector<std::uint32_t> root_first;
+  for (const Step& s : path_)
+    if (s.blocks == tree_.num_blocks(s.node)) root_first.push_back(s.node);
+  dev_promote_chain(root_first, now);
+}
+
 // Copies the blocks of `steps` (node, leading blocks of it) to `out`, back to back, each from the device
 // when it is there. Returns the blocks copied.
 std::uint32_t Store::copy_out(const std::vector<Step>& steps, Memory out) {

@@ -293,10 +293,7 @@ std::uint32_t Store::disk_finish_load(std::uint32_t pin, Memory out, std::uint32
       dstats_.promoted += r.inserted;
       if (darena_ && r.inserted > 0) {  // and on up to the device, like the host blocks of a load
         walk(rec.ns, words.data(), good, now, /*reclaim=*/false);
-        std::vector<std::uint32_t> root_first;
-        for (const Step& st : path_)
-          if (st.blocks == tree_.num_blocks(st.node)) root_first.push_back(st.node);
-        dev_promote_chain(root_first, now);
+        dev_promote_path(now);
       }
     }
   }

@@ -164,11 +164,7 @@ std::uint32_t Store::load(std::uint32_t ns, const Word* words, std::size_t n, Me
   stats_.hits += m;
   stats_.misses += n - m;
   copy_out(path_, out);
-  if (darena_) {
-    std::vector<std::uint32_t> root_first;
-    for (const Step& s : path_) root_first.push_back(s.node);
-    dev_promote_chain(root_first, now);
-  }
+  if (darena_) dev_promote_path(now);  // split_partial_end: every step is a whole node
   return m;
 }
 
