@@ -2,6 +2,7 @@
 // Nothing here includes Python headers; the bindings map `Error::code` to exception classes.
 #pragma once
 
+#include <charconv>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -33,6 +34,14 @@ class Error : public std::runtime_error {
  private:
   Code code_;
 };
+
+// Shortest text that reads back as `v` ("1.5", "1e+300", "nan", "inf"). Uses std::to_chars, not iostreams or
+// printf: no locale is consulted, so a module that links libstdc++ statically never touches another copy's facets.
+inline std::string format_double(double v) {
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
 
 [[noreturn]] inline void assert_fail(const char* expr, const char* file, int line) {
   std::fprintf(stderr, "kvtier: internal invariant violated: %s (%s:%d)\n", expr, file, line);

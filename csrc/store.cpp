@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <sstream>
 
 #include "checksum.h"
 
@@ -15,13 +14,6 @@ namespace {
 double monotonic_seconds() {
   using namespace std::chrono;
   return duration<double>(steady_clock::now().time_since_epoch()).count();
-}
-
-std::string fmt_time(double t) {
-  std::ostringstream s;
-  s.precision(17);
-  s << t;
-  return s.str();
 }
 
 // Throws unless a tier of `bytes` holds at least one block.
@@ -93,8 +85,8 @@ double Store::resolve_now(double now) {
   if (std::isnan(now)) now = std::max(monotonic_seconds(), last_now_);
   if (!std::isfinite(now)) throw Error(Code::kInvalidArgument, "now must be a finite number of seconds");
   if (now < last_now_)
-    throw Error(Code::kInvalidArgument, "now=" + fmt_time(now) + " is earlier than the store's clock (" +
-                                            fmt_time(last_now_) + "); time must not go backwards");
+    throw Error(Code::kInvalidArgument, "now=" + format_double(now) + " is earlier than the store's clock (" +
+                                            format_double(last_now_) + "); time must not go backwards");
   last_now_ = now;
   return now;
 }
@@ -533,8 +525,8 @@ void Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
   if (spec_.payloads) throw Error(Code::kInvalidArgument, "replay needs a metadata-only store (it has no payloads)");
   const std::uint32_t width = spec_.width;
   if (t.n_requests > 0 && t.times[0] < last_now_)
-    throw Error(Code::kInvalidArgument, "timestamps[0] = " + fmt_time(t.times[0]) +
-                                            " is earlier than the store's clock (" + fmt_time(last_now_) +
+    throw Error(Code::kInvalidArgument, "timestamps[0] = " + format_double(t.times[0]) +
+                                            " is earlier than the store's clock (" + format_double(last_now_) +
                                             "); replay a trace into a store whose clock is not past it");
   // A request adds at most two nodes (a split and a new leaf); with a capacity, evictions bound the tree.
   const std::size_t bound = capacity_blocks_ != 0 ? std::min<std::uint64_t>(capacity_blocks_, t.n_requests) : t.n_requests;

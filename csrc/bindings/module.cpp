@@ -31,7 +31,7 @@ constexpr double kNoTime = std::numeric_limits<double>::quiet_NaN();
 // `now` from Python: None means "the monotonic clock"; anything else must be a finite number.
 double time_arg(const std::optional<double>& now) {
   if (!now) return kNoTime;
-  if (!std::isfinite(*now)) raise(Code::kInvalidArgument, "now must be a finite number of seconds, got " + std::to_string(*now));
+  if (!std::isfinite(*now)) raise(Code::kInvalidArgument, "now must be a finite number of seconds, got " + format_double(*now));
   return *now;
 }
 
