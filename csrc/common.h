@@ -23,6 +23,7 @@ enum class Code {
   kClosed,           // the store was closed                       -> RuntimeError
   kNotFound,         // an unknown namespace, handle or key        -> KeyError
   kCapacity,         // a request that cannot fit the tier         -> MemoryError-like (ValueError)
+  kStalePin,         // a pin already released, or not this store's -> PinError (ValueError)
 };
 
 // The one exception type thrown by the core for user errors. Internal bugs abort (KVTIER_ASSERT).

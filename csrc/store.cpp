@@ -72,6 +72,7 @@ Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spe
   if (spec.payloads) {
     arena_ = std::make_unique<HostArena>(slots, spec.block_bytes);
     slot_refs_.assign(slots, 0);
+    slot_holds_.assign(slots, 0);
     if (disk_) slot_crc_.assign(slots, 0);
   }
   stats_.capacity_bytes = capacity_blocks_ * spec.block_bytes;
@@ -324,7 +325,7 @@ InsertResult Store::insert(std::uint32_t ns, std::uint32_t account, const Word* 
   if (account >= accounts_.size() || accounts_[account].first != ns)
     throw Error(Code::kInvalidArgument, "account " + std::to_string(account) + " does not belong to namespace " +
                                             std::to_string(ns));
-  if (!disk_) return insert_locked(ns, account, words, n, payload, payload_first, now, /*as_hit=*/false);
+  if (!disk_) return insert_locked(ns, account, words, n, payload, payload_first, now, /*as_hit=*/false, &lock);
   // With a disk tier, an insert may queue writes (write-through, or demotions of the blocks it
   // evicts). It runs in chunks, each waiting for room in the write queue first (back-pressure).
   // Blocks that the host tier cannot take (it is full of this prompt's own prefix or of pinned
@@ -340,7 +341,7 @@ InsertResult Store::insert(std::uint32_t ns, std::uint32_t account, const Word* 
     check_open();
     now = std::max(now, last_now_);  // other calls may have run while this one waited
     if (!spilling) {
-      const InsertResult r = insert_locked(ns, account, words, end, payload, payload_first, now, false);
+      const InsertResult r = insert_locked(ns, account, words, end, payload, payload_first, now, false, &lock);
       if (!started && (r.matched < end || end == n)) {
         total.matched = r.matched;
         started = true;
@@ -382,8 +383,13 @@ void Store::wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t bl
   cv_.wait(lock, [&] { return closed_ || queued_ + blocks <= limit; });
 }
 
+// Insert in three steps. Reserve (locked): walk, make room, take slots, hold the prefix. Copy: the
+// payload into the new slots, with `lock` released when one is given and the copy touches no GPU
+// memory. Commit (locked): walk again (other threads may have stored some of the blocks meanwhile:
+// their slots go back), then attach the rest as a new leaf.
 InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
-                                  Memory payload, std::size_t payload_first, double now, bool as_hit) {
+                                  Memory payload, std::size_t payload_first, double now, bool as_hit,
+                                  std::unique_lock<std::mutex>* lock) {
   InsertResult r;
   r.matched = walk(ns, words, n, now, /*reclaim=*/true);
   split_partial_end();
@@ -395,10 +401,11 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   if (r.matched >= n) return r;
   if (spec_.payloads && r.matched < payload_first) return r;  // a gap: no payload for the missing blocks
 
-  const std::uint32_t attach = path_.empty() ? roots_[ns] : path_.back().node;
+  std::uint32_t attach = path_.empty() ? roots_[ns] : path_.back().node;
   std::uint64_t want = n - r.matched;
   if (capacity_blocks_ != 0) {
-    const std::uint64_t free_now = capacity_blocks_ - used_blocks_;
+    const std::uint64_t taken = used_blocks_ + reserved_blocks_;
+    const std::uint64_t free_now = capacity_blocks_ > taken ? capacity_blocks_ - taken : 0;
     if (want > free_now) {
       // Making room must never evict our own prefix. Only `attach` can become an eviction candidate
       // (every other node of the path has a child on the path), so shielding it is enough.
@@ -413,7 +420,8 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
         }
       } unshield{this, attach};
       evict_blocks(want - free_now, now);
-      want = std::min<std::uint64_t>(want, capacity_blocks_ - used_blocks_);
+      const std::uint64_t after = used_blocks_ + reserved_blocks_;
+      want = std::min<std::uint64_t>(want, capacity_blocks_ > after ? capacity_blocks_ - after : 0);
     }
   }
   // Blocks demoted to the disk keep their slots until written. The write queue's back-pressure keeps
@@ -443,6 +451,25 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
           runs.push_back({darena_->slot_address(np->dslots[i]), reinterpret_cast<std::uint64_t>(src.data + i * bb), bb});
         move_runs(runs, src.device);
         if (spec_.device.write_through) fill_host_slots(np->slots, src, disk_ != nullptr);
+      } else if (lock != nullptr && copies_unlocked(src)) {
+        // The prefix is held so it cannot be evicted under us, and the slots and their room are ours.
+        Hold hold;
+        for (const Step& st : path_) hold.nodes.push_back(st.node);
+        reserved_blocks_ += want;
+        take_hold(hold);
+        struct Relock {
+          Store* s;
+          std::unique_lock<std::mutex>& lock;
+          Hold& hold;
+          std::uint64_t blocks;
+          ~Relock() {
+            lock.lock();
+            s->release_hold(hold);
+            s->reserved_blocks_ -= blocks;
+          }
+        } relock{this, *lock, hold, want};
+        lock->unlock();
+        fill_host_slots(np->slots, src, disk_ != nullptr);
       } else {
         fill_host_slots(np->slots, src, disk_ != nullptr);
       }
@@ -450,6 +477,22 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
       for (std::uint32_t slot : np->slots) arena_->give_back(slot);
       for (std::uint32_t d : np->dslots) darena_->give_back(d);
       throw;
+    }
+    if (lock != nullptr && !to_device) {
+      // Commit: other threads may have stored some of these blocks (or more) while the lock was free.
+      now = std::max(now, last_now_);
+      const std::uint32_t m = walk(ns, words, r.matched + want, now, /*reclaim=*/false);
+      KVTIER_ASSERT(m >= r.matched);  // the prefix was held
+      const std::uint64_t dup = m - r.matched;
+      if (dup > 0) {
+        for (std::uint64_t i = 0; i < std::min<std::uint64_t>(dup, want); ++i) arena_->give_back(np->slots[i]);
+        if (dup >= want) return r;
+        np->slots.erase(np->slots.begin(), np->slots.begin() + static_cast<std::ptrdiff_t>(dup));
+        r.matched = m;
+        want -= dup;
+      }
+      split_partial_end();
+      attach = path_.empty() ? roots_[ns] : path_.back().node;
     }
     for (std::uint32_t slot : np->slots) slot_refs_[slot] = 1;
   }
@@ -599,7 +642,8 @@ double Store::clock_now() {
 
 void Store::close() {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return !batch_open_; });  // the writer may be reading slots
+  // The writer may be reading slots, and copies outside the lock may be running.
+  cv_.wait(lock, [&] { return !batch_open_ && holds_out_ == 0; });
   closed_ = true;
   cv_.notify_all();
   copier_.reset();  // its copies are complete: every call waits for its own
@@ -613,7 +657,8 @@ bool Store::closed() {
 }
 
 void Store::check_invariants() {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return holds_out_ == 0; });  // a quiescent state: no copy outside the lock
   if (closed_) return;  // the arena is gone; nothing is served any more
   std::uint64_t blocks = 0;
   std::size_t candidates = 0;

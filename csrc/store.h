@@ -153,12 +153,18 @@ struct AccountResidency {
   double byte_seconds;     // integral up to `now`
 };
 
+// A pin: its record's index (low 32 bits) and that record's generation (high 32 bits). A released
+// pin's record is reused under a new generation, so a stale or foreign handle is refused, never
+// taken for another request's prefix.
+using PinId = std::uint64_t;
+inline constexpr PinId kNoPin = ~PinId{0};
+
 struct MatchResult {
   std::uint32_t blocks = 0;       // leading full blocks found in the host tier
   std::uint32_t disk_blocks = 0;  // blocks found on disk after those
   std::uint32_t device_blocks = 0;  // of the host blocks, those also on the device tier
   std::vector<std::uint8_t> on_device;  // per host block, 1 if on the device (filled when a device tier exists)
-  std::uint32_t pin = kNil;       // pin record (when asked and something matched)
+  PinId pin = kNoPin;             // the pin (when asked and something matched)
   bool probe = false;             // the disk lookup stopped at a missing key: `probe_key` of
   Key probe_key{};                // block blocks + disk_blocks (another process may have stored it)
 };
@@ -197,7 +203,8 @@ class Store {
   MatchResult match(std::uint32_t ns, const Word* words, std::size_t n, double now, bool touch, bool pin);
   // Releases a pin. Releasing counts as an access of the prefix (recency refreshed, no hit): its
   // idle time, and so its TTL, starts now. NaN `now` means the latest time the store has seen.
-  void unpin(std::uint32_t pin, double now);
+  // Throws Error(kStalePin) for a pin that was released already or never issued by this store.
+  void unpin(PinId pin, double now);
 
   // Stores the blocks of `words` not yet present. Payload mode: `payload` holds blocks
   // [payload_first, n) back to back (block_bytes each); blocks below payload_first must be present.
@@ -212,21 +219,21 @@ class Store {
   // blocks after them are listed in `reads` for the caller to read from the folder, verify and copy
   // (copy_with_checksum), then report with disk_finish_load.
   // `out` may be GPU memory. With a device tier that promotes, the host blocks read are copied up to it.
-  std::uint32_t load_pinned(std::uint32_t pin, Memory out, std::size_t max_blocks, std::vector<DiskRead>* reads);
+  std::uint32_t load_pinned(PinId pin, Memory out, std::size_t max_blocks, std::vector<DiskRead>* reads);
   // After a load's folder reads: `good` leading blocks of the prefix are in `out`; `bad` keys failed
   // their checksum (or were gone) and are removed. With `promote`, good disk blocks are copied into
   // the host tier when that needs no wait. Returns `good`.
   // When `out` is a tensor (GPU memory, or host memory the folder reader cannot write into) the caller
   // read the folder's blocks into host memory `staged` instead
   // (block staged_blocks[k] at staged + k * block_bytes); they are copied to `out` first.
-  std::uint32_t disk_finish_load(std::uint32_t pin, Memory out, std::uint32_t good, const std::vector<Key>& corrupt,
+  std::uint32_t disk_finish_load(PinId pin, Memory out, std::uint32_t good, const std::vector<Key>& corrupt,
                                  const std::vector<Key>& missing, bool promote, double now,
                                  const std::uint8_t* staged = nullptr,
                                  const std::vector<std::uint32_t>& staged_blocks = {});
   // Match (touching) and copy in one locked step. Returns blocks copied.
   std::uint32_t load(std::uint32_t ns, const Word* words, std::size_t n, Memory out, double now);
   // Chained keys of pinned prefix `pin` (payload mode).
-  std::vector<Key> keys_pinned(std::uint32_t pin);
+  std::vector<Key> keys_pinned(PinId pin);
 
   // ---- disk tier: the writer side (one writer thread) ----
   // Takes at most `max_blocks` queued writes and every pending delete (without waiting: see
@@ -289,8 +296,18 @@ class Store {
     std::uint32_t ns = 0;
     std::vector<std::uint32_t> disk;       // pinned disk entries, in prompt order
     std::vector<Word> words;               // the prompt's blocks up to the end of `disk` (promotion)
+    std::uint32_t generation = 0;          // bumped at every release
     bool alive = false;
   };
+  // Blocks held for a copy that runs outside the lock: tree nodes (each pinned once more, root
+  // first) and host slots of queued disk writes (one more reference each). Taken and released under
+  // the lock; while any hold is out, close() waits.
+  struct Hold {
+    std::vector<std::uint32_t> nodes;
+    std::vector<std::uint32_t> slots;
+  };
+  void take_hold(Hold& h);
+  void release_hold(Hold& h);
   struct WriteItem {
     std::uint32_t entry;
     std::vector<Word> words;  // the block's tokens, for its index record
@@ -311,7 +328,8 @@ class Store {
   }
   std::uint32_t add_namespace_locked(const Key& ns_key);
   std::uint32_t account_locked(std::uint32_t ns, const std::string& session);
-  std::uint32_t new_pin();
+  PinId new_pin();
+  PinRecord& pin_record(PinId pin);  // throws Error(kStalePin)
   void unpin_disk(PinRecord& rec);
   const std::vector<Key>& node_keys(std::uint32_t id);
   Key parent_key_of(std::uint32_t node, std::uint32_t block);
@@ -339,7 +357,14 @@ class Store {
   void dev_evict(std::uint32_t id, bool write_back, double now);
   void dev_promote_chain(const std::vector<std::uint32_t>& root_first, double now);
   void dev_promote_path(double now);
-  std::uint32_t copy_out(const std::vector<Step>& steps, Memory out);
+  struct CopyRuns {
+    std::vector<Run> host;    // host to host (memcpy)
+    std::vector<Run> device;  // on device_ordinal's stream
+    int device_ordinal = 0;
+  };
+  CopyRuns plan_copy_out(const std::vector<Step>& steps, Memory out);
+  void run_copies(CopyRuns& c);
+  void run_held(std::unique_lock<std::mutex>& lock, Hold& hold, CopyRuns& runs);
   void move_runs(std::vector<Run>& runs, int device);
   CopyEngine& copier();
   void fill_host_slots(const std::vector<std::uint32_t>& slots, Memory src, bool checksum);
@@ -353,8 +378,14 @@ class Store {
   void remove_subtree(std::uint32_t id, double now);
   std::uint64_t evict_blocks(std::uint64_t count, double now);
   std::uint64_t expire_locked(double now);
+  // With `lock`, host payload copies run with it released (the prefix and the new slots held);
+  // without, everything runs under the caller's lock.
   InsertResult insert_locked(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
-                             Memory payload, std::size_t payload_first, double now, bool as_hit);
+                             Memory payload, std::size_t payload_first, double now, bool as_hit,
+                             std::unique_lock<std::mutex>* lock = nullptr);
+  // Whether a copy to or from `mem` runs outside the lock: host memory, no device tier. Copies that
+  // touch GPU memory still run under it (a slot's device copy could be evicted meanwhile).
+  bool copies_unlocked(Memory mem) const { return !darena_ && mem.device < 0; }
   std::uint64_t capacity_blocks() const { return capacity_blocks_; }
 
   StoreSpec spec_;
@@ -381,7 +412,7 @@ class Store {
   DiskStats dstats_;
   std::uint64_t disk_capacity_blocks_ = 0;
   std::vector<std::uint32_t> slot_crc_;   // block_checksum of each host slot's payload
-  std::vector<std::uint8_t> slot_refs_;   // holders of each slot: the host tree and/or a queued write
+  std::vector<std::uint32_t> slot_refs_;  // holders of each slot: the host tree, a queued write, holds
   std::deque<WriteItem> writes_;          // queued for the writer
   std::vector<std::uint32_t> batch_;      // entries taken by the writer, not yet finished
   std::vector<Key> deletes_;              // keys to delete from the folder
@@ -398,6 +429,9 @@ class Store {
   std::string write_errors_;              // since the last flush
   std::condition_variable cv_;            // queue changes: writer work, room, flush
   std::vector<PinRecord> pin_records_;
+  std::uint64_t holds_out_ = 0;           // holds taken and not released (copies outside the lock)
+  std::uint64_t reserved_blocks_ = 0;     // host blocks reserved by inserts copying outside the lock
+  std::vector<std::uint32_t> slot_holds_; // per host slot: holds on it (a subset of slot_refs_)
   std::vector<std::uint32_t> free_pins_;
 
   // Device tier (spec_.device.enabled): GPU slots, an LRU list of the nodes on it (head = coldest).

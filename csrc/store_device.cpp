@@ -221,11 +221,12 @@ void Store::dev_promote_path(double now) {
   dev_promote_chain(root_first, now);
 }
 
-// Copies the blocks of `steps` (node, leading blocks of it) to `out`, back to back, each from the device
-// when it is there. Returns the blocks copied.
-std::uint32_t Store::copy_out(const std::vector<Step>& steps, Memory out) {
+// Plans the copies of the blocks of `steps` (node, leading blocks of it) to `out`, back to back, each
+// from the device when it is there, and counts them as read. Precondition: the store lock is held.
+Store::CopyRuns Store::plan_copy_out(const std::vector<Step>& steps, Memory out) {
   const std::size_t bb = spec_.block_bytes;
-  std::vector<Run> host_runs, device_runs;
+  CopyRuns c;
+  c.device_ordinal = out.device >= 0 ? out.device : (darena_ ? darena_->device() : 0);
   std::uint64_t copied = 0, from_device = 0;
   for (const Step& s : steps) {
     const NodePayload& p = *tree_.at(s.node).payload;
@@ -233,19 +234,23 @@ std::uint32_t Store::copy_out(const std::vector<Step>& steps, Memory out) {
     for (std::uint32_t i = 0; i < s.blocks; ++i, ++copied) {
       const std::uint64_t dst = addr(out.data + copied * bb);
       if (dev) {
-        add_run(device_runs, dst, darena_->slot_address(p.dslots[i]), bb);
+        add_run(c.device, dst, darena_->slot_address(p.dslots[i]), bb);
         ++from_device;
       } else {
-        add_run(out.device < 0 ? host_runs : device_runs, dst, addr(arena_->slot_ptr(p.slots[i])), bb);
+        add_run(out.device < 0 ? c.host : c.device, dst, addr(arena_->slot_ptr(p.slots[i])), bb);
       }
     }
   }
-  move_runs(host_runs, -1);
-  move_runs(device_runs, out.device >= 0 ? out.device : (darena_ ? darena_->device() : 0));
   devstats_.hits += from_device;
   devstats_.bytes_read += from_device * bb;
   stats_.bytes_read += (copied - from_device) * bb;
-  return static_cast<std::uint32_t>(copied);
+  return c;
+}
+
+// Runs planned copies to completion (host runs by memcpy, the others on the device's stream).
+void Store::run_copies(CopyRuns& c) {
+  move_runs(c.host, -1);
+  move_runs(c.device, c.device_ordinal);
 }
 
 std::uint64_t Store::evict_device(std::uint64_t bytes, double now) {

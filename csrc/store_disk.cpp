@@ -255,12 +255,13 @@ std::uint32_t Store::disk_walk(std::uint32_t ns, const Word* words, std::size_t 
   return static_cast<std::uint32_t>(i - r->blocks);
 }
 
-std::uint32_t Store::disk_finish_load(std::uint32_t pin, Memory out, std::uint32_t good,
+std::uint32_t Store::disk_finish_load(PinId pin, Memory out, std::uint32_t good,
                                       const std::vector<Key>& corrupt, const std::vector<Key>& missing, bool promote,
                                       double now, const std::uint8_t* staged,
                                       const std::vector<std::uint32_t>& staged_blocks) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
+  pin_record(pin);  // throws for a pin released meanwhile, before anything changes
   if (staged != nullptr) {  // GPU `out`: the folder's blocks were read into host memory first
     const std::size_t bb = spec_.block_bytes;
     std::vector<Run> runs;
@@ -272,7 +273,6 @@ std::uint32_t Store::disk_finish_load(std::uint32_t pin, Memory out, std::uint32
   }
   if (std::isnan(now) && std::isfinite(last_now_)) now = last_now_;
   now = resolve_now(now);
-  KVTIER_ASSERT(pin < pin_records_.size() && pin_records_[pin].alive);
   for (const auto* keys : {&corrupt, &missing}) {
     for (const Key& k : *keys) {
       const std::uint32_t id = disk_->find(k);
@@ -280,7 +280,7 @@ std::uint32_t Store::disk_finish_load(std::uint32_t pin, Memory out, std::uint32
         disk_remove(id, now, keys == &corrupt ? Gone::kCorrupt : Gone::kMissing);
     }
   }
-  const PinRecord& rec = pin_records_[pin];
+  const PinRecord& rec = pin_record(pin);
   if (good <= rec.host_blocks) return good;
   const std::uint32_t from_disk = good - rec.host_blocks;
   dstats_.bytes_read += static_cast<std::uint64_t>(from_disk) * spec_.block_bytes;

@@ -7,7 +7,7 @@
 
 namespace kvtier {
 
-std::uint32_t Store::new_pin() {
+PinId Store::new_pin() {
   std::uint32_t id;
   if (!free_pins_.empty()) {
     id = free_pins_.back();
@@ -22,7 +22,45 @@ std::uint32_t Store::new_pin() {
   rec.disk.clear();
   rec.words.clear();
   rec.alive = true;
-  return id;
+  return (static_cast<PinId>(rec.generation) << 32) | id;
+}
+
+Store::PinRecord& Store::pin_record(PinId pin) {
+  const auto id = static_cast<std::uint32_t>(pin);
+  const auto generation = static_cast<std::uint32_t>(pin >> 32);
+  if (id >= pin_records_.size() || !pin_records_[id].alive || pin_records_[id].generation != generation)
+    throw Error(Code::kStalePin, "this pin was already released (or is not this store's): match(..., pin=True) again");
+  return pin_records_[id];
+}
+
+void Store::take_hold(Hold& h) {
+  for (std::uint32_t id : h.nodes) {
+    ++tree_.at(id).pins;
+    refresh_candidate(id);
+  }
+  for (std::uint32_t slot : h.slots) {
+    ++slot_refs_[slot];
+    ++slot_holds_[slot];
+  }
+  ++holds_out_;
+}
+
+void Store::release_hold(Hold& h) {
+  for (std::uint32_t id : h.nodes) {
+    Node& n = tree_.at(id);
+    KVTIER_ASSERT(n.alive && n.pins > 0);
+    --n.pins;
+    refresh_candidate(id);
+  }
+  for (std::uint32_t slot : h.slots) {
+    KVTIER_ASSERT(slot_holds_[slot] > 0);
+    --slot_holds_[slot];
+    slot_unref(slot);
+  }
+  h.nodes.clear();
+  h.slots.clear();
+  KVTIER_ASSERT(holds_out_ > 0);
+  if (--holds_out_ == 0) cv_.notify_all();
 }
 
 MatchResult Store::match(std::uint32_t ns, const Word* words, std::size_t n, double now, bool touch, bool pin) {
@@ -55,7 +93,7 @@ MatchResult Store::match(std::uint32_t ns, const Word* words, std::size_t n, dou
   }
   if (pin && (r.blocks > 0 || r.disk_blocks > 0)) {
     r.pin = new_pin();
-    PinRecord& rec = pin_records_[r.pin];
+    PinRecord& rec = pin_record(r.pin);
     rec.ns = ns;
     rec.host_blocks = r.blocks;
     if (!path_.empty()) {
@@ -74,13 +112,13 @@ MatchResult Store::match(std::uint32_t ns, const Word* words, std::size_t n, dou
   return r;
 }
 
-void Store::unpin(std::uint32_t pin, double now) {
+void Store::unpin(PinId pin, double now) {
   std::lock_guard<std::mutex> lock(mu_);
-  KVTIER_ASSERT(pin < pin_records_.size() && pin_records_[pin].alive);
-  PinRecord& rec = pin_records_[pin];
+  PinRecord& rec = pin_record(pin);
   // Unpinning after close is allowed: it only releases a hold.
   if (closed_) {
     rec.alive = false;
+    ++rec.generation;
     return;
   }
   if (std::isnan(now) && std::isfinite(last_now_)) now = last_now_;  // default: the latest time seen
@@ -106,55 +144,60 @@ void Store::unpin(std::uint32_t pin, double now) {
     disk_->unpin(id);
   }
   rec.alive = false;
+  ++rec.generation;
   rec.disk.clear();
   rec.words.clear();
-  free_pins_.push_back(pin);
+  free_pins_.push_back(static_cast<std::uint32_t>(pin));
 }
 
-std::uint32_t Store::load_pinned(std::uint32_t pin, Memory out, std::size_t max_blocks,
-                                 std::vector<DiskRead>* reads) {
-  std::lock_guard<std::mutex> lock(mu_);
+std::uint32_t Store::load_pinned(PinId pin, Memory out, std::size_t max_blocks, std::vector<DiskRead>* reads) {
+  std::unique_lock<std::mutex> lock(mu_);
   check_open();
   if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
-  KVTIER_ASSERT(pin < pin_records_.size() && pin_records_[pin].alive);
-  const PinRecord& rec = pin_records_[pin];
-  // Collect the chain root..node, then copy in order.
+  const PinRecord& rec = pin_record(pin);
+  // The chain root..node, copied in order.
   std::vector<std::uint32_t> chain;
   for (std::uint32_t id = rec.node; id != kNil && tree_.at(id).parent != kNil; id = tree_.at(id).parent) {
     KVTIER_ASSERT(tree_.at(id).pins > 0);
     chain.push_back(id);
   }
+  std::reverse(chain.begin(), chain.end());
   const std::size_t bb = spec_.block_bytes;
   std::vector<Step> steps;
   std::size_t copied = 0;
-  for (auto it = chain.rbegin(); it != chain.rend() && copied < max_blocks; ++it) {
+  for (auto it = chain.begin(); it != chain.end() && copied < max_blocks; ++it) {
     const auto take = static_cast<std::uint32_t>(std::min<std::size_t>(tree_.num_blocks(*it), max_blocks - copied));
     steps.push_back({*it, take});
     copied += take;
   }
-  copy_out(steps, out);
-  if (darena_) {
-    std::vector<std::uint32_t> root_first(chain.rbegin(), chain.rend());
-    dev_promote_chain(root_first, last_now_);
-  }
-  if (copied < rec.host_blocks) return static_cast<std::uint32_t>(copied);
-  std::vector<Run> queued;  // disk blocks still in the write queue: their host slot has them
-  for (std::size_t k = 0; k < rec.disk.size() && copied < max_blocks; ++k, ++copied) {
-    const DiskEntry& e = disk_->at(rec.disk[k]);
-    if (e.state == DiskState::kRemoved) break;  // found damaged by another load meanwhile
-    if (e.slot != kNil) {
-      queued.push_back({reinterpret_cast<std::uint64_t>(out.data + copied * bb),
+  CopyRuns runs = plan_copy_out(steps, out);
+  Hold hold;
+  hold.nodes = chain;
+  if (copied >= rec.host_blocks) {
+    for (std::size_t k = 0; k < rec.disk.size() && copied < max_blocks; ++k, ++copied) {
+      const DiskEntry& e = disk_->at(rec.disk[k]);
+      if (e.state == DiskState::kRemoved) break;  // found damaged by another load meanwhile
+      if (e.slot != kNil) {  // still in the write queue: its host slot has it
+        (out.device < 0 ? runs.host : runs.device)
+            .push_back({reinterpret_cast<std::uint64_t>(out.data + copied * bb),
                         reinterpret_cast<std::uint64_t>(arena_->slot_ptr(e.slot)), bb});
-    } else {
-      reads->push_back({static_cast<std::uint32_t>(copied), e.key, e.checksum});
+        hold.slots.push_back(e.slot);
+      } else {
+        reads->push_back({static_cast<std::uint32_t>(copied), e.key, e.checksum});
+      }
     }
   }
-  move_runs(queued, out.device);
+  if (!copies_unlocked(out)) {
+    run_copies(runs);
+    if (darena_) dev_promote_chain(chain, last_now_);
+  } else {
+    run_held(lock, hold, runs);
+  }
   return static_cast<std::uint32_t>(copied);
 }
 
 std::uint32_t Store::load(std::uint32_t ns, const Word* words, std::size_t n, Memory out, double now) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   check_open();
   if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
   now = resolve_now(now);
@@ -163,17 +206,40 @@ std::uint32_t Store::load(std::uint32_t ns, const Word* words, std::size_t n, Me
   touch_path(now, /*hit=*/true);
   stats_.hits += m;
   stats_.misses += n - m;
-  copy_out(path_, out);
-  if (darena_) dev_promote_path(now);  // split_partial_end: every step is a whole node
+  CopyRuns runs = plan_copy_out(path_, out);
+  if (!copies_unlocked(out)) {
+    run_copies(runs);
+    if (darena_) dev_promote_path(now);  // split_partial_end: every step is a whole node
+    return m;
+  }
+  Hold hold;
+  for (const Step& s : path_) hold.nodes.push_back(s.node);
+  run_held(lock, hold, runs);
   return m;
 }
 
-std::vector<Key> Store::keys_pinned(std::uint32_t pin) {
+// Copies `runs` with the store lock released, `hold` keeping their blocks from eviction meanwhile.
+// Precondition: `lock` is held; it is held again on return (also when a copy throws).
+void Store::run_held(std::unique_lock<std::mutex>& lock, Hold& hold, CopyRuns& runs) {
+  take_hold(hold);
+  struct Relock {
+    Store* s;
+    std::unique_lock<std::mutex>& lock;
+    Hold& hold;
+    ~Relock() {
+      lock.lock();
+      s->release_hold(hold);
+    }
+  } relock{this, lock, hold};
+  lock.unlock();
+  run_copies(runs);
+}
+
+std::vector<Key> Store::keys_pinned(PinId pin) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
   if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it keeps no keys");
-  KVTIER_ASSERT(pin < pin_records_.size() && pin_records_[pin].alive);
-  const PinRecord& rec = pin_records_[pin];
+  const PinRecord& rec = pin_record(pin);
   std::vector<std::uint32_t> chain;
   for (std::uint32_t id = rec.node; id != kNil && tree_.at(id).parent != kNil; id = tree_.at(id).parent)
     chain.push_back(id);

@@ -710,7 +710,7 @@ def test_double_unpin() -> None:
         s.unpin(m)
     with pytest.raises(InvalidArgumentError, match=r"this pin was already released"):
         s.load(m, bytearray(16))
-    with pytest.raises(InvalidArgumentError, match=r"pin is not active"):
+    with pytest.raises(kvtier.PinError, match=r"this pin was already released"):
         s.block_keys_of(m)
     assert s.stats().pinned_blocks == 0
     s.check_invariants()
@@ -757,7 +757,7 @@ def test_pin_from_another_store() -> None:
         b.unpin(m)
     with pytest.raises(InvalidArgumentError, match=r"this pin belongs to another store"):
         b.load(m, bytearray(16))
-    with pytest.raises(InvalidArgumentError, match=r"pin is not active in this store"):
+    with pytest.raises(kvtier.PinError, match=r"this pin belongs to another store"):
         b.block_keys_of(m)
     assert b.stats().pinned_blocks == 0 and a.stats().pinned_blocks == 2
     a.unpin(m)  # still valid in its own store

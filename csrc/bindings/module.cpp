@@ -39,7 +39,7 @@ double time_arg(const std::optional<double>& now) {
 // never be used on another store that happens to reuse the address).
 struct PyPin {
   std::shared_ptr<Store> store;
-  std::uint32_t pin;
+  PinId pin;
   std::uint32_t blocks;  // host + disk
   bool active;
 };
@@ -178,9 +178,11 @@ std::vector<Key> keys_from_list(const py::list& keys, const char* arg) {
   return out;
 }
 
+// The pin's own checks (another store's, released by this thread); the core checks the pin's
+// generation under its lock, which catches a release by another thread racing this call.
 PyPin& active_pin(PyStore& s, PyPin& p) {
-  if (p.store != s.store) raise(Code::kInvalidArgument, "this pin belongs to another store");
-  if (!p.active) raise(Code::kInvalidArgument, "this pin was already released");
+  if (p.store != s.store) raise(Code::kStalePin, "this pin belongs to another store");
+  if (!p.active) raise(Code::kStalePin, "this pin was already released: match(..., pin=True) again");
   return p;
 }
 
@@ -211,6 +213,7 @@ PYBIND11_MODULE(_core, m) {
         case Code::kClosed: cls = "StoreClosedError"; break;
         case Code::kNotFound: cls = "UnknownNamespaceError"; break;
         case Code::kCapacity: cls = "CapacityError"; break;
+        case Code::kStalePin: cls = "PinError"; break;
       }
       py::object exc = py::module_::import("kvtier.errors").attr(cls);
       PyErr_SetString(exc.ptr(), e.what());
@@ -353,9 +356,25 @@ PYBIND11_MODULE(_core, m) {
            py::arg("disk_capacity_bytes") = 0, py::arg("disk_policy") = 0, py::arg("disk_ttl_s") = 0.0,
            py::arg("write_through") = false, py::arg("queue_blocks") = 64, py::arg("device_capacity_bytes") = 0,
            py::arg("device") = 0, py::arg("device_promote") = true, py::arg("device_write_through") = false)
-      .def("add_namespace", [](PyStore& s, py::bytes key) { return s.store->add_namespace(key_from(key, "namespace key")); })
-      .def("account", [](PyStore& s, std::uint32_t ns, const std::string& session) { return s.store->account(ns, session); })
-      .def("namespace_key_of", [](PyStore& s, std::uint32_t ns) { return key_bytes(s.store->namespace_key_of(ns)); })
+      // Every call into the store releases the GIL before it takes the store lock: a thread holding
+      // the lock may be waiting for the GIL (a copy from a Python buffer never does, but a writer may).
+      .def("add_namespace", [](PyStore& s, py::bytes key) {
+             const Key k = key_from(key, "namespace key");
+             py::gil_scoped_release nogil;
+             return s.store->add_namespace(k);
+           })
+      .def("account", [](PyStore& s, std::uint32_t ns, const std::string& session) {
+             py::gil_scoped_release nogil;
+             return s.store->account(ns, session);
+           })
+      .def("namespace_key_of", [](PyStore& s, std::uint32_t ns) {
+             Key k;
+             {
+               py::gil_scoped_release nogil;
+               k = s.store->namespace_key_of(ns);
+             }
+             return key_bytes(k);
+           })
       .def(
           "match",
           [](PyStore& s, std::uint32_t ns, py::handle tokens, std::optional<double> now, bool touch, bool pin) {
@@ -366,7 +385,7 @@ PYBIND11_MODULE(_core, m) {
               r = s.store->match(ns, w.data, s.blocks_of(w), time_arg(now), touch, pin);
             }
             py::object handle = py::none();
-            if (pin && r.pin != kNil) handle = py::cast(PyPin{s.store, r.pin, r.blocks + r.disk_blocks, true});
+            if (pin && r.pin != kNoPin) handle = py::cast(PyPin{s.store, r.pin, r.blocks + r.disk_blocks, true});
             py::object probe = r.probe ? py::object(key_bytes(r.probe_key)) : py::object(py::none());
             py::object on_device = py::none();  // per host block, 1 if also on the device tier
             if (s.store->spec().device.enabled)
@@ -376,8 +395,7 @@ PYBIND11_MODULE(_core, m) {
           py::arg("ns"), py::arg("tokens"), py::arg("now"), py::arg("touch"), py::arg("pin"))
       .def("unpin",
            [](PyStore& s, PyPin& p, std::optional<double> now) {
-             if (p.store != s.store) raise(Code::kInvalidArgument, "this pin belongs to another store");
-             if (!p.active) raise(Code::kInvalidArgument, "this pin was already released");
+             active_pin(s, p);
              const double t = time_arg(now);
              // Claim the pin while the GIL is held, so two threads can never both release it.
              p.active = false;
@@ -550,7 +568,10 @@ PYBIND11_MODULE(_core, m) {
             return py::make_tuple(restored, bad_keys, foreign);
           },
           py::arg("records"), py::arg("wall_now"), py::arg("now") = py::none(), py::arg("generation") = py::none())
-      .def("delete_generation", [](PyStore& s) { return s.store->delete_generation(); })
+      .def("delete_generation", [](PyStore& s) {
+             py::gil_scoped_release nogil;
+             return s.store->delete_generation();
+           })
       .def(
           "chain_keys_from",
           [](PyStore& s, std::uint32_t ns, py::handle tokens, std::size_t from, std::optional<py::bytes> parent) {
@@ -590,7 +611,7 @@ PYBIND11_MODULE(_core, m) {
       })
       .def("keys_pinned",
            [](PyStore& s, PyPin& p) {
-             if (p.store != s.store || !p.active) raise(Code::kInvalidArgument, "pin is not active in this store");
+             active_pin(s, p);
              std::vector<Key> keys;
              {
                py::gil_scoped_release nogil;
@@ -703,12 +724,18 @@ PYBIND11_MODULE(_core, m) {
              for (const auto& r : rows) out.append(py::make_tuple(r.ns, r.session, r.tier, r.bytes, r.byte_seconds));
              return out;
            }, py::arg("now"))
-      .def("clock", [](PyStore& s) { return s.store->clock_now(); })
+      .def("clock", [](PyStore& s) {
+             py::gil_scoped_release nogil;
+             return s.store->clock_now();
+           })
       .def("close", [](PyStore& s) {
         py::gil_scoped_release nogil;
         s.store->close();
       })
-      .def_property_readonly("closed", [](PyStore& s) { return s.store->closed(); })
+      .def_property_readonly("closed", [](PyStore& s) {
+             py::gil_scoped_release nogil;
+             return s.store->closed();
+           })
       .def("check_invariants", [](PyStore& s) {
         py::gil_scoped_release nogil;
         s.store->check_invariants();

@@ -17,6 +17,7 @@ from kvtier.errors import (
     InvalidArgumentError,
     KvtierError,
     KvtierTypeError,
+    PinError,
     StoreClosedError,
     UnknownNamespaceError,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "KvtierError",
     "InvalidArgumentError",
     "KvtierTypeError",
+    "PinError",
     "StoreClosedError",
     "UnknownNamespaceError",
     "CapacityError",

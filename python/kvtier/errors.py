@@ -11,6 +11,7 @@ __all__ = [
     "InvalidArgumentError",
     "KvtierTypeError",
     "StoreClosedError",
+    "PinError",
     "UnknownNamespaceError",
     "CapacityError",
     "DiskError",
@@ -34,6 +35,11 @@ class KvtierTypeError(KvtierError, TypeError):
 
 class StoreClosedError(KvtierError, RuntimeError):
     """The store was used after :meth:`kvtier.Store.close`."""
+
+
+class PinError(InvalidArgumentError):
+    """A pinned :class:`kvtier.MatchResult` used after it was released (by :meth:`kvtier.Store.unpin`, possibly
+    from another thread), or with a store that did not pin it."""
 
 
 class UnknownNamespaceError(KvtierError, KeyError):
