@@ -11,11 +11,6 @@
 namespace kvtier {
 namespace {
 
-double monotonic_seconds() {
-  using namespace std::chrono;
-  return duration<double>(steady_clock::now().time_since_epoch()).count();
-}
-
 // Throws unless a tier of `bytes` holds at least one block.
 void check_holds_a_block(const std::string& what, std::uint64_t bytes, std::uint64_t block_bytes) {
   if (bytes < block_bytes)
@@ -80,16 +75,6 @@ Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spe
 
 void Store::check_open() const {
   if (closed_) throw Error(Code::kClosed, "the store is closed");
-}
-
-double Store::resolve_now(double now) {
-  if (std::isnan(now)) now = std::max(monotonic_seconds(), last_now_);
-  if (!std::isfinite(now)) throw Error(Code::kInvalidArgument, "now must be a finite number of seconds");
-  if (now < last_now_)
-    throw Error(Code::kInvalidArgument, "now=" + format_double(now) + " is earlier than the store's clock (" +
-                                            format_double(last_now_) + "); time must not go backwards");
-  last_now_ = now;
-  return now;
 }
 
 std::uint32_t Store::root_of(std::uint32_t ns) const {
@@ -321,7 +306,7 @@ InsertResult Store::insert(std::uint32_t ns, std::uint32_t account, const Word* 
                            Memory payload, std::size_t payload_first, double now) {
   std::unique_lock<std::mutex> lock(mu_);
   check_open();
-  now = resolve_now(now);
+  now = clock_.advance(now);
   if (account >= accounts_.size() || accounts_[account].first != ns)
     throw Error(Code::kInvalidArgument, "account " + std::to_string(account) + " does not belong to namespace " +
                                             std::to_string(ns));
@@ -339,7 +324,7 @@ InsertResult Store::insert(std::uint32_t ns, std::uint32_t account, const Word* 
   while (true) {
     wait_queue_room(lock, chunk);
     check_open();
-    now = std::max(now, last_now_);  // other calls may have run while this one waited
+    now = clock_.catch_up(now);  // other calls may have run while this one waited
     if (!spilling) {
       const InsertResult r = insert_locked(ns, account, words, end, payload, payload_first, now, false, &lock);
       if (!started && (r.matched < end || end == n)) {
@@ -480,7 +465,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
     }
     if (lock != nullptr && !to_device) {
       // Commit: other threads may have stored some of these blocks (or more) while the lock was free.
-      now = std::max(now, last_now_);
+      now = clock_.catch_up(now);
       const std::uint32_t m = walk(ns, words, r.matched + want, now, /*reclaim=*/false);
       KVTIER_ASSERT(m >= r.matched);  // the prefix was held
       const std::uint64_t dup = m - r.matched;
@@ -532,7 +517,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
 std::uint64_t Store::evict(std::uint64_t bytes, double now) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
-  now = resolve_now(now);
+  now = clock_.advance(now);
   const std::uint64_t blocks = bytes / spec_.block_bytes + (bytes % spec_.block_bytes != 0 ? 1 : 0);
   return evict_blocks(blocks, now) * spec_.block_bytes;
 }
@@ -540,7 +525,7 @@ std::uint64_t Store::evict(std::uint64_t bytes, double now) {
 std::uint64_t Store::expire(double now) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
-  now = resolve_now(now);
+  now = clock_.advance(now);
   const std::uint64_t host = expire_locked(now);
   return host + (disk_ ? disk_expire_locked(now) : 0);
 }
@@ -548,7 +533,7 @@ std::uint64_t Store::expire(double now) {
 std::uint64_t Store::clear(double now) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
-  now = resolve_now(now);
+  now = clock_.advance(now);
   demote_ = false;
   std::uint64_t n = evict_blocks(~std::uint64_t{0}, now);
   demote_ = true;
@@ -567,15 +552,13 @@ void Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
   check_open();
   if (spec_.payloads) throw Error(Code::kInvalidArgument, "replay needs a metadata-only store (it has no payloads)");
   const std::uint32_t width = spec_.width;
-  if (t.n_requests > 0 && t.times[0] < last_now_)
-    throw Error(Code::kInvalidArgument, "timestamps[0] = " + format_double(t.times[0]) +
-                                            " is earlier than the store's clock (" + format_double(last_now_) +
-                                            "); replay a trace into a store whose clock is not past it");
+  if (t.n_requests > 0)
+    clock_.check_not_before(t.times[0], "timestamps[0]", "replay a trace into a store whose clock is not past it");
   // A request adds at most two nodes (a split and a new leaf); with a capacity, evictions bound the tree.
   const std::size_t bound = capacity_blocks_ != 0 ? std::min<std::uint64_t>(capacity_blocks_, t.n_requests) : t.n_requests;
   tree_.reserve(std::min<std::size_t>(2 * bound, std::size_t{1} << 24));
   for (std::size_t r = 0; r < t.n_requests; ++r) {
-    const double now = resolve_now(t.times[r]);
+    const double now = clock_.advance(t.times[r]);
     const std::uint32_t ns = t.ns ? t.ns[r] : 0;
     root_of(ns);
     std::uint32_t acc;
@@ -622,7 +605,7 @@ TierStats Store::stats() {
 std::vector<AccountResidency> Store::residency(double now) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
-  now = resolve_now(now);
+  now = clock_.advance(now);
   expire_locked(now);
   if (disk_) disk_expire_locked(now);
   std::vector<AccountResidency> out;
@@ -637,7 +620,7 @@ std::vector<AccountResidency> Store::residency(double now) {
 
 double Store::clock_now() {
   std::lock_guard<std::mutex> lock(mu_);
-  return std::max(monotonic_seconds(), last_now_);
+  return clock_.peek();
 }
 
 void Store::close() {

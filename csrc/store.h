@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "clock.h"
 #include "common.h"
 #include "copy_engine.h"
 #include "device_tier.h"
@@ -317,7 +318,6 @@ class Store {
     std::uint32_t blocks;  // blocks of this node matched (the last step may be partial)
   };
   void check_open() const;
-  double resolve_now(double now);
   std::uint32_t root_of(std::uint32_t ns) const;
   bool expired(const Node& n, double now) const {
     return spec_.host.ttl_s > 0.0 && n.pins == 0 && now - n.last_access > spec_.host.ttl_s;
@@ -391,7 +391,7 @@ class Store {
   StoreSpec spec_;
   std::mutex mu_;
   bool closed_ = false;
-  double last_now_ = -INFINITY;
+  Clock clock_;  // the one clock (clock.h)
   RadixTree tree_;
   EvictionQueue queue_;
   std::unique_ptr<HostArena> arena_;

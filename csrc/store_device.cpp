@@ -256,7 +256,7 @@ void Store::run_copies(CopyRuns& c) {
 std::uint64_t Store::evict_device(std::uint64_t bytes, double now) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
-  now = resolve_now(now);
+  now = clock_.advance(now);
   if (!darena_) return 0;
   const std::uint64_t want = bytes / spec_.block_bytes + (bytes % spec_.block_bytes != 0 ? 1 : 0);
   std::uint64_t freed = 0;

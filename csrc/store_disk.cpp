@@ -133,7 +133,7 @@ std::size_t Store::spill_locked(std::uint32_t ns, std::uint32_t account, const W
 std::uint64_t Store::disk_persist(std::size_t max_blocks, double now) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
-  if (std::isnan(now)) now = std::isfinite(last_now_) ? last_now_ : 0.0;
+  if (std::isnan(now)) now = clock_.latest();
   // Host blocks keep their slots while queued, so this needs no room in the queue's slot reserve.
   std::uint64_t queued = 0;
   std::exception_ptr failed;
@@ -271,8 +271,7 @@ std::uint32_t Store::disk_finish_load(PinId pin, Memory out, std::uint32_t good,
                         reinterpret_cast<std::uint64_t>(staged + k * bb), bb});
     move_runs(runs, out.device);
   }
-  if (std::isnan(now) && std::isfinite(last_now_)) now = last_now_;
-  now = resolve_now(now);
+  now = clock_.advance_or_latest(now);
   for (const auto* keys : {&corrupt, &missing}) {
     for (const Key& k : *keys) {
       const std::uint32_t id = disk_->find(k);
@@ -318,7 +317,7 @@ WriteBatch Store::disk_take(std::size_t max_blocks, double wall_now) {
   b.deletes = deletes_;
   batch_deletes_ = std::move(deletes_);
   deletes_.clear();
-  const double store_now = std::isfinite(last_now_) ? last_now_ : 0.0;
+  const double store_now = clock_.latest();
   while (!writes_.empty() && b.writes.size() < max_blocks) {
     WriteItem item = std::move(writes_.front());
     writes_.pop_front();
@@ -345,7 +344,7 @@ WriteBatch Store::disk_take(std::size_t max_blocks, double wall_now) {
 void Store::disk_finish(bool ok, const std::string& error) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!batch_open_) return;
-  const double now = std::isfinite(last_now_) ? last_now_ : 0.0;
+  const double now = clock_.latest();
   const std::uint64_t bb = spec_.block_bytes;
   for (std::uint32_t id : batch_) {
     DiskEntry& e = disk_->at(id);
@@ -378,7 +377,7 @@ void Store::disk_finish(bool ok, const std::string& error) {
 
 std::vector<Key> Store::disk_make_room(std::size_t blocks, double now) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (std::isnan(now)) now = std::isfinite(last_now_) ? last_now_ : 0.0;
+  if (std::isnan(now)) now = clock_.latest();
   auto& q = disk_->queue();
   for (std::size_t k = 0; k < blocks && !q.empty(); ++k) disk_remove(q.top(), now, Gone::kEvicted);
   std::vector<Key> out = std::move(deletes_);
@@ -407,13 +406,11 @@ std::uint64_t Store::disk_restore(const std::vector<std::pair<Key, std::string>>
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
   if (generation && *generation != delete_generation_) return 0;
-  // Without a time, restored blocks are dated on the monotonic clock, and the store's clock is left
-  // alone (a caller who drives the store with its own clock passes its time here).
-  if (std::isnan(now))
-    now = std::max(std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(),
-                   last_now_);
-  else
-    now = resolve_now(now);
+  // Restored blocks are dated like any call's changes, and the clock moves with them: at `now`, or (none
+  // given) the latest time seen, or the monotonic clock at open. A caller who drives the store with its
+  // own clock passes its time to the Store constructor. An empty folder changes nothing.
+  if (records.empty()) return 0;
+  now = clock_.advance_or_latest(now);
   struct Parsed {
     const Key* key;
     DiskRecord rec;

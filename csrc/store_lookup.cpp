@@ -66,7 +66,7 @@ void Store::release_hold(Hold& h) {
 MatchResult Store::match(std::uint32_t ns, const Word* words, std::size_t n, double now, bool touch, bool pin) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
-  now = resolve_now(now);
+  now = clock_.advance(now);
   MatchResult r;
   r.blocks = walk(ns, words, n, now, /*reclaim=*/touch);
   if (touch || pin) split_partial_end();
@@ -121,8 +121,7 @@ void Store::unpin(PinId pin, double now) {
     ++rec.generation;
     return;
   }
-  if (std::isnan(now) && std::isfinite(last_now_)) now = last_now_;  // default: the latest time seen
-  now = resolve_now(now);
+  now = clock_.advance_or_latest(now);
   const std::uint64_t op = ++seq_;
   for (std::uint32_t id = rec.node; id != kNil && tree_.at(id).parent != kNil; id = tree_.at(id).parent) {
     Node& n = tree_.at(id);
@@ -189,7 +188,7 @@ std::uint32_t Store::load_pinned(PinId pin, Memory out, std::size_t max_blocks, 
   }
   if (!copies_unlocked(out)) {
     run_copies(runs);
-    if (darena_) dev_promote_chain(chain, last_now_);
+    if (darena_) dev_promote_chain(chain, clock_.latest());
   } else {
     run_held(lock, hold, runs);
   }
@@ -200,7 +199,7 @@ std::uint32_t Store::load(std::uint32_t ns, const Word* words, std::size_t n, Me
   std::unique_lock<std::mutex> lock(mu_);
   check_open();
   if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
-  now = resolve_now(now);
+  now = clock_.advance(now);
   const std::uint32_t m = walk(ns, words, n, now, /*reclaim=*/true);
   split_partial_end();
   touch_path(now, /*hit=*/true);
