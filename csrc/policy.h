@@ -27,11 +27,11 @@
 #include <vector>
 
 #include "common.h"
+#include "spec.h"
 #include "tree.h"
 
 namespace kvtier {
 
-enum class Policy : std::uint8_t { kLRU = 0, kLFU = 1, kTTL = 2 };
 
 // heap_pos of a candidate kept in the touch-order list (LRU, TTL).
 inline constexpr std::uint32_t kInList = kNil - 1;

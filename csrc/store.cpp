@@ -3,48 +3,18 @@
 #include "store.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 
 #include "checksum.h"
 
 namespace kvtier {
-namespace {
-
-// Throws unless a tier of `bytes` holds at least one block.
-void check_holds_a_block(const std::string& what, std::uint64_t bytes, std::uint64_t block_bytes) {
-  if (bytes < block_bytes)
-    throw Error(Code::kInvalidArgument, what + "=" + std::to_string(bytes) + " is smaller than one block (block_bytes=" +
-                                            std::to_string(block_bytes) + ")");
-}
-
-}  // namespace
 
 Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spec.host.policy, tree_) {
-  if (spec.block_size == 0) throw Error(Code::kInvalidArgument, "block_size must be > 0");
-  if (spec.width == 0) throw Error(Code::kInvalidArgument, "block width must be > 0");
-  if (spec.block_bytes == 0) throw Error(Code::kInvalidArgument, "block_bytes must be > 0");
-  if (!(spec.host.ttl_s >= 0.0) || std::isinf(spec.host.ttl_s))
-    throw Error(Code::kInvalidArgument, "ttl_s must be a finite number of seconds >= 0");
-  if (spec.host.policy == Policy::kTTL && spec.host.ttl_s <= 0.0)
-    throw Error(Code::kInvalidArgument, "policy 'ttl' needs ttl_s > 0");
-  if (spec.host.capacity_bytes != 0) {
-    check_holds_a_block("capacity_bytes", spec.host.capacity_bytes, spec.block_bytes);
-    capacity_blocks_ = spec.host.capacity_bytes / spec.block_bytes;
-    if (capacity_blocks_ >= kNil)
-      throw Error(Code::kInvalidArgument, "capacity_bytes / block_bytes must be below 2**32 - 1 blocks");
-  } else if (spec.payloads) {
-    throw Error(Code::kInvalidArgument, "a store with payloads needs a finite capacity_bytes");
-  }
+  validate(spec);
+  capacity_blocks_ = spec.host.capacity_bytes / spec.block_bytes;  // 0 = unlimited
   std::size_t slots = capacity_blocks_;
   if (spec.disk.enabled) {
     const DiskSpec& d = spec.disk;
-    if (!spec.payloads) throw Error(Code::kInvalidArgument, "a disk tier needs a store with payloads");
-    check_holds_a_block("disk capacity_bytes", d.capacity_bytes, spec.block_bytes);
-    if (!(d.ttl_s >= 0.0) || std::isinf(d.ttl_s))
-      throw Error(Code::kInvalidArgument, "disk ttl_s must be a finite number of seconds >= 0");
-    if (d.policy == Policy::kTTL && d.ttl_s <= 0.0) throw Error(Code::kInvalidArgument, "disk policy 'ttl' needs ttl_s > 0");
-    if (d.queue_blocks == 0) throw Error(Code::kInvalidArgument, "disk queue_blocks must be > 0");
     disk_capacity_blocks_ = d.capacity_bytes / spec.block_bytes;
     // Blocks waiting for the writer keep their host slot: the arena has room for the queue too.
     slots += d.queue_blocks;
@@ -53,19 +23,18 @@ Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spe
   }
   if (spec.device.enabled) {
     const DeviceSpec& d = spec.device;
-    if (!spec.payloads) throw Error(Code::kInvalidArgument, "a device tier needs a store with payloads");
-    check_holds_a_block("device capacity_bytes", d.capacity_bytes, spec.block_bytes);
-    if (d.capacity_bytes / spec.block_bytes > capacity_blocks_)
-      throw Error(Code::kInvalidArgument,
-                  "device capacity_bytes=" + std::to_string(d.capacity_bytes) + " exceeds the host tier's (" +
-                      std::to_string(capacity_blocks_ * spec.block_bytes) +
-                      "): every device block keeps a host slot to be written back to");
-    if (d.ordinal < 0) throw Error(Code::kInvalidArgument, "device must be >= 0");
     // Throws cuda::Unavailable naming what is missing, Error(kCapacity) when the GPU lacks the memory.
     darena_ = std::make_unique<DeviceArena>(d.ordinal, d.capacity_bytes / spec.block_bytes, spec.block_bytes);
   }
   if (spec.payloads) {
-    arena_ = std::make_unique<HostArena>(slots, spec.block_bytes);
+    try {
+      arena_ = std::make_unique<HostArena>(slots, spec.block_bytes);
+    } catch (const Error& e) {  // name the settings that sized it
+      if (e.code() != Code::kCapacity || !disk_) throw;
+      throw Error(Code::kCapacity, std::string(e.what()) + " (host.capacity_bytes holds " +
+                                       std::to_string(capacity_blocks_) + " blocks, plus disk queue_blocks=" +
+                                       std::to_string(spec.disk.queue_blocks) + " slots for queued writes)");
+    }
     slot_refs_.assign(slots, 0);
     slot_holds_.assign(slots, 0);
     if (disk_) slot_crc_.assign(slots, 0);
@@ -201,7 +170,7 @@ void Store::drop_blocks(std::uint32_t id, std::uint32_t count, double now) {
   const std::uint32_t have = tree_.num_blocks(id);
   KVTIER_ASSERT(count > 0 && count <= have && n.pins == 0 && n.num_children == 0);
   const bool is_expired = expired(n, now);  // the same test as lookups use: never both hit and expired
-  const double expiry = n.last_access + spec_.host.ttl_s;
+  const double expiry = n.last_access + spec_.host.ttl();
   std::uint64_t device_blocks = 0;
   if (darena_ && on_device(id)) {
     // The node leaves the device with its host blocks. Dirty blocks are written back first when they
@@ -273,7 +242,7 @@ std::uint64_t Store::evict_blocks(std::uint64_t count, double now) {
 }
 
 std::uint64_t Store::expire_locked(double now) {
-  if (spec_.host.ttl_s <= 0.0) return 0;
+  if (spec_.host.ttl() <= 0.0) return 0;
   const std::uint64_t before = stats_.expired;
   if (spec_.host.policy != Policy::kLFU) {
     // The queue is in touch order, which is time order: expired leaves come first.
@@ -570,7 +539,7 @@ void Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
     } else {
       acc = default_account_[ns];
     }
-    if (spec_.host.ttl_s > 0.0) expire_locked(now);
+    if (spec_.host.ttl() > 0.0) expire_locked(now);
     const std::uint64_t begin = t.offsets[r], end = t.offsets[r + 1];
     const InsertResult res =
         insert_locked(ns, acc, t.words + begin * width, end - begin, Memory{}, 0, now, /*as_hit=*/true);

@@ -28,46 +28,10 @@
 #include "keys.h"
 #include "policy.h"
 #include "residency.h"
+#include "spec.h"
 #include "tree.h"
 
 namespace kvtier {
-
-struct TierSpec {
-  std::uint64_t capacity_bytes = 0;  // 0 = unlimited (metadata-only stores only)
-  Policy policy = Policy::kLRU;
-  double ttl_s = 0.0;                // max idle seconds; 0 = no TTL
-};
-
-// The disk tier's shape. The folder itself (LMDB) is driven from Python through the writer calls
-// below; the core keeps the index, the queue and the policies.
-struct DiskSpec {
-  bool enabled = false;
-  std::uint64_t capacity_bytes = 0;  // > 0 when enabled
-  Policy policy = Policy::kLRU;
-  double ttl_s = 0.0;                // max idle seconds; 0 = no TTL
-  bool write_through = false;        // false: write-back (host evictions demote)
-  std::uint32_t queue_blocks = 64;   // blocks queued for the writer before inserts wait
-};
-
-// The device tier's shape: a pool of GPU block slots above the host tier (store_device.cpp). It is
-// inclusive: every device block also holds a host slot, written when the device evicts it.
-struct DeviceSpec {
-  bool enabled = false;
-  std::uint64_t capacity_bytes = 0;  // > 0 when enabled; at most the host tier's capacity
-  int ordinal = 0;                   // CUDA device
-  bool promote = true;               // loads copy the host blocks they read up to the device
-  bool write_through = false;        // inserts from GPU memory write the host slots at once too
-};
-
-struct StoreSpec {
-  std::uint32_t block_size = 16;   // tokens per block (reported as matched tokens)
-  std::uint32_t width = 16;        // words compared per block: block_size for tokens, 2 for u64 ids
-  std::uint64_t block_bytes = 0;   // payload bytes per block (also the accounting size)
-  bool payloads = true;            // false = metadata-only (no arena, no keys)
-  TierSpec host;
-  DiskSpec disk;
-  DeviceSpec device;
-};
 
 struct TierStats {
   std::uint64_t hits = 0;           // blocks matched
@@ -320,11 +284,11 @@ class Store {
   void check_open() const;
   std::uint32_t root_of(std::uint32_t ns) const;
   bool expired(const Node& n, double now) const {
-    return spec_.host.ttl_s > 0.0 && n.pins == 0 && now - n.last_access > spec_.host.ttl_s;
+    return spec_.host.ttl() > 0.0 && n.pins == 0 && now - n.last_access > spec_.host.ttl();
   }
   bool disk_expired(const DiskEntry& e, double now) const {
-    return spec_.disk.ttl_s > 0.0 && e.pins == 0 && e.state == DiskState::kCommitted &&
-           now - e.last_access > spec_.disk.ttl_s;
+    return spec_.disk.ttl() > 0.0 && e.pins == 0 && e.state == DiskState::kCommitted &&
+           now - e.last_access > spec_.disk.ttl();
   }
   std::uint32_t add_namespace_locked(const Key& ns_key);
   std::uint32_t account_locked(std::uint32_t ns, const std::string& session);

@@ -170,7 +170,7 @@ void Store::disk_remove(std::uint32_t id, double now, Gone why) {
   switch (why) {
     case Gone::kExpired: {
       // Residency ends at the expiry instant, not at the (later) reclaim.
-      const double expiry = e.last_access + spec_.disk.ttl_s;
+      const double expiry = e.last_access + spec_.disk.ttl();
       if (now > expiry) ledger_.refund(kTierDisk, e.account, static_cast<double>(bb) * (now - expiry));
       ++dstats_.expired;
       break;
@@ -194,7 +194,7 @@ void Store::disk_remove(std::uint32_t id, double now, Gone why) {
 }
 
 std::uint64_t Store::disk_expire_locked(double now) {
-  if (spec_.disk.ttl_s <= 0.0) return 0;
+  if (spec_.disk.ttl() <= 0.0) return 0;
   const std::uint64_t before = dstats_.expired;
   auto& q = disk_->queue();
   if (spec_.disk.policy != Policy::kLFU) {

@@ -114,13 +114,8 @@ MatchResult Store::match(std::uint32_t ns, const Word* words, std::size_t n, dou
 
 void Store::unpin(PinId pin, double now) {
   std::lock_guard<std::mutex> lock(mu_);
+  check_open();  // close() released every hold; there is nothing left to release
   PinRecord& rec = pin_record(pin);
-  // Unpinning after close is allowed: it only releases a hold.
-  if (closed_) {
-    rec.alive = false;
-    ++rec.generation;
-    return;
-  }
   now = clock_.advance_or_latest(now);
   const std::uint64_t op = ++seq_;
   for (std::uint32_t id = rec.node; id != kNil && tree_.at(id).parent != kNil; id = tree_.at(id).parent) {

@@ -491,10 +491,10 @@ def test_store_device_tier_and_gpu_payloads_without_cuda() -> None:
     with pytest.raises(KvtierTypeError, match="device must be a DeviceTierConfig"):
         kvtier.StoreConfig(device="cuda:0")  # type: ignore[arg-type]
     with pytest.raises(CudaUnavailableError, match="libcuda.so.1 not found"):  # the core checks too
-        kvtier._core.Store(
-            block_size=4, ids=False, block_bytes=64, payloads=True, capacity_bytes=1 << 16, policy=0, ttl_s=0.0,
-            limit=1 << 31, device_capacity_bytes=1 << 12,
-        )
+        spec = kvtier.StoreConfig(block_size=4, block_bytes=64, host=kvtier.TierConfig(capacity_bytes=1 << 16)).spec()
+        spec.device.enabled = True  # a raw spec: DeviceTierConfig itself refuses to exist without CUDA
+        spec.device.capacity_bytes = 1 << 12
+        kvtier._core.Store(spec, ids=False, limit=1 << 31)
     with kvtier.Store(kvtier.StoreConfig(block_size=4, block_bytes=64)) as store:
         payload = np.zeros((2, 64), np.uint8)
         on_gpu = TensorView(payload.ctypes.data, payload.shape, payload.strides, 1, "|u1", device=0, owner=payload)

@@ -10,6 +10,7 @@ renamed, reordered, made keyword-only or given a default, without the stub follo
 from __future__ import annotations
 
 import ast
+import enum
 import inspect
 import os
 import re
@@ -427,9 +428,8 @@ def test_member_signatures(cls_name: str, member: str) -> None:
 
 def test_parameter_names_are_the_bound_ones() -> None:
     """Spot-check the parser against the binding: keyword calls with the stub's names work."""
-    s = _core.Store(
-        block_size=2, ids=False, block_bytes=4, payloads=True, capacity_bytes=64, policy=0, ttl_s=0.0, limit=100
-    )
+    cfg = kvtier.StoreConfig(block_size=2, block_bytes=4, host=kvtier.TierConfig(capacity_bytes=64), vocab_size=100)
+    s = _core.Store(spec=cfg.spec(), ids=False, limit=100)
     ns = s.add_namespace(kvtier.Namespace(model="m").key(2))
     acc = s.account(ns, "")
     assert s.insert(ns=ns, account=acc, tokens=[1, 2], payload=bytes(4), payload_first=0, now=1.0) == (0, 1, 1)
@@ -443,9 +443,8 @@ def test_parameter_names_are_the_bound_ones() -> None:
     assert s.device_stats()["capacity_bytes"] == 0
     with pytest.raises(kvtier.InvalidArgumentError, match="metadata-only"):
         s.replay(offsets=[0], blocks=[], times=[], ns=None, accounts=None)
-    meta = _core.Store(
-        block_size=2, ids=False, block_bytes=4, payloads=False, capacity_bytes=64, policy=0, ttl_s=0.0, limit=100
-    )
+    meta_cfg = kvtier.StoreConfig(block_size=2, block_bytes=4, metadata_only=True, host=kvtier.TierConfig(capacity_bytes=64))
+    meta = _core.Store(meta_cfg.spec(), ids=False, limit=100)
     assert meta.replay(offsets=[0], blocks=[], times=[], ns=None, accounts=None).shape == (0,)
     assert _core.blake3(data=b"", out_len=4) == _core.blake3(b"")[:4]
     # Unnamed parameters are positional-only: the stub marks them with "/".
@@ -495,10 +494,13 @@ def test_stubtest(tmp_path: Path) -> None:
     pytest.importorskip("mypy.stubtest")
     allow = tmp_path / "allowlist.txt"
     # pybind11 classes have pybind11's metaclass; a constructor-less class keeps object's __init__.
+    pybind_classes = [c for c in _classes() if not issubclass(getattr(_core, c), enum.Enum)]
     allow.write_text(
         "\n".join(
-            [f"kvtier._core.{c}" for c in _classes()]
-            + [f"kvtier._core.{c}.__init__" for c in _classes() if "__init__" not in _live_class_members(getattr(_core, c))]
+            [f"kvtier._core.{c}" for c in pybind_classes]
+            + [f"kvtier._core.{c}.__init__" for c in pybind_classes if "__init__" not in _live_class_members(getattr(_core, c))]
+            # A native enum (enum.Enum subclass) carries pybind11's capsule.
+            + ["kvtier._core.Policy.__pybind11_native_enum__"]
         )
         + "\n"
     )

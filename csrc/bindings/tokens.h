@@ -81,10 +81,19 @@ inline void convert_tokens(const void* src, std::size_t n, std::uint64_t limit, 
   w.count = n;
 }
 
+// bytes and bytearray hold raw bytes or encoded text, never token ids: refused rather than read as uint8 ids
+// (str is refused by the converters themselves).
+inline void refuse_bytes(py::handle obj, const char* arg, const char* expected) {
+  if (PyBytes_Check(obj.ptr()) || PyByteArray_Check(obj.ptr()))
+    raise(Code::kTypeError, std::string(arg) + " must be " + expected + ", got " + Py_TYPE(obj.ptr())->tp_name +
+                                " (raw bytes are not ids; tokenize text first)");
+}
+
 // Token ids from a TokenSequence, a 1-D integer buffer (numpy array, memoryview, array.array) or a
 // list/tuple of ints. Checks every id against [0, limit).
 inline Words token_words(py::handle obj, std::uint64_t limit, const char* arg) {
   Words w;
+  refuse_bytes(obj, arg, "a 1-D integer array, a list of ints or a TokenSequence");
   if (py::isinstance<TokenSequence>(obj)) {
     auto& seq = obj.cast<TokenSequence&>();
     if (seq.limit() > limit)
@@ -173,6 +182,7 @@ inline Words token_words(py::handle obj, std::uint64_t limit, const char* arg) {
 // Engine block ids (64-bit) as pairs of words, little-endian.
 inline Words id_words(py::handle obj, const char* arg) {
   Words w;
+  refuse_bytes(obj, arg, "a 1-D array of integer block ids");
   if (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj)) {
     // Element by element: numpy would turn a list mixing ids below and above 2**63 into float64.
     py::sequence seq = py::reinterpret_borrow<py::sequence>(obj);

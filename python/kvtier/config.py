@@ -1,33 +1,69 @@
-"""Configuration: one small frozen dataclass per concern, validated on construction."""
+"""Configuration: one small frozen dataclass per concern, validated on construction.
+
+Each dataclass checks its fields' Python types; the values and their combinations are checked by the core's
+``validate`` (csrc/spec.cpp) on the :class:`kvtier._core.StoreSpec` that :meth:`StoreConfig.spec` builds, the one
+place those rules live. Defaults shared with the core are read from the core's spec structs.
+"""
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from kvtier import _core
 from kvtier.errors import InvalidArgumentError, KvtierTypeError
 
-if TYPE_CHECKING:
-    from kvtier.device import DeviceTierConfig
-
-__all__ = ["Namespace", "TierConfig", "DiskConfig", "StoreConfig", "Policy"]
+__all__ = ["Namespace", "TierConfig", "DiskConfig", "DeviceTierConfig", "StoreConfig", "Policy"]
 
 Policy = Literal["lru", "lfu", "ttl"]
-_POLICIES: dict[str, int] = {"lru": 0, "lfu": 1, "ttl": 2}
+_POLICIES: dict[str, _core.Policy] = {"lru": _core.Policy.LRU, "lfu": _core.Policy.LFU, "ttl": _core.Policy.TTL}
+# The core's defaults (csrc/spec.h), the only place they are written.
+_STORE = _core.StoreSpec()
+_DISK = _core.DiskSpec()
+_DEVICE = _core.DeviceSpec()
+_U32 = (1 << 32) - 1
+_U64 = (1 << 64) - 1
 
 
 def _check_str(name: str, value: object) -> None:
+    """A str that can cross into the core: UTF-8 encodable (no lone surrogate) and without NUL."""
     if not isinstance(value, str):
         raise KvtierTypeError(f"{name} must be a str, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidArgumentError(f"{name} must be valid Unicode text: {e.reason} at index {e.start}") from None
+    if "\0" in value:
+        raise InvalidArgumentError(f"{name} must not contain a NUL character")
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
+def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise KvtierTypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        if (maximum & (maximum + 1)) == 0:  # 2**k - 1
+            bound = f"below 2**{maximum.bit_length()}"
+        elif (maximum & (maximum - 1)) == 0:  # 2**k
+            bound = f"<= 2**{maximum.bit_length() - 1}"
+        else:
+            bound = f"<= {maximum}"
+        raise InvalidArgumentError(f"{name} must be {bound}, got {value}")
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise KvtierTypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def _check_policy(name: str, policy: object, ttl_s: object) -> None:
+    """The Python-side checks of a tier's policy and TTL (their types); the core checks the values."""
+    if policy not in _POLICIES:
+        raise InvalidArgumentError(f"{name}policy must be one of {sorted(_POLICIES)}, got {policy!r}")
+    if ttl_s is not None and (isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float))):
+        raise KvtierTypeError(f"{name}ttl_s must be a number of seconds, got {type(ttl_s).__name__}")
 
 
 @dataclass(frozen=True)
@@ -52,16 +88,19 @@ class Namespace:
         if not self.model:
             raise InvalidArgumentError("model must name the model (e.g. 'meta-llama/Llama-3.1-8B')")
 
-    def fields(self, block_size: int) -> list[str]:
-        """The key fields in the order of docs/keys.md."""
-        return [self.tenant, self.model, self.revision, self.tokenizer, self.kv_dtype, self.kv_layout, str(block_size)]
+    def fields(self, block_size: int, content: str = "tokens") -> list[str]:
+        """The key fields in the order of docs/keys.md (stores of block ids add a content field)."""
+        fields = [self.tenant, self.model, self.revision, self.tokenizer, self.kv_dtype, self.kv_layout, str(block_size)]
+        if content != "tokens":
+            fields.append(f"content={content}")
+        return fields
 
-    def key(self, block_size: int) -> bytes:
+    def key(self, block_size: int, content: str = "tokens") -> bytes:
         """The 32-byte namespace key (docs/keys.md)."""
-        from kvtier import _core
-
-        _check_int("block_size", block_size, 1)
-        return _core.namespace_key(self.fields(block_size))
+        _check_int("block_size", block_size, 1, _U32)
+        if content not in ("tokens", "block_ids"):
+            raise InvalidArgumentError(f"content must be 'tokens' or 'block_ids', got {content!r}")
+        return _core.namespace_key(self.fields(block_size, content))
 
 
 @dataclass(frozen=True)
@@ -87,20 +126,17 @@ class TierConfig:
 
     def __post_init__(self) -> None:
         if self.capacity_bytes is not None:
-            _check_int("capacity_bytes", self.capacity_bytes, 1)
-        if self.policy not in _POLICIES:
-            raise InvalidArgumentError(f"policy must be one of {sorted(_POLICIES)}, got {self.policy!r}")
-        if self.ttl_s is not None:
-            if isinstance(self.ttl_s, bool) or not isinstance(self.ttl_s, (int, float)):
-                raise KvtierTypeError(f"ttl_s must be a number of seconds, got {type(self.ttl_s).__name__}")
-            if not math.isfinite(self.ttl_s) or self.ttl_s <= 0:
-                raise InvalidArgumentError(f"ttl_s must be a finite number of seconds > 0, got {self.ttl_s}")
-        if self.policy == "ttl" and self.ttl_s is None:
-            raise InvalidArgumentError("policy 'ttl' needs ttl_s (maximum idle seconds)")
+            _check_int("capacity_bytes", self.capacity_bytes, 1, _U64)
+        _check_policy("", self.policy, self.ttl_s)
+        _core.validate_tier(self.tier_spec(), "")
 
-    @property
-    def policy_code(self) -> int:
-        return _POLICIES[self.policy]
+    def tier_spec(self) -> _core.TierSpec:
+        """The core's view of this tier (capacity ``None`` is 0: unlimited)."""
+        t = _core.TierSpec()
+        t.capacity_bytes = 0 if self.capacity_bytes is None else self.capacity_bytes
+        t.policy = _POLICIES[self.policy]
+        t.ttl_s = None if self.ttl_s is None else float(self.ttl_s)
+        return t
 
 
 @dataclass(frozen=True)
@@ -138,8 +174,8 @@ class DiskConfig:
     capacity_bytes: int = 16 << 30
     policy: Policy = "lru"
     ttl_s: float | None = None
-    write_through: bool = False
-    queue_blocks: int = 64
+    write_through: bool = _DISK.write_through
+    queue_blocks: int = _DISK.queue_blocks
     batch_blocks: int = 32
     sync: bool = True
     promote: bool = True
@@ -150,28 +186,91 @@ class DiskConfig:
             raise KvtierTypeError(f"disk path must be a str or os.PathLike, got {type(self.path).__name__}")
         if not os.fspath(self.path):
             raise InvalidArgumentError("disk path must name a folder")
-        _check_int("disk capacity_bytes", self.capacity_bytes, 1)
-        # Policy and TTL: the same rules as any tier.
-        TierConfig(capacity_bytes=self.capacity_bytes, policy=self.policy, ttl_s=self.ttl_s)
+        if "\0" in os.fsdecode(self.path):
+            raise InvalidArgumentError(f"disk path must not contain a NUL character, got {self.path!r}")
+        _check_int("disk capacity_bytes", self.capacity_bytes, 1, _U64)
+        _check_policy("", self.policy, self.ttl_s)  # the same rules as any tier
         for name in ("write_through", "sync", "promote"):
-            if not isinstance(getattr(self, name), bool):
-                raise KvtierTypeError(f"disk {name} must be a bool, got {type(getattr(self, name)).__name__}")
-        _check_int("disk queue_blocks", self.queue_blocks, 1)
-        if self.queue_blocks >= 1 << 32:
-            raise InvalidArgumentError(f"disk queue_blocks must be below 2**32, got {self.queue_blocks}")
+            _check_bool(f"disk {name}", getattr(self, name))
+        _check_int("disk queue_blocks", self.queue_blocks, 1, _U32)
         _check_int("disk batch_blocks", self.batch_blocks, 1)
+        _core.validate_tier(self.disk_spec(), "")
         if self.map_size is not None:
             _check_int("disk map_size", self.map_size, 1 << 20)
 
-    @property
-    def policy_code(self) -> int:
-        return _POLICIES[self.policy]
+    def disk_spec(self) -> _core.DiskSpec:
+        """The core's view of this tier."""
+        d = _core.DiskSpec()
+        d.enabled = True
+        d.capacity_bytes = self.capacity_bytes
+        d.policy = _POLICIES[self.policy]
+        d.ttl_s = None if self.ttl_s is None else float(self.ttl_s)
+        d.write_through = self.write_through
+        d.queue_blocks = self.queue_blocks
+        return d
 
     @property
     def lmdb_map_size(self) -> int:
         if self.map_size is not None:
             return self.map_size
         return self.capacity_bytes + self.capacity_bytes // 4 + (64 << 20)
+
+
+@dataclass(frozen=True)
+class DeviceTierConfig(TierConfig):
+    """The device tier: a pool of block slots in one GPU's memory, allocated once.
+
+    Validated on construction, CUDA included: without a usable CUDA driver and device this raises
+    :class:`kvtier.CudaUnavailableError` naming what is missing.
+
+    Parameters
+    ----------
+    capacity_bytes
+        Bytes of GPU memory for block payloads, allocated up front (default 1 GiB, as for :class:`TierConfig`;
+        ``None`` is refused).
+    policy, ttl_s
+        The device tier evicts the least recently used node: ``policy`` must be ``"lru"`` and ``ttl_s`` unset
+        (idle blocks age out of the host and disk tiers, which keep a copy of every device block).
+    device
+        CUDA device ordinal.
+    promote
+        Loads copy the host blocks they read up to the device tier (so the next load of them is GPU to GPU).
+    write_through
+        ``False`` (default, write-back): blocks inserted from GPU memory reach their host slots only when the
+        device tier evicts them (or the disk needs them). ``True``: the host slots are written at insert too
+        (a second copy, GPU to host), so evicting them from the device costs nothing.
+    """
+
+    device: int = _DEVICE.ordinal
+    promote: bool = _DEVICE.promote
+    write_through: bool = _DEVICE.write_through
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.capacity_bytes is None:
+            raise InvalidArgumentError("a device tier needs a finite capacity_bytes (GPU memory is allocated up front)")
+        if self.policy != "lru" or self.ttl_s is not None:
+            raise InvalidArgumentError(
+                f"the device tier evicts least recently used blocks: policy must be 'lru' and ttl_s None, got "
+                f"policy={self.policy!r}, ttl_s={self.ttl_s!r} (set TTLs on the host and disk tiers)"
+            )
+        for name in ("promote", "write_through"):
+            _check_bool(name, getattr(self, name))
+        _check_int("device", self.device, 0, (1 << 31) - 1)
+        from kvtier.cuda import require_cuda  # CUDA discovery, not a tier
+
+        require_cuda("a device tier", self.device)
+
+    def device_spec(self) -> _core.DeviceSpec:
+        """The core's view of this tier."""
+        d = _core.DeviceSpec()
+        d.enabled = True
+        assert self.capacity_bytes is not None
+        d.capacity_bytes = self.capacity_bytes
+        d.ordinal = self.device
+        d.promote = self.promote
+        d.write_through = self.write_through
+        return d
 
 
 @dataclass(frozen=True)
@@ -203,7 +302,7 @@ class StoreConfig:
         Every device block also keeps a host slot, so its capacity is at most the host tier's.
     """
 
-    block_size: int = 16
+    block_size: int = _STORE.block_size
     block_bytes: int = 2048
     metadata_only: bool = False
     content: Literal["tokens", "block_ids"] = "tokens"
@@ -214,52 +313,20 @@ class StoreConfig:
     device: DeviceTierConfig | None = None
 
     def __post_init__(self) -> None:
-        _check_int("block_size", self.block_size, 1)
-        _check_int("block_bytes", self.block_bytes, 1)
+        _check_int("block_size", self.block_size, 1, _U32)
+        _check_int("block_bytes", self.block_bytes, 1, _U64)
+        _check_bool("metadata_only", self.metadata_only)
         if self.content not in ("tokens", "block_ids"):
             raise InvalidArgumentError(f"content must be 'tokens' or 'block_ids', got {self.content!r}")
         if self.vocab_size is not None:
-            _check_int("vocab_size", self.vocab_size, 1)
-            if self.vocab_size > 1 << 32:
-                raise InvalidArgumentError(f"vocab_size must be <= 2**32, got {self.vocab_size}")
+            _check_int("vocab_size", self.vocab_size, 1, 1 << 32)
         if not isinstance(self.host, TierConfig):
             raise KvtierTypeError(f"host must be a TierConfig, got {type(self.host).__name__}")
-        if self.disk is not None:
-            if not isinstance(self.disk, DiskConfig):
-                raise KvtierTypeError(f"disk must be a DiskConfig, got {type(self.disk).__name__}")
-            if self.metadata_only:
-                raise InvalidArgumentError("a disk tier stores payloads: it needs metadata_only=False")
-            if self.disk.capacity_bytes < self.block_bytes:
-                raise InvalidArgumentError(
-                    f"disk.capacity_bytes={self.disk.capacity_bytes} is smaller than one block "
-                    f"(block_bytes={self.block_bytes})"
-                )
-        if self.device is not None:
-            from kvtier.device import DeviceTierConfig
-
-            if not isinstance(self.device, DeviceTierConfig):
-                raise KvtierTypeError(f"device must be a DeviceTierConfig, got {type(self.device).__name__}")
-            if self.metadata_only:
-                raise InvalidArgumentError("a device tier stores payloads: it needs metadata_only=False")
-            assert self.device.capacity_bytes is not None
-            if self.device.capacity_bytes < self.block_bytes:
-                raise InvalidArgumentError(
-                    f"device.capacity_bytes={self.device.capacity_bytes} is smaller than one block "
-                    f"(block_bytes={self.block_bytes})"
-                )
-            host_cap = self.host.capacity_bytes
-            if host_cap is not None and self.device.capacity_bytes // self.block_bytes > host_cap // self.block_bytes:
-                raise InvalidArgumentError(
-                    f"device.capacity_bytes={self.device.capacity_bytes} exceeds host.capacity_bytes={host_cap}: "
-                    f"every device block keeps a host slot to be written back to"
-                )
-        if self.host.capacity_bytes is None and not self.metadata_only:
-            raise InvalidArgumentError("host.capacity_bytes=None (unlimited) needs metadata_only=True")
-        if self.host.capacity_bytes is not None and self.host.capacity_bytes < self.block_bytes:
-            raise InvalidArgumentError(
-                f"host.capacity_bytes={self.host.capacity_bytes} is smaller than one block "
-                f"(block_bytes={self.block_bytes})"
-            )
+        if self.disk is not None and not isinstance(self.disk, DiskConfig):
+            raise KvtierTypeError(f"disk must be a DiskConfig, got {type(self.disk).__name__}")
+        if self.device is not None and not isinstance(self.device, DeviceTierConfig):
+            raise KvtierTypeError(f"device must be a DeviceTierConfig, got {type(self.device).__name__}")
+        _core.validate_spec(self.spec())  # capacities against block_bytes, tiers against metadata_only, ...
         if self.payload_dtype is not None:
             import numpy as np
 
@@ -267,10 +334,26 @@ class StoreConfig:
                 dt = np.dtype(self.payload_dtype)
             except TypeError as e:
                 raise InvalidArgumentError(f"payload_dtype {self.payload_dtype!r} is not a numpy dtype") from e
+            if dt.hasobject:
+                raise KvtierTypeError(f"payload_dtype must be a numeric dtype, got {dt} (Python objects)")
             if self.block_bytes % dt.itemsize:
                 raise InvalidArgumentError(
                     f"block_bytes={self.block_bytes} is not a multiple of payload_dtype's itemsize {dt.itemsize}"
                 )
+
+    def spec(self) -> _core.StoreSpec:
+        """The whole configuration as the core takes it (csrc/spec.h)."""
+        s = _core.StoreSpec()
+        s.block_size = self.block_size
+        s.width = 2 if self.content == "block_ids" else self.block_size  # a 64-bit id is two 32-bit words
+        s.block_bytes = self.block_bytes
+        s.payloads = not self.metadata_only
+        s.host = self.host.tier_spec()
+        if self.disk is not None:
+            s.disk = self.disk.disk_spec()
+        if self.device is not None:
+            s.device = self.device.device_spec()
+        return s
 
     @property
     def token_limit(self) -> int:

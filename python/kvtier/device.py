@@ -20,9 +20,10 @@ import numpy as np
 import numpy.typing as npt
 
 from kvtier import _core
-from kvtier.config import TierConfig, _check_int
+from kvtier.config import DeviceTierConfig, _check_int
 from kvtier.copy_engine import SlotBuffer
-from kvtier.errors import CudaUnavailableError, InvalidArgumentError, KvtierTypeError, StoreClosedError
+from kvtier.cuda import CudaStatus, cuda_available, require_cuda
+from kvtier.errors import InvalidArgumentError, KvtierTypeError, StoreClosedError
 from kvtier.kv_layout import KVLayout, KVRegion, as_tensor_view
 
 __all__ = [
@@ -33,110 +34,6 @@ __all__ = [
     "host_buffer",
     "is_page_locked",
 ]
-
-
-@dataclass(frozen=True)
-class CudaStatus:
-    """Whether kvtier can use CUDA in this process. Truthy when it can; ``reason`` says why not.
-
-    Attributes
-    ----------
-    available
-        The driver library loaded, ``cuInit`` succeeded and at least one device is visible.
-    reason
-        ``""`` when available; otherwise what is missing, e.g. ``"libcuda.so.1 not found (...)"``.
-    library
-        The driver library loaded (a path), ``""`` if none.
-    driver_version
-        The driver's CUDA version as ``1000 * major + 10 * minor`` (12080 is CUDA 12.8); 0 if unknown.
-    devices
-        Device names by ordinal (as ``CUDA_VISIBLE_DEVICES`` exposes them).
-    batched_memcpy
-        The driver has ``cuMemcpyBatchAsync`` (CUDA >= 12.8), which the copy engine uses.
-    """
-
-    available: bool
-    reason: str
-    library: str
-    driver_version: int
-    devices: tuple[str, ...]
-    batched_memcpy: bool
-
-    def __bool__(self) -> bool:
-        return self.available
-
-    def __str__(self) -> str:
-        if not self.available:
-            return f"CUDA unavailable: {self.reason}"
-        v = f"{self.driver_version // 1000}.{self.driver_version % 1000 // 10}"
-        names = ", ".join(f"{i}: {n}" for i, n in enumerate(self.devices))
-        return f"CUDA {v} ({self.library}); devices {names}; batched memcpy {'yes' if self.batched_memcpy else 'no'}"
-
-
-def cuda_available() -> CudaStatus:
-    """Whether CUDA is usable here, and why not (loads the driver on the first call; cheap after)."""
-    ok, reason, library, version, names, batched = _core.cuda_probe()
-    return CudaStatus(bool(ok), str(reason), str(library), int(version), tuple(names), bool(batched))
-
-
-def _require_cuda(what: str, device: int) -> CudaStatus:
-    status = cuda_available()
-    if not status:
-        raise CudaUnavailableError(
-            f"{what} needs CUDA, which is not usable here: {status.reason}. Run on a machine with an NVIDIA GPU "
-            f"and driver, or configure no device tier"
-        )
-    if device >= len(status.devices):
-        raise InvalidArgumentError(
-            f"device={device}, but CUDA sees {len(status.devices)} device(s) ({', '.join(status.devices)}); "
-            f"CUDA_VISIBLE_DEVICES renumbers them"
-        )
-    return status
-
-
-@dataclass(frozen=True)
-class DeviceTierConfig(TierConfig):
-    """The device tier: a pool of block slots in one GPU's memory, allocated once.
-
-    Validated on construction, CUDA included: without a usable CUDA driver and device this raises
-    :class:`kvtier.CudaUnavailableError` naming what is missing.
-
-    Parameters
-    ----------
-    capacity_bytes
-        Bytes of GPU memory for block payloads, allocated up front (default 1 GiB, as for :class:`TierConfig`;
-        ``None`` is refused).
-    policy, ttl_s
-        The device tier evicts the least recently used node: ``policy`` must be ``"lru"`` and ``ttl_s`` unset
-        (idle blocks age out of the host and disk tiers, which keep a copy of every device block).
-    device
-        CUDA device ordinal.
-    promote
-        Loads copy the host blocks they read up to the device tier (so the next load of them is GPU to GPU).
-    write_through
-        ``False`` (default, write-back): blocks inserted from GPU memory reach their host slots only when the
-        device tier evicts them (or the disk needs them). ``True``: the host slots are written at insert too
-        (a second copy, GPU to host), so evicting them from the device costs nothing.
-    """
-
-    device: int = 0
-    promote: bool = True
-    write_through: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.capacity_bytes is None:
-            raise InvalidArgumentError("a device tier needs a finite capacity_bytes (GPU memory is allocated up front)")
-        if self.policy != "lru" or self.ttl_s is not None:
-            raise InvalidArgumentError(
-                f"the device tier evicts least recently used blocks: policy must be 'lru' and ttl_s None, got "
-                f"policy={self.policy!r}, ttl_s={self.ttl_s!r} (set TTLs on the host and disk tiers)"
-            )
-        for name in ("promote", "write_through"):
-            if not isinstance(getattr(self, name), bool):
-                raise KvtierTypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
-        _check_int("device", self.device, 0)
-        _require_cuda("a device tier", self.device)
 
 
 class DeviceArena:

@@ -13,6 +13,7 @@ lock and every call releases the GIL.
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -25,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kvtier import _core
-from kvtier.config import Namespace, StoreConfig
+from kvtier.config import Namespace, StoreConfig, _check_str
 from kvtier.errors import CudaError, DiskWriteError, InvalidArgumentError, KvtierTypeError, StoreClosedError
 
 if TYPE_CHECKING:
@@ -338,23 +339,7 @@ class Store:
         disk = self.config.disk
         device = self.config.device
         self._core = _core.Store(
-            block_size=self.config.block_size,
-            ids=self.config.content == "block_ids",
-            block_bytes=self.config.block_bytes,
-            payloads=not self.config.metadata_only,
-            capacity_bytes=0 if host.capacity_bytes is None else host.capacity_bytes,
-            policy=host.policy_code,
-            ttl_s=0.0 if host.ttl_s is None else float(host.ttl_s),
-            limit=self.config.token_limit,
-            disk_capacity_bytes=0 if disk is None else disk.capacity_bytes,
-            disk_policy=0 if disk is None else disk.policy_code,
-            disk_ttl_s=0.0 if disk is None or disk.ttl_s is None else float(disk.ttl_s),
-            write_through=False if disk is None else disk.write_through,
-            queue_blocks=64 if disk is None else disk.queue_blocks,
-            device_capacity_bytes=0 if device is None or device.capacity_bytes is None else device.capacity_bytes,
-            device=0 if device is None else device.device,
-            device_promote=True if device is None else device.promote,
-            device_write_through=False if device is None else device.write_through,
+            self.config.spec(), ids=self.config.content == "block_ids", limit=self.config.token_limit
         )
         self._disk: DiskFolder | None = None
         self._finalizer: weakref.finalize[[Any, DiskFolder], Store] | None = None
@@ -379,7 +364,7 @@ class Store:
         try:
             self._disk = folder
             for namespace in list(self._ns_by_id):  # registered before the folder was open
-                folder.record_namespace(namespace.key(self.config.block_size), namespace)
+                folder.record_namespace(namespace.key(self.config.block_size, self.config.content), namespace)
             for namespace in folder.stored_namespaces().values():
                 self.register(namespace)
             folder.restore(now)
@@ -421,7 +406,7 @@ class Store:
         with self._ns_lock:
             ns = self._ns_ids.get(namespace)
             if ns is None:
-                key = namespace.key(self.config.block_size)
+                key = namespace.key(self.config.block_size, self.config.content)
                 if self._disk is not None:
                     self._disk.record_namespace(key, namespace)
                 ns = self._core.add_namespace(key)
@@ -443,6 +428,7 @@ class Store:
         key = (ns, session)
         acc = self._accounts.get(key)
         if acc is None:
+            _check_str("session", session)  # crosses into the core as UTF-8
             acc = self._core.account(ns, session)
             self._accounts[key] = acc
         return acc
@@ -501,7 +487,7 @@ class Store:
         try:
             yield m
         finally:
-            if m.pinned:
+            if m.pinned and not self.closed:  # close() released every hold
                 self.unpin(m, now=now)
 
     # ----------------------------------------------------------------- payloads
@@ -673,7 +659,9 @@ class Store:
             return
         if self._core.closed:
             raise StoreClosedError("the store is closed")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0 or timeout == math.inf
+        ):
             raise InvalidArgumentError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
         if host:
             self._core.disk_persist(1 << 62)
