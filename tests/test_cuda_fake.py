@@ -155,6 +155,6 @@ def test_fake_driver(fake_dir: Path, name: str, env: dict[str, str]) -> None:
     ],
 )
 def test_store_device_tier(fake_dir: Path, name: str, env: dict[str, str]) -> None:
-    """The store's device tier (store_device.cpp) with the fake driver: GPU payloads in and out, write-back,
+    """The store's device tier (csrc/store/device.cpp) with the fake driver: GPU payloads in and out, write-back,
     promotion, eviction, residency and the disk below it."""
     _run(fake_dir, name, STORE_CHECKS, **env)

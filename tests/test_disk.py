@@ -1186,7 +1186,7 @@ def test_process_exit_without_close_does_not_abort(tmp_path: Path) -> None:
 
 
 # =========================================================================== checksums
-# "kvtier block checksum v1" (csrc/checksum.h) is part of the folder format: every payload in every
+# "kvtier block checksum v1" (csrc/core/checksum.h) is part of the folder format: every payload in every
 # existing folder is verified against it. A reference implementation from the header's description
 # pins it, independently of the C++ (SIMD and portable) code.
 _SEEDS = (

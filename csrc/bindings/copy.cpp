@@ -14,11 +14,11 @@
 #include <string>
 #include <vector>
 
-#include "../copy_engine.h"
-#include "../copy_plan.h"
-#include "../cuda_driver.h"
-#include "../device_tier.h"
-#include "../host_tier.h"
+#include "cuda/copy_engine.h"
+#include "cuda/copy_plan.h"
+#include "cuda/driver.h"
+#include "tiers/device.h"
+#include "tiers/host.h"
 
 namespace py = pybind11;
 using namespace kvtier;

@@ -7,10 +7,10 @@
 #include <string>
 #include <vector>
 
-#include "../checksum.h"
-#include "../common.h"
-#include "../disk_record.h"
-#include "../keys.h"
+#include "core/checksum.h"
+#include "core/common.h"
+#include "tiers/disk_record.h"
+#include "core/keys.h"
 
 namespace py = pybind11;
 using namespace kvtier;

@@ -1,6 +1,6 @@
 // kvtier._core: hashing and tokens — BLAKE3, namespace and block keys (docs/keys.md), TokenSequence.
-#include "../hash/blake3.h"
-#include "../keys.h"
+#include "hash/blake3.h"
+#include "core/keys.h"
 #include "store_types.h"
 
 namespace kvtier::bindings {

@@ -2,7 +2,7 @@
 // from its dataclasses and validates it here, so the rules and the defaults live only in spec.h/spec.cpp.
 #include <pybind11/native_enum.h>
 
-#include "../spec.h"
+#include "core/spec.h"
 #include "store_types.h"
 
 namespace kvtier::bindings {

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "../store.h"
+#include "store/store.h"
 #include "tokens.h"
 
 namespace kvtier::bindings {

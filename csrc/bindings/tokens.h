@@ -12,7 +12,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "../common.h"
+#include "core/common.h"
 
 namespace kvtier::bindings {
 

@@ -49,7 +49,7 @@ def block_keys(
     """``uint8[n_full_blocks, 32]``: chained keys of the full blocks of ``tokens``."""
 
 def block_checksum(data: _ReadBuffer, *, portable: bool = False) -> int:
-    """The disk tier's payload checksum (csrc/checksum.h, kvtier block checksum v1); ``portable``: without SIMD."""
+    """The disk tier's payload checksum (csrc/core/checksum.h, kvtier block checksum v1); ``portable``: without SIMD."""
 
 def copy_verified(out: _WriteBuffer, block_bytes: int, reads: Sequence[tuple[int, Any, int]]) -> list[bool]:
     """Copies (block, payload, checksum) reads into ``out`` at ``block * block_bytes``; True where the checksum held."""
@@ -90,7 +90,7 @@ class Pin:
     def active(self) -> bool: ...
 
 class Policy(enum.Enum):
-    """A tier's eviction policy (csrc/spec.h)."""
+    """A tier's eviction policy (csrc/core/spec.h)."""
 
     LRU = 0
     LFU = 1
@@ -192,7 +192,7 @@ def validate_tier(tier: TierSpec, name: str) -> None:
     """Raises InvalidArgumentError unless the tier's values are valid (field names prefixed by ``name``)."""
 
 def validate_spec(spec: StoreSpec) -> None:
-    """Raises InvalidArgumentError unless the store's spec is valid (csrc/spec.cpp)."""
+    """Raises InvalidArgumentError unless the store's spec is valid (csrc/core/spec.cpp)."""
 
 class Store:
     """The C++ store: radix tree, tiers, policies and residency ledger; one lock guards metadata only.

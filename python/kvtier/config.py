@@ -1,7 +1,7 @@
 """Configuration: one small frozen dataclass per concern, validated on construction.
 
 Each dataclass checks its fields' Python types; the values and their combinations are checked by the core's
-``validate`` (csrc/spec.cpp) on the :class:`kvtier._core.StoreSpec` that :meth:`StoreConfig.spec` builds, the one
+``validate`` (csrc/core/spec.cpp) on the :class:`kvtier._core.StoreSpec` that :meth:`StoreConfig.spec` builds, the one
 place those rules live. Defaults shared with the core are read from the core's spec structs.
 """
 
@@ -18,7 +18,7 @@ __all__ = ["Namespace", "TierConfig", "DiskConfig", "DeviceTierConfig", "StoreCo
 
 Policy = Literal["lru", "lfu", "ttl"]
 _POLICIES: dict[str, _core.Policy] = {"lru": _core.Policy.LRU, "lfu": _core.Policy.LFU, "ttl": _core.Policy.TTL}
-# The core's defaults (csrc/spec.h), the only place they are written.
+# The core's defaults (csrc/core/spec.h), the only place they are written.
 _STORE = _core.StoreSpec()
 _DISK = _core.DiskSpec()
 _DEVICE = _core.DeviceSpec()
@@ -342,7 +342,7 @@ class StoreConfig:
                 )
 
     def spec(self) -> _core.StoreSpec:
-        """The whole configuration as the core takes it (csrc/spec.h)."""
+        """The whole configuration as the core takes it (csrc/core/spec.h)."""
         s = _core.StoreSpec()
         s.block_size = self.block_size
         s.width = 2 if self.content == "block_ids" else self.block_size  # a 64-bit id is two 32-bit words

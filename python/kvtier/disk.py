@@ -7,7 +7,7 @@ with the `lmdb` package, and reads blocks back for loads. Layout of the folder (
     PATH/data.mdb, PATH/lock.mdb     one LMDB environment, four named databases:
       meta        b"format" -> b"kvtier-disk 1"
       namespaces  namespace key (32 B) -> JSON of the Namespace fields and block size
-      index       block key (32 B) -> index record (csrc/disk_record.h: parent, tokens, checksum, ...)
+      index       block key (32 B) -> index record (csrc/tiers/disk_record.h: parent, tokens, checksum, ...)
       blocks      block key (32 B) -> payload (block_bytes)
 
 A block's index record and payload are written in one transaction, so a killed process leaves

@@ -7,9 +7,9 @@
 #include <thread>
 #include <vector>
 
-#include "common.h"
-#include "copy_engine.h"
-#include "copy_plan.h"
+#include "core/common.h"
+#include "cuda/copy_engine.h"
+#include "cuda/copy_plan.h"
 
 using namespace kvtier;
 

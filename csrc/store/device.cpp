@@ -18,8 +18,8 @@
 // copies complete, so no slot is ever read or reused by a copy still in flight.
 #include <cstring>
 
-#include "checksum.h"
-#include "store.h"
+#include "core/checksum.h"
+#include "store/store.h"
 
 namespace kvtier {
 namespace {

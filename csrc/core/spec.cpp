@@ -1,5 +1,5 @@
 // The rules of a valid configuration (spec.h): each checked here and nowhere else.
-#include "spec.h"
+#include "core/spec.h"
 
 #include <cmath>
 

@@ -8,7 +8,7 @@
 #include <optional>
 #include <string>
 
-#include "common.h"
+#include "core/common.h"
 
 namespace kvtier {
 

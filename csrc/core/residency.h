@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "common.h"
+#include "core/common.h"
 
 namespace kvtier {
 

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "common.h"
-#include "tree.h"
+#include "core/common.h"
+#include "core/tree.h"
 
 namespace kvtier {
 

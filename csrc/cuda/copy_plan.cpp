@@ -1,10 +1,10 @@
-#include "copy_plan.h"
+#include "cuda/copy_plan.h"
 
 #include <algorithm>
 #include <numeric>
 #include <string>
 
-#include "common.h"
+#include "core/common.h"
 
 namespace kvtier {
 

@@ -26,9 +26,9 @@
 #include <utility>
 #include <vector>
 
-#include "common.h"
-#include "spec.h"
-#include "tree.h"
+#include "core/common.h"
+#include "core/spec.h"
+#include "core/tree.h"
 
 namespace kvtier {
 

@@ -17,7 +17,7 @@
 #include <memory>
 #include <vector>
 
-#include "common.h"
+#include "core/common.h"
 
 namespace kvtier {
 

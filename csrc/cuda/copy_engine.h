@@ -22,8 +22,8 @@
 #include <thread>
 #include <vector>
 
-#include "copy_plan.h"
-#include "cuda_driver.h"
+#include "cuda/copy_plan.h"
+#include "cuda/driver.h"
 
 namespace kvtier {
 

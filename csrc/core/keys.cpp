@@ -1,4 +1,4 @@
-#include "keys.h"
+#include "core/keys.h"
 
 #include <cstring>
 

@@ -15,7 +15,7 @@
 #include <cstring>
 #include <vector>
 
-#include "common.h"
+#include "core/common.h"
 
 namespace kvtier {
 

@@ -7,9 +7,9 @@
 #include <exception>
 #include <limits>
 
-#include "checksum.h"
-#include "disk_record.h"
-#include "store.h"
+#include "core/checksum.h"
+#include "tiers/disk_record.h"
+#include "store/store.h"
 
 namespace kvtier {
 

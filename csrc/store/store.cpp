@@ -1,11 +1,11 @@
 // Store: construction, namespaces, the tree walk, inserts, eviction and expiry, replay, reporting.
-// Lookups and loads are in store_lookup.cpp, the disk tier's half in store_disk.cpp.
-#include "store.h"
+// Lookups and loads are in lookup.cpp, the disk tier's half in disk.cpp, the device tier's in device.cpp.
+#include "store/store.h"
 
 #include <algorithm>
 #include <cstring>
 
-#include "checksum.h"
+#include "core/checksum.h"
 
 namespace kvtier {
 

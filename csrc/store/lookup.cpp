@@ -1,9 +1,9 @@
 // Store: lookups and loads — match and pins, copies out of the host tier, chained keys of pinned
-// prefixes. The disk tier's part of a lookup is in store_disk.cpp.
+// prefixes. The disk tier's part of a lookup is in disk.cpp.
 #include <algorithm>
 #include <cstring>
 
-#include "store.h"
+#include "store/store.h"
 
 namespace kvtier {
 

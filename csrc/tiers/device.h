@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "common.h"
-#include "cuda_driver.h"
+#include "core/common.h"
+#include "cuda/driver.h"
 
 namespace kvtier {
 

@@ -1,11 +1,11 @@
-#include "copy_engine.h"
+#include "cuda/copy_engine.h"
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
 
-#include "common.h"
+#include "core/common.h"
 
 namespace kvtier {
 

@@ -1,11 +1,11 @@
-#include "host_tier.h"
+#include "tiers/host.h"
 
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <string>
 
-#include "cuda_driver.h"
+#include "cuda/driver.h"
 
 namespace kvtier {
 

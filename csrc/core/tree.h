@@ -15,9 +15,9 @@
 #include <memory>
 #include <vector>
 
-#include "child_index.h"
-#include "common.h"
-#include "word_pool.h"
+#include "core/child_index.h"
+#include "core/common.h"
+#include "core/word_pool.h"
 
 namespace kvtier {
 

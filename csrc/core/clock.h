@@ -19,7 +19,7 @@
 #include <cmath>
 #include <string>
 
-#include "common.h"
+#include "core/common.h"
 
 namespace kvtier {
 

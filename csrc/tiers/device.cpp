@@ -1,4 +1,4 @@
-#include "device_tier.h"
+#include "tiers/device.h"
 
 #include <string>
 

@@ -17,10 +17,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "common.h"
-#include "keys.h"
-#include "policy.h"
-#include "tree.h"
+#include "core/common.h"
+#include "core/keys.h"
+#include "core/policy.h"
+#include "core/tree.h"
 
 namespace kvtier {
 

@@ -9,7 +9,7 @@
 #include <memory>
 #include <vector>
 
-#include "common.h"
+#include "core/common.h"
 
 namespace kvtier {
 

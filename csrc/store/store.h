@@ -19,17 +19,17 @@
 #include <utility>
 #include <vector>
 
-#include "clock.h"
-#include "common.h"
-#include "copy_engine.h"
-#include "device_tier.h"
-#include "disk_index.h"
-#include "host_tier.h"
-#include "keys.h"
-#include "policy.h"
-#include "residency.h"
-#include "spec.h"
-#include "tree.h"
+#include "core/clock.h"
+#include "core/common.h"
+#include "cuda/copy_engine.h"
+#include "tiers/device.h"
+#include "tiers/disk_index.h"
+#include "tiers/host.h"
+#include "core/keys.h"
+#include "core/policy.h"
+#include "core/residency.h"
+#include "core/spec.h"
+#include "core/tree.h"
 
 namespace kvtier {
 
@@ -309,7 +309,7 @@ class Store {
   bool disk_chain(std::uint32_t ns, const Word* words, std::size_t host_blocks, std::size_t to, double now, Key* last);
   std::size_t spill_locked(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t from, std::size_t to,
                            Memory payload, std::size_t payload_first, double now, Key* prev);
-  // ---- device tier (store_device.cpp) ----
+  // ---- device tier (store/device.cpp) ----
   bool on_device(std::uint32_t id) const { return !tree_.at(id).payload->dslots.empty(); }
   void dev_link_tail(std::uint32_t id);
   void dev_link_before(std::uint32_t id, std::uint32_t next);
