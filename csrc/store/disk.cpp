@@ -283,20 +283,33 @@ std::uint32_t Store::disk_finish_load(PinId pin, Memory out, std::uint32_t good,
   if (good <= rec.host_blocks) return good;
   const std::uint32_t from_disk = good - rec.host_blocks;
   dstats_.bytes_read += static_cast<std::uint64_t>(from_disk) * spec_.block_bytes;
-  if (promote && arena_->free_slots() >= from_disk) {
-    // Opportunistic: copying into the host may demote other blocks; never wait for the queue here.
-    const std::uint32_t account = disk_->at(rec.disk[0]).account;
-    const std::vector<Word> words(rec.words.begin(), rec.words.begin() + static_cast<std::size_t>(good) * spec_.width);
-    if (queued_ + from_disk <= spec_.disk.queue_blocks) {
-      const InsertResult r = insert_locked(rec.ns, account, words.data(), good, out, 0, now, false);
-      dstats_.promoted += r.inserted;
-      if (darena_ && r.inserted > 0) {  // and on up to the device, like the host blocks of a load
-        walk(rec.ns, words.data(), good, now, /*reclaim=*/false);
-        dev_promote_path(now);
-      }
-    }
-  }
+  if (promote) promote_from_disk(rec.ns, disk_->at(rec.disk[0]).account, rec.words, rec.host_blocks, good, out, now);
   return good;
+}
+
+// The promotion rule, for a disk hit of any length: blocks [from, to) of the prompt `words`, loaded
+// into `out` (blocks 0..to-1), are copied up into the host tier as far as room can be made there —
+// free capacity, then host blocks evicted by policy (a block already on disk leaves at no cost; one that
+// is not queues its write). It goes chunk by chunk and stops rather than wait: when the write queue
+// cannot take another chunk's demotions, or the host tier is full of pinned blocks. Precondition: the
+// store lock is held and the prefix [0, from) is pinned by the caller.
+void Store::promote_from_disk(std::uint32_t ns, std::uint32_t account, const std::vector<Word>& words,
+                              std::uint32_t from, std::uint32_t to, Memory out, double now) {
+  const std::uint64_t chunk = std::max<std::uint64_t>(1, spec_.disk.queue_blocks / 4);
+  std::uint32_t done = from;
+  std::uint64_t promoted = 0;
+  while (done < to && queued_ + chunk <= spec_.disk.queue_blocks) {
+    const auto end = static_cast<std::uint32_t>(std::min<std::uint64_t>(to, done + chunk));
+    const InsertResult r = insert_locked(ns, account, words.data(), end, out, 0, now, false);
+    promoted += r.inserted;
+    if (r.matched + r.inserted < end) break;  // no more room without waiting
+    done = end;
+  }
+  dstats_.promoted += promoted;
+  if (darena_ && promoted > 0) {  // and on up to the device, like the host blocks of a load
+    walk(ns, words.data(), to, now, /*reclaim=*/false);
+    dev_promote_path(now);
+  }
 }
 
 bool Store::disk_wait(double timeout_s) {

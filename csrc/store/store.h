@@ -306,6 +306,8 @@ class Store {
   void disk_remove(std::uint32_t entry, double now, Gone why);
   std::uint64_t disk_expire_locked(double now);
   void wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t blocks);
+  void promote_from_disk(std::uint32_t ns, std::uint32_t account, const std::vector<Word>& words, std::uint32_t from,
+                         std::uint32_t to, Memory out, double now);
   bool disk_chain(std::uint32_t ns, const Word* words, std::size_t host_blocks, std::size_t to, double now, Key* last);
   std::size_t spill_locked(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t from, std::size_t to,
                            Memory payload, std::size_t payload_first, double now, Key* prev);
