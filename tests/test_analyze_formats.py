@@ -410,7 +410,8 @@ def _cli_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int
     [
         (["MISSING"], "No such file or directory"),
         (["LOG", "--capacity", "10x"], "--capacity"),
-        (["LOG", "--capacity", "0"], "not a number of blocks >= 1"),
+        (["LOG", "--capacity", "0"], "argument --capacity: '0' is below the minimum of 1 block"),
+        (["LOG", "--capacity", "32G"], "--capacity 32G is bytes (32 GiB; K/M/G alone mean KiB/MiB/GiB): give --model"),
         (["LOG", "--policy", "fifo"], "not one of lru, lfu, ttl"),
         (["LOG", "--ttl", "5 minutes"], "not a duration"),
         (["LOG", "--policy", "ttl"], "--policy ttl needs --ttl"),

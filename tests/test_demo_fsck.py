@@ -65,6 +65,32 @@ def test_fsck_clean_folder_names_its_namespace(tmp_path: Path, capsys: pytest.Ca
     assert report["payload_bytes"] == 6 * 256
 
 
+def test_fsck_orphans_are_not_damage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, _, _ = _folder(tmp_path)
+
+    def orphan(txn: lmdb.Transaction, dbs: dict[bytes, object]) -> None:
+        # Drop the first block (record and payload): the five after it no longer chain to a first block.
+        first = [k for k in _keys(txn, dbs[b"index"]) if txn.get(k, db=dbs[b"index"])[64:96] == bytes(32)]
+        assert len(first) == 1
+        txn.delete(first[0], db=dbs[b"index"])
+        txn.delete(first[0], db=dbs[b"blocks"])
+
+    _edit(path, orphan)
+    # Unreachable blocks are reported, and are not damage: exit 0, not 4.
+    assert main(["fsck", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "unreachable: 5 (not damage; --repair --orphans removes them)" in out
+    # --orphans without --repair is a usage error, not "damage left".
+    assert main(["fsck", str(path), "--orphans"]) == 2
+    assert "--orphans only applies with --repair" in capsys.readouterr().err
+    assert main(["fsck", str(path), "--repair"]) == 0  # nothing to repair: orphans stay
+    capsys.readouterr()
+    assert main(["fsck", str(path), "--repair", "--orphans"]) == 1
+    assert "removed: 5 entries" in capsys.readouterr().out
+    assert main(["fsck", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["blocks"] == 0
+
+
 def test_fsck_finds_each_kind_of_damage_and_repairs_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path, tokens, payload = _folder(tmp_path)
     chosen: dict[str, bytes] = {}
@@ -107,7 +133,13 @@ def test_fsck_finds_each_kind_of_damage_and_repairs_it(tmp_path: Path, capsys: p
 
 def test_fsck_bad_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fsck", str(tmp_path / "missing")]) == 2
-    assert "not a kvtier disk folder" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"kvtier: error: {tmp_path / 'missing'} does not exist\n"
+    (tmp_path / "file").write_text("x")
+    assert main(["fsck", str(tmp_path / "file")]) == 2
+    assert "is a file, not a disk-tier folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["fsck", str(tmp_path / "empty")]) == 2
+    assert "not a kvtier disk folder (no data.mdb)" in capsys.readouterr().err
     other = tmp_path / "other"
     env = lmdb.open(str(other), max_dbs=4)
     with env.begin(write=True) as txn:
