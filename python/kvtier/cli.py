@@ -113,16 +113,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
             files = write_report(a, args.report)
             print(f"report: {files[-1]} ({units.plural(len(files) - 1, 'plot')})", file=sys.stderr)
-    except OSError as e:
-        if isinstance(e, BrokenPipeError):
-            raise  # main() handles it
+    except BaseException as e:
+        if created and os.path.isdir(args.report) and not os.listdir(args.report):
+            os.rmdir(args.report)  # leave no empty folder behind a failed run
+        if not isinstance(e, OSError) or isinstance(e, BrokenPipeError):
+            raise  # main() reports kvtier's errors and handles a closed pipe
         where = f": {e.filename}" if e.filename else ""
         print(f"kvtier: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
-    except BaseException:
-        if created and not os.listdir(args.report):
-            os.rmdir(args.report)  # leave no empty folder behind a failed run
-        raise
     return 0
 
 
