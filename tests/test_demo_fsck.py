@@ -115,6 +115,17 @@ def test_demo_refuses_a_folder_that_is_not_a_cache(tmp_path: Path, capsys: pytes
     assert (folder / "notes.txt").read_text() == "keep me"
 
 
+def test_demo_never_empties_another_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, _, _ = _folder(tmp_path)  # a kvtier folder of namespace model "m", tenant "t"
+    before = sorted((p.name, p.stat().st_size) for p in path.iterdir())
+    assert main(["demo", "--disk", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a kvtier cache with other blocks than the demo's (model 'm' tenant 't')" in err, err
+    assert sorted((p.name, p.stat().st_size) for p in path.iterdir()) == before
+    assert main(["fsck", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["blocks"] == 6
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

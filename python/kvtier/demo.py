@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 _LMDB_FILES = ("data.mdb", "lock.mdb")
+_NAMESPACE = Namespace(model="meta-llama/Llama-3.2-1B", kv_dtype="bfloat16", tenant="demo")
 
 
 def default_folder() -> str:
@@ -101,12 +102,13 @@ class FolderState:
 def prepare_folder(path: str, keep: bool) -> FolderState:
     """Makes ``path`` ready for the demo: a new folder, an earlier run's folder emptied, or (``keep``) reused.
 
-    Only a folder that holds nothing but an LMDB environment (``data.mdb``, ``lock.mdb``) is emptied.
+    Only a kvtier disk folder that holds the demo's blocks and no others is emptied (or reused).
 
     Raises
     ------
     kvtier.InvalidArgumentError
-        ``path`` is a file, or a folder that holds other files (it is not a kvtier cache folder).
+        ``path`` is a file, a folder that holds other files, or a kvtier folder with other namespaces' blocks
+        (a real cache: never emptied by the demo).
     """
     if not os.path.exists(path):
         return FolderState(path, "new")
@@ -121,11 +123,47 @@ def prepare_folder(path: str, keep: bool) -> FolderState:
             f"--disk {path} holds files that are not a kvtier cache ({', '.join(others[:3])}"
             f"{', ...' if len(others) > 3 else ''}): give a new or empty folder"
         )
+    _check_demo_folder(path)
     held = sum(os.path.getsize(os.path.join(path, n)) for n in names)
     if keep:
         return FolderState(path, "kept", held)
     shutil.rmtree(path)
     return FolderState(path, "cleared", held)
+
+
+def _check_demo_folder(path: str) -> None:
+    """Raises unless the LMDB folder ``path`` is a kvtier folder holding only the demo's namespace."""
+    import json
+
+    from kvtier.disk import open_dbs, open_env
+    from kvtier.errors import DiskError
+
+    if not os.path.isfile(os.path.join(path, "data.mdb")):
+        return  # a lock file alone: nothing stored
+    env = open_env(path, map_size=1 << 20, readonly=True)
+    try:
+        try:
+            dbs = open_dbs(env, create=False)
+        except DiskError as e:
+            raise InvalidArgumentError(f"--disk {e}: give a new or empty folder") from None
+        others = []
+        with env.begin() as txn:
+            for _key, value in txn.cursor(db=dbs[b"namespaces"]):
+                d = json.loads(bytes(value))
+                d.pop("block_size", None)
+                try:
+                    ns: Namespace | None = Namespace(**d)
+                except (TypeError, ValueError):
+                    ns = None
+                if ns != _NAMESPACE:
+                    others.append(f"model {d.get('model')!r} tenant {d.get('tenant')!r}")
+    finally:
+        env.close()
+    if others:
+        raise InvalidArgumentError(
+            f"--disk {path} is a kvtier cache with other blocks than the demo's ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}): give a new or empty folder"
+        )
 
 
 def _store(cfg: DemoConfig, now: float) -> Store:
@@ -136,7 +174,7 @@ def _store(cfg: DemoConfig, now: float) -> Store:
             host=TierConfig(capacity_bytes=cfg.capacity_bytes, policy=cfg.policy),  # type: ignore[arg-type]
             disk=DiskConfig(path=cfg.disk_path, capacity_bytes=cfg.disk_capacity_bytes),
         ),
-        namespace=Namespace(model="meta-llama/Llama-3.2-1B", kv_dtype="bfloat16", tenant="demo"),
+        namespace=_NAMESPACE,
         now=now,
     )
 
