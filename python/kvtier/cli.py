@@ -48,14 +48,10 @@ def _cmd_fsck(args: argparse.Namespace) -> int:
     return 1 if report.removed else 0
 
 
-def _policies(text: str) -> list[Policy]:
-    from kvtier.analytics.sweep import parse_policies
-    from kvtier.errors import KvtierError
+def _parse_policies(text: str) -> list[Policy]:
+    from kvtier.analytics.sweep import parse_policies  # imported when used
 
-    try:
-        return parse_policies(text)
-    except KvtierError as e:
-        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+    return parse_policies(text)
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -144,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shared system prompt, tokens: 2048 or 2k tokens (default 2048)")
     d.add_argument("--step-tokens", type=units.tokens_type("--step-tokens"), default=384,
                    help="tokens added per step: 384 or 384 tokens (default 384)")
-    d.add_argument("--step-seconds", type=float, default=30.0, help="seconds between steps on the demo's clock (default 30)")
+    d.add_argument("--step-seconds", type=units.duration_type("--step-seconds"), default=30.0,
+                   help="time between steps on the demo's clock: 30, 30s, 2m (default 30 s)")
     d.add_argument("--capacity", type=units.bytes_type("--capacity"), default=128 << 20,
                    help="host tier, bytes: 512MiB, 2G (binary), or a plain number of bytes (default 128MiB)")
     d.add_argument("--policy", choices=["lru", "lfu"], default="lru", help="eviction policy (default lru)")
@@ -174,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cache capacities, each in blocks (a plain number, or 10k blocks), tokens (1M tokens) or "
                    "bytes of KV (32GiB, 512M: binary; needs --model or --kv-bytes-per-token); inf = unlimited "
                    "(default inf), e.g. 1000,10k blocks,1M tokens,inf")
-    a.add_argument("--policy", type=_policies, metavar="LIST",
+    a.add_argument("--policy", type=units.argtype(_parse_policies, "list"), metavar="LIST",
                    help="eviction policies: lru, lfu, ttl (default lru; ttl when only --ttl is given)")
     a.add_argument("--ttl", type=units.duration_list_type("--ttl"), metavar="LIST",
                    help="maximum idle times for the ttl policy, e.g. 5m,1h,6h (s, m, h, d; plain: seconds)")

@@ -35,11 +35,13 @@ __all__ = [
     "parse_duration",
     "parse_amount_list",
     "split_list",
+    "argtype",
     "bytes_type",
     "tokens_type",
     "count_type",
     "amount_list_type",
     "tokens_list_type",
+    "duration_type",
     "duration_list_type",
     "format_bytes",
     "plural",
@@ -158,7 +160,9 @@ def parse_duration(text: str, option: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------- argparse types
-def _argtype(parse: Callable[[str], _T], name: str) -> Callable[[str], _T]:
+def argtype(parse: Callable[[str], _T], name: str) -> Callable[[str], _T]:
+    """An argparse ``type=`` from ``parse``, whose :class:`InvalidArgumentError` becomes argparse's exit 2."""
+
     def convert(text: str) -> _T:
         try:
             return parse(text)
@@ -171,14 +175,14 @@ def _argtype(parse: Callable[[str], _T], name: str) -> Callable[[str], _T]:
 
 def bytes_type(option: str, minimum: int = 1) -> Callable[[str], int]:
     """An argparse type: bytes (``512MiB``, ``2G``, or a plain number of bytes) -> int."""
-    return _argtype(
+    return argtype(
         lambda t: parse_amount(t, units=("bytes",), plain="bytes", option=option, minimum=minimum).value, "size"
     )
 
 
 def tokens_type(option: str, minimum: int = 1) -> Callable[[str], int]:
     """An argparse type: tokens (``2048``, ``2k tokens``) -> int."""
-    return _argtype(
+    return argtype(
         lambda t: parse_amount(t, units=("tokens",), plain="tokens", option=option, minimum=minimum).value, "tokens"
     )
 
@@ -192,7 +196,7 @@ def count_type(option: str, minimum: int = 1) -> Callable[[str], int]:
             raise InvalidArgumentError(f"{option}: {text!r} is not a whole number >= {minimum}")
         return int(t)
 
-    return _argtype(parse, "count")
+    return argtype(parse, "count")
 
 
 def split_list(text: str, option: str) -> list[str]:
@@ -220,22 +224,27 @@ def amount_list_type(
     option: str, units: Sequence[Unit], plain: Unit | None, unlimited: bool = False
 ) -> Callable[[str], list[Amount | None]]:
     """An argparse type: a comma-separated list of amounts (see :func:`parse_amount_list`)."""
-    return _argtype(
+    return argtype(
         lambda t: parse_amount_list(t, units=units, plain=plain, option=option, unlimited=unlimited), "list"
     )
 
 
 def tokens_list_type(option: str) -> Callable[[str], list[int]]:
     """An argparse type: a comma-separated list of token counts (``16,64`` or ``16 tokens,64 tokens``)."""
-    return _argtype(
+    return argtype(
         lambda t: [parse_amount(i, units=("tokens",), plain="tokens", option=option).value for i in split_list(t, option)],
         "list",
     )
 
 
+def duration_type(option: str) -> Callable[[str], float]:
+    """An argparse type: a duration (``30``, ``30s``, ``5m``, ``1h``) -> seconds."""
+    return argtype(lambda t: parse_duration(t, option), "duration")
+
+
 def duration_list_type(option: str) -> Callable[[str], list[float]]:
     """An argparse type: a comma-separated list of durations (``5m,1h``)."""
-    return _argtype(lambda t: [parse_duration(i, option) for i in split_list(t, option)], "list")
+    return argtype(lambda t: [parse_duration(i, option) for i in split_list(t, option)], "list")
 
 
 # ------------------------------------------------------------------------------------------- printing
