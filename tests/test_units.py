@@ -30,6 +30,8 @@ ALL = ("bytes", "blocks", "tokens")
         ("32G", 32 * 2**30, "bytes"),  # a letter alone is bytes, binary
         ("512m", 512 * 2**20, "bytes"),
         ("1.5GiB", 3 * 2**29, "bytes"),
+        ("1.1G", 1_181_116_006, "bytes"),  # 1.1 x 2**30 = 1,181,116,006.4: whole bytes
+        ("0.3K", 307, "bytes"),
         ("64KB", 64 * 1024, "bytes"),
         ("2T", 2 * 2**40, "bytes"),
         ("4096B", 4096, "bytes"),
@@ -37,6 +39,7 @@ ALL = ("bytes", "blocks", "tokens")
         ("10000", 10_000, "blocks"),  # plain: the option's unit (blocks here)
         ("10k blocks", 10_000, "blocks"),  # counts: decimal
         ("2.5Mblocks", 2_500_000, "blocks"),
+        ("2.3M tokens", 2_300_000, "tokens"),  # exact: 2.3 x 1e6 in floats is 2,299,999.999...
         ("1 block", 1, "blocks"),
         ("1M tokens", 1_000_000, "tokens"),
         ("1Mtokens", 1_000_000, "tokens"),
@@ -55,7 +58,7 @@ def test_grammar(text: str, value: int, unit: str) -> None:
         ("10k blocks", ("bytes",), "bytes", "'10k blocks' is blocks; expected bytes such as 512MiB"),
         ("2k tokens", ("bytes",), "bytes", "is tokens; expected bytes"),
         ("1.5", ALL, "blocks", "'1.5' is not a whole number of blocks"),
-        ("0.3K", ALL, "blocks", "'0.3K' is not a whole number of bytes"),
+        ("0.0001k tokens", ALL, "blocks", "'0.0001k tokens' is not a whole number of tokens"),
         ("0", ALL, "blocks", "'0' is below the minimum of 1 block"),
         ("12x", ALL, "blocks", "'12x' is not bytes such as 512MiB or 32G (K, M, G, T are binary) or blocks"),
         ("-3", ALL, "blocks", "'-3' is not"),

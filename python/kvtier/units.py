@@ -7,7 +7,8 @@ A value is a number followed by a unit::
     blocks   10000  10k blocks  2.5Mblocks                          k, M, G, T are decimal (1000**n)
     tokens   2048 tokens  1M tokens  1Mtokens                       k, M, G, T are decimal (1000**n)
 
-A plain number (no letter at all) is in the option's own unit (bytes for ``kvtier demo --capacity``, blocks for
+Numbers are exact (``2.3M tokens`` is 2,300,000); a fraction of a byte is dropped (``1.1G``), a fraction of a
+block or token is refused. A plain number (no letter at all) is in the option's own unit (bytes for ``kvtier demo --capacity``, blocks for
 ``kvtier analyze --capacity``, tokens for ``--system-tokens``); a letter alone (``512M``, ``32G``) always means
 bytes, so ``--capacity 512M`` is never 512 million blocks. An option that takes several units says which in its
 help text; a value in a unit it does not take, or that is not a whole number of its unit, is refused with a
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from fractions import Fraction
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -133,18 +135,18 @@ def parse_amount(
         unit = "blocks" if word.startswith("block") else "tokens"
         if b:  # "10kib blocks"
             raise InvalidArgumentError(f"{option}: {text!r} mixes bytes and {unit}; expected {expected}")
-        value = float(num) * _DECIMAL[mult]
+        value = Fraction(num) * _DECIMAL[mult]
     elif word is not None or b or mult:
         if word is not None and b:  # "2MiB bytes"
             raise InvalidArgumentError(f"{option}: {text!r} names bytes twice; expected {expected}")
-        unit, value = "bytes", float(num) * _BINARY[mult]
+        unit, value = "bytes", Fraction(math.floor(Fraction(num) * _BINARY[mult]))  # 1.1G: whole bytes
     else:
-        unit, value = plain, float(num)
+        unit, value = plain, Fraction(num)
     if unit is None:
         raise InvalidArgumentError(f"{option}: {text!r} has no unit; expected {expected}")
     if unit not in units:
         raise InvalidArgumentError(f"{option}: {text!r} is {unit}; expected {expected}")
-    if value != math.floor(value):
+    if value.denominator != 1:
         raise InvalidArgumentError(f"{option}: {text!r} is not a whole number of {unit}")
     if value < minimum:
         raise InvalidArgumentError(f"{option}: {text!r} is below the minimum of {plural(minimum, unit[:-1])}")
