@@ -74,7 +74,8 @@ def test_demo_is_repeatable_and_starts_clean_unless_keep(tmp_path: Path, capsys:
     # A second run on the same folder empties it first, says so, and prints the same figures.
     rc, second = _demo(capsys, *args)
     assert rc == 0
-    assert re.search(rf"cache folder: {re.escape(str(folder))} \(emptied: it held \d+(\.\d+)? MiB from an earlier run", second)
+    emptied = rf"cache folder: {re.escape(str(folder))} \(emptied: it held \d+(\.\d+)? MiB from an earlier run"
+    assert re.search(emptied, second)
     assert _figures(second) == _figures(first)
     # A run in another folder (another writer, other timings) too.
     rc, third = _demo(capsys, *args[:-1], str(tmp_path / "other"))

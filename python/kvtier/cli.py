@@ -134,22 +134,24 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run agent sessions through the host and disk tiers, restart, and print hits and residency",
     )
-    d.add_argument("--sessions", type=units.count_type("--sessions"), default=3, help="concurrent agent sessions, a count (default 3)")
-    d.add_argument("--steps", type=units.count_type("--steps"), default=8, help="steps per session, a count (default 8)")
-    d.add_argument("--system-tokens", type=units.tokens_type("--system-tokens"), default=2048,
+    d.add_argument("--sessions", type=units.count_type("--sessions"), default=3, metavar="N",
+                   help="concurrent agent sessions, a count (default 3)")
+    d.add_argument("--steps", type=units.count_type("--steps"), default=8, metavar="N",
+                   help="steps per session, a count (default 8)")
+    d.add_argument("--system-tokens", type=units.tokens_type("--system-tokens"), default=2048, metavar="TOKENS",
                    help="shared system prompt, tokens: 2048 or 2k tokens (default 2048)")
-    d.add_argument("--step-tokens", type=units.tokens_type("--step-tokens"), default=384,
+    d.add_argument("--step-tokens", type=units.tokens_type("--step-tokens"), default=384, metavar="TOKENS",
                    help="tokens added per step: 384 or 384 tokens (default 384)")
-    d.add_argument("--step-seconds", type=units.duration_type("--step-seconds"), default=30.0,
+    d.add_argument("--step-seconds", type=units.duration_type("--step-seconds"), default=30.0, metavar="DURATION",
                    help="time between steps on the demo's clock: 30, 30s, 2m (default 30 s)")
-    d.add_argument("--capacity", type=units.bytes_type("--capacity"), default=128 << 20,
+    d.add_argument("--capacity", type=units.bytes_type("--capacity"), default=128 << 20, metavar="BYTES",
                    help="host tier, bytes: 512MiB, 2G (binary), or a plain number of bytes (default 128MiB)")
     d.add_argument("--policy", choices=["lru", "lfu"], default="lru", help="eviction policy (default lru)")
     d.add_argument("--disk", metavar="DIR",
                    help="disk tier folder (LMDB; default: demo/ in your cache directory, printed when it runs)")
-    d.add_argument("--disk-capacity", type=units.bytes_type("--disk-capacity"), default=4 << 30,
+    d.add_argument("--disk-capacity", type=units.bytes_type("--disk-capacity"), default=4 << 30, metavar="BYTES",
                    help="disk tier, bytes: 4GiB, 500M (binary), or a plain number of bytes (default 4GiB)")
-    d.add_argument("--seed", type=units.count_type("--seed", minimum=0), default=0,
+    d.add_argument("--seed", type=units.count_type("--seed", minimum=0), default=0, metavar="N",
                    help="seed of the generated tokens: the same seed and options give the same figures (default 0)")
     d.add_argument("--keep", action="store_true",
                    help="reuse what an earlier run left in the folder (default: start with it emptied)")
@@ -166,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--format", choices=["auto", "mooncake", "bailian", "kvtier", "openai"], default="auto",
                    help="log format (default: detected from the first record)")
     a.add_argument("--tokenizer", metavar="FILE", help="tokenizer.json (Hugging Face tokenizers) for text and chat logs")
-    a.add_argument("--capacity", type=units.amount_list_type("--capacity", ("blocks", "tokens", "bytes"), "blocks", True),
-                   default=[None], metavar="LIST",
+    a.add_argument("--capacity", default=[None], metavar="LIST",
+                   type=units.amount_list_type("--capacity", ("blocks", "tokens", "bytes"), "blocks", unlimited=True),
                    help="cache capacities, each in blocks (a plain number, or 10k blocks), tokens (1M tokens) or "
                    "bytes of KV (32GiB, 512M: binary; needs --model or --kv-bytes-per-token); inf = unlimited "
                    "(default inf), e.g. 1000,10k blocks,1M tokens,inf")
@@ -184,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", nargs="?", const="-", metavar="PATH", help="write results as JSON (to stdout without PATH)")
     a.add_argument("--csv", nargs="?", const="-", metavar="PATH", help="write one CSV row per configuration (stdout without PATH)")
     a.add_argument("--report", metavar="DIR", help="write PNG plots and a self-contained report.html into DIR")
-    a.add_argument("--break-examples", type=units.count_type("--break-examples", minimum=0), default=3, metavar="N", help="prefix-break examples kept per cause (default 3)")
+    a.add_argument("--break-examples", type=units.count_type("--break-examples", minimum=0), default=3, metavar="N",
+                   help="prefix-break examples kept per cause, a count (default 3)")
     a.add_argument("--no-paper", action="store_true", help="skip the comparison with the Mooncake FAST'25 figures")
     a.add_argument("--no-progress", action="store_true", help="no progress bars")
     a.set_defaults(func=_cmd_analyze)

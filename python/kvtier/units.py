@@ -8,11 +8,11 @@ A value is a number followed by a unit::
     tokens   2048 tokens  1M tokens  1Mtokens                       k, M, G, T are decimal (1000**n)
 
 Numbers are exact (``2.3M tokens`` is 2,300,000); a fraction of a byte is dropped (``1.1G``), a fraction of a
-block or token is refused. A plain number (no letter at all) is in the option's own unit (bytes for ``kvtier demo --capacity``, blocks for
-``kvtier analyze --capacity``, tokens for ``--system-tokens``); a letter alone (``512M``, ``32G``) always means
-bytes, so ``--capacity 512M`` is never 512 million blocks. An option that takes several units says which in its
-help text; a value in a unit it does not take, or that is not a whole number of its unit, is refused with a
-message naming the option and what it expects (the command exits 2).
+block or token is refused. A plain number (no letter at all) is in the option's own unit (bytes for ``kvtier
+demo --capacity``, blocks for ``kvtier analyze --capacity``, tokens for ``--system-tokens``); a letter alone
+(``512M``, ``32G``) always means bytes, so ``--capacity 512M`` is never 512 million blocks. Every option's help
+text says which units it takes; a value in a unit it does not take, or not a whole number of its unit, is
+refused with a message naming the option and what it expects (the command exits 2).
 
 The argparse ``type=`` functions here (:func:`bytes_type`, :func:`count_type`, :func:`amount_list_type`, ...)
 raise ``argparse.ArgumentTypeError``; :func:`parse_amount` raises :class:`kvtier.InvalidArgumentError`.
@@ -234,7 +234,9 @@ def amount_list_type(
 def tokens_list_type(option: str) -> Callable[[str], list[int]]:
     """An argparse type: a comma-separated list of token counts (``16,64`` or ``16 tokens,64 tokens``)."""
     return argtype(
-        lambda t: [parse_amount(i, units=("tokens",), plain="tokens", option=option).value for i in split_list(t, option)],
+        lambda t: [
+            parse_amount(i, units=("tokens",), plain="tokens", option=option).value for i in split_list(t, option)
+        ],
         "list",
     )
 
