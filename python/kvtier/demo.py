@@ -92,7 +92,8 @@ class RestartReport:
 
 @dataclass(frozen=True)
 class FolderState:
-    """What :func:`prepare_folder` found: ``held_bytes`` of an earlier run, ``"new"``, ``"cleared"`` or ``"kept"``."""
+    """What :func:`prepare_folder` did: ``action`` is ``"new"``, ``"cleared"`` (emptied) or ``"kept"`` (--keep);
+    ``held_bytes`` is what an earlier run had left in the folder."""
 
     path: str
     action: str
@@ -149,12 +150,13 @@ def _check_demo_folder(path: str) -> None:
         others = []
         with env.begin() as txn:
             for _key, value in txn.cursor(db=dbs[b"namespaces"]):
-                d = json.loads(bytes(value))
-                d.pop("block_size", None)
+                ns: Namespace | None = None
                 try:
-                    ns: Namespace | None = Namespace(**d)
-                except (TypeError, ValueError):
-                    ns = None
+                    d = json.loads(bytes(value))
+                    d.pop("block_size", None)
+                    ns = Namespace(**d)
+                except (ValueError, TypeError, AttributeError):  # not a record this kvtier can read
+                    d = {}
                 if ns != _NAMESPACE:
                     others.append(f"model {d.get('model')!r} tenant {d.get('tenant')!r}")
     finally:
