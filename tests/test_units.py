@@ -112,6 +112,23 @@ def test_durations() -> None:
             parse_duration(bad, "--ttl")
 
 
+def test_cost_durations_through_the_same_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    from kvtier.cli import build_parser
+
+    p = build_parser()
+    ns = p.parse_args(["cost", "--kv-ttl", "1h", "--inflight-s", "0"])
+    assert (ns.kv_ttl, ns.inflight_s) == (3600.0, 0.0)
+    assert p.parse_args(["cost", "--kv-ttl", "never"]).kv_ttl is None
+    assert p.parse_args(["cost"]).kv_ttl == 3600.0
+    for args, message in (
+        (["--kv-ttl", "0"], "argument --kv-ttl: '0' is not a duration > 0"),
+        (["--inflight-s=-1s"], "argument --inflight-s: '-1s' is not a duration >= 0"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            p.parse_args(["cost", *args])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_argparse_types_exit_2_naming_the_option(capsys: pytest.CaptureFixture[str]) -> None:
     p = argparse.ArgumentParser(prog="x")
     p.add_argument("--capacity", type=bytes_type("--capacity"))

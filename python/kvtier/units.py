@@ -44,6 +44,7 @@ __all__ = [
     "amount_list_type",
     "tokens_list_type",
     "duration_type",
+    "duration_or_never_type",
     "duration_list_type",
     "format_bytes",
     "plural",
@@ -153,11 +154,13 @@ def parse_amount(
     return Amount(int(value), unit, text.strip())
 
 
-def parse_duration(text: str, option: str) -> float:
-    """``"30s"``, ``"5m"``, ``"1h"``, ``"1d"`` or a plain number of seconds, > 0."""
+def parse_duration(text: str, option: str, *, zero_ok: bool = False) -> float:
+    """``"30s"``, ``"5m"``, ``"1h"``, ``"1d"`` or a plain number of seconds, > 0 (>= 0 with ``zero_ok``)."""
     m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)", text.strip().lower())
-    if not m or float(m.group(1)) <= 0:
-        raise InvalidArgumentError(f"{option}: {text!r} is not a duration > 0 (e.g. 30s, 5m, 1h, 6h; plain: seconds)")
+    if not m or (float(m.group(1)) < 0 if zero_ok else float(m.group(1)) <= 0):
+        raise InvalidArgumentError(
+            f"{option}: {text!r} is not a duration {'>=' if zero_ok else '>'} 0 (e.g. 30s, 5m, 1h, 6h; plain: seconds)"
+        )
     return float(m.group(1)) * _DURATION[m.group(2)]
 
 
@@ -241,9 +244,20 @@ def tokens_list_type(option: str) -> Callable[[str], list[int]]:
     )
 
 
-def duration_type(option: str) -> Callable[[str], float]:
+def duration_type(option: str, *, zero_ok: bool = False) -> Callable[[str], float]:
     """An argparse type: a duration (``30``, ``30s``, ``5m``, ``1h``) -> seconds."""
-    return argtype(lambda t: parse_duration(t, option), "duration")
+    return argtype(lambda t: parse_duration(t, option, zero_ok=zero_ok), "duration")
+
+
+def duration_or_never_type(option: str) -> Callable[[str], float | None]:
+    """An argparse type: a duration > 0 -> seconds, or ``none`` / ``inf`` / ``never`` -> ``None``."""
+
+    def parse(text: str) -> float | None:
+        if text.strip().lower() in ("none", "inf", "never"):
+            return None
+        return parse_duration(text, option)
+
+    return argtype(parse, "duration")
 
 
 def duration_list_type(option: str) -> Callable[[str], list[float]]:

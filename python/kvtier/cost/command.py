@@ -46,30 +46,6 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def _seconds(text: str, *, zero_ok: bool = True, none_ok: bool = False) -> float | None:
-    """A finite number of seconds (> 0 unless ``zero_ok``); ``none``/``inf``/``never`` if ``none_ok``."""
-    if none_ok and text.strip().lower() in ("none", "inf", "never"):
-        return None
-    what = "seconds" + (" or 'none'" if none_ok else "")
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not (0 <= v if zero_ok else 0 < v) or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected {what} {'>=' if zero_ok else '>'} 0, got {text!r}")
-    return v
-
-
-def _seconds_or_none(text: str) -> float | None:
-    return _seconds(text, zero_ok=False, none_ok=True)
-
-
-def _positive(text: str) -> float:
-    v = _seconds(text)
-    assert v is not None
-    return v
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Adds ``kvtier cost``'s arguments to its subparser."""
     p.add_argument("trace", nargs="?", help="request log (JSON Lines, .gz too): Mooncake, Bailian, kvtier or OpenAI chat format")
@@ -92,10 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens per block for token logs: 16 or 16 tokens (default 16)")
     p.add_argument(
         "--kv-ttl",
-        type=_seconds_or_none,
+        type=units.duration_or_never_type("--kv-ttl"),
         default=3600.0,
-        metavar="S",
-        help="self-hosted: seconds kvtier keeps an idle prefix in host memory, or 'none' (default 3600)",
+        metavar="DURATION",
+        help="self-hosted: how long kvtier keeps an idle prefix in host memory: 3600, 1h, 5m, or 'none' (default 1h)",
     )
     p.add_argument(
         "--writes",
@@ -109,7 +85,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="host",
         help="self-hosted: price the cache's GB-hours at host DRAM (default) or NVMe (kvtier's disk tier) rates",
     )
-    p.add_argument("--inflight-s", type=_positive, default=10.0, metavar="S", help="self-hosted: in-flight window for the KV working set in HBM (default 10)")
+    p.add_argument("--inflight-s", type=units.duration_type("--inflight-s", zero_ok=True), default=10.0, metavar="DURATION",
+                   help="self-hosted: in-flight window for the KV working set in HBM: 10, 10s, 1m (default 10 s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text (with --list too)")
     p.add_argument("--list", action="store_true", help="list the catalogue's models, hardware and providers, each figure with its source and date, and exit")
 
