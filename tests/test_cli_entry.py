@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,13 @@ def test_analyze_capacity_in_blocks_tokens_and_bytes(tmp_path: Path, capsys: pyt
     rc, out, err = _analyze(capsys, log, "--capacity", "640 tokens", "--block-size", "16,64 tokens", "--json")
     assert rc == 0, err
     assert [(r["block_size"], r["capacity_blocks"]) for r in json.loads(out)["results"]] == [(16, 40), (64, 10)]
+
+
+def test_analyze_counts_read_as_english(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = _analyze(capsys, _log(tmp_path))
+    assert rc == 0 and re.search(r"read in [\d.]+ s, 1 replay in [\d.]+ s$", out.rstrip()), out[-200:]
+    rc, out, _ = _analyze(capsys, _log(tmp_path), "--capacity", "8,inf")
+    assert rc == 0 and re.search(r", 2 replays in ", out)
 
 
 @pytest.mark.parametrize(
