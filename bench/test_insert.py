@@ -74,14 +74,9 @@ def test_insert_payload_bandwidth(benchmark: Any, report: Any, prompt: np.ndarra
         "fraction of copyto bandwidth": fraction,
         "diag: payload insert median us (second run)": d["kvtier_insert"].median_us,
         "diag: metadata-only insert (tree only) us": d["meta_insert"].median_us,
-        "diag: block_keys (chained BLAKE3, 2,048 blocks) us": d["block_keys"].median_us,
-        "diag: block_keys share of payload insert": d["block_keys"].median / d["kvtier_insert"].median,
-        "diag: insert - block_keys - tree us (payload copy + slots)": (
-            d["kvtier_insert"].median - d["block_keys"].median - d["meta_insert"].median
-        )
-        * 1e6,
-        "diag: fraction of copyto if keys left the insert path": cp
-        / (d["kvtier_insert"].median - d["block_keys"].median),
+        # Measured figures only: "insert minus its parts" came out negative (medians measured apart do not
+        # subtract), and the chained keys are not on the insert path (computed lazily, csrc/store.cpp).
+        "diag: block_keys (chained BLAKE3, 2,048 blocks; not on the insert path) us": d["block_keys"].median_us,
         **gate("fraction of numpy.copyto bandwidth", fraction, MIN_FRACTION_OF_COPYTO),
     }
     report(benchmark, **figures)

@@ -125,7 +125,7 @@ def test_slice_sweep_totals() -> None:
 
 
 def test_slice_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["analyze", "--no-progress", str(SLICE), "--capacity", "200,1k,inf", "--policy", "lru,lfu", "--json"])
+    rc = main(["analyze", "--no-progress", str(SLICE), "--capacity", "200,1k blocks,inf", "--policy", "lru,lfu", "--json"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     doc = json.loads(out)

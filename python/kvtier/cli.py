@@ -5,29 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from kvtier import __version__
+from kvtier import __version__, units
 from kvtier.config import Policy
 
 __all__ = ["main"]
 
 
-def _size(text: str) -> int:
-    """Parses 512M, 2G, 1048576 (binary suffixes K, M, G, T)."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512M, 2G)") from None
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from kvtier.demo import DemoConfig, StepReport, restart, run_demo
+    from kvtier.demo import DemoConfig, default_folder, main
 
     cfg = DemoConfig(
         sessions=args.sessions,
@@ -37,57 +24,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         step_seconds=args.step_seconds,
         capacity_bytes=args.capacity,
         policy=args.policy,
-        disk_path=args.disk,
+        disk_path=args.disk if args.disk is not None else default_folder(),
         disk_capacity_bytes=args.disk_capacity,
+        seed=args.seed,
     )
-    block_mib = cfg.kv_bytes_per_token * cfg.block_size / (1 << 20)
-    print(
-        f"kvtier demo: {cfg.sessions} agent sessions x {cfg.steps} steps, shared system prompt of "
-        f"{cfg.system_tokens} tokens, +{cfg.step_tokens} tokens per step, {cfg.step_seconds:g} s apart\n"
-        f"host tier: {cfg.capacity_bytes / (1 << 20):.0f} MiB, {cfg.policy.upper()}; disk tier: {cfg.disk_path} "
-        f"({cfg.disk_capacity_bytes / (1 << 30):g} GiB, LMDB); block {cfg.block_size} tokens "
-        f"= {block_mib:g} MiB of KV (Llama-3.2-1B, bf16)\n"
-    )
-    print(f"{'step':>4} {'session':<9} {'prompt':>7} {'hit':>7} {'hit %':>6} {'new blk':>7}  KV check")
-
-    def emit(r: StepReport) -> None:
-        pct = 100.0 * r.hit_tokens / r.prompt_tokens
-        check = "ok" if r.verified else "MISMATCH"
-        print(f"{r.step:>4} {r.session:<9} {r.prompt_tokens:>7} {r.hit_tokens:>7} {pct:>5.1f}% {r.new_blocks:>7}  {check}")
-
-    store, reports, prompts = run_demo(cfg, emit)
-    end = (cfg.steps - 1) * cfg.step_seconds + cfg.step_seconds
-    st = store.stats()
-    res = store.residency(now=end)
-    disk = st.disk
-    assert disk is not None
-    print(
-        f"\nhost tier: {st.blocks} blocks resident ({st.resident_bytes / (1 << 20):.0f} MiB of "
-        f"{(st.capacity_bytes or 0) / (1 << 20):.0f} MiB), block hit ratio {st.hit_ratio:.1%}, "
-        f"{st.evicted} evicted, {st.bytes_read / (1 << 30):.2f} GiB loaded instead of prefilled"
-    )
-    print(
-        f"disk tier: {disk.blocks} blocks ({disk.resident_bytes / (1 << 20):.0f} MiB), {disk.hits} block hits, "
-        f"{disk.bytes_read / (1 << 20):.0f} MiB read (checksummed), {disk.promoted} promoted back to host"
-    )
-    print(f"residency over {end:g} s: {res.gb_hours:.4f} GB-hours")
-    for (_, session), gbh in sorted(res.by_session().items(), key=lambda kv: kv[0][1]):
-        if gbh > 0:
-            print(f"  {session:<9} {gbh:.4f} GB-hours")
-    store.close()  # a clean shutdown writes the host tier's blocks to the folder
-    store2, after = restart(cfg, prompts)
-    with store2:
-        rep = store2.restore_report
-        assert rep is not None
-        print(f"\nrestart: reopened {cfg.disk_path}: {rep.restored} blocks restored in {rep.seconds:.3f} s")
-        for r in after:
-            check = "ok" if r.verified else "MISMATCH"
-            print(
-                f"  {r.session:<9} prompt {r.prompt_tokens:>6} tokens: {r.hit_tokens:>6} hit "
-                f"({100.0 * r.hit_tokens / r.prompt_tokens:.1f}%, {r.disk_tokens} from disk)  KV check {check}"
-            )
-    ok = all(r.verified for r in reports) and all(r.verified for r in after)
-    return 0 if ok else 1
+    return main(cfg, keep=args.keep)
 
 
 def _cmd_fsck(args: argparse.Namespace) -> int:
@@ -95,28 +36,22 @@ def _cmd_fsck(args: argparse.Namespace) -> int:
 
     from kvtier.fsck import fsck
 
+    if args.orphans and not args.repair:
+        print("kvtier: error: --orphans only applies with --repair (unreachable blocks are always reported)",
+              file=sys.stderr)
+        return 2
     report = fsck(args.path, repair=args.repair, orphans=args.orphans)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
-    left = report.damaged + (report.problems["unreachable"] if args.orphans else 0)
-    if left == 0:
-        return 0
-    return 1 if args.repair else 4
+    # Exit status: damage decides it; unreachable blocks are not damage (removed only when asked).
+    if report.damaged:
+        return 1 if args.repair else 4
+    return 1 if report.removed else 0
 
 
-def _arg_list(parse: str, *extra: str) -> Callable[[str], Any]:
-    """An argparse type that applies ``kvtier.analytics.sweep.<parse>(text, *extra)`` (imported when used)."""
+def _parse_policies(text: str) -> list[Policy]:
+    from kvtier.analytics.sweep import parse_policies  # imported when used
 
-    def convert(text: str) -> Any:
-        from kvtier.analytics import sweep
-        from kvtier.errors import KvtierError
-
-        try:
-            return getattr(sweep, parse)(text, *extra)
-        except KvtierError as e:
-            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
-
-    convert.__name__ = parse.removeprefix("parse_")
-    return convert
+    return parse_policies(text)
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -142,8 +77,21 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         break_examples=args.break_examples,
         compare_paper=not args.no_paper,
     )
+    created = False
+    if args.report:
+        from kvtier.analytics.report import missing_packages
+
+        missing = missing_packages()
+        if missing:
+            print(
+                f"kvtier: error: --report needs {' and '.join(missing)} (the analytics extra): "
+                "pip install 'kvtier[analytics]'",
+                file=sys.stderr,
+            )
+            return 2
     try:
         if args.report:
+            created = not os.path.exists(args.report)
             os.makedirs(args.report, exist_ok=True)  # fail before a long replay, not after
         a = analyze(opts)
         for dest, write in ((args.json, write_json), (args.csv, lambda an, f: write_csv(an.results, f))):
@@ -160,11 +108,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             from kvtier.analytics.report import write_report
 
             files = write_report(a, args.report)
-            print(f"report: {files[-1]} ({len(files) - 1} plots)", file=sys.stderr)
-    except BrokenPipeError:  # `kvtier analyze ... | head`: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except OSError as e:
+            print(f"report: {files[-1]} ({units.plural(len(files) - 1, 'plot')})", file=sys.stderr)
+    except BaseException as e:
+        if created and os.path.isdir(args.report) and not os.listdir(args.report):
+            os.rmdir(args.report)  # leave no empty folder behind a failed run
+        if not isinstance(e, OSError) or isinstance(e, BrokenPipeError):
+            raise  # main() reports kvtier's errors and handles a closed pipe
         where = f": {e.filename}" if e.filename else ""
         print(f"kvtier: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
@@ -185,17 +134,27 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run agent sessions through the host and disk tiers, restart, and print hits and residency",
     )
-    d.add_argument("--sessions", type=int, default=3, help="concurrent agent sessions (default 3)")
-    d.add_argument("--steps", type=int, default=8, help="steps per session (default 8)")
-    d.add_argument("--system-tokens", type=int, default=2048, help="shared system prompt length (default 2048)")
-    d.add_argument("--step-tokens", type=int, default=384, help="tokens added per step (default 384)")
-    d.add_argument("--step-seconds", type=float, default=30.0, help="simulated seconds between steps (default 30)")
-    d.add_argument("--capacity", type=_size, default=128 << 20, help="host tier bytes, e.g. 512M, 2G (default 128M)")
+    d.add_argument("--sessions", type=units.count_type("--sessions"), default=3, metavar="N",
+                   help="concurrent agent sessions, a count (default 3)")
+    d.add_argument("--steps", type=units.count_type("--steps"), default=8, metavar="N",
+                   help="steps per session, a count (default 8)")
+    d.add_argument("--system-tokens", type=units.tokens_type("--system-tokens"), default=2048, metavar="TOKENS",
+                   help="shared system prompt, tokens: 2048 or 2k tokens (default 2048)")
+    d.add_argument("--step-tokens", type=units.tokens_type("--step-tokens"), default=384, metavar="TOKENS",
+                   help="tokens added per step: 384 or 384 tokens (default 384)")
+    d.add_argument("--step-seconds", type=units.duration_type("--step-seconds"), default=30.0, metavar="DURATION",
+                   help="time between steps on the demo's clock: 30, 30s, 2m (default 30 s)")
+    d.add_argument("--capacity", type=units.bytes_type("--capacity"), default=128 << 20, metavar="BYTES",
+                   help="host tier, bytes: 512MiB, 2G (binary), or a plain number of bytes (default 128MiB)")
     d.add_argument("--policy", choices=["lru", "lfu"], default="lru", help="eviction policy (default lru)")
-    d.add_argument(
-        "--disk", default="kvtier-demo-cache", help="disk tier folder (LMDB; default ./kvtier-demo-cache)"
-    )
-    d.add_argument("--disk-capacity", type=_size, default=4 << 30, help="disk tier bytes (default 4G)")
+    d.add_argument("--disk", metavar="DIR",
+                   help="disk tier folder (LMDB; default: demo/ in your cache directory, printed when it runs)")
+    d.add_argument("--disk-capacity", type=units.bytes_type("--disk-capacity"), default=4 << 30, metavar="BYTES",
+                   help="disk tier, bytes: 4GiB, 500M (binary), or a plain number of bytes (default 4GiB)")
+    d.add_argument("--seed", type=units.count_type("--seed", minimum=0), default=0, metavar="N",
+                   help="seed of the generated tokens: the same seed and options give the same figures (default 0)")
+    d.add_argument("--keep", action="store_true",
+                   help="reuse what an earlier run left in the folder (default: start with it emptied)")
     d.set_defaults(func=_cmd_demo)
 
     a = sub.add_parser(
@@ -209,21 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--format", choices=["auto", "mooncake", "bailian", "kvtier", "openai"], default="auto",
                    help="log format (default: detected from the first record)")
     a.add_argument("--tokenizer", metavar="FILE", help="tokenizer.json (Hugging Face tokenizers) for text and chat logs")
-    a.add_argument("--capacity", type=_arg_list("parse_capacities"), default=[None], metavar="LIST",
-                   help="cache capacities in blocks, k/M/G = 1e3/1e6/1e9, inf = unlimited (default inf), e.g. 1k,10k,100k,inf")
-    a.add_argument("--policy", type=_arg_list("parse_policies"), metavar="LIST",
+    a.add_argument("--capacity", default=[None], metavar="LIST",
+                   type=units.amount_list_type("--capacity", ("blocks", "tokens", "bytes"), "blocks", unlimited=True),
+                   help="cache capacities, each in blocks (a plain number, or 10k blocks), tokens (1M tokens) or "
+                   "bytes of KV (32GiB, 512M: binary; needs --model or --kv-bytes-per-token); inf = unlimited "
+                   "(default inf), e.g. 1000,10k blocks,1M tokens,inf")
+    a.add_argument("--policy", type=units.argtype(_parse_policies, "list"), metavar="LIST",
                    help="eviction policies: lru, lfu, ttl (default lru; ttl when only --ttl is given)")
-    a.add_argument("--ttl", type=_arg_list("parse_durations"), metavar="LIST",
-                   help="maximum idle times for the ttl policy, e.g. 5m,1h,6h (s, m, h, d)")
-    a.add_argument("--block-size", type=_arg_list("parse_ints", "--block-size"), metavar="LIST",
+    a.add_argument("--ttl", type=units.duration_list_type("--ttl"), metavar="LIST",
+                   help="maximum idle times for the ttl policy, e.g. 5m,1h,6h (s, m, h, d; plain: seconds)")
+    a.add_argument("--block-size", type=units.tokens_list_type("--block-size"), metavar="LIST",
                    help="tokens per block, for logs with tokens or text (default 16), e.g. 16,32,64")
     a.add_argument("--model", metavar="NAME", help="model whose KV bytes per token give GB-hours "
                    "(a name from `kvtier cost --list`, or its Hugging Face id)")
-    a.add_argument("--kv-bytes-per-token", type=int, metavar="N", help="KV bytes per token (all layers) for GB-hours")
+    a.add_argument("--kv-bytes-per-token", type=units.bytes_type("--kv-bytes-per-token"), metavar="BYTES",
+                   help="KV bytes per token (all layers) for GB-hours and byte capacities: 131072 or 128KiB")
     a.add_argument("--json", nargs="?", const="-", metavar="PATH", help="write results as JSON (to stdout without PATH)")
     a.add_argument("--csv", nargs="?", const="-", metavar="PATH", help="write one CSV row per configuration (stdout without PATH)")
     a.add_argument("--report", metavar="DIR", help="write PNG plots and a self-contained report.html into DIR")
-    a.add_argument("--break-examples", type=int, default=3, metavar="N", help="prefix-break examples kept per cause (default 3)")
+    a.add_argument("--break-examples", type=units.count_type("--break-examples", minimum=0), default=3, metavar="N",
+                   help="prefix-break examples kept per cause, a count (default 3)")
     a.add_argument("--no-paper", action="store_true", help="skip the comparison with the Mooncake FAST'25 figures")
     a.add_argument("--no-progress", action="store_true", help="no progress bars")
     a.set_defaults(func=_cmd_analyze)
@@ -243,11 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser(
         "fsck",
         help="check a disk-tier folder block by block (records, keys, payloads, checksums); --repair removes damage",
-        description="Exit status: 0 clean, 1 damage found and repaired, 4 damage left.",
+        description="Exit status: 0 no damage (unreachable blocks are reported, not damage), 1 damage found and "
+        "repaired (or unreachable blocks removed with --orphans), 4 damage left, 2 a usage error or not a folder.",
     )
     f.add_argument("path", help="the folder given as DiskConfig(path=...)")
     f.add_argument("--repair", action="store_true", help="remove damaged entries (safe beside running stores)")
-    f.add_argument("--orphans", action="store_true", help="with --repair, also remove unreachable blocks")
+    f.add_argument("--orphans", action="store_true", help="with --repair, also remove unreachable blocks (not damage)")
     f.add_argument("--json", action="store_true", help="print the report as JSON")
     f.set_defaults(func=_cmd_fsck)
 
@@ -280,10 +245,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kvtier.errors import KvtierError
 
     try:
-        return int(args.func(args))
+        rc = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's exit flush
+        return rc
     except KvtierError as e:
         print(f"kvtier: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`kvtier ... | head`): stop quietly. Python's exit flush would hit the closed
+        # pipe again, so standard output is pointed at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

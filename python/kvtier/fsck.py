@@ -13,7 +13,8 @@ What is checked, per block (docs/disk.md):
   Reported always, removed only with ``orphans=True``.
 
 Blocks of every namespace are checked; the report counts blocks per namespace (named where the folder
-records the namespace). Exit status of the command: 0 clean, 1 damage found and repaired, 4 damage left.
+records the namespace). Exit status of the command: 0 no damage, 1 damage (or, with ``--orphans``, unreachable
+blocks) removed, 4 damage left.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class FsckReport:
         if not self.problems:
             lines.append("  clean: every record, key, payload and checksum checks out")
         for kind, n in sorted(self.problems.items()):
-            note = "" if kind in DAMAGE else " (not damage; see --orphans)"
+            note = "" if kind in DAMAGE else " (not damage; --repair --orphans removes them)"
             lines.append(f"  {kind}: {n}{note}  e.g. {', '.join(k[:16] for k in self.examples.get(kind, []))}")
         if self.removed:
             lines.append(f"  removed: {self.removed} entries")
@@ -123,6 +124,10 @@ def fsck(path: str | os.PathLike[str], *, repair: bool = False, orphans: bool = 
     (a store that has a removed block in its index finds it missing on load and counts it).
     """
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DiskError(f"{path} does not exist")
+    if not os.path.isdir(path):
+        raise DiskError(f"{path} is a file, not a disk-tier folder")
     if not os.path.isfile(os.path.join(path, "data.mdb")):
         raise DiskError(f"{path} is not a kvtier disk folder (no data.mdb)")
     env = open_env(path, map_size=1 << 20, sync=True, readonly=not repair)

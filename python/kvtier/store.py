@@ -300,8 +300,18 @@ class Residency:
         return out
 
     def by_session(self) -> dict[tuple[Namespace, str], float]:
-        """GB-hours per (namespace, session); session ``""`` is what no session was named for."""
-        return {(r.namespace, r.session): r.gb_hours for r in self.rows}
+        """GB-hours per (namespace, session), all tiers together; session ``""`` is what no session was named for."""
+        out: dict[tuple[Namespace, str], float] = {}
+        for r in self.rows:
+            out[(r.namespace, r.session)] = out.get((r.namespace, r.session), 0.0) + r.gb_hours
+        return out
+
+    def by_tier(self) -> dict[Tier, float]:
+        """GB-hours per tier, all namespaces and sessions together."""
+        out: dict[Tier, float] = {}
+        for r in self.rows:
+            out[r.tier] = out.get(r.tier, 0.0) + r.gb_hours
+        return out
 
 
 def _shutdown_disk(core: Any, folder: DiskFolder) -> None:

@@ -19,6 +19,7 @@ from kvtier.analytics.sweep import SweepResult, build_configs, run_sweep
 from kvtier.config import Policy
 from kvtier.cost.catalog import ModelSpec, load_catalog
 from kvtier.errors import InvalidArgumentError
+from kvtier.units import Amount
 
 __all__ = ["AnalyzeOptions", "Analysis", "analyze", "SCHEMA"]
 
@@ -39,7 +40,8 @@ class AnalyzeOptions:
     tokenizer
         A ``tokenizer.json`` for text and chat logs.
     capacities
-        Capacities in blocks (``None``: unlimited).
+        Capacities: blocks (an int), or an :class:`kvtier.units.Amount` of blocks, tokens or bytes (bytes need
+        ``model`` or ``kv_bytes_per_token``), turned into whole blocks of each block size; ``None``: unlimited.
     policies, ttls
         Policies; maximum idle seconds for the ``ttl`` policy.
     block_sizes
@@ -59,7 +61,7 @@ class AnalyzeOptions:
     path: str
     fmt: Format | None = None
     tokenizer: str | None = None
-    capacities: Sequence[int | None] = (None,)
+    capacities: Sequence[Amount | int | None] = (None,)
     policies: Sequence[Policy] = ("lru",)
     ttls: Sequence[float] = ()
     block_sizes: Sequence[int] = ()
@@ -161,7 +163,11 @@ def analyze(opts: AnalyzeOptions) -> Analysis:
         kvbpt = model.kv_bytes_per_token
     if kvbpt is not None and kvbpt < 1:
         raise InvalidArgumentError(f"--kv-bytes-per-token must be >= 1, got {kvbpt}")
-    build_configs(opts.capacities, opts.policies, opts.ttls)  # validate the grid before reading a large file
+    # Validate what can be before reading a large file: the grid, and bytes without KV bytes per token.
+    build_configs([None], opts.policies, opts.ttls)
+    for cap in opts.capacities:
+        if isinstance(cap, Amount) and cap.unit == "bytes" and kvbpt is None:
+            cap.blocks(DEFAULT_TOKEN_BLOCK_SIZE, None)  # raises, saying what to give
     t0 = time.perf_counter()
     break_bs = opts.block_sizes[0] if opts.block_sizes else DEFAULT_TOKEN_BLOCK_SIZE
     log = read_log(
@@ -181,7 +187,12 @@ def analyze(opts: AnalyzeOptions) -> Analysis:
         sizes: list[int | None] = [None]
     else:
         sizes = list(opts.block_sizes) or [DEFAULT_TOKEN_BLOCK_SIZE]
-    configs = build_configs(opts.capacities, opts.policies, opts.ttls, sizes)
+    configs = []
+    for bs in sizes:
+        block_tokens = bs if bs is not None else log.block_tokens
+        assert block_tokens is not None
+        caps = [c.blocks(block_tokens, kvbpt) if isinstance(c, Amount) else c for c in opts.capacities]
+        configs += build_configs(caps, opts.policies, opts.ttls, [bs])
     t1 = time.perf_counter()
     results = run_sweep(
         log, configs, kv_bytes_per_token=kvbpt, timeline_points=opts.timeline_points, progress=opts.progress

@@ -12,6 +12,7 @@ from kvtier.analytics.breaks import CAUSE_LABELS, BreakReport
 from kvtier.analytics.logs import RequestLog
 from kvtier.analytics.paper import PaperRow
 from kvtier.analytics.sweep import SweepResult, format_duration
+from kvtier.units import plural
 
 __all__ = [
     "render_text",
@@ -208,7 +209,7 @@ def render_text(a: Analysis) -> str:
     else:
         why = "they need token ids or text, and sessions" if log.kind != "tokens" else "the log names no sessions"
         lines += ["", f"Prefix breaks: not analysed ({why})"]
-    lines.append(f"\nread in {a.parse_s:.2f} s, {len(a.results)} replays in {a.sweep_s:.2f} s")
+    lines.append(f"\nread in {a.parse_s:.2f} s, {plural(len(a.results), 'replay')} in {a.sweep_s:.2f} s")
     return "\n".join(lines)
 
 

@@ -271,6 +271,22 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+REPORT_PACKAGES = ("matplotlib", "jinja2")  # the `analytics` extra (tokenizers is for --tokenizer)
+
+
+def missing_packages() -> list[str]:
+    """The packages that ``write_report`` needs and that cannot be imported here."""
+    import importlib
+
+    missing = []
+    for name in REPORT_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
 def write_report(a: Analysis, directory: str) -> list[str]:
     """Writes the plots and ``report.html`` into ``directory`` (created if missing); returns the paths."""
     import jinja2

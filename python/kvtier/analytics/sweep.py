@@ -16,8 +16,6 @@ core then stores the rest, evicting by policy).
 
 from __future__ import annotations
 
-import math
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -32,74 +30,26 @@ from kvtier.config import Policy, StoreConfig
 from kvtier.errors import InvalidArgumentError
 from kvtier.replay import ReplayTrace
 from kvtier.store import Store
+from kvtier.units import split_list
 
 __all__ = [
     "SweepConfig",
     "SweepResult",
     "Timeline",
-    "parse_capacities",
-    "parse_durations",
-    "parse_ints",
     "parse_policies",
     "build_configs",
     "run_config",
     "run_sweep",
 ]
 
-_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
-_DURATION = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _POLICIES: tuple[Policy, ...] = ("lru", "lfu", "ttl")
 
 
 # ------------------------------------------------------------------------------------------- parsing
-def _items(text: str, what: str) -> list[str]:
-    items = [s.strip() for s in text.split(",")]
-    if not text.strip() or any(not s for s in items):
-        raise InvalidArgumentError(f"{what}: expected a comma-separated list, got {text!r}")
-    return items
-
-
-def parse_capacities(text: str) -> list[int | None]:
-    """``"1k,10k,2.5M,inf"`` -> ``[1000, 10000, 2500000, None]`` (blocks; k/M/G are powers of 1000)."""
-    out: list[int | None] = []
-    for item in _items(text, "--capacity"):
-        low = item.lower()
-        if low in ("inf", "unlimited", "none"):
-            out.append(None)
-            continue
-        m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmg]?)", low)
-        value = float(m.group(1)) * _SUFFIX[m.group(2)] if m else math.nan
-        if not m or value < 1 or value != int(value):
-            raise InvalidArgumentError(f"--capacity: {item!r} is not a number of blocks >= 1 (e.g. 500, 10k, 2M, inf)")
-        out.append(int(value))
-    return out
-
-
-def parse_durations(text: str) -> list[float]:
-    """``"30s,5m,1h,6h,1d"`` -> seconds (a bare number is seconds)."""
-    out: list[float] = []
-    for item in _items(text, "--ttl"):
-        m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)", item.lower())
-        if not m or float(m.group(1)) <= 0:
-            raise InvalidArgumentError(f"--ttl: {item!r} is not a duration > 0 (e.g. 30s, 5m, 1h, 6h)")
-        out.append(float(m.group(1)) * _DURATION[m.group(2)])
-    return out
-
-
-def parse_ints(text: str, what: str) -> list[int]:
-    """``"16,32"`` -> ``[16, 32]`` (each >= 1)."""
-    out = []
-    for item in _items(text, what):
-        if not item.isdigit() or int(item) < 1:
-            raise InvalidArgumentError(f"{what}: {item!r} is not an integer >= 1")
-        out.append(int(item))
-    return out
-
-
 def parse_policies(text: str) -> list[Policy]:
     """``"lru,lfu"`` -> ``["lru", "lfu"]``."""
     out: list[Policy] = []
-    for item in _items(text.lower(), "--policy"):
+    for item in split_list(text.lower(), "--policy"):
         if item not in _POLICIES:
             raise InvalidArgumentError(f"--policy: {item!r} is not one of {', '.join(_POLICIES)}")
         out.append(item)

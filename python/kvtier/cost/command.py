@@ -12,7 +12,7 @@ default model (``P:MODEL`` picks one). Each ``--model`` found in the models cata
 costed self-hosted, on ``NAME@HARDWARE`` or ``--hardware`` (default ``h100-sxm``). With neither
 option, every catalogued provider is priced for its default model.
 
-This module imports only :mod:`argparse` at load time; the work happens in :func:`run`.
+This module imports only :mod:`argparse` and :mod:`kvtier.units` at load time; the work happens in :func:`run`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import os
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from kvtier import units
 
 if TYPE_CHECKING:
     from kvtier.cost.catalog import Catalog, HardwareSpec, ModelSpec, ProviderRules
@@ -44,40 +46,6 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def _seconds(text: str, *, zero_ok: bool = True, none_ok: bool = False) -> float | None:
-    """A finite number of seconds (> 0 unless ``zero_ok``); ``none``/``inf``/``never`` if ``none_ok``."""
-    if none_ok and text.strip().lower() in ("none", "inf", "never"):
-        return None
-    what = "seconds" + (" or 'none'" if none_ok else "")
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not (0 <= v if zero_ok else 0 < v) or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected {what} {'>=' if zero_ok else '>'} 0, got {text!r}")
-    return v
-
-
-def _seconds_or_none(text: str) -> float | None:
-    return _seconds(text, zero_ok=False, none_ok=True)
-
-
-def _positive(text: str) -> float:
-    v = _seconds(text)
-    assert v is not None
-    return v
-
-
-def _block_size(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer number of tokens, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return v
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Adds ``kvtier cost``'s arguments to its subparser."""
     p.add_argument("trace", nargs="?", help="request log (JSON Lines, .gz too): Mooncake, Bailian, kvtier or OpenAI chat format")
@@ -96,13 +64,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--catalog", action="append", default=[], metavar="FILE", help="TOML file adding or overriding catalogue entries (repeatable)")
     p.add_argument("--format", choices=_FORMATS, default="auto", help="trace format (default: detected from the first line)")
     p.add_argument("--tokenizer", metavar="FILE", help="tokenizer.json for text and chat logs")
-    p.add_argument("--block-size", type=_block_size, default=16, help="tokens per block for token logs (default 16)")
+    p.add_argument("--block-size", type=units.tokens_type("--block-size"), default=16, metavar="TOKENS",
+                   help="tokens per block for token logs: 16 or 16 tokens (default 16)")
     p.add_argument(
         "--kv-ttl",
-        type=_seconds_or_none,
+        type=units.duration_or_never_type("--kv-ttl"),
         default=3600.0,
-        metavar="S",
-        help="self-hosted: seconds kvtier keeps an idle prefix in host memory, or 'none' (default 3600)",
+        metavar="DURATION",
+        help="self-hosted: how long kvtier keeps an idle prefix in host memory: 3600, 1h, 5m, or 'none' (default 1h)",
     )
     p.add_argument(
         "--writes",
@@ -116,9 +85,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="host",
         help="self-hosted: price the cache's GB-hours at host DRAM (default) or NVMe (kvtier's disk tier) rates",
     )
-    p.add_argument("--inflight-s", type=_positive, default=10.0, metavar="S", help="self-hosted: in-flight window for the KV working set in HBM (default 10)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--list", action="store_true", help="list the catalogue's models, hardware and providers and exit")
+    p.add_argument("--inflight-s", type=units.duration_type("--inflight-s", zero_ok=True), default=10.0, metavar="DURATION",
+                   help="self-hosted: in-flight window for the KV working set in HBM: 10, 10s, 1m (default 10 s)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text (with --list too)")
+    p.add_argument("--list", action="store_true", help="list the catalogue's models, hardware and providers, each figure with its source and date, and exit")
 
 
 # ------------------------------------------------------------------------------------------- shortlist
@@ -251,7 +221,11 @@ def run(args: argparse.Namespace) -> int:
 
     catalog = load_catalog(args.catalog)
     if args.list:
-        print(render_catalog(catalog))
+        if args.json:
+            json.dump(catalog_json(catalog), sys.stdout, indent=1)
+            sys.stdout.write("\n")
+        else:
+            print(render_catalog(catalog))
         return 0
     if args.trace is None:
         raise InvalidArgumentError("kvtier cost needs a TRACE file (or --list)")
@@ -498,9 +472,9 @@ def render_text(rep: CostReport) -> str:
     if rk.lines:
         out.append("")
         out.append("ranking by cache-aware cost per task (sticker rank in brackets)")
-        for i, line in enumerate(rk.lines, 1):
+        for line in rk.lines:
             out.append(
-                f"{i:>3}. {line.label:<36} ${line.cache_aware_per_task:<10.4g} [sticker #{rk.sticker_rank[line.label]}: ${line.naive_per_task:.4g}]"
+                f"{rk.cache_aware_rank[line.label]:>3}. {line.label:<36} ${line.cache_aware_per_task:<10.4g} [sticker #{rk.sticker_rank[line.label]}: ${line.naive_per_task:.4g}]"
             )
         if rk.disagreements:
             out.append("")
@@ -509,7 +483,7 @@ def render_text(rep: CostReport) -> str:
             for d in rk.disagreements:
                 out.append(f"  - {d.reason}")
         else:
-            out.append("the sticker ranking agrees with the cache-aware one")
+            out.append("the sticker ranking agrees with the cache-aware one (no pair is ordered the other way)")
     return "\n".join(out)
 
 
@@ -518,17 +492,38 @@ def _ttl(s: float | None) -> str:
 
 
 def render_catalog(catalog: Catalog) -> str:
-    """``kvtier cost --list``."""
+    """``kvtier cost --list``: every entry with its figures, source and date."""
     out = ["models (KV bytes/token, params total/active):"]
     for m in catalog.models.values():
         out.append(
-            f"  {m.name:<18} {m.attention:<7} {m.kv_bytes_per_token:>9,} B/token  {m.total_params / 1e9:>7g}B / {m.active_params / 1e9:g}B  ({m.as_of})"
+            f"  {m.name:<18} {m.attention:<7} {m.kv_bytes_per_token:>9,} B/token  {m.total_params / 1e9:>7g}B / {m.active_params / 1e9:g}B"
         )
+        out.append(f"      source: {m.source} ({m.as_of})")
     out.append("hardware ($/GPU-h, HBM GB):")
     for h in catalog.hardware.values():
-        out.append(f"  {h.name:<18} {h.gpu:<40} ${h.gpu_usd_per_hour:<6g} {h.hbm_gb:g} GB  ({h.as_of})")
-    out.append("providers (cache rule; models):")
+        out.append(f"  {h.name:<18} {h.gpu:<40} ${h.gpu_usd_per_hour:<6g} {h.hbm_gb:g} GB")
+        out.append(f"      source: {h.source} ({h.as_of})")
+    out.append("providers (cache rule; models, USD per million tokens input / cached input / output):")
     for p in catalog.providers.values():
-        out.append(f"  {p.name:<18} {p.describe_ttl():<36} {', '.join(p.models)}  ({p.as_of})")
+        out.append(f"  {p.name:<18} {p.describe_ttl()}")
+        out.append(f"      rules: {p.source} ({p.as_of})")
+        for price in p.prices:
+            out.append(
+                f"      {price.model:<18} ${price.input_usd_per_mtok:g} / ${price.cached_input_usd_per_mtok:g} / "
+                f"${price.output_usd_per_mtok:g}  source: {price.source} ({price.as_of})"
+            )
     out.append("files: " + ", ".join(catalog.files))
     return "\n".join(out)
+
+
+def catalog_json(catalog: Catalog) -> dict[str, Any]:
+    """``kvtier cost --list --json``: every catalogue entry's fields (sources and dates included)."""
+    import dataclasses
+
+    models = [{**dataclasses.asdict(m), "kv_bytes_per_token": m.kv_bytes_per_token} for m in catalog.models.values()]
+    return {
+        "models": models,
+        "hardware": [dataclasses.asdict(h) for h in catalog.hardware.values()],
+        "providers": [dataclasses.asdict(p) for p in catalog.providers.values()],
+        "files": list(catalog.files),
+    }

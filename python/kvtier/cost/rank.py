@@ -16,6 +16,8 @@ input is read from cache), the cache discount and write multiplier, storage fees
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -173,15 +175,25 @@ class Ranking:
     disagreements: tuple[Disagreement, ...]
 
 
+def _ranks(ordered: list[CostLine], cost: Callable[[CostLine], float]) -> dict[str, int]:
+    """1 = cheapest; equal costs (to 1e-9 relative) share a rank and the next rank skips: 1, 2, 2, 4."""
+    out: dict[str, int] = {}
+    for i, x in enumerate(ordered):
+        prev = ordered[i - 1] if i else None
+        tied = prev is not None and math.isclose(cost(x), cost(prev), rel_tol=1e-9, abs_tol=1e-12)
+        out[x.label] = out[prev.label] if tied and prev is not None else i + 1
+    return out
+
+
 def rank(lines: list[CostLine] | tuple[CostLine, ...]) -> Ranking:
     """Ranks ``lines`` both ways (1 = cheapest) and explains every pair whose order differs."""
     by_aware = sorted(lines, key=lambda x: (x.cache_aware_per_task, x.label))
     by_naive = sorted(lines, key=lambda x: (x.naive_per_task, x.label))
-    aware_rank = {x.label: i + 1 for i, x in enumerate(by_aware)}
-    naive_rank = {x.label: i + 1 for i, x in enumerate(by_naive)}
+    aware_rank = _ranks(by_aware, lambda x: x.cache_aware_per_task)
+    naive_rank = _ranks(by_naive, lambda x: x.naive_per_task)
     out = []
-    for a in by_naive:  # a is cheaper by sticker than every b after it
-        for b in by_naive[naive_rank[a.label] :]:
+    for i, a in enumerate(by_naive):  # a costs no more by sticker than every b after it
+        for b in by_naive[i + 1 :]:
             if b.cache_aware_per_task < a.cache_aware_per_task and b.naive_per_task > a.naive_per_task:
                 reason = (
                     f"{b.label} costs more by sticker (${b.naive_per_task:,.4f} vs ${a.naive_per_task:,.4f} per task) "
