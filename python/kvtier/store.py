@@ -29,7 +29,7 @@ from kvtier.config import Namespace, StoreConfig
 from kvtier.errors import CudaError, DiskWriteError, InvalidArgumentError, KvtierTypeError, StoreClosedError
 
 if TYPE_CHECKING:
-    from kvtier.disk import DiskFolder, RestoreReport
+    from kvtier.tiers.disk import DiskTier, RestoreReport
     from kvtier.replay import ReplayTrace
 
 __all__ = [
@@ -303,7 +303,7 @@ class Residency:
         return {(r.namespace, r.session): r.gb_hours for r in self.rows}
 
 
-def _shutdown_disk(core: Any, folder: DiskFolder) -> None:
+def _shutdown_disk(core: Any, folder: DiskTier) -> None:
     """Commits what is queued (bounded wait), stops the writer and closes the folder. Runs once."""
     if not core.closed:
         core.disk_flush(60.0)
@@ -356,8 +356,8 @@ class Store:
             device_promote=True if device is None else device.promote,
             device_write_through=False if device is None else device.write_through,
         )
-        self._disk: DiskFolder | None = None
-        self._finalizer: weakref.finalize[[Any, DiskFolder], Store] | None = None
+        self._disk: DiskTier | None = None
+        self._finalizer: weakref.finalize[[Any, DiskTier], Store] | None = None
         self._ns_lock = threading.Lock()
         self._staging: npt.NDArray[np.uint8] | None = None  # see _staging_for
         self._staging_lock = threading.Lock()
@@ -372,10 +372,10 @@ class Store:
             self._open_disk(now)
 
     def _open_disk(self, now: float | None) -> None:
-        from kvtier.disk import DiskFolder
+        from kvtier.tiers.disk import DiskTier
 
         assert self.config.disk is not None
-        folder = DiskFolder(self._core, self.config.disk, self.config.block_size, self.config.block_bytes)
+        folder = DiskTier(self._core, self.config.disk, self.config.block_size, self.config.block_bytes)
         try:
             self._disk = folder
             for namespace in list(self._ns_by_id):  # registered before the folder was open
@@ -611,29 +611,7 @@ class Store:
         planned, reads = self._core.load_pinned(pin, out)
         if self._disk is None:
             return int(planned)
-        good = int(planned)
-        corrupt: list[bytes] = []
-        missing: list[bytes] = []
-        if reads:
-            if isinstance(out, _core.Memory):
-                # A tensor (GPU memory, or a host tensor the folder reader cannot write into): read the
-                # folder's blocks into page-locked host memory; the core copies them to `out`.
-                with self._staging_for(len(reads) * self.config.block_bytes) as staged:
-                    staged_blocks = [block for block, _key, _crc in reads]
-                    first, corrupt, missing = self._disk.read(
-                        staged, [(k, key, crc) for k, (_b, key, crc) in enumerate(reads)]
-                    )
-                    good = good if first is None else staged_blocks[first]
-                    return int(
-                        self._core.disk_finish_load(
-                            pin, out, good, corrupt, missing, self._disk.config.promote, now, staged, staged_blocks
-                        )
-                    )
-            first_bad, corrupt, missing = self._disk.read(out, reads)
-            if first_bad is not None:
-                good = first_bad
-        promote = self._disk.config.promote
-        return int(self._core.disk_finish_load(pin, out, good, corrupt, missing, promote, now))
+        return self._disk.load(pin, out, planned, reads, now, self._staging_for)
 
     @contextmanager
     def _staging_for(self, nbytes: int) -> Iterator[npt.NDArray[np.uint8]]:
@@ -675,16 +653,7 @@ class Store:
             raise StoreClosedError("the store is closed")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
             raise InvalidArgumentError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
-        if host:
-            self._core.disk_persist(1 << 62)
-        # The calling thread commits what is queued itself (no hand-off to the writer thread, which
-        # keeps draining inserts in the background), then waits for whatever the writer holds.
-        self._disk.drain()
-        done, errors = self._core.disk_flush(None if timeout is None else float(timeout), False)
-        if errors:
-            raise DiskWriteError(f"disk tier {self._disk.path}: {errors}")
-        if not done:
-            raise TimeoutError(f"flush: writes still queued after {timeout} s")
+        self._disk.flush(timeout, host)
 
     def take_removed_keys(self) -> tuple[list[bytes], int]:
         """Chained keys of blocks that left the disk tier since the last call, oldest first.
