@@ -270,7 +270,7 @@ def _legacy_format(path: str) -> str | None:
             v = txn.get(b"format", db=db)
         if v is None:
             return "no format record"
-        return None if bytes(v) == FORMAT else f"format {bytes(v)!r}"
+        return None if bytes(v) == FORMAT else f"it holds format {bytes(v)!r}"
     except lmdb.Error as e:
         return f"not kvtier's databases: {e}"
     finally:
