@@ -29,7 +29,8 @@ from typing import Any
 
 from kvtier import _core
 from kvtier.errors import DiskBusyError, DiskError, DiskReadError
-from kvtier.tiers.disk_io import DiskIO, ReadBatch, rebuild, reset_environment
+from kvtier.tiers.disk_io import VALUE_LIMIT, DiskIO, ReadBatch, reset_environment
+from kvtier.tiers.disk_io import rebuild as rebuild_folder
 
 __all__ = ["FsckReport", "fsck"]
 
@@ -96,6 +97,8 @@ class FsckReport:
 def _namespace_names(entries: Iterable[tuple[bytes, Any]]) -> dict[bytes, str]:
     names: dict[bytes, str] = {}
     for key, value in entries:
+        if len(value) > VALUE_LIMIT:
+            continue
         try:
             d = json.loads(bytes(value))
             label = d.get("model", "?")
@@ -157,12 +160,13 @@ def fsck(path: str | os.PathLike[str], *, repair: bool = False, orphans: bool = 
         io.close()
 
 
-def check(io: DiskIO, *, repair: bool = False, orphans: bool = False) -> FsckReport:
-    """:func:`fsck` of an open folder (the disk tier repairs a folder it opened this way)."""
+def check(io: DiskIO, *, repair: bool = False, orphans: bool = False, rebuild: bool = False) -> FsckReport:
+    """:func:`fsck` of an open folder (the disk tier repairs a folder it opened this way). With ``rebuild``
+    a repair rebuilds the environment even if no entry is damaged (damage that only writes meet)."""
     report, remove, keep, errors = _scan(io, orphans)
-    if not repair or not (remove or errors):
+    if not repair or not (remove or errors or rebuild):
         return report
-    if not errors:
+    if not errors and not rebuild:
         try:
             with io.writing() as w:
                 w.delete((b"index", b"blocks"), remove)
@@ -181,8 +185,8 @@ def check(io: DiskIO, *, repair: bool = False, orphans: bool = False) -> FsckRep
         )
     kept = [0]
     try:
-        with io.reading() as r:
-            rebuild(io.path, map_size=io.map_size, items=_good_items(r, keep, kept))
+        with io.reading(buffers=True) as r:
+            rebuild_folder(io.path, map_size=io.map_size, items=_good_items(r, keep, kept))
         io.close_env()
         io.reopen_env()
     finally:
@@ -195,8 +199,9 @@ def _good_items(r: ReadBatch, keep: set[bytes], kept: list[int]) -> Iterator[tup
     """What a rebuild copies: the readable namespace records, and the index records and payloads of
     ``keep`` (counted in ``kept[0]``)."""
     for key, value in r.scan(b"namespaces", errors=[]):
-        yield b"namespaces", key, bytes(value)
-    for key in sorted(keep):
+        if len(value) <= VALUE_LIMIT:
+            yield b"namespaces", key, bytes(value)
+    for key in sorted(keep):  # checked by _scan: lengths are sane
         rec, payload = r.get_each(b"index", [key])[0], r.get_each(b"blocks", [key])[0]
         if isinstance(rec, (bytes, memoryview)) and isinstance(payload, (bytes, memoryview)):
             kept[0] += 1
@@ -217,7 +222,8 @@ def _scan(io: DiskIO, orphans: bool) -> tuple[FsckReport, list[bytes], set[bytes
             for k, value in r.scan(b"index", errors=errors):
                 index_keys.add(k)
                 report.blocks += 1
-                rec = _core.decode_record(k, bytes(value)) if len(k) == 32 else None
+                sane = len(k) == 32 and len(value) <= VALUE_LIMIT
+                rec = _core.decode_record(k, bytes(value)) if sane else None
                 if rec is None:
                     report.add("bad-record", k)
                     remove.append(k)

@@ -378,11 +378,9 @@ class Store:
         folder = DiskTier(self._core, self.config.disk, self.config.block_size, self.config.block_bytes)
         try:
             self._disk = folder
-            for namespace in list(self._ns_by_id):  # registered before the folder was open
-                folder.record_namespace(namespace.key(self.config.block_size), namespace)
-            for namespace in folder.stored_namespaces().values():
-                self.register(namespace)
-            folder.restore(now)
+            # Namespaces registered before the folder was open are recorded in it.
+            registered = [(namespace.key(self.config.block_size), namespace) for namespace in self._ns_by_id]
+            folder.open(registered, self.register, now)
             self._sync_namespaces()
             folder.start_writer()
             # A store dropped or left open at interpreter exit still commits its queued writes and

@@ -35,7 +35,15 @@ from typing import Any
 from kvtier import _core
 from kvtier.config import DiskConfig, Namespace
 from kvtier.errors import DiskError, DiskReadError, DiskWriteError, StoreClosedError
-from kvtier.tiers.disk_io import DiskIO, describe, disk_error, map_size_for, reset_environment
+from kvtier.tiers.disk_io import (
+    VALUE_LIMIT,
+    DiskIO,
+    describe,
+    disk_error,
+    map_size_for,
+    remove_environment,
+    reset_environment,
+)
 
 __all__ = ["DiskTier", "RestoreReport"]
 
@@ -83,16 +91,59 @@ class DiskTier:
             self._rebuilt = True
             self.io = DiskIO(self.path, map_size=want, max_map_size=limit, sync=config.sync)
         self._known_ns: set[bytes] = set()
+        # Keys found damaged here: their delete from the folder may fail (a damaged page), and a probe
+        # must not import them again. A block this process writes again leaves the set.
+        self._damaged: set[bytes] = set()
         self._writer: threading.Thread | None = None
         self._commit_lock = threading.Lock()
         self.restore_report = RestoreReport(0, 0, 0, 0.0, rebuilt=self._rebuilt)
+
+    # ----------------------------------------------------------------- opening
+    def open(
+        self, registered: Sequence[tuple[bytes, Namespace]], register: Callable[[Namespace], Any], now: float | None
+    ) -> RestoreReport:
+        """Records the namespaces the store has (``registered``), registers the folder's (``register``)
+        and restores the index. A folder too damaged for that is repaired (rebuilt from what can be read,
+        or made anew) when no other process has it open."""
+        for attempt in range(2):
+            try:
+                for key, namespace in registered:
+                    self.record_namespace(key, namespace)
+                stored = self.stored_namespaces()
+                break
+            except DiskError:
+                if attempt or not self._recover():
+                    raise
+        for namespace in stored.values():
+            register(namespace)
+        return self.restore(now)
+
+    def _recover(self) -> bool:
+        """Rebuilds a damaged folder from what can be read (or anew); False if another process has it open."""
+        from kvtier.fsck import check
+
+        if not self.io.try_exclusive():
+            return False
+        try:
+            try:
+                check(self.io, repair=True, rebuild=True)
+            except Exception:  # not even that: start anew
+                self.io.close_env()
+                remove_environment(self.path)
+                self.io.reopen_env()
+        finally:
+            self.io.shared()
+        self._rebuilt = True
+        return True
 
     # ----------------------------------------------------------------- namespaces
     def stored_namespaces(self) -> dict[bytes, Namespace]:
         """Namespaces recorded in the folder with this store's block size, by key."""
         out: dict[bytes, Namespace] = {}
-        with self.io.reading() as r:
+        with self.io.reading(buffers=True) as r:
             for key, value in r.scan(b"namespaces", errors=[]):
+                if len(value) > VALUE_LIMIT:
+                    continue
                 try:
                     d = json.loads(bytes(value))
                     if d.pop("block_size") != self._block_size:
@@ -134,17 +185,7 @@ class DiskTier:
         """
         t0 = time.perf_counter()
         records, short, errors = self._read_index()
-        rebuilt = self._rebuilt
-        if errors and self.io.try_exclusive():
-            from kvtier.fsck import check
-
-            try:
-                check(self.io, repair=True)
-                rebuilt = True
-            except DiskError:
-                pass  # serve what was read; fsck --repair says more
-            finally:
-                self.io.shared()
+        if errors and self._recover():
             records, short, more = self._read_index()
             errors += more
         restored, bad, foreign = self._core.disk_restore(records, time.time(), now)
@@ -155,7 +196,7 @@ class DiskTier:
             except Exception:
                 pass  # dropped from the index all the same; fsck --repair removes them
         self.restore_report = RestoreReport(
-            int(restored), len(bad) + len(errors), int(foreign), time.perf_counter() - t0, len(errors), rebuilt
+            int(restored), len(bad) + len(errors), int(foreign), time.perf_counter() - t0, len(errors), self._rebuilt
         )
         return self.restore_report
 
@@ -165,12 +206,12 @@ class DiskTier:
         short: list[bytes] = []
         errors: list[BaseException] = []
         try:
-            with self.io.reading() as r:
+            with self.io.reading(buffers=True) as r:
                 for key, value in r.scan(b"index", errors=errors):
-                    if len(key) == 32:
+                    if len(key) == 32 and len(value) <= VALUE_LIMIT:
                         records.append((key, bytes(value)))
                     else:
-                        short.append(key)  # one malformed key is dropped, never the folder
+                        short.append(key)  # one malformed entry is dropped, never the folder
         except (self.io.lmdb.Error, OSError) as e:
             errors.append(e)
         return records, short, errors
@@ -184,15 +225,17 @@ class DiskTier:
         # first lets the core refuse a snapshot older than a delete it committed meanwhile.
         generation = self._core.delete_generation()
         records: list[tuple[bytes, bytes]] = []
+        if probe in self._damaged:
+            return 0
         try:
-            with self.io.reading() as r:
+            with self.io.reading(buffers=True) as r:
                 record = r.get(b"index", [probe])[0]
-                if record is None:
+                if record is None or len(record) > VALUE_LIMIT:
                     return 0
                 records.append((probe, bytes(record)))
                 following = [k.tobytes() for k in self._core.chain_keys_from(ns, tokens, first_block + 1, probe)]
                 for key, rec in zip(following, r.get_each(b"index", following)):
-                    if rec is None or isinstance(rec, BaseException):
+                    if rec is None or isinstance(rec, BaseException) or len(rec) > VALUE_LIMIT or key in self._damaged:
                         break
                     records.append((key, bytes(rec)))
         except (self.io.lmdb.Error, OSError):
@@ -227,6 +270,7 @@ class DiskTier:
                 by_block = {block: key for block, key, _c in reads}
                 corrupt += [by_block[b] for (b, _v, _c), ok in zip(present, oks) if not ok]
                 del present
+            self._damaged.update(corrupt)
         except (self.io.lmdb.Error, OSError):
             return min(b for b, _k, _c in reads), [], []
         return first_bad, corrupt, missing
@@ -298,6 +342,8 @@ class DiskTier:
                     # free space contiguous after deletes (LMDB searches its free list for runs).
                     w.put(b"blocks", [(key, payload) for key, _record, payload in writes])
                     w.put(b"index", [(key, record) for key, record, _payload in writes])
+                if self._damaged:
+                    self._damaged.difference_update(key for key, _r, _p in writes)
                 return
             except lmdb.MapFullError:
                 if self.io.grow():  # room on the disk: a larger map, same blocks

@@ -42,6 +42,7 @@ __all__ = [
     "FORMAT",
     "FaultHook",
     "MARKER",
+    "VALUE_LIMIT",
     "ReadBatch",
     "WriteBatch",
     "check_folder",
@@ -50,7 +51,9 @@ __all__ = [
     "disk_error",
     "import_lmdb",
     "map_size_for",
+    "mend_file_size",
     "rebuild",
+    "remove_environment",
     "reset_environment",
 ]
 
@@ -67,6 +70,9 @@ FaultHook = Callable[[str, int], None]
 _PAGE = 4096  # LMDB's page size on the platforms kvtier runs on (env.stat()["psize"] checks it)
 _NODE = 8 + 2  # an LMDB leaf node's header plus its slot in the page's offset table, bytes
 _RECORD_MAX = 96 + 4 * 1024 + 256  # an index record: header, up to 1024 words, a session name
+# Index and namespace values are far smaller; a longer one is a damaged length field, and copying it
+# could read past the mapped file. Checked on the zero-copy view before any byte is read.
+VALUE_LIMIT = 1 << 20
 
 
 def import_lmdb() -> Any:
@@ -261,16 +267,19 @@ def _legacy_format(path: str) -> str | None:
     except lmdb.Error as e:
         return f"LMDB cannot open it: {e}"
     try:
+        problems = []
         with env.begin() as txn:
-            for name in DBS:
-                if txn.get(name) is None:
-                    return f"no {name.decode()!r} database"
-        db = env.open_db(b"meta", create=False)
-        with env.begin() as txn:
-            v = txn.get(b"format", db=db)
-        if v is None:
-            return "no format record"
-        return None if bytes(v) == FORMAT else f"it holds format {bytes(v)!r}"
+            problems += [f"no {name.decode()!r} database" for name in DBS if txn.get(name) is None]
+            has_meta = txn.get(b"meta") is not None
+        if has_meta:
+            db = env.open_db(b"meta", create=False)
+            with env.begin() as txn:
+                v = txn.get(b"format", db=db)
+            if v is None:
+                problems.append("no format record")
+            elif bytes(v) != FORMAT:
+                problems.append(f"it holds format {bytes(v)!r}")
+        return "; ".join(problems) or None
     except lmdb.Error as e:
         return f"not kvtier's databases: {e}"
     finally:
@@ -501,6 +510,11 @@ class DiskIO:
 
     def _open_env(self) -> None:
         sync = self._sync
+        if not self.readonly and self.try_exclusive():
+            try:
+                mend_file_size(self.path)
+            finally:
+                self.shared()
         lmdb = self.lmdb
         for name in _FILES:  # created here, 0600, never through a planted link
             if not self.readonly or name == "lock.mdb":
@@ -521,7 +535,7 @@ class DiskIO:
                 mode=0o600,
                 create=False,
             )
-            self.env.set_mapsize(0)  # the folder's own map size, if another process grew it
+            self._folder_map_size()  # the folder's own map size, if another process grew it
             if self.env.info()["map_size"] < self._want and not self.readonly:
                 self.env.set_mapsize(self._want)
             self.dbs = self._open_dbs()
@@ -599,17 +613,24 @@ class DiskIO:
     def map_size(self) -> int:
         return int(self.env.info()["map_size"])
 
+    def _folder_map_size(self) -> None:
+        """Takes the map size the folder records (another process's), unless it cannot be mapped (damage)."""
+        try:
+            self.env.set_mapsize(0)
+        except self.lmdb.Error:
+            self.env.set_mapsize(max(self._want, os.path.getsize(os.path.join(self.path, "data.mdb"))))
+
     def adopt_map_size(self) -> None:
         """Another process grew the map (MDB_MAP_RESIZED): take the folder's size (or ours, if larger)."""
         with self._gate.exclusive():
-            self.env.set_mapsize(0)
+            self._folder_map_size()
             if self.map_size < self._want:
                 self.env.set_mapsize(self._want)
 
     def grow(self) -> bool:
         """Grows the map by half, up to its limit. False if it is at the limit already."""
         with self._gate.exclusive():
-            self.env.set_mapsize(0)
+            self._folder_map_size()
             size = self.map_size
             if size >= self._max:
                 return False
@@ -623,6 +644,7 @@ class DiskIO:
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)  # a failed conversion drops the shared lock (flock(2))
             return False
         return True
 
@@ -637,6 +659,76 @@ class DiskIO:
             self._lock_fd = None
 
 
+_META_MAGIC = 0xBEEFC0DE
+_P_META = 0x08
+
+
+def _metas(head: bytes, psize: int) -> list[tuple[int, int, int] | None]:
+    """(txnid, last page, page size) of LMDB's two meta pages, None for one that is not valid.
+
+    Layout (lmdb.h, 64-bit): page header 16 bytes (flags at 10); MDB_meta: magic at 16, version at 20,
+    the free database's md_pad (the page size) at 40, last page at 136, txnid at 144."""
+    out: list[tuple[int, int, int] | None] = []
+    for i in range(2):
+        page = head[i * psize : i * psize + 152]
+        if len(page) < 152:
+            out.append(None)
+            continue
+        flags = int.from_bytes(page[10:12], "little")
+        magic, version = int.from_bytes(page[16:20], "little"), int.from_bytes(page[20:24], "little")
+        if not flags & _P_META or magic != _META_MAGIC or version != 1:
+            out.append(None)
+            continue
+        pad = int.from_bytes(page[40:44], "little")
+        out.append((int.from_bytes(page[144:152], "little"), int.from_bytes(page[136:144], "little"), pad))
+    return out
+
+
+def mend_file_size(path: str) -> bool:
+    """Makes a damaged ``data.mdb`` safe to map (the caller holds the folder alone). Returns whether it
+    changed the file.
+
+    LMDB trusts its meta page: pages it believes exist but lie past the end of the file raise SIGBUS when
+    read. A healthy file always covers its meta's last page, so a shorter one is damaged (a flipped byte in
+    the meta page, a truncated file): the file is extended with zero pages, which LMDB then reports as
+    damaged pages (an error, not a signal). A meta page that is not valid beside one that is, or one that
+    claims an absurd size, is replaced by the valid one (LMDB refuses a file with one bad meta page).
+    """
+    p = os.path.join(path, "data.mdb")
+    if not os.path.exists(p):
+        return False
+    fd = _open_nofollow(p, os.O_RDWR, create=False)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return False
+        head = os.pread(fd, 2 * 65536, 0)
+        psize = int.from_bytes(head[40:44], "little") if len(head) >= 44 else 0
+        if psize not in (4096, 8192, 16384, 32768, 65536):
+            psize = _PAGE
+        metas = _metas(head, psize)
+        limit = max(size * 4, 1 << 30)  # a meta that claims more than this is damaged
+        sane = [i for i, m in enumerate(metas) if m is not None and (m[1] + 1) * psize <= limit]
+        changed = False
+        if len(sane) == 1:  # copy the good meta over the bad one (its page number fixed)
+            good, bad = sane[0], 1 - sane[0]
+            page = bytearray(head[good * psize : (good + 1) * psize])
+            page[0:8] = bad.to_bytes(8, "little")
+            os.pwrite(fd, bytes(page), bad * psize)
+            changed = True
+        if sane:
+            newest = max((metas[i] for i in sane), key=lambda m: m[0])  # type: ignore[index]
+            need = (newest[1] + 1) * psize  # type: ignore[index]
+            if need > size:
+                os.ftruncate(fd, need)
+                changed = True
+        if changed:
+            os.fsync(fd)
+        return changed
+    finally:
+        os.close(fd)
+
+
 def reset_environment(path: str) -> None:
     """Removes the LMDB environment of kvtier folder ``path`` (too damaged to open), if nobody has it open."""
     fd = _open_nofollow(os.path.join(path, MARKER), os.O_RDONLY, create=False)
@@ -648,11 +740,16 @@ def reset_environment(path: str) -> None:
                 f"disk folder {path} is damaged beyond opening and another process has it open: stop the stores "
                 "using it, then open it again (or run kvtier fsck --repair)"
             ) from None
-        for name in _FILES:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(path, name))
+        remove_environment(path)
     finally:
         os.close(fd)
+
+
+def remove_environment(path: str) -> None:
+    """Deletes the folder's LMDB files; the caller holds the folder alone."""
+    for name in _FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(path, name))
 
 
 def rebuild(path: str, *, map_size: int, items: Iterable[tuple[bytes, bytes, Any]]) -> int:
