@@ -67,7 +67,7 @@ def test_reads_that_fail_are_misses_and_raise_nothing(tmp_path: Path) -> None:
         s.insert(tokens(pid, 3), payload(pid, 3))
     s.flush(host=True)
     assert s._disk is not None
-    s._disk.io.fault = Faults({"read": None}, kvtier.tiers.disk_io.import_lmdb().CorruptedError("injected"))
+    s._disk.io.fault = Faults({"read": None}, kvtier.tiers.disk_folder.import_lmdb().CorruptedError("injected"))
     # Prompt 1's blocks are on disk only: a load that cannot read them serves none, raises nothing.
     assert check_prompt(s, 1, 3) == 0
     assert s.match(tokens(99, 3)).num_blocks == 0  # a probe of the folder that fails: a miss

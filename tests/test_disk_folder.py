@@ -3,6 +3,7 @@ before the capacity (issue 17: 2 and 3)."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -26,7 +27,8 @@ from disk_helpers import (
     tokens,
 )
 from kvtier.errors import DiskFormatError, DiskPermissionError
-from kvtier.tiers.disk_io import MARKER, map_size_for
+from kvtier.tiers.disk_folder import MARKER
+from kvtier.tiers.disk_io import map_size_for
 
 
 @pytest.fixture(autouse=True)
@@ -256,6 +258,6 @@ def test_a_disk_the_store_fills_says_no_space_left(tmp_path: Path) -> None:
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
     assert r.returncode == 0, r.stderr
-    out = __import__("json").loads(r.stdout.strip().splitlines()[-1])
+    out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["error"] is not None and "No space left on device" in out["error"], out
     assert out["served"] == 118  # the host still serves every block, bytes checked

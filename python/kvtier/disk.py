@@ -1,10 +1,11 @@
 """Deprecated location of the disk tier: it lives in :mod:`kvtier.tiers.disk` (the tier and its protocol)
-and :mod:`kvtier.tiers.disk_io` (the folder and its LMDB I/O). Kept so that older imports work."""
+with :mod:`kvtier.tiers.disk_io` (its LMDB I/O) and
+:mod:`kvtier.tiers.disk_folder` (the folder). Kept so that older imports work."""
 
 from __future__ import annotations
 
 from kvtier.tiers.disk import DiskTier, RestoreReport
-from kvtier.tiers.disk_io import FORMAT
+from kvtier.tiers.disk_folder import FORMAT
 
 DiskFolder = DiskTier
 

@@ -29,8 +29,9 @@ from typing import Any
 
 from kvtier import _core
 from kvtier.errors import DiskBusyError, DiskError, DiskReadError
-from kvtier.tiers.disk_io import VALUE_LIMIT, DiskIO, ReadBatch, reset_environment
-from kvtier.tiers.disk_io import rebuild as rebuild_folder
+from kvtier.tiers.disk_folder import VALUE_LIMIT, reset_environment
+from kvtier.tiers.disk_folder import rebuild as rebuild_folder
+from kvtier.tiers.disk_io import DiskIO, ReadBatch
 
 __all__ = ["FsckReport", "fsck"]
 
@@ -260,6 +261,6 @@ def _scan(io: DiskIO, orphans: bool) -> tuple[FsckReport, list[bytes], set[bytes
         if orphans:
             remove.append(k)
             records.pop(k)
-    for e in errors:
-        report.add("unreadable-page", str(e).encode()[:32])
+    for err in errors:
+        report.add("unreadable-page", str(err).encode()[:32])
     return report, remove, set(records), errors

@@ -4,16 +4,16 @@ The C++ core keeps the disk index (which blocks are on disk, their policy state 
 write queue and the eviction decisions. :class:`DiskTier` moves bytes between that queue and the
 folder, and is all the store sees of the disk::
 
-    store.py                          DiskTier                              core (csrc/store_disk.cpp)
-    ───────────────────────────────   ───────────────────────────────────   ─────────────────────────────
-    Store(...)          ──────────►   open: folder checks, restore    ───►   disk_restore
-    match (a key this process         import_chain (probe the index)  ───►   disk_restore(generation)
-      does not know)    ──────────►
-    load (disk blocks)  ──────────►   load: read, verify, report      ───►   disk_finish_load
-    insert / evictions                writer thread: take a batch,    ◄──►   disk_wait, disk_take,
-      (queue in the core)             commit it, finish it                   disk_make_room, disk_finish
-    flush(host)         ──────────►   flush: drain, retry, wait       ───►   disk_persist, disk_flush
-    close               ──────────►   close: stop the writer, folder
+    store.py                  DiskTier                          core (csrc/store_disk.cpp)
+    ------------------------  --------------------------------  ------------------------------
+    Store(...)            ->  open: folder checks, restore   ->  disk_restore
+    match (a key this         import_chain: probe the index  ->  disk_restore(generation)
+      process lacks)      ->
+    load (disk blocks)    ->  load: read, verify, report     ->  disk_finish_load
+    insert, evictions         writer thread: take a batch,  <->  disk_wait, disk_take,
+      (queued in the core)    commit it, finish it               disk_make_room, disk_finish
+    flush(host)           ->  flush: drain, retry, wait      ->  disk_persist, disk_flush
+    close                 ->  close: stop the writer, folder
 
 Every LMDB call goes through :class:`~kvtier.tiers.disk_io.DiskIO` batches (``tier.io.fault`` fails them on
 purpose in tests). Every LMDB error becomes a :class:`~kvtier.errors.DiskError` subclass, or, on the read
@@ -35,15 +35,8 @@ from typing import Any
 from kvtier import _core
 from kvtier.config import DiskConfig, Namespace
 from kvtier.errors import DiskError, DiskReadError, DiskWriteError, StoreClosedError
-from kvtier.tiers.disk_io import (
-    VALUE_LIMIT,
-    DiskIO,
-    describe,
-    disk_error,
-    map_size_for,
-    remove_environment,
-    reset_environment,
-)
+from kvtier.tiers.disk_folder import VALUE_LIMIT, describe, disk_error, remove_environment, reset_environment
+from kvtier.tiers.disk_io import DiskIO, map_size_for
 
 __all__ = ["DiskTier", "RestoreReport"]
 
@@ -235,7 +228,8 @@ class DiskTier:
                 records.append((probe, bytes(record)))
                 following = [k.tobytes() for k in self._core.chain_keys_from(ns, tokens, first_block + 1, probe)]
                 for key, rec in zip(following, r.get_each(b"index", following)):
-                    if rec is None or isinstance(rec, BaseException) or len(rec) > VALUE_LIMIT or key in self._damaged:
+                    bad = rec is None or isinstance(rec, BaseException) or len(rec) > VALUE_LIMIT
+                    if bad or key in self._damaged:
                         break
                     records.append((key, bytes(rec)))
         except (self.io.lmdb.Error, OSError):
