@@ -94,7 +94,7 @@ struct DiskStats {
   std::uint64_t expired = 0;
   std::uint64_t corrupted = 0;      // blocks whose payload failed its checksum (removed, never served)
   std::uint64_t missing = 0;        // blocks in the index whose payload was gone (another process removed it)
-  std::uint64_t write_errors = 0;   // blocks a failed commit did not persist
+  std::uint64_t write_errors = 0;   // block writes a failed commit did not persist (each retry counts)
   std::uint64_t rejected = 0;       // demotions skipped: the disk was full of pinned or queued blocks
   std::uint64_t promoted = 0;       // disk hits copied back into the host tier
   std::uint64_t restored = 0;       // entries read from the folder at open or from other processes

@@ -183,7 +183,8 @@ class DiskStats:
 
     ``hits`` are blocks found on disk beyond the host match; ``corrupted`` blocks failed their
     checksum on a read (removed, never served); ``missing`` were in the index but gone from the folder
-    (another process evicted them); ``write_errors`` were queued but not persisted (e.g. a full disk);
+    (another process evicted them); ``write_errors`` counts block writes that failed (e.g. a full disk; a
+    block kept queued counts again each time its retry fails);
     ``rejected`` demotions found the disk full of pinned or queued blocks; ``restored`` entries came from
     the folder at open or from other processes; ``pending`` are queued or being written now.
     """
