@@ -123,3 +123,26 @@ def test_blocks_of_a_failed_flush_survive_a_kill_after_the_retry(tmp_path: Path,
     with open_store(tmp_path, host_blocks=4) as s:
         survived = sum(check_prompt(s, pid, 2) for pid in range(1, 5))
     assert survived == 8, json.dumps({"survived": survived})
+
+
+def test_a_full_disk_at_open_is_an_error_and_never_costs_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only damage makes kvtier rebuild or remove a folder: a full disk while opening raises, and the
+    blocks are all there once it has room again."""
+    with open_store(tmp_path, host_blocks=4) as s:
+        for pid in range(1, 5):
+            s.insert(tokens(pid, 2), payload(pid, 2))
+    from kvtier.tiers.disk_io import DiskIO
+
+    def full(self: DiskIO, op: str, n: int) -> None:
+        if op == "commit":
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(DiskIO, "_fault", full)
+    with pytest.raises(kvtier.DiskWriteError, match="No space left on device"):
+        open_store(tmp_path, host_blocks=4, namespace=kvtier.Namespace(model="another"))  # records it: a write
+    monkeypatch.undo()
+    with open_store(tmp_path, host_blocks=4) as s:
+        assert s.restore_report is not None and not s.restore_report.rebuilt
+        assert [check_prompt(s, pid, 2) for pid in range(1, 5)] == [2] * 4

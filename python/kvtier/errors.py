@@ -16,6 +16,7 @@ __all__ = [
     "DiskError",
     "DiskWriteError",
     "DiskReadError",
+    "DiskDamagedError",
     "DiskFormatError",
     "DiskPermissionError",
     "DiskBusyError",
@@ -62,6 +63,11 @@ class DiskWriteError(DiskError):
 
 class DiskReadError(DiskError):
     """The folder could not be read (an I/O error, or an LMDB environment too damaged to open)."""
+
+
+class DiskDamagedError(DiskReadError):
+    """The folder's data is damaged where kvtier cannot drop the damaged entries alone (the LMDB environment
+    does not open, or a page of it cannot be read); ``kvtier fsck --repair`` rebuilds it."""
 
 
 class DiskFormatError(DiskError):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvtier import _core
-from kvtier.errors import DiskBusyError, DiskError, DiskReadError
+from kvtier.errors import DiskBusyError, DiskDamagedError, DiskError
 from kvtier.tiers.disk_folder import VALUE_LIMIT, reset_environment
 from kvtier.tiers.disk_folder import rebuild as rebuild_folder
 from kvtier.tiers.disk_io import DiskIO, ReadBatch
@@ -147,7 +147,7 @@ def fsck(path: str | os.PathLike[str], *, repair: bool = False, orphans: bool = 
         raise DiskError(f"{path} is not a kvtier disk folder (no data.mdb)")
     try:
         io = DiskIO(path, map_size=1 << 20, readonly=not repair, create=False)
-    except DiskReadError as e:  # the environment itself is damaged
+    except DiskDamagedError as e:  # the environment itself is damaged
         report = FsckReport(path)
         report.add("unreadable-environment", str(e).encode())
         if repair:

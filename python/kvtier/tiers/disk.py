@@ -34,8 +34,15 @@ from typing import Any
 
 from kvtier import _core
 from kvtier.config import DiskConfig, Namespace
-from kvtier.errors import DiskError, DiskReadError, DiskWriteError, StoreClosedError
-from kvtier.tiers.disk_folder import VALUE_LIMIT, describe, disk_error, remove_environment, reset_environment
+from kvtier.errors import DiskDamagedError, DiskError, DiskWriteError, StoreClosedError
+from kvtier.tiers.disk_folder import (
+    VALUE_LIMIT,
+    describe,
+    disk_error,
+    is_damage,
+    remove_environment,
+    reset_environment,
+)
 from kvtier.tiers.disk_io import DiskIO, map_size_for
 
 __all__ = ["DiskTier", "RestoreReport"]
@@ -78,8 +85,8 @@ class DiskTier:
         self._rebuilt = False
         try:
             self.io = DiskIO(self.path, map_size=want, max_map_size=limit, sync=config.sync)
-        except DiskReadError:
-            # Our folder (the marker says so), but its environment does not open: start it anew.
+        except DiskDamagedError:
+            # Our folder (the marker says so), but its environment is too damaged to open: start it anew.
             reset_environment(self.path)
             self._rebuilt = True
             self.io = DiskIO(self.path, map_size=want, max_map_size=limit, sync=config.sync)
@@ -104,8 +111,8 @@ class DiskTier:
                     self.record_namespace(key, namespace)
                 stored = self.stored_namespaces()
                 break
-            except DiskError:
-                if attempt or not self._recover():
+            except DiskError as e:
+                if attempt or not is_damage(e) or not self._recover():
                     raise
         for namespace in stored.values():
             register(namespace)
@@ -120,7 +127,9 @@ class DiskTier:
         try:
             try:
                 check(self.io, repair=True, rebuild=True)
-            except Exception:  # not even that: start anew
+            except Exception as e:  # not even that: start anew (never for a full disk or an I/O error)
+                if not is_damage(e):
+                    raise
                 self.io.close_env()
                 remove_environment(self.path)
                 self.io.reopen_env()
@@ -178,7 +187,7 @@ class DiskTier:
         """
         t0 = time.perf_counter()
         records, short, errors = self._read_index()
-        if errors and self._recover():
+        if any(is_damage(e) for e in errors) and self._recover():
             records, short, more = self._read_index()
             errors += more
         restored, bad, foreign = self._core.disk_restore(records, time.time(), now)

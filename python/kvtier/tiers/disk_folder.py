@@ -28,6 +28,7 @@ from typing import Any
 
 from kvtier.errors import (
     DiskBusyError,
+    DiskDamagedError,
     DiskError,
     DiskFormatError,
     DiskPermissionError,
@@ -46,6 +47,7 @@ __all__ = [
     "describe",
     "disk_error",
     "import_lmdb",
+    "is_damage",
     "mend_file_size",
     "open_nofollow",
     "rebuild",
@@ -88,9 +90,21 @@ def _cause(e: BaseException, path: str) -> tuple[str, int | None]:
             return os.strerror(errno.ENOSPC), errno.ENOSPC
         if _file_limit_reached(path):
             return f"{os.strerror(errno.EFBIG)} (the process's file size limit, ulimit -f)", errno.EFBIG
-    if isinstance(e, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.BadValsizeError)):
+    if is_damage(e):
         return f"the folder is damaged ({text}); run kvtier fsck --repair", None
     return text, code
+
+
+def is_damage(e: BaseException) -> bool:
+    """Whether ``e`` says the folder's data is damaged (not a full disk, a permission or an I/O error): only
+    then may kvtier rebuild or remove what it cannot read."""
+    if isinstance(e, DiskDamagedError):
+        return True
+    if isinstance(e, DiskError) and e.__cause__ is not None:
+        return is_damage(e.__cause__)
+    lmdb = import_lmdb()
+    damage = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.BadValsizeError)
+    return isinstance(e, damage) or (isinstance(e, lmdb.IncompatibleError) and "MDB_INCOMPATIBLE" in str(e))
 
 
 def _disk_nearly_full(path: str) -> bool:
@@ -118,6 +132,8 @@ def disk_error(e: BaseException, path: str, doing: str, kind: type[DiskError] = 
     if isinstance(e, DiskError):
         return e
     text, code = _cause(e, path)
+    if is_damage(e) and issubclass(DiskDamagedError, kind):
+        kind = DiskDamagedError
     err = kind(f"disk folder {path}: {doing}: {text}")
     err.errno = code
     return err
