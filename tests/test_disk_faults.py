@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import kvtier
+import lmdb
 import pytest
 from disk_helpers import Faults, check_prompt, close_opened, open_store, payload, popen_py, tokens
 
@@ -67,7 +68,7 @@ def test_reads_that_fail_are_misses_and_raise_nothing(tmp_path: Path) -> None:
         s.insert(tokens(pid, 3), payload(pid, 3))
     s.flush(host=True)
     assert s._disk is not None
-    s._disk.io.fault = Faults({"read": None}, kvtier.tiers.disk_folder.import_lmdb().CorruptedError("injected"))
+    s._disk.io.fault = Faults({"read": None}, lmdb.CorruptedError("injected"))
     # Prompt 1's blocks are on disk only: a load that cannot read them serves none, raises nothing.
     assert check_prompt(s, 1, 3) == 0
     assert s.match(tokens(99, 3)).num_blocks == 0  # a probe of the folder that fails: a miss
@@ -146,3 +147,15 @@ def test_a_full_disk_at_open_is_an_error_and_never_costs_the_folder(
     with open_store(tmp_path, host_blocks=4) as s:
         assert s.restore_report is not None and not s.restore_report.rebuilt
         assert [check_prompt(s, pid, 2) for pid in range(1, 5)] == [2] * 4
+
+
+def test_a_full_map_grows_before_anything_is_evicted(tmp_path: Path) -> None:
+    s = open_store(tmp_path, write_through=True, sync=False)
+    assert s._disk is not None
+    before = s._disk.io.map_size
+    s._disk.io.fault = Faults({"commit": {0}}, lmdb.MapFullError("injected"))
+    s.insert(tokens(1, 2), payload(1, 2))
+    s.flush()
+    d = s.stats().disk
+    assert (d.write_errors, d.evicted, d.blocks) == (0, 0, 2)
+    assert s._disk.io.map_size == before + before // 2

@@ -304,14 +304,6 @@ class Residency:
         return {(r.namespace, r.session): r.gb_hours for r in self.rows}
 
 
-def _shutdown_disk(core: Any, folder: DiskTier) -> None:
-    """Commits what is queued (bounded wait), stops the writer and closes the folder. Runs once."""
-    if not core.closed:
-        core.disk_flush(60.0)
-        core.close()
-    folder.close()
-
-
 class Store:
     """A KV prefix-cache store: radix tree + host tier + exact residency accounting.
 
@@ -358,7 +350,7 @@ class Store:
             device_write_through=False if device is None else device.write_through,
         )
         self._disk: DiskTier | None = None
-        self._finalizer: weakref.finalize[[Any, DiskTier], Store] | None = None
+        self._finalizer: weakref.finalize[[], Store] | None = None
         self._ns_lock = threading.Lock()
         self._staging: npt.NDArray[np.uint8] | None = None  # see _staging_for
         self._staging_lock = threading.Lock()
@@ -387,7 +379,7 @@ class Store:
             # A store dropped or left open at interpreter exit still commits its queued writes and
             # stops its writer thread (a writer still waiting in the core when Python finalizes would
             # abort the process).
-            self._finalizer = weakref.finalize(self, _shutdown_disk, self._core, folder)
+            self._finalizer = weakref.finalize(self, folder.shutdown)
         except BaseException:
             self._core.close()
             folder.close()

@@ -386,6 +386,14 @@ class DiskTier:
                 raise StoreClosedError("the store is closed")
             raise TimeoutError(f"flush: writes still queued after {timeout} s")
 
+    def shutdown(self) -> None:
+        """Commits what is queued (bounded wait), closes the core, stops the writer and closes the folder:
+        the store's finalizer (also at interpreter exit). Runs once."""
+        if not self._core.closed:
+            self._core.disk_flush(60.0)
+            self._core.close()
+        self.close()
+
     def close(self) -> None:
         """Stops the writer (the core must be closed first, which wakes it) and closes the folder."""
         if self._writer is not None:
