@@ -7,7 +7,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import kvtier
@@ -16,10 +15,8 @@ import numpy as np
 import pytest
 from disk_helpers import (
     check_prompt,
-    child_env,
     close_opened,
-    config,
-    folder_keys,
+    load_all,
     open_store,
     payload,
     popen_py,
@@ -150,25 +147,31 @@ def test_a_marker_of_another_format_is_refused(tmp_path: Path) -> None:
 
 
 # =========================================================================== map size
-@pytest.mark.parametrize("block_bytes", [64, 256, 2048, 4096, 64 << 10])
-def test_the_map_never_fills_before_the_capacity(tmp_path: Path, block_bytes: int) -> None:
-    """Filled to its capacity and beyond, the tier evicts by policy only: no write error, no map eviction."""
-    blocks = max(64, (1 << 20) // block_bytes)
+@pytest.mark.parametrize(
+    ("block_bytes", "capacity"),
+    [(64, 1 << 20), (256, 1 << 20), (2048, 1 << 20), (4096, 1 << 20), (64 << 10, 4 << 20), (2048, 128 << 20)],
+)
+def test_the_map_never_fills_before_the_capacity(tmp_path: Path, block_bytes: int, capacity: int) -> None:
+    """Filled to its capacity and beyond, the tier evicts by policy only: no write error, no map eviction.
+    (2 KiB blocks and 128 MiB: the map filled at about 85 MiB before it was sized per record.)"""
+    blocks = capacity // block_bytes
     s = open_store(
         tmp_path, host_blocks=8, block_bytes=block_bytes, disk_blocks=blocks, write_through=True, sync=False,
-        queue_blocks=256, batch_blocks=64, promote=False,
+        queue_blocks=1024, batch_blocks=256, promote=False,
     )
+    per = 64
+    same = payload(1, per, block_bytes)  # the bytes do not matter here, the keys do
     pid = 0
-    per = 16
     while pid * per < blocks * 3 // 2:
         pid += 1
-        assert s.insert(tokens(pid, per), payload(pid, per, block_bytes)).stored_blocks == per
+        assert s.insert(tokens(pid, per), same).stored_blocks == per
     s.flush()
     d = s.stats().disk
     assert d.write_errors == 0
     assert d.blocks == blocks  # full to the capacity
     assert d.evicted == pid * per - blocks  # capacity evictions only
-    assert check_prompt(s, pid, per, block_bytes) == per
+    n, out = load_all(s, tokens(pid, per), per, block_bytes)
+    assert n == per and np.array_equal(out, same)
     s.close()
 
 
@@ -191,7 +194,6 @@ def test_map_size_for_covers_what_lmdb_takes_per_record(tmp_path: Path) -> None:
 
 
 GROWER = """
-import sys
 from disk_helpers import open_store, payload, tokens
 s = open_store(sys.argv[1], host_blocks=4, block_bytes=65536, disk_blocks=4096, write_through=True, sync=False)
 for pid in range(1000, 1000 + int(sys.argv[2])):
