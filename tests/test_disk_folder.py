@@ -157,9 +157,9 @@ def test_the_map_never_fills_before_the_capacity(tmp_path: Path, block_bytes: in
     blocks = capacity // block_bytes
     s = open_store(
         tmp_path, host_blocks=8, block_bytes=block_bytes, disk_blocks=blocks, write_through=True, sync=False,
-        queue_blocks=1024, batch_blocks=256, promote=False,
+        queue_blocks=min(1024, blocks // 4), batch_blocks=min(256, blocks // 8), promote=False,
     )
-    per = 64
+    per = min(64, blocks // 8)
     same = payload(1, per, block_bytes)  # the bytes do not matter here, the keys do
     pid = 0
     while pid * per < blocks * 3 // 2:
@@ -194,6 +194,7 @@ def test_map_size_for_covers_what_lmdb_takes_per_record(tmp_path: Path) -> None:
 
 
 GROWER = """
+import sys
 from disk_helpers import open_store, payload, tokens
 s = open_store(sys.argv[1], host_blocks=4, block_bytes=65536, disk_blocks=4096, write_through=True, sync=False)
 for pid in range(1000, 1000 + int(sys.argv[2])):
