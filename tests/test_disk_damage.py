@@ -310,3 +310,32 @@ def test_a_rebuild_beside_a_live_store_refuses_clearly(tmp_path: Path) -> None:
     assert r.stdout.strip() == "rebuilt", r.stdout + r.stderr
     with open_store(tmp_path) as s:
         assert check_prompt(s, 1, 2) == 2
+
+
+def test_an_environment_that_does_not_open_is_reported_repaired_and_reopened(tmp_path: Path) -> None:
+    from kvtier.fsck import fsck
+
+    with open_store(tmp_path) as s:
+        s.insert(tokens(1, 2), payload(1, 2))
+    close_opened()
+    path = tmp_path / "data.mdb"
+    data = bytearray(path.read_bytes())
+    for i in (0, 1):
+        data[i * 4096 + 16] ^= 0xFF  # both meta pages: LMDB says MDB_INVALID
+    path.write_bytes(bytes(data))
+    damaged = tmp_path.parent / "copy"
+    shutil.copytree(tmp_path, damaged)
+    report = fsck(tmp_path)
+    assert report.problems["unreadable-environment"] == 1 and report.damaged == 1
+    assert "MDB_INVALID" in report.text()
+    assert fsck(tmp_path, repair=True).removed == 1
+    assert fsck(tmp_path).damaged == 0
+    # A store opening such a folder starts it anew (nothing could be read) and says so.
+    s = open_store(damaged)
+    try:
+        assert s.restore_report is not None and s.restore_report.rebuilt and s.restore_report.restored == 0
+        s.insert(tokens(2, 2), payload(2, 2))
+        assert check_prompt(s, 2, 2) == 2
+    finally:
+        s.close()
+        close_opened()

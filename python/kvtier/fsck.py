@@ -63,11 +63,12 @@ class FsckReport:
     def damaged(self) -> int:
         return sum(self.problems[k] for k in DAMAGE)
 
-    def add(self, kind: str, key: bytes) -> None:
+    def add(self, kind: str, key: bytes | str) -> None:
+        """Counts a problem; ``key``: the block's key, or (a damaged page, environment) what LMDB said."""
         self.problems[kind] += 1
         ex = self.examples.setdefault(kind, [])
         if len(ex) < 5:
-            ex.append(key.hex())
+            ex.append(key.hex() if isinstance(key, bytes) else key)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -89,7 +90,8 @@ class FsckReport:
             lines.append("  clean: every record, key, payload and checksum checks out")
         for kind, n in sorted(self.problems.items()):
             note = "" if kind in DAMAGE else " (not damage; see --orphans)"
-            lines.append(f"  {kind}: {n}{note}  e.g. {', '.join(k[:16] for k in self.examples.get(kind, []))}")
+            shown = [k if kind.startswith("unreadable") else k[:16] for k in self.examples.get(kind, [])]
+            lines.append(f"  {kind}: {n}{note}  e.g. {', '.join(shown)}")
         if self.removed:
             lines.append(f"  removed: {self.removed} entries")
         return "\n".join(lines)
@@ -149,7 +151,7 @@ def fsck(path: str | os.PathLike[str], *, repair: bool = False, orphans: bool = 
         io = DiskIO(path, map_size=1 << 20, readonly=not repair, create=False)
     except DiskDamagedError as e:  # the environment itself is damaged
         report = FsckReport(path)
-        report.add("unreadable-environment", str(e).encode())
+        report.add("unreadable-environment", str(e))
         if repair:
             reset_environment(path)
             DiskIO(path, map_size=1 << 20, create=False).close()
@@ -262,5 +264,5 @@ def _scan(io: DiskIO, orphans: bool) -> tuple[FsckReport, list[bytes], set[bytes
             remove.append(k)
             records.pop(k)
     for err in errors:
-        report.add("unreadable-page", str(err).encode()[:32])
+        report.add("unreadable-page", str(err))
     return report, remove, set(records), errors
