@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvtier import _core
-from kvtier.errors import DiskBusyError, DiskDamagedError, DiskError
-from kvtier.tiers.disk_folder import VALUE_LIMIT, reset_environment
+from kvtier.errors import DiskBusyError, DiskDamagedError, DiskError, DiskWriteError
+from kvtier.tiers.disk_folder import VALUE_LIMIT, disk_error, reset_environment
 from kvtier.tiers.disk_folder import rebuild as rebuild_folder
 from kvtier.tiers.disk_io import DiskIO, ReadBatch
 
@@ -192,6 +192,8 @@ def check(io: DiskIO, *, repair: bool = False, orphans: bool = False, rebuild: b
             rebuild_folder(io.path, map_size=io.map_size, items=_good_items(r, keep, kept))
         io.close_env()
         io.reopen_env()
+    except (io.lmdb.Error, OSError) as e:  # e.g. no room for the rebuilt copy: the folder is as it was
+        raise disk_error(e, io.path, "cannot rebuild the folder", DiskWriteError) from e
     finally:
         io.shared()
     report.removed = report.blocks - kept[0] + report.problems["stray-payload"]

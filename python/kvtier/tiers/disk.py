@@ -34,7 +34,7 @@ from typing import Any
 
 from kvtier import _core
 from kvtier.config import DiskConfig, Namespace
-from kvtier.errors import DiskDamagedError, DiskError, DiskWriteError, StoreClosedError
+from kvtier.errors import DiskDamagedError, DiskError, DiskReadError, DiskWriteError, StoreClosedError
 from kvtier.tiers.disk_folder import (
     VALUE_LIMIT,
     describe,
@@ -142,17 +142,20 @@ class DiskTier:
     def stored_namespaces(self) -> dict[bytes, Namespace]:
         """Namespaces recorded in the folder with this store's block size, by key."""
         out: dict[bytes, Namespace] = {}
-        with self.io.reading(buffers=True) as r:
-            for key, value in r.scan(b"namespaces", errors=[]):
-                if len(value) > VALUE_LIMIT:
-                    continue
-                try:
-                    d = json.loads(bytes(value))
-                    if d.pop("block_size") != self._block_size:
+        try:
+            with self.io.reading(buffers=True) as r:
+                for key, value in r.scan(b"namespaces", errors=[]):
+                    if len(value) > VALUE_LIMIT:
                         continue
-                    out[bytes(key)] = Namespace(**d)
-                except (ValueError, TypeError, KeyError, AttributeError):
-                    continue  # fsck reports it
+                    try:
+                        d = json.loads(bytes(value))
+                        if d.pop("block_size") != self._block_size:
+                            continue
+                        out[bytes(key)] = Namespace(**d)
+                    except (ValueError, TypeError, KeyError, AttributeError):
+                        continue  # fsck reports it
+        except (self.io.lmdb.Error, OSError) as e:
+            raise disk_error(e, self.path, "cannot read the namespaces", DiskReadError) from e
         return out
 
     def record_namespace(self, key: bytes, namespace: Namespace) -> None:

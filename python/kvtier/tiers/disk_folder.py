@@ -276,7 +276,10 @@ def claim_folder(path: str, *, create: bool) -> None:
         if marker != FORMAT:
             raise DiskFormatError(f"disk folder {path} holds format {marker!r}; this kvtier reads {FORMAT!r}")
         return
-    others = sorted(n for n in os.listdir(path) if n not in (*FILES, _REBUILD))
+    try:
+        others = sorted(n for n in os.listdir(path) if n not in (*FILES, _REBUILD))
+    except OSError as e:
+        raise disk_error(e, path, "cannot list the folder") from e
     if not os.path.lexists(os.path.join(path, "data.mdb")):
         if others:
             shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
