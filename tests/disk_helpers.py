@@ -203,3 +203,28 @@ def crash_prompt(pid: int) -> tuple[np.ndarray, np.ndarray]:
     t = np.concatenate([tokens(1_000_000 + g, 2), tokens(pid, tail)])
     p = np.concatenate([payload(1_000_000 + g, 2), payload(pid, tail)])
     return t, p
+
+
+# --------------------------------------------------------------------------- fault injection
+class Faults:
+    """A fault hook for the disk tier's I/O (``store._disk.io.fault = Faults(...)``).
+
+    ``fail`` maps an operation ("read", "write", "delete", "commit") to the calls of it that fail, counted
+    from 0 since the hook was installed (``None``: every call). A failing call raises ``error`` (default:
+    ENOSPC, as from a full disk). ``calls`` counts the calls seen per operation.
+    """
+
+    def __init__(self, fail: dict[str, set[int] | None], error: BaseException | None = None) -> None:
+        import errno
+
+        self.fail = fail
+        self.error = error if error is not None else OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.calls: dict[str, int] = {}
+        self.failed = 0
+
+    def __call__(self, op: str, n: int) -> None:
+        k = self.calls.get(op, 0)
+        self.calls[op] = k + 1
+        if op in self.fail and (self.fail[op] is None or k in self.fail[op]):  # type: ignore[operator]
+            self.failed += 1
+            raise self.error

@@ -103,7 +103,7 @@ def test_demo_default_folder_is_the_user_cache(
     assert rc == 0
     expected = tmp_path / "xdg" / "kvtier" / "demo"
     assert f"cache folder: {expected} (new)" in out
-    assert sorted(p.name for p in expected.iterdir()) == ["data.mdb", "lock.mdb"]
+    assert sorted(p.name for p in expected.iterdir()) == ["data.mdb", "kvtier-format", "lock.mdb"]
     assert list(work.iterdir()) == []  # nothing left in the working directory
 
 

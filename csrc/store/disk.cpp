@@ -337,7 +337,6 @@ WriteBatch Store::disk_take(std::size_t max_blocks, double wall_now) {
     DiskEntry& e = disk_->at(item.entry);
     KVTIER_ASSERT(e.state == DiskState::kPending && e.slot != kNil);
     e.state = DiskState::kWriting;
-    batch_.push_back(item.entry);
     DiskRecord rec;
     rec.width = spec_.width;
     rec.checksum = e.checksum;
@@ -346,9 +345,10 @@ WriteBatch Store::disk_take(std::size_t max_blocks, double wall_now) {
     rec.hits = e.hits;
     rec.ns = ns_keys_[e.ns];
     rec.parent = e.parent;
-    rec.words = std::move(item.words);
+    rec.words = item.words;
     rec.session = accounts_[e.account].second;
     b.writes.push_back({e.key, encode_record(rec), arena_->slot_ptr(e.slot)});
+    batch_.push_back(std::move(item));
   }
   batch_open_ = !b.writes.empty() || !b.deletes.empty();
   return b;
@@ -359,25 +359,35 @@ void Store::disk_finish(bool ok, const std::string& error) {
   if (!batch_open_) return;
   const double now = clock_.latest();
   const std::uint64_t bb = spec_.block_bytes;
-  for (std::uint32_t id : batch_) {
+  // Failed blocks stay queued while an insert waiting for a chunk of queue room (wait_queue_room)
+  // can still get it once the live queue drains; the rest are dropped.
+  const std::uint64_t limit = spec_.disk.queue_blocks;
+  const std::uint64_t keep = limit - std::min<std::uint64_t>(limit, std::max<std::uint64_t>(1, limit / 4));
+  for (WriteItem& item : batch_) {
+    const std::uint32_t id = item.entry;
     DiskEntry& e = disk_->at(id);
     KVTIER_ASSERT(e.state == DiskState::kWriting);
-    slot_unref(e.slot);
-    e.slot = kNil;
     if (ok) {
+      slot_unref(e.slot);
+      e.slot = kNil;
       e.state = DiskState::kCommitted;
       ++dstats_.written;
       dstats_.bytes_written += bb;
       disk_->refresh(id);
+      --queued_;
+    } else if (failed_.size() < keep) {
+      e.state = DiskState::kPending;  // still readable from its slot
+      ++dstats_.write_errors;
+      failed_.push_back(std::move(item));
     } else {
+      slot_unref(e.slot);
+      e.slot = kNil;
       disk_remove(id, now, Gone::kFailed);
+      ++failed_dropped_;
+      --queued_;
     }
   }
-  if (!ok && !batch_.empty()) {
-    if (!write_errors_.empty()) write_errors_ += "; ";
-    write_errors_ += std::to_string(batch_.size()) + " blocks not persisted: " + error;
-  }
-  queued_ -= batch_.size();
+  if (!ok && !batch_.empty() && first_error_.empty()) first_error_ = error.empty() ? "unknown error" : error;
   batch_.clear();
   // Deletes are idempotent: whether the commit went through or not, the index no longer has them
   // (a failed delete leaves a block that a later open restores, or fsck finds).
@@ -402,14 +412,27 @@ std::vector<Key> Store::disk_make_room(std::size_t blocks, double now) {
 bool Store::disk_flush(double timeout_s, bool host, std::string* errors) {
   if (host) disk_persist(~std::size_t{0}, std::numeric_limits<double>::quiet_NaN());
   std::unique_lock<std::mutex> lock(mu_);
-  const auto done = [&] { return closed_ || (queued_ == 0 && deletes_.empty() && !batch_open_); };
+  // A retry: the writes that failed before go first (the writer thread takes them).
+  if (!failed_.empty()) {
+    if (failed_dropped_ == 0) first_error_.clear();  // the cause to report is the retry's
+    for (auto it = failed_.rbegin(); it != failed_.rend(); ++it) writes_.push_front(std::move(*it));
+    failed_.clear();
+    cv_.notify_all();
+  }
+  const auto done = [&] { return closed_ || (queued_ == failed_.size() && deletes_.empty() && !batch_open_); };
   bool ok = true;
   if (timeout_s < 0.0)
     cv_.wait(lock, done);
   else
     ok = cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), done);
-  *errors = std::move(write_errors_);
-  write_errors_.clear();
+  errors->clear();
+  const std::uint64_t failed = failed_.size() + failed_dropped_;
+  if (failed > 0 && (ok || failed_dropped_ > 0)) {
+    *errors = std::to_string(failed) + " blocks not persisted (" + std::to_string(failed_.size()) +
+              " kept queued: the next flush() retries them; " + std::to_string(failed_dropped_) +
+              " dropped): " + first_error_;
+    failed_dropped_ = 0;
+  }
   return ok;
 }
 

@@ -59,7 +59,7 @@ struct DiskStats {
   std::uint64_t expired = 0;
   std::uint64_t corrupted = 0;      // blocks whose payload failed its checksum (removed, never served)
   std::uint64_t missing = 0;        // blocks in the index whose payload was gone (another process removed it)
-  std::uint64_t write_errors = 0;   // blocks a failed commit did not persist
+  std::uint64_t write_errors = 0;   // block writes a failed commit did not persist (each retry counts)
   std::uint64_t rejected = 0;       // demotions skipped: the disk was full of pinned or queued blocks
   std::uint64_t promoted = 0;       // disk hits copied back into the host tier
   std::uint64_t restored = 0;       // entries read from the folder at open or from other processes
@@ -206,14 +206,17 @@ class Store {
   WriteBatch disk_take(std::size_t max_blocks, double wall_now);
   // Waits up to `timeout_s` until there is work for the writer; true once the store is closed.
   bool disk_wait(double timeout_s);
-  // Ends the batch taken last: committed (`ok`), or not persisted (`error` says why).
+  // Ends the batch taken last: committed (`ok`), or not persisted (`error` says why). Blocks not
+  // persisted stay queued (their host slots keep them readable) for the next disk_flush to retry, up
+  // to the queue's room for a chunk of new writes; blocks beyond that are dropped. Counted per block.
   void disk_finish(bool ok, const std::string& error);
   // The folder's map is full: evicts up to `blocks` committed blocks and returns their keys (to
   // delete in a transaction of their own before retrying; they count as part of the open batch).
   std::vector<Key> disk_make_room(std::size_t blocks, double now);
-  // Waits until every write queued so far is committed (or `timeout_s` passes: returns false); with
-  // `host`, queues the host blocks not on disk first (disk_persist). Returns the errors of writes that
-  // failed since the last flush.
+  // Puts the writes that failed before back in the queue, then waits until every write queued so far
+  // is committed or has failed again (or `timeout_s` passes: returns false); with `host`, queues the
+  // host blocks not on disk first (disk_persist). `errors` becomes one line, empty when every block
+  // is persisted: how many blocks are not (kept queued, dropped) and the first cause.
   bool disk_flush(double timeout_s, bool host, std::string* errors);
   // Index records read from the folder (at open, or found by a probe): entries become committed
   // disk blocks. Returns the keys of records that are damaged (to delete) in `bad`; records of
@@ -380,7 +383,8 @@ class Store {
   std::vector<std::uint32_t> slot_crc_;   // block_checksum of each host slot's payload
   std::vector<std::uint32_t> slot_refs_;  // holders of each slot: the host tree, a queued write, holds
   std::deque<WriteItem> writes_;          // queued for the writer
-  std::vector<std::uint32_t> batch_;      // entries taken by the writer, not yet finished
+  std::vector<WriteItem> batch_;          // taken by the writer, not yet finished
+  std::deque<WriteItem> failed_;          // not persisted: kept queued (pending) for the next flush
   std::vector<Key> deletes_;              // keys to delete from the folder
   std::vector<Key> batch_deletes_;        // deletes handed to the writer, not yet finished
   // Keys removed here whose delete has not committed yet: the folder still has them, and an import
@@ -392,7 +396,8 @@ class Store {
   bool batch_open_ = false;
   std::uint64_t queued_ = 0;              // entries pending or writing
   bool demote_ = true;                    // host evictions go to disk (false while clearing)
-  std::string write_errors_;              // since the last flush
+  std::uint64_t failed_dropped_ = 0;      // blocks not persisted and dropped, since the last flush
+  std::string first_error_;               // the first cause since the last flush
   std::condition_variable cv_;            // queue changes: writer work, room, flush
   std::vector<PinRecord> pin_records_;
   std::uint64_t holds_out_ = 0;           // holds taken and not released (copies outside the lock)

@@ -166,8 +166,9 @@ class DiskConfig:
     promote
         Copy disk hits back into the host tier (when that needs no wait).
     map_size
-        LMDB map size in bytes (default: 1.25 x capacity + 64 MiB). When it fills up, blocks are
-        evicted and the write retried.
+        LMDB map size in bytes, fixed: when it fills up, blocks are evicted and the write retried.
+        Default (None): sized from the capacity with LMDB's per-record overhead
+        (``kvtier.tiers.disk_io.map_size_for``) and grown, up to twice that, if it fills anyway.
     """
 
     path: str | os.PathLike[str]
@@ -208,12 +209,6 @@ class DiskConfig:
         d.write_through = self.write_through
         d.queue_blocks = self.queue_blocks
         return d
-
-    @property
-    def lmdb_map_size(self) -> int:
-        if self.map_size is not None:
-            return self.map_size
-        return self.capacity_bytes + self.capacity_bytes // 4 + (64 << 20)
 
 
 @dataclass(frozen=True)

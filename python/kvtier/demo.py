@@ -25,6 +25,7 @@ import numpy as np
 from kvtier.config import DiskConfig, Namespace, StoreConfig, TierConfig
 from kvtier.errors import InvalidArgumentError
 from kvtier.store import Store, Tier, TokenSequence
+from kvtier.tiers.disk_folder import FILES, MARKER
 from kvtier.units import format_bytes, plural
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
     "main",
 ]
 
-_LMDB_FILES = ("data.mdb", "lock.mdb")
+_CACHE_FILES = (*FILES, MARKER)  # the disk tier's own files
 _NAMESPACE = Namespace(model="meta-llama/Llama-3.2-1B", kv_dtype="bfloat16", tenant="demo")
 
 
@@ -118,7 +119,7 @@ def prepare_folder(path: str, keep: bool) -> FolderState:
     names = os.listdir(path)
     if not names:
         return FolderState(path, "new")
-    others = sorted(set(names) - set(_LMDB_FILES))
+    others = sorted(set(names) - set(_CACHE_FILES))
     if others:
         raise InvalidArgumentError(
             f"--disk {path} holds files that are not a kvtier cache ({', '.join(others[:3])}"
@@ -136,20 +137,19 @@ def _check_demo_folder(path: str) -> None:
     """Raises unless the LMDB folder ``path`` is a kvtier folder holding only the demo's namespace."""
     import json
 
-    from kvtier.disk import open_dbs, open_env
     from kvtier.errors import DiskError
+    from kvtier.tiers.disk_io import DiskIO
 
     if not os.path.isfile(os.path.join(path, "data.mdb")):
         return  # a lock file alone: nothing stored
-    env = open_env(path, map_size=1 << 20, readonly=True)
+    others = []
     try:
-        try:
-            dbs = open_dbs(env, create=False)
-        except DiskError as e:
-            raise InvalidArgumentError(f"--disk {e}: give a new or empty folder") from None
-        others = []
-        with env.begin() as txn:
-            for _key, value in txn.cursor(db=dbs[b"namespaces"]):
+        io = DiskIO(path, map_size=1 << 20, readonly=True, create=False)
+    except DiskError as e:
+        raise InvalidArgumentError(f"--disk {e}: give a new or empty folder") from None
+    try:
+        with io.reading() as r:
+            for _key, value in r.scan(b"namespaces"):
                 ns: Namespace | None = None
                 try:
                     d = json.loads(bytes(value))
@@ -160,7 +160,7 @@ def _check_demo_folder(path: str) -> None:
                 if ns != _NAMESPACE:
                     others.append(f"model {d.get('model')!r} tenant {d.get('tenant')!r}")
     finally:
-        env.close()
+        io.close()
     if others:
         raise InvalidArgumentError(
             f"--disk {path} is a kvtier cache with other blocks than the demo's ({', '.join(others[:3])}"

@@ -16,6 +16,11 @@ __all__ = [
     "CapacityError",
     "DiskError",
     "DiskWriteError",
+    "DiskReadError",
+    "DiskDamagedError",
+    "DiskFormatError",
+    "DiskPermissionError",
+    "DiskBusyError",
     "CudaUnavailableError",
     "CudaError",
 ]
@@ -55,7 +60,33 @@ class DiskError(KvtierError, OSError):
 
 
 class DiskWriteError(DiskError):
-    """Blocks queued for the disk were not persisted (e.g. the disk is full); the store keeps serving."""
+    """Blocks queued for the disk were not persisted (e.g. the disk is full); the store keeps serving.
+
+    The blocks stay queued (readable from host memory) and the next :meth:`kvtier.Store.flush` retries them,
+    up to three quarters of ``DiskConfig.queue_blocks``; the message says how many were kept and dropped.
+    """
+
+
+class DiskReadError(DiskError):
+    """The folder could not be read (an I/O error, or an LMDB environment too damaged to open)."""
+
+
+class DiskDamagedError(DiskReadError):
+    """The folder's data is damaged where kvtier cannot drop the damaged entries alone (the LMDB environment
+    does not open, or a page of it cannot be read); ``kvtier fsck --repair`` rebuilds it."""
+
+
+class DiskFormatError(DiskError):
+    """The folder is not a kvtier disk folder of this format (another application's, another version)."""
+
+
+class DiskPermissionError(DiskError, PermissionError):
+    """The folder is not private: owned by another user, writable by others, or holds a planted link."""
+
+
+class DiskBusyError(DiskError):
+    """The operation needs the folder to itself (``kvtier fsck --repair`` of a damaged environment) and a
+    running store has it open."""
 
 
 class CudaUnavailableError(KvtierError, RuntimeError):

@@ -30,7 +30,7 @@ from kvtier.config import Namespace, StoreConfig, _check_str
 from kvtier.errors import CudaError, DiskWriteError, InvalidArgumentError, KvtierTypeError, StoreClosedError
 
 if TYPE_CHECKING:
-    from kvtier.disk import DiskFolder, RestoreReport
+    from kvtier.tiers.disk import DiskTier, RestoreReport
     from kvtier.replay import ReplayTrace
 
 __all__ = [
@@ -184,7 +184,8 @@ class DiskStats:
 
     ``hits`` are blocks found on disk beyond the host match; ``corrupted`` blocks failed their
     checksum on a read (removed, never served); ``missing`` were in the index but gone from the folder
-    (another process evicted them); ``write_errors`` were queued but not persisted (e.g. a full disk);
+    (another process evicted them); ``write_errors`` counts block writes that failed (e.g. a full disk; a
+    block kept queued counts again each time its retry fails);
     ``rejected`` demotions found the disk full of pinned or queued blocks; ``restored`` entries came from
     the folder at open or from other processes; ``pending`` are queued or being written now.
     """
@@ -314,14 +315,6 @@ class Residency:
         return out
 
 
-def _shutdown_disk(core: Any, folder: DiskFolder) -> None:
-    """Commits what is queued (bounded wait), stops the writer and closes the folder. Runs once."""
-    if not core.closed:
-        core.disk_flush(60.0)
-        core.close()
-    folder.close()
-
-
 class Store:
     """A KV prefix-cache store: radix tree + host tier + exact residency accounting.
 
@@ -351,8 +344,8 @@ class Store:
         self._core = _core.Store(
             self.config.spec(), ids=self.config.content == "block_ids", limit=self.config.token_limit
         )
-        self._disk: DiskFolder | None = None
-        self._finalizer: weakref.finalize[[Any, DiskFolder], Store] | None = None
+        self._disk: DiskTier | None = None
+        self._finalizer: weakref.finalize[[], Store] | None = None
         self._ns_lock = threading.Lock()
         self._staging: npt.NDArray[np.uint8] | None = None  # see _staging_for
         self._staging_lock = threading.Lock()
@@ -367,23 +360,22 @@ class Store:
             self._open_disk(now)
 
     def _open_disk(self, now: float | None) -> None:
-        from kvtier.disk import DiskFolder
+        from kvtier.tiers.disk import DiskTier
 
         assert self.config.disk is not None
-        folder = DiskFolder(self._core, self.config.disk, self.config.block_size, self.config.block_bytes)
+        folder = DiskTier(self._core, self.config.disk, self.config.block_size, self.config.block_bytes)
         try:
             self._disk = folder
-            for namespace in list(self._ns_by_id):  # registered before the folder was open
-                folder.record_namespace(namespace.key(self.config.block_size, self.config.content), namespace)
-            for namespace in folder.stored_namespaces().values():
-                self.register(namespace)
-            folder.restore(now)
+            # Namespaces registered before the folder was open are recorded in it.
+            content = self.config.content
+            registered = [(namespace.key(self.config.block_size, content), namespace) for namespace in self._ns_by_id]
+            folder.open(registered, self.register, now)
             self._sync_namespaces()
             folder.start_writer()
             # A store dropped or left open at interpreter exit still commits its queued writes and
             # stops its writer thread (a writer still waiting in the core when Python finalizes would
             # abort the process).
-            self._finalizer = weakref.finalize(self, _shutdown_disk, self._core, folder)
+            self._finalizer = weakref.finalize(self, folder.shutdown)
         except BaseException:
             self._core.close()
             folder.close()
@@ -607,29 +599,7 @@ class Store:
         planned, reads = self._core.load_pinned(pin, out)
         if self._disk is None:
             return int(planned)
-        good = int(planned)
-        corrupt: list[bytes] = []
-        missing: list[bytes] = []
-        if reads:
-            if isinstance(out, _core.Memory):
-                # A tensor (GPU memory, or a host tensor the folder reader cannot write into): read the
-                # folder's blocks into page-locked host memory; the core copies them to `out`.
-                with self._staging_for(len(reads) * self.config.block_bytes) as staged:
-                    staged_blocks = [block for block, _key, _crc in reads]
-                    first, corrupt, missing = self._disk.read(
-                        staged, [(k, key, crc) for k, (_b, key, crc) in enumerate(reads)]
-                    )
-                    good = good if first is None else staged_blocks[first]
-                    return int(
-                        self._core.disk_finish_load(
-                            pin, out, good, corrupt, missing, self._disk.config.promote, now, staged, staged_blocks
-                        )
-                    )
-            first_bad, corrupt, missing = self._disk.read(out, reads)
-            if first_bad is not None:
-                good = first_bad
-        promote = self._disk.config.promote
-        return int(self._core.disk_finish_load(pin, out, good, corrupt, missing, promote, now))
+        return self._disk.load(pin, out, planned, reads, now, self._staging_for)
 
     @contextmanager
     def _staging_for(self, nbytes: int) -> Iterator[npt.NDArray[np.uint8]]:
@@ -673,16 +643,7 @@ class Store:
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0 or timeout == math.inf
         ):
             raise InvalidArgumentError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
-        if host:
-            self._core.disk_persist(1 << 62)
-        # The calling thread commits what is queued itself (no hand-off to the writer thread, which
-        # keeps draining inserts in the background), then waits for whatever the writer holds.
-        self._disk.drain()
-        done, errors = self._core.disk_flush(None if timeout is None else float(timeout), False)
-        if errors:
-            raise DiskWriteError(f"disk tier {self._disk.path}: {errors}")
-        if not done:
-            raise TimeoutError(f"flush: writes still queued after {timeout} s")
+        self._disk.flush(timeout, host)
 
     def take_removed_keys(self) -> tuple[list[bytes], int]:
         """Chained keys of blocks that left the disk tier since the last call, oldest first.
