@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from kvtier.analytics.breaks import BreakExample, BreakFinder
-    from kvtier.config import StoreConfig, TierConfig
+    from kvtier.config import StoreConfig
     from kvtier.cost.providers import ProviderCost, Writes
     from kvtier.cost.trace import CostTrace
     from kvtier.store import Store
@@ -93,28 +93,23 @@ class Settings:
     step_seconds: float = 30.0
     model: str | None = None
 
-    def tier(self, block_bytes: int) -> TierConfig:
-        """The host tier of the replay store, at ``block_bytes`` per block."""
-        from kvtier.config import TierConfig
-
-        cap = None if self.capacity_blocks is None else self.capacity_blocks * block_bytes
-        return TierConfig(capacity_bytes=cap, policy=self.policy, ttl_s=self.ttl_s)  # type: ignore[arg-type]
-
-    def store_config(self) -> StoreConfig:
-        """A metadata-only store whose block "bytes" count tokens (residency is priced per model later)."""
+    def store_config(self, block_bytes: int | None = None) -> StoreConfig:
+        """The metadata-only replay store, at ``block_bytes`` per block (default: one per token, so that its
+        residency counts tokens; :meth:`PrefixCache.assert_residency` prices it per model)."""
         from kvtier.config import StoreConfig
 
-        if isinstance(self.capacity_blocks, bool) or not (
-            self.capacity_blocks is None or (isinstance(self.capacity_blocks, int) and self.capacity_blocks >= 1)
-        ):
-            raise _invalid(f"capacity_blocks must be an int >= 1 or None, got {self.capacity_blocks!r}")
         s = self.step_seconds
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s < math.inf:
             raise _invalid(f"step_seconds must be a finite number of seconds >= 0, got {s!r}")
         if self.model is not None and not isinstance(self.model, str):
             raise _invalid(f"model must be a model name (str), got {self.model!r}")
-        bs = self.block_size
-        return StoreConfig(block_size=bs, block_bytes=bs, metadata_only=True, host=self.tier(bs))
+        return StoreConfig.for_blocks(
+            self.capacity_blocks,
+            block_size=self.block_size,
+            block_bytes=self.block_size if block_bytes is None else block_bytes,
+            policy=self.policy,  # type: ignore[arg-type]
+            ttl_s=self.ttl_s,
+        )
 
     def describe(self) -> str:
         cap = "unlimited capacity" if self.capacity_blocks is None else f"{self.capacity_blocks:,} blocks"
@@ -662,7 +657,7 @@ class PrefixCache:
             )
         spec = load_catalog().model(name)
         trace = self.cost_trace()
-        tier = self.settings.tier(spec.kv_bytes_per_token * self.settings.block_size)
+        tier = self.settings.store_config(spec.kv_bytes_per_token * self.settings.block_size).host
         ledger, _ = ledger_from_trace(trace, spec.kv_bytes_per_token, tier=tier, until=until, model=spec.name)
         gbh = ledger.gb_hours
         ok = gbh <= max_gb_hours
