@@ -51,6 +51,13 @@ def test_plugin_is_registered_by_the_entry_point() -> None:
     assert ep.value == "kvtier.pytest_plugin"
 
 
+def test_the_plugin_can_be_turned_off(pytester: pytest.Pytester) -> None:
+    project(pytester, "\ndef test_agent(prefix_cache):\n    pass\n")
+    result = pytester.runpytest("-p", "no:kvtier")
+    result.assert_outcomes(errors=1)
+    lines(result.stdout, ["E       fixture 'prefix_cache' not found"])
+
+
 def test_importing_the_plugin_loads_no_analytics_cost_or_tokenizer() -> None:
     code = (
         "import sys, kvtier.pytest_plugin; "
