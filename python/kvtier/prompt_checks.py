@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from kvtier.analytics.breaks import BreakExample, BreakFinder
-    from kvtier.config import StoreConfig
+    from kvtier.config import Policy, StoreConfig
     from kvtier.cost.providers import ProviderCost, Writes
     from kvtier.cost.trace import CostTrace
     from kvtier.store import Store
@@ -81,15 +81,15 @@ class Settings:
     """
 
     block_size: int = 16
-    policy: str = "lru"
+    policy: Policy = "lru"
     ttl_s: float | None = None
     capacity_blocks: int | None = None
     step_seconds: float = 30.0
     model: str | None = None
 
-    def store_config(self, block_bytes: int | None = None) -> StoreConfig:
-        """The metadata-only replay store, at ``block_bytes`` per block (default: one per token, so that its
-        residency counts tokens; :meth:`PrefixCache.assert_residency` prices it per model)."""
+    def store_config(self, block_bytes: int = 1) -> StoreConfig:
+        """The metadata-only replay store, at ``block_bytes`` per block (KV bytes, for residency; the live replay
+        needs none: :meth:`PrefixCache.assert_residency` replays again at the model's size)."""
         from kvtier.config import StoreConfig
 
         check_number("step_seconds", self.step_seconds)
@@ -98,8 +98,8 @@ class Settings:
         return StoreConfig.for_blocks(
             self.capacity_blocks,
             block_size=self.block_size,
-            block_bytes=self.block_size if block_bytes is None else block_bytes,
-            policy=self.policy,  # type: ignore[arg-type]
+            block_bytes=block_bytes,
+            policy=self.policy,
             ttl_s=self.ttl_s,
         )
 
