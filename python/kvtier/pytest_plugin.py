@@ -19,8 +19,9 @@ Settings come from the command line (``--kvtier-block-size``, ``--kvtier-policy`
 same checks after the test body. With pytest-benchmark, a test that also uses ``benchmark`` gets the figures in
 ``benchmark.extra_info["kvtier"]``; ``--kvtier-report PATH`` writes every test's figures as JSON.
 
-This module imports only pytest and the standard library at load time (it loads in every pytest run once
-kvtier is installed); the store, analytics and cost code are imported when a test uses the fixture.
+This module loads in every pytest run once kvtier is installed: at load time it imports pytest, the standard library
+and kvtier's configuration (which ``import kvtier`` has loaded already); the analytics, cost and tokenizer code
+are imported when a test uses the fixture.
 """
 
 from __future__ import annotations
