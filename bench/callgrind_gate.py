@@ -96,7 +96,13 @@ def _parse_dumps(workdir: Path) -> dict[str, int]:
 def environment() -> dict[str, str]:
     """What the counts depend on besides kvtier's code."""
     import numpy
-    import pybind11
+
+    try:  # the build's own copy is not installed where the build ran isolated (pip's default)
+        import pybind11
+
+        pybind11_version = pybind11.__version__
+    except ImportError:
+        pybind11_version = "not installed"
 
     def first_line(tool: str | None) -> str:
         if tool is None:
@@ -107,7 +113,7 @@ def environment() -> dict[str, str]:
     return {
         "python": platform.python_version(),
         "numpy": numpy.__version__,
-        "pybind11": pybind11.__version__,
+        "pybind11": pybind11_version,
         "c++ compiler": first_line(shutil.which(os.environ.get("CXX", "c++"))),
         "machine": platform.machine(),
         "valgrind": first_line(valgrind()),

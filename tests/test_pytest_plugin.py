@@ -470,7 +470,9 @@ def test_two_sessions(prefix_cache):
     bench = pytester.path / "bench.json"
     # In a child process: pytest-benchmark leaves its --benchmark-json file open, and the ResourceWarning that its
     # garbage collection raises would fail whichever test of this process happens to run then.
-    result = pytester.runpytest_subprocess(f"--kvtier-report={report}", f"--benchmark-json={bench}")
+    result = pytester.runpytest_subprocess(
+        f"--kvtier-report={report}", f"--benchmark-json={bench}", "--benchmark-max-time=0.01"
+    )
     result.assert_outcomes(passed=2)
     entries = json.loads(report.read_text())["kvtier_prefix_cache"]
     by_test = {e["test"]: e for e in entries}
