@@ -224,6 +224,39 @@ def test_text_prompts_name_the_timestamp(pytester: pytest.Pytester, how: str) ->
     )
 
 
+def test_chat_requests_name_a_reordered_tool_list(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("tokenizers")
+    tok = make_tokenizer(pytester.path / "tokenizer.json")
+    project(
+        pytester,
+        """
+TOOLS = [{"type": "function", "function": {"name": n, "parameters": {}}} for n in ("read_file", "run_tests", "edit")]
+SYSTEM = {"role": "system", "content": "You are a careful agent. Use the tools. " * 20}
+
+
+def test_tools_reordered(prefix_cache):
+    prefix_cache.record({"messages": [SYSTEM, {"role": "user", "content": "fix it"}], "tools": TOOLS})
+    turn2 = [SYSTEM, {"role": "user", "content": "fix it"}, {"role": "assistant", "content": "done"}]
+    prefix_cache.record({"messages": turn2, "tools": TOOLS[::-1]})
+    prefix_cache.assert_prefix_stable(64)
+""",
+    )
+    result = pytester.runpytest(f"--kvtier-tokenizer={tok}")
+    result.assert_outcomes(failed=1)
+    # The rendered chat starts with the tool list (one JSON line per tool): the first tool's name differs.
+    lines(
+        result.stdout,
+        [
+            "E       AssertionError: kvtier: prefix broken at token * (session 'default', step 2); "
+            "the first 64 tokens must stay the same at every step",
+            "E       likely cause: tool list reordered (tools_reordered)",
+            "E         before  *{\"name\": \"'",
+            "E         step 1  'read_file\", \"parameters\": {}}}*",
+            "E         step 2  'edit\", \"parameters\": {}}}*",
+        ],
+    )
+
+
 def test_text_without_a_tokenizer_is_a_clear_error(pytester: pytest.Pytester) -> None:
     project(
         pytester,

@@ -26,7 +26,7 @@ imported on first use.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from kvtier.analytics.breaks import BreakExample, BreakFinder
+    from kvtier.analytics.formats import ChatTools
     from kvtier.config import Policy, StoreConfig
     from kvtier.cost.providers import ProviderCost, Writes
     from kvtier.cost.trace import CostTrace
@@ -196,7 +197,8 @@ class PrefixCache:
         return np.asarray(ids, dtype=np.int32)
 
     def record(
-        self, prompt: str | Sequence[int] | npt.ArrayLike, session: str | None = None, *, at: float | None = None,
+        self, prompt: str | Mapping[str, Any] | Sequence[int] | npt.ArrayLike, session: str | None = None, *,
+        at: float | None = None,
         output_tokens: int = 0,
     ) -> Step:
         """Replays one step: looks its prompt up in the cache, then stores its full blocks.
@@ -204,7 +206,9 @@ class PrefixCache:
         Parameters
         ----------
         prompt
-            Text (needs a tokenizer) or token ids (a sequence of ints or a 1-D integer array).
+            Text (needs a tokenizer), an OpenAI-style chat request ``{"messages": [...], "tools": [...]}`` (rendered
+            as ``kvtier analyze`` renders chat logs, then tokenized; a reordered tool list is recognised as such),
+            or token ids (a sequence of ints or a 1-D integer array).
         session
             The agent session (``"default"`` if ``None``); breaks are found between steps of one session.
         at
@@ -231,7 +235,17 @@ class PrefixCache:
         elif last is not None and at < last:
             raise InvalidArgumentError(f"at={at:g} is before the previous step (at={last:g}): record steps in time order")
         text: str | None = None
-        if isinstance(prompt, str):
+        tools: ChatTools | None = None
+        if isinstance(prompt, Mapping):
+            from kvtier.analytics.formats import render_chat
+
+            unknown = sorted(set(prompt) - {"messages", "tools"})
+            if unknown:
+                raise InvalidArgumentError(f"a chat prompt has 'messages' and 'tools', got {', '.join(map(repr, unknown))}")
+            messages: Any = prompt.get("messages")
+            text, tools = render_chat(messages, prompt.get("tools"))
+            tokens = self._encode(text)
+        elif isinstance(prompt, str):
             text = prompt
             tokens = self._encode(prompt)
         else:
@@ -259,7 +273,7 @@ class PrefixCache:
         step = Step(len(self._steps), session, number, float(at), int(tokens.shape[0]), hit.num_tokens, output_tokens)
         self._steps.append(step)
         self._tokens.append(tokens)
-        self._finder.observe(session, step.index, tokens, text)
+        self._finder.observe(session, step.index, tokens, text, tools)
         return step
 
     # ----------------------------------------------------------------- figures
