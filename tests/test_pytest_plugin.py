@@ -285,7 +285,7 @@ from kvtier.cost.catalog import UnknownNameError
 
 
 def test_bad(prefix_cache):
-    with pytest.raises(kvtier.KvtierTypeError, match="prompt must be text or a 1-D sequence of integer token ids"):
+    with pytest.raises(kvtier.KvtierTypeError, match=r"prompt must be text, a chat request \\(dict\\) or a 1-D sequence of integer token ids"):
         prefix_cache.record([1.5, 2.0])
     with pytest.raises(kvtier.InvalidArgumentError, match=r"prompt token ids must be in \\[0, 2\\*\\*31\\)"):
         prefix_cache.record([-1, 2])

@@ -254,7 +254,8 @@ class PrefixCache:
                 arr = arr.astype(np.int32)
             if arr.ndim != 1 or arr.dtype.kind not in "iu":
                 raise KvtierTypeError(
-                    f"prompt must be text or a 1-D sequence of integer token ids, got {arr.dtype} with shape {arr.shape}"
+                    f"prompt must be text, a chat request (dict) or a 1-D sequence of integer token ids, "
+                    f"got {arr.dtype} with shape {arr.shape}"
                 )
             if arr.size and (int(arr.min()) < 0 or int(arr.max()) > np.iinfo(np.int32).max):
                 raise InvalidArgumentError(f"prompt token ids must be in [0, 2**31), got {int(arr.min())}..{int(arr.max())}")
