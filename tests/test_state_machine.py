@@ -74,6 +74,43 @@ def close(got: float, want: float) -> bool:
     return abs(got - want) <= RESIDENCY_RTOL * max(abs(want), 1.0)
 
 
+def account_of(row: kvtier.ResidencyRow) -> tuple[str, str]:
+    """The model's account (namespace name, session) of a residency row."""
+    name = "a" if row.namespace == DEFAULT_NS else "b"
+    assert row.namespace == (DEFAULT_NS if name == "a" else OTHER_NS)
+    return name, row.session
+
+
+def compare_residency(res: kvtier.Residency, want: dict[Any, tuple[int, float]], key: Any) -> None:
+    """Every row of ``res`` against the model's (resident bytes, byte-seconds) under ``key(row)``; one row per
+    key, and a row for every key the model has a figure for."""
+    seen = set()
+    for row in res.rows:
+        acc = key(row)
+        assert acc not in seen, f"two residency rows for {acc}"
+        seen.add(acc)
+        nbytes, bs = want.get(acc, (0, 0.0))
+        assert row.resident_bytes == nbytes, (acc, row.resident_bytes, nbytes)
+        assert close(row.byte_seconds, bs), (acc, row.byte_seconds, bs)
+    for acc, (nbytes, bs) in want.items():
+        assert acc in seen or (nbytes == 0 and bs == 0.0), f"no residency row for {acc}"
+
+
+def tokens_arg(tokens: list[int], kind: str) -> Any:
+    """``tokens`` as the argument type ``kind`` (list, int32/int64/uint8 array, TokenSequence)."""
+    if kind == "list":
+        return list(tokens)
+    if kind == "i32":
+        return np.asarray(tokens, dtype=np.int32)
+    if kind == "i64":
+        return np.asarray(tokens, dtype=np.int64)
+    if kind == "u8":
+        return np.asarray(tokens, dtype=np.uint8)
+    if kind == "seq":
+        return TokenSequence(tokens, vocab_size=VOCAB)
+    raise AssertionError(kind)
+
+
 @dataclass
 class Held:
     """A pin held by the test: the store's MatchResult and the model's matched keys."""
@@ -158,18 +195,9 @@ class Harness:
         self.store_clock = self.clock
         return self.clock
 
-    def tokens_arg(self, tokens: list[int], kind: str) -> Any:
-        if kind == "list":
-            return list(tokens)
-        if kind == "i32":
-            return np.asarray(tokens, dtype=np.int32)
-        if kind == "i64":
-            return np.asarray(tokens, dtype=np.int64)
-        if kind == "u8":
-            return np.asarray(tokens, dtype=np.uint8)
-        if kind == "seq":
-            return TokenSequence(tokens, vocab_size=VOCAB)
-        raise AssertionError(kind)
+    @staticmethod
+    def tokens_arg(tokens: list[int], kind: str) -> Any:
+        return tokens_arg(tokens, kind)
 
     def full_blocks(self, tokens: list[int]) -> int:
         return len(tokens) // self.block_size
@@ -348,19 +376,8 @@ class Harness:
         res = self.store.residency(now=now)
         want = self.model.residency(now)
         assert res.now == now
-        seen = set()
-        for row in res.rows:
-            assert row.tier == Tier.HOST
-            name = "a" if row.namespace == DEFAULT_NS else "b"
-            assert row.namespace == (DEFAULT_NS if name == "a" else OTHER_NS)
-            acc = (name, row.session)
-            assert acc not in seen, f"two residency rows for {acc}"
-            seen.add(acc)
-            nbytes, bs = want.get(acc, (0, 0.0))
-            assert row.resident_bytes == nbytes, (acc, row.resident_bytes, nbytes)
-            assert close(row.byte_seconds, bs), (acc, row.byte_seconds, bs)
-        for acc, (nbytes, bs) in want.items():
-            assert acc in seen or (nbytes == 0 and bs == 0.0), f"no residency row for {acc}"
+        assert all(row.tier == Tier.HOST for row in res.rows)
+        compare_residency(res, want, account_of)
         total = sum(bs for _, bs in want.values())
         assert close(res.byte_seconds, total), (res.byte_seconds, total)
 
@@ -446,19 +463,39 @@ token_kinds = st.sampled_from(["list", "i32", "i64", "u8", "seq"])
 payload_kinds = st.sampled_from(["ndarray", "bytes", "bytearray", "memoryview"])
 
 
-class StoreMachine(RuleBasedStateMachine):
+class PromptMachine(RuleBasedStateMachine):
+    """What the machines share: the prompt history, and the rules that only release pins and peek."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.h: Any = None  # the harness (Harness or DiskHarness), made by the machine's initialize rule
+        self.history: list[list[int]] = []
+
+    def _tokens(self, spec: tuple[int, int, tuple[int, int], tuple[int, int]], remember: bool = False) -> list[int]:
+        assert self.h is not None
+        return prompt_from(self.history, spec, self.h.block_size, remember)
+
+    @precondition(lambda self: self.h is not None and bool(self.h.held))
+    @rule(i=st.integers(0, 15), dt=steps, explicit_now=st.booleans())
+    def unpin(self, i, dt, explicit_now) -> None:
+        assert self.h is not None
+        self.h.tick(dt)
+        self.h.unpin(i, explicit_now)
+
+    @rule(spec=token_specs, dt=steps, ns=namespaces, kind=token_kinds)
+    def peek(self, spec, dt, ns, kind) -> None:
+        assert self.h is not None
+        self.h.tick(dt)
+        self.h.peek(ns, self._tokens(spec), kind)
+
+
+class StoreMachine(PromptMachine):
     POLICY = "lru"
     METADATA_ONLY = True
 
     def __init__(self) -> None:
         super().__init__()
-        self.h: Harness | None = None
-        self.history: list[list[int]] = []
         self.audit_residency = True
-
-    def _tokens(self, spec: tuple[int, int, tuple[int, int], tuple[int, int]], remember: bool = False) -> list[int]:
-        assert self.h is not None
-        return prompt_from(self.history, spec, self.h.block_size, remember)
 
     @initialize(
         ttl=st.sampled_from([None, None, 0.3, 1.0, 2.5]),
@@ -510,19 +547,6 @@ class StoreMachine(RuleBasedStateMachine):
         tokens = self._tokens(spec, remember=True)
         self.h.match(ns, tokens, kind, pin=False)
         self.h.insert(ns, session, tokens, kind)
-
-    @precondition(lambda self: self.h is not None and bool(self.h.held))
-    @rule(i=st.integers(0, 15), dt=steps, explicit_now=st.booleans())
-    def unpin(self, i, dt, explicit_now) -> None:
-        assert self.h is not None
-        self.h.tick(dt)
-        self.h.unpin(i, explicit_now)
-
-    @rule(spec=token_specs, dt=steps, ns=namespaces, kind=token_kinds)
-    def peek(self, spec, dt, ns, kind) -> None:
-        assert self.h is not None
-        self.h.tick(dt)
-        self.h.peek(ns, self._tokens(spec), kind)
 
     @precondition(lambda self: self.h is not None and self.h.payloads)
     @rule(spec=token_specs, dt=steps, ns=namespaces, kind=token_kinds,
@@ -867,14 +891,14 @@ class DiskHarness:
         now = self.clock
         start = min(start, len(tokens) // self.block_size)
         data = self.payload(ns, tokens, start)
-        got = self.store.insert(_tokens_arg(tokens, kind), np.frombuffer(data, np.uint8), start_block=start,
+        got = self.store.insert(tokens_arg(tokens, kind), np.frombuffer(data, np.uint8), start_block=start,
                                 namespace=NAMESPACES[ns], session=session, now=now)
         want = self.model.insert(ns, session or "", tokens, now, data, start)
         assert (got.matched_blocks, got.inserted_blocks, got.full_blocks) == want, (got, want)
 
     def match(self, ns: str, tokens: list[int], kind: str, pin: bool) -> None:
         now = self.clock
-        got = self.store.match(_tokens_arg(tokens, kind), namespace=NAMESPACES[ns], now=now, pin=pin)
+        got = self.store.match(tokens_arg(tokens, kind), namespace=NAMESPACES[ns], now=now, pin=pin)
         host, disk = self.model.lookup(ns, tokens, now, pin)
         self.expect_match(got, host, disk)
         assert got.pinned == (pin and got.num_blocks > 0)
@@ -891,7 +915,7 @@ class DiskHarness:
             self.model.release(h.host, h.disk)
 
     def peek(self, ns: str, tokens: list[int], kind: str) -> None:
-        got = self.store.peek(_tokens_arg(tokens, kind), namespace=NAMESPACES[ns], now=self.clock)
+        got = self.store.peek(tokens_arg(tokens, kind), namespace=NAMESPACES[ns], now=self.clock)
         host, disk = self.model.peek_tiers(ns, tokens, self.clock)
         self.expect_match(got, [None] * host, [None] * disk)  # type: ignore[list-item]
 
@@ -900,7 +924,7 @@ class DiskHarness:
         bb = self.block_bytes
         full = len(tokens) // self.block_size
         out = np.full(full * bb + 3, 0xA5, dtype=np.uint8)
-        got = self.store.load(_tokens_arg(tokens, kind), out, namespace=NAMESPACES[ns], now=now)
+        got = self.store.load(tokens_arg(tokens, kind), out, namespace=NAMESPACES[ns], now=now)
         n, data = self.model.load(ns, tokens, now)
         assert got == n, (got, n)
         assert out[: n * bb].tobytes() == data, "load served other bytes than were stored (or a damaged block)"
@@ -1011,20 +1035,8 @@ class DiskHarness:
     def check_residency(self) -> None:
         now = self.clock
         res = self.store.residency(now=now)
-        want = self.model.tier_residency(now)
-        seen = set()
-        for row in res.rows:
-            name = "a" if row.namespace == DEFAULT_NS else "b"
-            assert row.namespace == (DEFAULT_NS if name == "a" else OTHER_NS)
-            assert row.tier in (Tier.HOST, Tier.DISK)
-            acc = ((name, row.session), int(row.tier))
-            assert acc not in seen, f"two residency rows for {acc}"
-            seen.add(acc)
-            nbytes, bs = want.get(acc, (0, 0.0))
-            assert row.resident_bytes == nbytes, (acc, row.resident_bytes, nbytes)
-            assert close(row.byte_seconds, bs), (acc, row.byte_seconds, bs)
-        for acc, (nbytes, bs) in want.items():
-            assert acc in seen or (nbytes == 0 and bs == 0.0), f"no residency row for {acc}"
+        assert all(row.tier in (Tier.HOST, Tier.DISK) for row in res.rows)
+        compare_residency(res, self.model.tier_residency(now), lambda row: (account_of(row), int(row.tier)))
 
     def check(self) -> None:
         s, m = self.store, self.model
@@ -1062,24 +1074,7 @@ class DiskHarness:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _tokens_arg(tokens: list[int], kind: str) -> Any:
-    return {"list": list, "i32": lambda t: np.asarray(t, np.int32), "i64": lambda t: np.asarray(t, np.int64),
-            "seq": lambda t: TokenSequence(t, vocab_size=VOCAB)}[kind](tokens)
-
-
-disk_token_kinds = st.sampled_from(["list", "i32", "i64", "seq"])
-
-
-class DiskStoreMachine(RuleBasedStateMachine):
-    def __init__(self) -> None:
-        super().__init__()
-        self.h: DiskHarness | None = None
-        self.history: list[list[int]] = []
-
-    def _tokens(self, spec: tuple[int, int, tuple[int, int], tuple[int, int]], remember: bool = False) -> list[int]:
-        assert self.h is not None
-        return prompt_from(self.history, spec, self.h.block_size, remember)
-
+class DiskStoreMachine(PromptMachine):
     @initialize(
         policy=st.sampled_from(["lru", "lru", "lfu", "ttl"]),
         ttl=st.sampled_from([None, 0.5, 2.0]),
@@ -1096,20 +1091,20 @@ class DiskStoreMachine(RuleBasedStateMachine):
         self.h = DiskHarness(policy=policy, ttl=ttl, capacity_blocks=capacity, write_through=write_through,
                              block_size=block_size, block_bytes=block_bytes, t0=t0, audit_residency=audit_residency)
 
-    @rule(spec=token_specs, dt=steps, ns=namespaces, session=sessions, kind=disk_token_kinds,
+    @rule(spec=token_specs, dt=steps, ns=namespaces, session=sessions, kind=token_kinds,
           start=st.sampled_from([0, 0, 0, 1, 2]))
     def insert(self, spec, dt, ns, session, kind, start) -> None:
         assert self.h is not None
         self.h.tick(dt)
         self.h.insert(ns, session, self._tokens(spec, remember=True), kind, start)
 
-    @rule(spec=token_specs, dt=steps, ns=namespaces, kind=disk_token_kinds, pin=st.booleans())
+    @rule(spec=token_specs, dt=steps, ns=namespaces, kind=token_kinds, pin=st.booleans())
     def match(self, spec, dt, ns, kind, pin) -> None:
         assert self.h is not None
         self.h.tick(dt)
         self.h.match(ns, self._tokens(spec), kind, pin)
 
-    @rule(spec=token_specs, dt=steps, ns=namespaces, session=sessions, kind=disk_token_kinds, load=st.booleans())
+    @rule(spec=token_specs, dt=steps, ns=namespaces, session=sessions, kind=token_kinds, load=st.booleans())
     def request(self, spec, dt, ns, session, kind, load) -> None:
         """What an engine does per request: match (or load) the prompt, then insert what was missing."""
         assert self.h is not None
@@ -1121,20 +1116,7 @@ class DiskStoreMachine(RuleBasedStateMachine):
             self.h.match(ns, tokens, kind, pin=False)
         self.h.insert(ns, session, tokens, kind, 0)
 
-    @precondition(lambda self: self.h is not None and bool(self.h.held))
-    @rule(i=st.integers(0, 15), dt=steps, explicit_now=st.booleans())
-    def unpin(self, i, dt, explicit_now) -> None:
-        assert self.h is not None
-        self.h.tick(dt)
-        self.h.unpin(i, explicit_now)
-
-    @rule(spec=token_specs, dt=steps, ns=namespaces, kind=disk_token_kinds)
-    def peek(self, spec, dt, ns, kind) -> None:
-        assert self.h is not None
-        self.h.tick(dt)
-        self.h.peek(ns, self._tokens(spec), kind)
-
-    @rule(spec=token_specs, dt=steps, ns=namespaces, kind=disk_token_kinds, pinned=st.integers(-2, 15))
+    @rule(spec=token_specs, dt=steps, ns=namespaces, kind=token_kinds, pinned=st.integers(-2, 15))
     def load(self, spec, dt, ns, kind, pinned) -> None:
         """Load by tokens (promotes disk hits), or (pinned >= 0, a pin held) load of a pinned match."""
         assert self.h is not None
