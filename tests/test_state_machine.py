@@ -812,8 +812,9 @@ def test_now_must_be_finite(bad: float) -> None:
 # ---------------------------------------------------------------------- the disk tier
 # DiskStoreMachine drives a payload store with a host tier over a disk tier (an LMDB folder of its own) against
 # model.TieredModel: write-back (host evictions, expiry and reclaiming walks demote to disk) or write-through,
-# spills of what the host cannot take, disk hits and their promotion on load, flush (with and without the host
-# tier), close (persisting the host or not) and reopen of the same folder by a new Store, and damage done to
+# spills of what the host cannot take, disk hits and their promotion on load (or none: promote=False), flush
+# (with and without the host tier), close (persisting the host or not) and reopen of the same folder by a new
+# Store, and damage done to
 # block payloads in the folder between close and reopen (bytes flipped, a byte cut off, the payload deleted):
 # a damaged block must never be served. After every step it checks the host counters, the disk tier's counters
 # (``written + pending == queued``: the writer commits when it likes), which blocks each tier holds (every cached
@@ -844,7 +845,7 @@ class DiskHeld:
 class DiskHarness:
     """A store with a disk tier and a TieredModel driven in lockstep (explicit ``now`` everywhere)."""
 
-    def __init__(self, *, policy: str, ttl: float | None, capacity_blocks: int, write_through: bool,
+    def __init__(self, *, policy: str, ttl: float | None, capacity_blocks: int, write_through: bool, promote: bool,
                  block_size: int, block_bytes: int, t0: float, audit_residency: bool) -> None:
         self.block_size = block_size
         self.block_bytes = block_bytes
@@ -858,10 +859,10 @@ class DiskHarness:
             vocab_size=VOCAB,
             host=TierConfig(capacity_bytes=capacity_blocks * block_bytes, policy=policy, ttl_s=ttl),  # type: ignore[arg-type]
             disk=DiskConfig(path=self.path, capacity_bytes=DISK_BLOCKS * block_bytes, write_through=write_through,
-                            sync=False),
+                            promote=promote, sync=False),
         )
         self.model = TieredModel(block_size=block_size, block_bytes=block_bytes, capacity_blocks=capacity_blocks,
-                                 policy=policy, ttl=ttl, payloads=True, write_through=write_through)
+                                 policy=policy, ttl=ttl, payloads=True, write_through=write_through, promote=promote)
         self.clock = t0
         self.held: list[DiskHeld] = []
         self.nonce = 0
@@ -1080,16 +1081,17 @@ class DiskStoreMachine(PromptMachine):
         ttl=st.sampled_from([None, 0.5, 2.0]),
         capacity=st.integers(1, 8),
         write_through=st.sampled_from([False, False, True]),
+        promote=st.sampled_from([True, True, False]),
         block_size=st.sampled_from([2, 2, 1, 3]),
         block_bytes=st.sampled_from([8, 24]),
         t0=st.sampled_from([0.0, 1000.0, 1.7e9]),
         audit_residency=st.booleans(),
     )
-    def setup(self, policy, ttl, capacity, write_through, block_size, block_bytes, t0, audit_residency) -> None:
+    def setup(self, policy, ttl, capacity, write_through, promote, block_size, block_bytes, t0, audit_residency) -> None:
         if policy == "ttl" and ttl is None:
             ttl = 1.0
         self.h = DiskHarness(policy=policy, ttl=ttl, capacity_blocks=capacity, write_through=write_through,
-                             block_size=block_size, block_bytes=block_bytes, t0=t0, audit_residency=audit_residency)
+                             promote=promote, block_size=block_size, block_bytes=block_bytes, t0=t0, audit_residency=audit_residency)
 
     @rule(spec=token_specs, dt=steps, ns=namespaces, session=sessions, kind=token_kinds,
           start=st.sampled_from([0, 0, 0, 1, 2]))
@@ -1133,22 +1135,20 @@ class DiskStoreMachine(PromptMachine):
         self.h.tick(dt)
         self.h.evict(blocks * self.h.block_bytes)
 
-    @rule(op=st.sampled_from(["expire", "expire", "clear", "flush", "flush_host"]), dt=steps)
-    def maintenance(self, op, dt) -> None:
+    @rule(op=st.sampled_from(["expire", "clear", "flush", "flush_host", "reopen", "reopen"]),
+          dt=st.one_of(steps, st.sampled_from([0.5, 3.0])), persist=st.booleans(),
+          damage=st.lists(st.tuples(st.integers(0, 63), st.sampled_from(DAMAGE), st.integers(0, 255)), max_size=3))
+    def maintenance(self, op, dt, persist, damage) -> None:
+        """expire, clear, flush (``host=True`` or not), or reopen: close (persisting the host tier or not), damage
+        payloads in the folder, open a new Store on it."""
         assert self.h is not None
         self.h.tick(dt)
-        if op.startswith("flush"):
+        if op == "reopen":
+            self.h.reopen(persist, damage)
+        elif op.startswith("flush"):
             self.h.flush(host=op == "flush_host")
         else:
             getattr(self.h, op)()
-
-    @rule(persist=st.booleans(), dt=st.sampled_from([0.0, 0.5, 3.0]),
-          damage=st.lists(st.tuples(st.integers(0, 63), st.sampled_from(DAMAGE), st.integers(0, 255)), max_size=3))
-    def reopen(self, persist, dt, damage) -> None:
-        """Close (persisting the host tier or not), damage payloads in the folder, open a new Store on it."""
-        assert self.h is not None
-        self.h.tick(dt)
-        self.h.reopen(persist, damage)
 
     @rule(op=st.sampled_from(["match", "peek", "insert", "load", "evict", "residency"]), spec=token_specs)
     def refused(self, op, spec) -> None:
