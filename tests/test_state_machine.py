@@ -29,7 +29,14 @@ residency after every step (``residency()`` reclaims expired blocks), the other 
 then, so that expired blocks are mostly reclaimed lazily by walks and evictions.
 
 Seeded plain-random runs (5,000 operations per configuration) cover long histories that the
-machine's short runs do not reach. Regression tests at the end pin down the bugs the machine found.
+machine's short runs do not reach. Regression tests pin down the bugs the machine found.
+
+``DiskStoreMachine`` (at the end) does the same for a store with a disk tier against ``model.TieredModel``:
+demotion, spills, promotion, flush, close and reopen of the folder, damaged payloads.
+
+The machines run derandomized (the same examples every run, about a minute for all of them on 2 cores). The long
+run is randomized: ``KVTIER_MACHINE_EXAMPLES=2000 python -m pytest tests/test_state_machine.py -k runTest`` (N
+examples per machine, twice as many steps each).
 """
 
 from __future__ import annotations
@@ -620,7 +627,7 @@ class StoreMachine(PromptMachine):
 def machine_settings(examples: int, steps: int) -> settings:
     """The machines' settings: ``examples`` derandomized runs of up to ``steps`` steps (quick, the same every run),
     or, with ``KVTIER_MACHINE_EXAMPLES=N`` in the environment, N randomized runs of twice as many steps (the long
-    run: ``KVTIER_MACHINE_EXAMPLES=2000 python -m pytest tests/test_state_machine.py -k Machine``)."""
+    run; see the module docstring)."""
     long_run = int(os.environ.get("KVTIER_MACHINE_EXAMPLES", "0"))
     return settings(
         max_examples=long_run or examples,
@@ -814,17 +821,18 @@ def test_now_must_be_finite(bad: float) -> None:
 # model.TieredModel: write-back (host evictions, expiry and reclaiming walks demote to disk) or write-through,
 # spills of what the host cannot take, disk hits and their promotion on load (or none: promote=False), flush
 # (with and without the host tier), close (persisting the host or not) and reopen of the same folder by a new
-# Store, and damage done to
-# block payloads in the folder between close and reopen (bytes flipped, a byte cut off, the payload deleted):
-# a damaged block must never be served. After every step it checks the host counters, the disk tier's counters
+# Store, and damage done to block payloads in the folder between close and reopen (bytes flipped, a byte cut off,
+# the payload deleted): a damaged block must never be served. After every step it checks the host counters, the disk tier's counters
 # (``written + pending == queued``: the writer commits when it likes), which blocks each tier holds (every cached
 # prefix peeks to the same host and disk depth), pins, and (half the runs) residency per account and tier.
 # At every reopen it also checks that the folder holds exactly the model's disk blocks, byte for byte.
 #
-# Injected write failures (issue 12, item 3's fault-injection hook) plug in as one more rule beside ``flush``:
-# fail the next N writes through the hook, call flush (expect DiskWriteError, nothing lost: the failed blocks stay
-# queued), call flush again (commits them); the model needs no change for that (its disk index holds queued and
-# committed blocks alike) beyond counting ``write_errors``.
+# Injected write failures (issue 12, item 3's fault-injection hook, not in the store yet) plug in as one more
+# maintenance operation beside ``flush``: fail the next N writes through the hook, call ``DiskHarness.flush``
+# expecting DiskWriteError with nothing lost (item 3: the failed blocks stay queued), flush again (commits them).
+# The model needs nothing new for that (its disk index holds queued and committed blocks alike) but a
+# ``write_errors`` count; ``written + pending == queued`` becomes ``written + pending + write_errors == queued``
+# only if failed blocks are dropped, as today's store does.
 
 DISK_BLOCKS = 4096  # the disk tier never fills in these runs (its eviction order after a restart is a freedom)
 PENDING_LIMIT = 16  # the check flushes when more blocks than this wait for the writer (see TieredModel)
