@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -141,6 +142,9 @@ def run(path: str, t0: float, ttl: float | None, script: list[tuple[tuple[str, i
         store.close(persist=False)
 
 
+# On a failure, hypothesis's pytest plug-in imports libcst to write a patch, which warns on import (libcst's use of
+# mypy_extensions.TypedDict); with warnings as errors that would hide the falsifying example behind an INTERNALERROR.
+@pytest.mark.filterwarnings("ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning")
 @settings(
     max_examples=int(os.environ.get("KVTIER_RESIDENCY_EXAMPLES", "150")),
     derandomize="KVTIER_RESIDENCY_EXAMPLES" not in os.environ,

@@ -61,6 +61,10 @@ from disk_helpers import lmdb_env
 from kvtier import DiskConfig, InvalidArgumentError, Namespace, Store, StoreConfig, Tier, TierConfig, TokenSequence
 from model import DiskEntry, Key, Model, TieredModel
 
+# On a failure, hypothesis's pytest plug-in imports libcst to write a patch, which warns on import (libcst's use of
+# mypy_extensions.TypedDict); with warnings as errors that would hide the falsifying example behind an INTERNALERROR.
+pytestmark = pytest.mark.filterwarnings("ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning")
+
 VOCAB = 3
 MAX_TOKENS = 11  # up to 5 full blocks of 2 tokens, plus a partial one
 RESIDENCY_RTOL = 1e-9
