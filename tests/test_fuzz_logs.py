@@ -8,6 +8,7 @@ the second half fuzzes the parsers with hypothesis on a fixed, derandomized budg
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from kvtier.analytics.formats import LogFormatError
 from kvtier.analytics.logs import read_log
 from kvtier.cost.trace import CostTrace
-from kvtier.errors import KvtierError
+from kvtier.errors import InvalidArgumentError, KvtierError
 
 pytest.importorskip("tokenizers")
 from test_analyze_formats import make_tokenizer  # noqa: E402 - one tiny trained tokenizer for text and chat logs
@@ -234,6 +235,32 @@ def test_fuzz_raw_bytes(tmp_path: Path, tokenizer: str, data: bytes) -> None:
     path = tmp_path / "bytes.jsonl"
     path.write_bytes(json.dumps(BASE["kvtier"]).encode() + b"\n" + data + b"\n")
     _check_parse(str(path), None, tokenizer, 1 + sum(1 for line in data.split(b"\n") if line.strip()))
+
+
+_GZ_BODY = "".join(json.dumps(dict(BASE["mooncake"], timestamp=i)) + "\n" for i in range(500)).encode()
+_GZ = gzip.compress(_GZ_BODY)
+
+
+@settings(FUZZ, max_examples=FUZZ_EXAMPLES // 3)
+@given(flips=st.lists(st.tuples(st.integers(10, len(_GZ) - 9), st.integers(0, 7)), min_size=1, max_size=4),
+       cut=st.integers(0, len(_GZ)))
+def test_fuzz_damaged_gzip(tmp_path: Path, flips: list[tuple[int, int]], cut: int) -> None:
+    """Flipped bits and truncation of a .gz log: a kvtier error or the records that survived (zlib.error leaked)."""
+    data = bytearray(_GZ)
+    for at, bit in flips:
+        data[at] ^= 1 << bit
+    path = tmp_path / "damaged.jsonl.gz"
+    path.write_bytes(bytes(data[: max(cut, len(data) // 2)]))
+    try:
+        log = read_log(str(path), fmt="mooncake")
+    except KvtierError:
+        return
+    assert 1 <= log.num_requests <= 500
+
+
+def test_nul_in_path_is_refused() -> None:
+    with pytest.raises(InvalidArgumentError, match="NUL"):
+        read_log("log\0.jsonl")
 
 
 @settings(FUZZ, max_examples=FUZZ_EXAMPLES // 5)

@@ -21,6 +21,7 @@ import hashlib
 import io
 import os
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -170,6 +171,8 @@ def load_tokenizer(path: str) -> Any:
 
 def _open(path: str) -> tuple[io.BufferedReader, io.BufferedIOBase, int]:
     """(raw file, reader, size in bytes): gzip is read through, the progress follows the raw file."""
+    if "\0" in path:
+        raise InvalidArgumentError(f"cannot open {path!r}: a path cannot contain a NUL character")
     raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
     size = os.fstat(raw.fileno()).st_size
     if path.endswith(".gz"):
@@ -205,7 +208,7 @@ def _lines(path: str, digest: Any, progress: bool) -> Iterator[tuple[int, bytes]
             if line.strip():
                 yield n, line
         bar.update(size - done)
-    except (OSError, EOFError) as e:  # truncated gzip and the like
+    except (OSError, EOFError, zlib.error) as e:  # truncated or damaged gzip and the like
         raise InvalidArgumentError(f"cannot read {path}: {e}") from None
     finally:
         bar.close()
