@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from kvtier.analytics.formats import LogFormatError
 from kvtier.analytics.logs import read_log
-from kvtier.cost.trace import CostTrace
+from kvtier.cost.trace import CostTrace, read_trace
 from kvtier.errors import InvalidArgumentError, KvtierError
 
 pytest.importorskip("tokenizers")
@@ -78,36 +78,45 @@ def _log(tmp_path: Path, fmt: str, bad: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- the crashes of issue 17
-CRASHES: list[tuple[str, str, str, str, str]] = [
-    # (id, format, field, bad JSON value, message fragment)
-    ("ts-int64", "mooncake", "timestamp", str(2**63), "expected a number below 2**63"),
-    ("ts-huge", "mooncake", "timestamp", str(10**400), "expected a number below 2**63"),
-    ("ts-long-literal", "kvtier", "timestamp", LONG_INT, "got an integer of 5000 digits"),
-    ("ts-inf", "mooncake", "timestamp", "1e400", "got Infinity"),
-    ("input-int64", "mooncake", "input_length", str(2**63), "expected an integer below 2**63"),
-    ("input-float-huge", "mooncake", "input_length", "1e300", "expected an integer below 2**63"),
-    ("output-int64", "bailian", "output_length", str(2**64), "expected an integer below 2**63"),
-    ("output-long-literal", "mooncake", "output_length", LONG_INT, "an integer of 5000 digits"),
-    ("usage-int64", "openai", "usage", '{"completion_tokens": %d}' % 2**63, "below 2**63"),
-    ("block-size-int64", "kvtier", "block_size", str(2**63), "expected an integer below 2**63"),
-    ("ids-long-literal", "mooncake", "hash_ids", f"[1, {LONG_INT}]", "an integer of 5000 digits"),
-    ("tokens-long-literal", "kvtier", "tokens", f"[{LONG_INT}]", "an integer of 5000 digits"),
-    ("chat-long-literal", "bailian", "chat_id", LONG_INT, "an integer of at most"),
-    ("ids-deep", "mooncake", "hash_ids", DEEP, "nested too deeply"),
-    ("messages-deep", "openai", "messages", DEEP, "nested too deeply"),
-    ("tools-deep", "openai", "tools", DEEP, "nested too deeply"),
-    ("session-surrogate", "kvtier", "session", '"a\\ud800"', "not valid Unicode text"),
-    ("tenant-surrogate", "kvtier", "tenant", '"\\udfff"', "not valid Unicode text"),
-    ("chat-surrogate", "bailian", "chat_id", '"\\ud800"', "not valid Unicode text"),
-    ("content-surrogate", "openai", "messages", '[{"role": "user", "content": "x\\ud800"}]', "not valid Unicode"),
-    ("ts-list", "kvtier", "timestamp", "[1]", "expected a finite number >= 0, got [1]"),
+CRASHES: list[tuple[str, str, str, str, str, str]] = [
+    # (id, format, field set, bad JSON value, field the error names, message fragment)
+    ("ts-int64", "mooncake", "timestamp", str(2**63), "timestamp", "expected a number below 2**63"),
+    ("ts-huge", "mooncake", "timestamp", str(10**400), "timestamp", "expected a number below 2**63"),
+    ("ts-long-literal", "kvtier", "timestamp", LONG_INT, "timestamp", "got an integer of 5000 digits"),
+    ("ts-inf", "mooncake", "timestamp", "1e400", "timestamp", "got Infinity"),
+    ("ts-list", "kvtier", "timestamp", "[1]", "timestamp", "expected a finite number >= 0, got [1]"),
+    ("input-int64", "mooncake", "input_length", str(2**63), "input_length", "expected an integer below 2**63"),
+    ("input-float-huge", "mooncake", "input_length", "1e300", "input_length", "expected an integer below 2**63"),
+    ("output-int64", "bailian", "output_length", str(2**64), "output_length", "expected an integer below 2**63"),
+    ("output-long-literal", "mooncake", "output_length", LONG_INT, "output_length", "an integer of 5000 digits"),
+    ("usage-int64", "openai", "usage", '{"completion_tokens": %d}' % 2**63, "usage.completion_tokens", "below 2**63"),
+    ("block-size-int64", "kvtier", "block_size", str(2**63), "block_size", "expected an integer below 2**63"),
+    ("ids-long-literal", "mooncake", "hash_ids", f"[1, {LONG_INT}]", "hash_ids", "an integer of 5000 digits"),
+    ("tokens-long-literal", "kvtier", "tokens", f"[{LONG_INT}]", "tokens", "an integer of 5000 digits"),
+    ("chat-long-literal", "bailian", "chat_id", LONG_INT, "chat_id", "an integer of at most"),
+    ("ids-deep", "mooncake", "hash_ids", DEEP, "hash_ids", "nested too deeply"),
+    ("messages-deep", "openai", "messages", DEEP, "messages", "nested too deeply"),
+    ("tools-deep", "openai", "tools", DEEP, "tools", "nested too deeply"),
+    ("session-surrogate", "kvtier", "session", '"a\\ud800"', "session", "not valid Unicode text"),
+    ("tenant-surrogate", "kvtier", "tenant", '"\\udfff"', "tenant", "not valid Unicode text"),
+    ("chat-surrogate", "bailian", "chat_id", '"\\ud800"', "chat_id", "not valid Unicode text"),
+    ("content-surrogate", "openai", "messages", '[{"role": "user", "content": "x\\ud800"}]', "messages[0].content",
+     "not valid Unicode"),
+    ("tools-surrogate", "openai", "tools", '[{"type": "function", "function": {"name": "\\ud800"}}]', "tools",
+     "not valid Unicode"),
+    ("tool-calls-long-literal", "openai", "messages",
+     '[{"role": "assistant", "content": "x", "tool_calls": [{"id": %s}]}]' % LONG_INT, "messages[0].tool_calls",
+     "an integer of more than 4300 digits"),
+    ("tools-long-literal", "openai", "tools", '[{"type": "function", "function": {"n": %s}}]' % LONG_INT, "tools",
+     "an integer of more than 4300 digits"),
 ]
-FIELD_OF = {"messages": "messages[0].content", "usage": "usage.completion_tokens", "block_size": "block_size"}
 
 
-@pytest.mark.parametrize(("fmt", "field", "value", "fragment"), [c[1:] for c in CRASHES], ids=[c[0] for c in CRASHES])
+@pytest.mark.parametrize(
+    ("fmt", "field", "value", "names", "fragment"), [c[1:] for c in CRASHES], ids=[c[0] for c in CRASHES]
+)
 def test_malformed_value_names_line_and_field(
-    tmp_path: Path, tokenizer: str, fmt: str, field: str, value: str, fragment: str
+    tmp_path: Path, tokenizer: str, fmt: str, field: str, value: str, names: str, fragment: str
 ) -> None:
     fields = _encoded(BASE[fmt])
     if field == "block_size":  # block_size goes with hash_ids
@@ -117,12 +126,9 @@ def test_malformed_value_names_line_and_field(
     path = _log(tmp_path, fmt, _line(fields))
     with pytest.raises(LogFormatError) as e:
         read_log(path, fmt=fmt, tokenizer_path=tokenizer)  # type: ignore[arg-type]
-    want = FIELD_OF.get(field, field)
-    if field in ("messages", "tools") and value == DEEP:
-        want = field
-    assert (e.value.line, e.value.field) == (3, want), str(e.value)
+    assert (e.value.line, e.value.field) == (3, names), str(e.value)
     assert fragment in str(e.value)
-    assert str(e.value).startswith(f"{path}, line 3, field '{want}': ")
+    assert str(e.value).startswith(f"{path}, line 3, field '{names}': ")
 
 
 def test_deep_nesting_outside_fields_and_bad_utf8_name_the_line(tmp_path: Path) -> None:
@@ -133,6 +139,17 @@ def test_deep_nesting_outside_fields_and_bad_utf8_name_the_line(tmp_path: Path) 
     path.write_bytes(json.dumps(BASE["mooncake"]).encode() + b'\n{"timestamp": "\xc3\x28"}\n')
     with pytest.raises(LogFormatError, match=r"line 2: not UTF-8 text \(invalid continuation byte at byte 15\)"):
         read_log(str(path))
+
+
+def test_cost_names_the_line_of_a_record_with_more_blocks_than_input(tmp_path: Path) -> None:
+    """The cost models need every block inside the prompt; `kvtier analyze` takes such a log as it is."""
+    fields = _encoded(BASE["mooncake"])
+    fields["timestamp"] = "5"  # after the good records: line 3 is request 2 once sorted by time
+    fields["hash_ids"] = "[1, 2, 3, 4]"  # 4 blocks of 512 tokens for 1,100 input tokens
+    path = _log(tmp_path, "mooncake", _line(fields))
+    with pytest.raises(LogFormatError, match=r"line 3, field 'hash_ids': has 4 blocks of 512 tokens but only 1100"):
+        read_trace(path)
+    assert read_log(path).num_requests == 3
 
 
 def test_a_long_integer_in_an_unused_field_is_ignored(tmp_path: Path) -> None:
@@ -216,7 +233,10 @@ def _check_parse(path: str, fmt: str | None, tokenizer: str, records: int) -> No
     except KvtierError:
         return
     assert log.num_requests == records
-    CostTrace.from_request_log(log)  # what the parser accepted, the cost models take
+    try:
+        CostTrace.from_request_log(log)  # what the parser accepted, the cost models take or refuse by line
+    except LogFormatError as e:
+        assert 1 <= e.line <= 3 and e.field is not None, str(e)
 
 
 @FUZZ

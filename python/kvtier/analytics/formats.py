@@ -22,7 +22,6 @@ openai     ``messages`` (chat request body, optionally under ``request``), optio
 from __future__ import annotations
 
 import json
-import math
 import reprlib
 import sys
 from dataclasses import dataclass
@@ -197,6 +196,16 @@ def _text(value: str, field: str, ctx: _Ctx) -> str:
     return value
 
 
+def _json(value: object, field: str, ctx: _Ctx, *, sort_keys: bool = False) -> str:
+    """``value`` re-encoded as JSON text for a prompt (it came from the record, so it encodes unless it holds
+    an integer too long for Python or a lone surrogate)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, sort_keys=sort_keys)
+    except (TypeError, ValueError):  # a _LongInt (TypeError), or one the digit limit refuses (ValueError)
+        raise ctx.error(field, f"an integer of more than {sys.get_int_max_str_digits()} digits") from None
+    return _text(text, field, ctx)
+
+
 def _seconds(value: object, field: str, ctx: _Ctx) -> float:
     """A number of seconds, or an ISO 8601 date-time (naive means UTC) as seconds since the epoch."""
     if isinstance(value, str):
@@ -250,15 +259,6 @@ def _int_array(
 
 def _ids(value: object, field: str, ctx: _Ctx) -> npt.NDArray[np.uint64]:
     return _int_array(value, field, ctx, _ID_LIMIT, "integers in [0, 2**64)").astype(np.uint64, copy=False)
-
-
-def _covered(ids: npt.NDArray[np.uint64], input_length: int | None, block_tokens: int, ctx: _Ctx) -> None:
-    """Block ids may not outnumber the blocks of the prompt (the last one may be partial)."""
-    if input_length is not None and ids.shape[0] > -(-input_length // block_tokens):
-        raise ctx.error(
-            "hash_ids",
-            f"{ids.shape[0]} blocks of {block_tokens} tokens, but input_length is {input_length} tokens",
-        )
 
 
 def _tokens(value: object, field: str, ctx: _Ctx) -> npt.NDArray[np.int32]:
@@ -346,7 +346,6 @@ def _mooncake(rec: dict[str, Any], ctx: _Ctx) -> Record:
     inp = _count(_get(rec, "input_length", ctx), "input_length", ctx)
     out = _count(_get(rec, "output_length", ctx), "output_length", ctx)
     ids = _ids(_get(rec, "hash_ids", ctx), "hash_ids", ctx)
-    _covered(ids, inp, MOONCAKE_BLOCK_TOKENS, ctx)
     return Record(ctx.line, ts, None, None, inp, out, ids, MOONCAKE_BLOCK_TOKENS, None, None, None, None, None)
 
 
@@ -358,7 +357,6 @@ def _bailian(rec: dict[str, Any], ctx: _Ctx) -> Record:
     inp = _count(_get(rec, "input_length", ctx), "input_length", ctx)
     out = _count(_get(rec, "output_length", ctx), "output_length", ctx)
     hashes = _ids(_get(rec, "hash_ids", ctx), "hash_ids", ctx)
-    _covered(hashes, inp, BAILIAN_BLOCK_TOKENS, ctx)
     return Record(ctx.line, ts, None, None, inp, out, hashes, BAILIAN_BLOCK_TOKENS, None, None, None, parent, chat)
 
 
@@ -405,7 +403,6 @@ def _kvtier(rec: dict[str, Any], ctx: _Ctx) -> Record:
     bs = _count(_get(rec, "block_size", ctx), "block_size", ctx)
     if bs == 0:
         raise ctx.error("block_size", "expected an integer >= 1 (tokens per block of hash_ids), got 0")
-    _covered(ids, inp, bs, ctx)
     return Record(ctx.line, ts, session, tenant, inp, out, ids, bs, None, None, None, None, None)
 
 
@@ -462,8 +459,8 @@ def render_chat(messages: list[Any], tools: list[Any] | None, ctx: _Ctx | None =
                 raise c.error("tools", f"expected tool objects, got {_show(t)}")
             fn = t.get("function", t)
             names.append(str(fn.get("name", "")) if isinstance(fn, dict) else "")
-            lines.append(_text(json.dumps(t, ensure_ascii=False), "tools", c))
-            canon.append(json.dumps(t, ensure_ascii=False, sort_keys=True))
+            lines.append(_json(t, "tools", c))
+            canon.append(_json(t, "tools", c, sort_keys=True))
         out.append("<|im_start|>system\n# Tools\n" + "\n".join(lines) + "\n<|im_end|>\n")
         info = ChatTools(tuple(names), tuple(canon), len(out[0]))
     for i, m in enumerate(messages):
@@ -477,7 +474,7 @@ def render_chat(messages: list[Any], tools: list[Any] | None, ctx: _Ctx | None =
         body = _text(_content_text(m.get("content"), f"{field}.content", c), f"{field}.content", c)
         calls = m.get("tool_calls")
         if calls:
-            body += "\n" + _text(json.dumps(calls, ensure_ascii=False), f"{field}.tool_calls", c)
+            body += "\n" + _json(calls, f"{field}.tool_calls", c)
         out.append(f"<|im_start|>{role}\n{body}<|im_end|>\n")
     return "".join(out), info
 
