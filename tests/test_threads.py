@@ -16,12 +16,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import kvtier
-from kvtier import Namespace, Store, StoreConfig, TierConfig, TokenSequence
+from kvtier import DiskConfig, Namespace, Store, StoreConfig, TierConfig, TokenSequence
 
 BS = 4
 BB = 32  # one block key per block
@@ -272,3 +273,97 @@ def test_concurrent_unpin_of_one_pin_releases_it_once() -> None:
         assert s.stats().pinned_blocks == 0
     s.check_invariants()
     s.close()
+
+
+# Ops per thread of the disk stress test, and a time bound: under ThreadSanitizer (.ci/sanitize) each op is
+# several times slower, and the test stops at the bound with whatever it did (it needs STRESS_MIN_OPS).
+STRESS_OPS = 2_000
+STRESS_SECONDS = 20.0
+STRESS_MIN_OPS = 200
+
+
+@pytest.mark.parametrize("write_through", [False, True], ids=["write-back", "write-through"])
+def test_threads_stress_host_and_disk_tiers(tmp_path: Path, write_through: bool) -> None:
+    """4 threads: match, insert, pin + load + unpin, load, evict (demoting to disk) and flush on one store.
+
+    The host tier holds 16 blocks and the disk 160, so blocks move down on eviction (write-back) or on
+    insert (write-through) and back up on hits, while other threads pin, load and flush them.
+    """
+    cfg = StoreConfig(
+        block_size=BS,
+        block_bytes=BB,
+        payload_dtype="uint8",
+        host=TierConfig(capacity_bytes=16 * BB),
+        disk=DiskConfig(path=tmp_path, capacity_bytes=160 * BB, write_through=write_through, queue_blocks=8,
+                        batch_blocks=4, sync=False),
+    )
+    store = Store(cfg, namespace=NS)
+    start = threading.Barrier(N_THREADS)
+    deadline = time.monotonic() + STRESS_SECONDS
+    done = [0] * N_THREADS
+    flushes = [0] * N_THREADS
+    errors: list[str] = []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        out = np.empty((8, BB), np.uint8)
+        start.wait()
+        for i in range(STRESS_OPS):
+            if time.monotonic() > deadline:
+                return
+            k = rng.randrange(len(PROMPTS))
+            toks, kv = PROMPTS[k], PAYLOADS[k]
+            op = rng.choices(["insert", "match", "pin", "load", "evict", "flush"], weights=[30, 15, 25, 20, 7, 3])[0]
+            try:
+                if op == "insert":
+                    store.insert(toks, kv)
+                elif op == "match":
+                    m = store.match(toks)
+                    assert 0 <= m.num_blocks <= len(kv)
+                elif op == "pin":
+                    m = store.match(toks, pin=True)
+                    if m.pinned:
+                        try:
+                            got = store.load(m, out)
+                            assert got == m.num_blocks and np.array_equal(out[:got], kv[:got]), f"prompt {k}"
+                        finally:
+                            store.unpin(m)
+                elif op == "load":
+                    got = store.load(toks, out)
+                    assert np.array_equal(out[:got], kv[:got]), f"load of prompt {k} returned wrong bytes"
+                elif op == "evict":
+                    store.evict(rng.randrange(1, 8) * BB)
+                else:
+                    store.flush(host=rng.random() < 0.3)
+                    flushes[seed] += 1
+            except Exception as e:  # noqa: BLE001 - reported below with the op that raised
+                errors.append(f"thread {seed} op {i} {op} prompt {k}: {type(e).__name__}: {e}")
+                return
+            done[seed] += 1
+
+    threads = [threading.Thread(target=work, args=(seed,), name=f"kvtier-stress-{seed}") for seed in range(N_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=STRESS_SECONDS + 60)
+    assert not any(t.is_alive() for t in threads), "a worker hung (deadlock?)"
+    assert not errors, "\n".join(errors)
+    assert min(done) >= STRESS_MIN_OPS, done
+    assert sum(flushes) > 0
+    store.flush(host=True)
+    store.check_invariants()
+    st = store.stats()
+    assert st.pinned_blocks == 0 and st.disk is not None
+    assert (st.disk.write_errors, st.disk.corrupted) == (0, 0)
+    assert st.disk.blocks > 0, "the workload should reach the disk"
+    store.close()
+
+    # What reached the folder is intact after a restart (a fresh store, empty host tier).
+    with Store(cfg, namespace=NS) as again:
+        served = 0
+        for toks, kv in zip(PROMPTS, PAYLOADS):
+            got = again.load(toks, out := np.empty((8, BB), np.uint8))
+            assert np.array_equal(out[:got], kv[:got])
+            served += got
+        assert served > 0
+        again.check_invariants()

@@ -31,6 +31,9 @@ Key namespace_key(const std::vector<std::string>& fields) {
 
 void chain_keys(const Key& ns_key, const Key* parent, const Word* words, std::size_t n_blocks,
                 std::uint32_t width, const std::uint8_t* extra, std::size_t extra_len, Key* out) {
+  // Nothing to hash: no buffer either (its size follows `width`, which a caller may set to any
+  // block size; 2**31 tokens would otherwise allocate 8 GiB to hash zero blocks).
+  if (n_blocks == 0) return;
   // One message buffer reused for every block: parent || le32(extra_len) || extra || tokens.
   std::vector<std::uint8_t> msg(32 + 4 + extra_len + static_cast<std::size_t>(width) * 4);
   std::uint8_t* p = msg.data();

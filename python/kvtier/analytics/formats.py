@@ -22,7 +22,8 @@ openai     ``messages`` (chat request body, optionally under ``request``), optio
 from __future__ import annotations
 
 import json
-import math
+import reprlib
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal, NamedTuple
@@ -51,6 +52,11 @@ MOONCAKE_BLOCK_TOKENS = 512  # Mooncake FAST'25 appendix A.1: hash_ids cover 512
 BAILIAN_BLOCK_TOKENS = 16  # qwen-bailian-usagetraces-anon: files are named *_blksz_16.jsonl
 _TOKEN_LIMIT = 1 << 31  # the core's default bound on token ids
 _ID_LIMIT = 1 << 64
+# Times and counts land in float64 / int64 columns: every number of a record is below 2**63.
+_NUMBER_LIMIT = 1 << 63
+_NUMBER_BOUND = "2**63"
+_SHOW = reprlib.Repr()  # containers too deep or too long for json.dumps are shown in bounded form
+_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother = 3, 30, 30
 
 
 class LogFormatError(InvalidArgumentError):
@@ -123,8 +129,30 @@ class _Ctx:
         return LogFormatError(self.path, self.line, field, message)
 
 
+class _LongInt:
+    """An integer literal with more digits than Python converts (``sys.get_int_max_str_digits``).
+
+    Only the error path decodes with it (see :func:`_object`), so the field validators can name the
+    field that holds it instead of failing the whole line.
+    """
+
+    __slots__ = ("digits",)
+
+    def __init__(self, literal: str) -> None:
+        self.digits = len(literal.lstrip("-"))
+
+    def __repr__(self) -> str:
+        return f"an integer of {self.digits} digits"
+
+
 def _show(value: object) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    if isinstance(value, str):
+        text = repr(value)
+    else:
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError, RecursionError):  # _LongInt, or nesting deeper than the encoder goes
+            text = _SHOW.repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -134,18 +162,48 @@ def _get(rec: dict[str, Any], field: str, ctx: _Ctx) -> Any:
     return rec[field]
 
 
+def _too_big(value: object) -> bool:
+    """A JSON number of a record that does not fit its column (see ``_NUMBER_LIMIT``)."""
+    if isinstance(value, _LongInt):
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= _NUMBER_LIMIT
+
+
 def _number(value: object, field: str, ctx: _Ctx) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if _too_big(value):  # inf too
+        raise ctx.error(field, f"expected a number below {_NUMBER_BOUND}, got {_show(value)}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:  # NaN fails >= 0
         raise ctx.error(field, f"expected a finite number >= 0, got {_show(value)}")
     return float(value)
 
 
 def _count(value: object, field: str, ctx: _Ctx) -> int:
+    if _too_big(value):
+        raise ctx.error(field, f"expected an integer below {_NUMBER_BOUND}, got {_show(value)}")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ctx.error(field, f"expected an integer >= 0, got {_show(value)}")
     return value
+
+
+def _text(value: str, field: str, ctx: _Ctx) -> str:
+    """``value`` if it can be written as UTF-8 (JSON's ``\\ud800`` escapes decode to lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ctx.error(field, f"not valid Unicode text ({e.reason} at character {e.start})") from None
+    return value
+
+
+def _json(value: object, field: str, ctx: _Ctx, *, sort_keys: bool = False) -> str:
+    """``value`` re-encoded as JSON text for a prompt (it came from the record, so it encodes unless it holds
+    an integer too long for Python or a lone surrogate)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, sort_keys=sort_keys)
+    except (TypeError, ValueError):  # a _LongInt (TypeError), or one the digit limit refuses (ValueError)
+        raise ctx.error(field, f"an integer of more than {sys.get_int_max_str_digits()} digits") from None
+    return _text(text, field, ctx)
 
 
 def _seconds(value: object, field: str, ctx: _Ctx) -> float:
@@ -164,9 +222,12 @@ def _seconds(value: object, field: str, ctx: _Ctx) -> float:
 def _key(value: object, field: str, ctx: _Ctx) -> str:
     """A session / tenant / chat id: a string or an integer."""
     if isinstance(value, str):
-        return value
+        return _text(value, field, ctx)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    if isinstance(value, _LongInt):
+        limit = sys.get_int_max_str_digits()
+        raise ctx.error(field, f"expected a string or an integer of at most {limit} digits, got {_show(value)}")
     raise ctx.error(field, f"expected a string or an integer, got {_show(value)}")
 
 
@@ -204,16 +265,59 @@ def _tokens(value: object, field: str, ctx: _Ctx) -> npt.NDArray[np.int32]:
     return _int_array(value, field, ctx, _TOKEN_LIMIT, "token ids in [0, 2**31)").astype(np.int32, copy=False)
 
 
+def _int_literal(literal: str) -> int | _LongInt:
+    try:
+        return int(literal)
+    except ValueError:  # more digits than sys.get_int_max_str_digits() allows
+        return _LongInt(literal)
+
+
+def _decode(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise
+    except ValueError:  # an integer too long for int(): decode again, keeping it for its field to name
+        return json.loads(line, parse_int=_int_literal)
+
+
 def _object(line: bytes, ctx: _Ctx) -> dict[str, Any]:
     try:
-        rec = json.loads(line)
+        rec = _decode(line)
     except UnicodeDecodeError as e:
         raise ctx.error(None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ctx.error(None, f"not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise _too_deep(line, ctx) from None
     if not isinstance(rec, dict):
         raise ctx.error(None, f"expected a JSON object, got {type(rec).__name__}")
     return rec
+
+
+def _too_deep(line: bytes, ctx: _Ctx) -> LogFormatError:
+    """The error for a record nested deeper than Python can decode, naming the top-level field that is."""
+    limit = sys.getrecursionlimit() // 4  # the decoder failed at about the recursion limit; any deep field will do
+    depth, field, key, i, n = 0, None, None, 0, len(line)
+    while i < n:
+        c = line[i]
+        if c == 0x22:  # a string: skip it, remembering it as a key of the top-level object
+            j = i + 1
+            while j < n and line[j] != 0x22:
+                j += 2 if line[j] == 0x5C else 1
+            if depth == 1:
+                key = line[i + 1 : j].decode("utf-8", "replace")
+            i = j
+        elif c in b"[{":
+            depth += 1
+            if depth == 2:
+                field = key
+            if depth > limit:
+                break
+        elif c in b"]}":
+            depth -= 1
+        i += 1
+    return ctx.error(field, "nested too deeply for Python's JSON decoder")
 
 
 def detect_format(rec: dict[str, Any], path: str, line: int) -> Format:
@@ -293,6 +397,7 @@ def _kvtier(rec: dict[str, Any], ctx: _Ctx) -> Record:
         text = rec["text"]
         if not isinstance(text, str):
             raise ctx.error("text", f"expected a string, got {_show(text)}")
+        text = _text(text, "text", ctx)
         return Record(ctx.line, ts, session, tenant, inp, out, None, None, None, text, None, None, None)
     ids = _ids(rec["hash_ids"], "hash_ids", ctx)
     bs = _count(_get(rec, "block_size", ctx), "block_size", ctx)
@@ -354,8 +459,8 @@ def render_chat(messages: list[Any], tools: list[Any] | None, ctx: _Ctx | None =
                 raise c.error("tools", f"expected tool objects, got {_show(t)}")
             fn = t.get("function", t)
             names.append(str(fn.get("name", "")) if isinstance(fn, dict) else "")
-            lines.append(json.dumps(t, ensure_ascii=False))
-            canon.append(json.dumps(t, ensure_ascii=False, sort_keys=True))
+            lines.append(_json(t, "tools", c))
+            canon.append(_json(t, "tools", c, sort_keys=True))
         out.append("<|im_start|>system\n# Tools\n" + "\n".join(lines) + "\n<|im_end|>\n")
         info = ChatTools(tuple(names), tuple(canon), len(out[0]))
     for i, m in enumerate(messages):
@@ -365,10 +470,11 @@ def render_chat(messages: list[Any], tools: list[Any] | None, ctx: _Ctx | None =
         role = m.get("role")
         if not isinstance(role, str):
             raise c.error(f"{field}.role", f"expected a string, got {_show(role)}")
-        body = _content_text(m.get("content"), f"{field}.content", c)
+        _text(role, f"{field}.role", c)
+        body = _text(_content_text(m.get("content"), f"{field}.content", c), f"{field}.content", c)
         calls = m.get("tool_calls")
         if calls:
-            body += "\n" + json.dumps(calls, ensure_ascii=False)
+            body += "\n" + _json(calls, f"{field}.tool_calls", c)
         out.append(f"<|im_start|>{role}\n{body}<|im_end|>\n")
     return "".join(out), info
 
@@ -410,7 +516,11 @@ _PARSERS = {"mooncake": _mooncake, "bailian": _bailian, "kvtier": _kvtier, "open
 def parse_record(fmt: Format, line: bytes, path: str, lineno: int) -> Record:
     """Parses one line of a log in format ``fmt``; raises :class:`LogFormatError` naming line and field."""
     ctx = _Ctx(path, lineno)
-    return _PARSERS[fmt](_object(line, ctx), ctx)
+    rec = _object(line, ctx)
+    try:
+        return _PARSERS[fmt](rec, ctx)
+    except RecursionError:  # re-encoding a value nested almost as deep as the decoder allows (tool calls)
+        raise _too_deep(line, ctx) from None
 
 
 def first_object(line: bytes, path: str, lineno: int) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import hashlib
 import io
 import os
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -66,6 +67,8 @@ class RequestLog:
         (blocks for block kinds, tokens for ``tokens``).
     sessions, session_table, tenants, tenant_table
         Optional ``uint32[n]`` indices into the tables.
+    lines
+        ``int64[n]``: the line of the file each request came from (1-based), for errors found later.
     reordered
         The file was not in time order and was stable-sorted.
     breaks
@@ -86,6 +89,7 @@ class RequestLog:
     session_table: tuple[str, ...] = ()
     tenants: npt.NDArray[np.uint32] | None = None
     tenant_table: tuple[str, ...] = ()
+    lines: npt.NDArray[np.int64] | None = None
     reordered: bool = False
     breaks: BreakReport | None = None
     _traces: dict[int, tuple[ReplayTrace, npt.NDArray[np.int64]]] = field(
@@ -170,6 +174,8 @@ def load_tokenizer(path: str) -> Any:
 
 def _open(path: str) -> tuple[io.BufferedReader, io.BufferedIOBase, int]:
     """(raw file, reader, size in bytes): gzip is read through, the progress follows the raw file."""
+    if "\0" in path:
+        raise InvalidArgumentError(f"cannot open {path!r}: a path cannot contain a NUL character")
     raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
     size = os.fstat(raw.fileno()).st_size
     if path.endswith(".gz"):
@@ -205,7 +211,7 @@ def _lines(path: str, digest: Any, progress: bool) -> Iterator[tuple[int, bytes]
             if line.strip():
                 yield n, line
         bar.update(size - done)
-    except (OSError, EOFError) as e:  # truncated gzip and the like
+    except (OSError, EOFError, zlib.error) as e:  # truncated or damaged gzip and the like
         raise InvalidArgumentError(f"cannot read {path}: {e}") from None
     finally:
         bar.close()
@@ -218,6 +224,7 @@ class _Columns:
 
     def __init__(self) -> None:
         self.ts: list[float] = []
+        self.line: list[int] = []
         self.inp: list[int] = []
         self.out: list[int] = []
         self.sess: list[int] = []
@@ -226,7 +233,8 @@ class _Columns:
         self.pending: list[npt.NDArray[Any]] = []
         self.chunks: list[npt.NDArray[Any]] = []
 
-    def add(self, ts: float, inp: int, out: int, sess: int, ten: int, content: npt.NDArray[Any]) -> None:
+    def add(self, line: int, ts: float, inp: int, out: int, sess: int, ten: int, content: npt.NDArray[Any]) -> None:
+        self.line.append(line)
         self.ts.append(ts)
         self.inp.append(inp)
         self.out.append(out)
@@ -340,7 +348,7 @@ def read_log(
                         )
                     finder.observe(r.session, r.line, np.asarray(content, dtype=np.int32), r.text, r.tools)
             ten = tenants(r.tenant) if r.tenant is not None else -1
-            cols.add(r.timestamp, inp, r.output_length, sess, ten, content)
+            cols.add(r.line, r.timestamp, inp, r.output_length, sess, ten, content)
 
     for lineno, line in _lines(name, digest, progress):
         if fmt is None:
@@ -423,6 +431,7 @@ def _assemble(
     np.cumsum(lengths, out=offsets[1:])
     inp = np.asarray(cols.inp, dtype=np.int64)
     out = np.asarray(cols.out, dtype=np.int64)
+    lines = np.asarray(cols.line, dtype=np.int64)
     sess = ten = None
     if any_session:
         raw = np.asarray(cols.sess, dtype=np.int64)
@@ -451,7 +460,7 @@ def _assemble(
         np.cumsum(lengths, out=new_off[1:])
         total = int(new_off[-1])
         data = data[np.repeat(starts - new_off[:-1].astype(np.int64), lengths) + np.arange(total, dtype=np.int64)]
-        offsets, ts, inp, out = new_off, ts[order], inp[order], out[order]
+        offsets, ts, inp, out, lines = new_off, ts[order], inp[order], out[order], lines[order]
         sess = None if sess is None else sess[order]
         ten = None if ten is None else ten[order]
     return RequestLog(
@@ -469,6 +478,7 @@ def _assemble(
         session_table=session_table,
         tenants=ten,
         tenant_table=tenant_table,
+        lines=lines,
         reordered=reordered,
         breaks=None if finder is None else finder.report(),
     )

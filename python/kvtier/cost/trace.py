@@ -127,14 +127,9 @@ class CostTrace:
             raise InvalidArgumentError("offsets must start at 0 and be non-decreasing")
         if self.block_ids.shape != (int(self.offsets[-1]),):
             raise InvalidArgumentError(f"block_ids must have shape ({int(self.offsets[-1])},), got {self.block_ids.shape}")
-        most = -(-self.input_tokens // self.block_tokens)  # ceil: the last block may be partial
-        over = np.flatnonzero(self.blocks_per_request > most)
-        if over.size:
-            r = int(over[0])
-            raise InvalidArgumentError(
-                f"request {r} has {int(self.blocks_per_request[r])} blocks of {self.block_tokens} tokens "
-                f"but only {int(self.input_tokens[r])} input tokens"
-            )
+        r = _first_uncovered(self.offsets, self.input_tokens, self.block_tokens)
+        if r is not None:
+            raise InvalidArgumentError(f"request {r} {_uncovered(self.offsets, self.input_tokens, self.block_tokens, r)}")
         for name, idx, table in (("sessions", self.sessions, self.session_table), ("tenants", self.tenants, self.tenant_table)):
             if idx is None:
                 continue
@@ -254,6 +249,12 @@ class CostTrace:
         else:
             raise InvalidArgumentError(f"unknown request-log kind {kind!r}")
         inp = np.asarray(log.input_tokens, dtype=np.int64)
+        r = _first_uncovered(offsets, inp, bt)
+        if r is not None and log.lines is not None:  # a malformed record: name its line
+            from kvtier.analytics.formats import LogFormatError
+
+            field = "input_length" if kind == "tokens" else "hash_ids"
+            raise LogFormatError(str(log.path), int(log.lines[r]), field, _uncovered(offsets, inp, bt, r))
         return cls(
             np.asarray(log.timestamps, dtype=np.float64),
             inp,
@@ -283,6 +284,20 @@ class CostTrace:
             block_tokens=block_tokens,
             sessions=[session] * requests,
         )
+
+
+def _first_uncovered(
+    offsets: npt.NDArray[np.uint64], input_tokens: npt.NDArray[np.int64], block_tokens: int
+) -> int | None:
+    """The first request with more blocks than its input tokens fill (the last block may be partial), or None."""
+    blocks = np.diff(offsets.astype(np.int64))
+    over = np.flatnonzero(blocks > -(-input_tokens // block_tokens))
+    return int(over[0]) if over.size else None
+
+
+def _uncovered(offsets: npt.NDArray[np.uint64], input_tokens: npt.NDArray[np.int64], block_tokens: int, r: int) -> str:
+    blocks = int(offsets[r + 1]) - int(offsets[r])
+    return f"has {blocks} blocks of {block_tokens} tokens but only {int(input_tokens[r])} input tokens"
 
 
 def _index(names: Sequence[str] | None) -> tuple[npt.NDArray[np.uint32] | None, tuple[str, ...]]:
