@@ -111,3 +111,8 @@ def test_stats_report_decisions_tiers_and_times(engine: Engine) -> None:
     assert decided > 0
     assert m.get("vllm:kvtier_saved_blocks", 0) > 0 and m.get("vllm:kvtier_saved_bytes", 0) > 0
     assert m.get("vllm:kvtier_load_seconds", 0) > 0 and m.get("vllm:kvtier_save_seconds", 0) > 0
+    # saves are committed off the engine step, and none failed
+    assert m.get("vllm:kvtier_save_commit_seconds", 0) > 0
+    assert m.get("vllm:kvtier_save_errors", 0) == 0 and m.get("vllm:kvtier_save_failed_blocks", 0) == 0
+    steps = engine.histograms()["vllm:kvtier_save_step_seconds"]
+    assert steps[-1][1] > 0, "no engine step recorded its save time"
