@@ -7,6 +7,11 @@ A 4,000-token prompt (125 full blocks), three distinct prompts, each measured as
 - host hit: the same prompt again in the same engine (124 blocks loaded from kvtier's host tier, 32 tokens prefilled);
 - disk hit: the same prompt in a fresh engine process pointed at the same folder (loaded from the disk tier).
 
+Beside TTFT, the time each engine step spends in kvtier's save code (the histogram ``vllm:kvtier_save_step_seconds``,
+median and p99 read from its buckets, within ~25%): over the cold prompts (124 blocks saved per step) and over a
+save phase of distinct 1,000-token prompts (31 blocks per step). Saves are asynchronous: the step only starts the
+copy of its blocks; the insert and the disk commit run beside it (``save_commit_ms``).
+
 The tiny model prefills fast (2 layers, hidden 128), so this is the hard case for a cache: the loads have to beat a
 cheap prefill. The figures are reported as they come; the only gate is that a host hit is faster than cold.
 The connector runs with its default ``hit_policy="pays"``: the figures also say how many tokens it claimed.
@@ -31,7 +36,7 @@ PROMPT_TOKENS = 4000
 N_PROMPTS = 3
 ROUNDS = 3
 SAVE_PROMPT_TOKENS = 1000  # the save phase: distinct prompts, one step each saving 31 blocks
-N_SAVE_PROMPTS = 24
+N_SAVE_PROMPTS = 48
 SAVE_STEP = "vllm:kvtier_save_step_seconds"  # histogram: time one engine step spends in kvtier's save code
 
 
@@ -86,7 +91,8 @@ def test_ttft_cold_host_hit_disk_hit(tmp_path: Path, report: Callable[..., None]
     figures["host hit: tokens claimed / loaded blocks host"] = (
         f"{_delta(m2, m1, 'claimed_tokens'):.0f} / {_delta(m2, m1, 'loaded_blocks_host'):.0f}"
     )
-    figures["cold: kvtier save ms per prompt"] = 1e3 * _delta(m1, m0, "save_seconds") / N_PROMPTS
+    figures["cold: kvtier save ms per prompt, in the step"] = 1e3 * _delta(m1, m0, "save_seconds") / N_PROMPTS
+    figures["cold: kvtier save ms per prompt, beside the step"] = 1e3 * _delta(m1, m0, "save_commit_seconds") / N_PROMPTS
     _save_figures(figures, "cold", h1, h0)
     _save_figures(figures, f"{N_SAVE_PROMPTS} prompts of {SAVE_PROMPT_TOKENS} tokens", h3, h2)
     figures["host hit: kvtier load ms per prompt"] = 1e3 * _delta(m2, m1, "load_seconds") / (ROUNDS * N_PROMPTS)

@@ -139,15 +139,15 @@ def test_a_failed_save_is_counted_and_acknowledged_as_holding_nothing(caplog: py
         saver.submit(_job(engine, buffers, 1, a, 0, [1, 2, 3, 4]))  # its insert raises
         assert saver.wait_finished(timeout=30)
         saver.submit(_job(engine, buffers, 2, b, 0, [5, 6]))  # the thread goes on
-        assert saver.wait_finished(timeout=30)
-    assert saver.take_acks() == [(1, 0), (2, 2)]
+        saver.submit_failed(3, "req-3", 5)  # a save the step could not even start
+        assert saver.close(), "drained: every save and disk commit is done"
+    assert saver.take_acks() == [(1, 0), (2, 2), (3, 0)]
     assert store.peek(a).num_blocks == 0 and store.peek(b).num_blocks == 2
-    assert stats.data["save_failed_blocks"] == 4
-    assert stats.data["save_errors"] == 2, "the failed insert and the failed disk commit"
+    assert stats.data["save_failed_blocks"] == 4 + 5
+    assert stats.data["save_errors"] == 3, "the failed insert, the failed disk commit, the save that never started"
     assert buffers.out_bytes == 0
     text = caplog.text
     assert "injected insert failure" in text and "disk full" in text
-    assert saver.close()
     store.close()
 
 

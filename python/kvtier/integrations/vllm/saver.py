@@ -91,8 +91,8 @@ class SaveJob:
 
     save_id: int
     req_id: str
-    ns: Namespace  # the rank's namespace (the store's)
-    event_ns: Namespace  # the rank-independent one (KV events)
+    ns: Namespace | None  # the rank's namespace (the store's); None for a save that failed before it started
+    event_ns: Namespace | None  # the rank-independent one (KV events)
     tokens: Any  # int32[end * block_size], a copy owned by the job
     start: int
     end: int
@@ -100,6 +100,7 @@ class SaveJob:
     handle: CopyHandle | None = None  # the gather, None once complete
     done: threading.Event = field(default_factory=threading.Event)
     failed: bool = False
+    held: int = 0  # after the save: the request's blocks the store holds from block 0 (0 if it failed)
 
 
 class Saver:
@@ -135,6 +136,10 @@ class Saver:
             seq = self._started
         self._queue.put(job)
         return seq
+
+    def submit_failed(self, save_id: int, req_id: str, blocks: int) -> None:
+        """Acknowledges save ``save_id`` (``blocks`` blocks) as failed, in order with the others."""
+        self.submit(SaveJob(save_id, req_id, None, None, None, 0, blocks, failed=True))
 
     @property
     def pending(self) -> int:
@@ -177,24 +182,29 @@ class Saver:
             if job is None:
                 self._commit()
                 return
-            self._save(job)
+            try:
+                self._save(job)
+            except Exception:  # a bug; the job is still acknowledged (as failed) below
+                logger.exception("kvtier: save of request %s", job.req_id)
+                job.failed = True
+            finally:
+                self._finish(job)
             if self._queue.empty():
                 self._commit()  # one disk commit for what is queued (group commit)
 
     def _save(self, job: SaveJob) -> None:
         t0 = time.perf_counter()
-        held = 0
         n = job.end - job.start
         try:
             if job.failed:
-                pass  # the copy could not start; the step logged it
+                pass  # it failed in the step, which logged why
             elif n > 0:
                 if job.handle is not None:
                     job.handle.wait()
                 res = self._store.insert(job.tokens, job.buf[:n].numpy(), start_block=job.start, namespace=job.ns)
-                held = min(res.stored_blocks, job.end)
+                job.held = min(res.stored_blocks, job.end)
             else:  # nothing new: the store held the blocks, or an earlier job of the request was inserting them
-                held = min(self._store.peek(job.tokens, namespace=job.ns).num_blocks, job.end)
+                job.held = min(self._store.peek(job.tokens, namespace=job.ns).num_blocks, job.end)
         except Exception as e:  # a save is best effort: never into vLLM
             job.failed = True
             logger.warning("kvtier: saving blocks %d..%d of request %s failed: %s", job.start, job.end, job.req_id, e)
@@ -203,10 +213,10 @@ class Saver:
             if job.buf is not None:
                 self._buffers.give(job.buf)
                 job.buf = None
-        stored = max(0, held - job.start) if not job.failed else 0
+        stored = 0 if job.failed else max(0, job.held - job.start)
         if stored and self._on_stored is not None:
             try:
-                self._on_stored(job, held)
+                self._on_stored(job, job.held)
             except Exception as e:
                 logger.warning("kvtier: KV event for request %s failed: %s", job.req_id, e)
         with self._stats_lock:
@@ -217,8 +227,11 @@ class Saver:
             s.add("saved_blocks", stored)
             s.add("saved_bytes", stored * self._buffers.block_bytes)
             s.add("save_commit_ms", (time.perf_counter() - t0) * 1e3)
+
+    def _finish(self, job: SaveJob) -> None:
+        """Acknowledges ``job`` (exactly once) and wakes whoever waits for it."""
         with self._cv:
-            self._acks.append((job.save_id, 0 if job.failed else held))
+            self._acks.append((job.save_id, 0 if job.failed else job.held))
             self._finished += 1
             self._cv.notify_all()
         job.done.set()

@@ -178,9 +178,13 @@ class SchedulerSide:
         n = (have + 1) * self.block_size
         if n > len(toks):
             return False
-        head = toks[:n]
+        last = slice(n - self.block_size, n)  # compared first: unrelated prompts differ there (shared heads do not)
         return any(
-            p.tenant == tenant and p.end > have and np.array_equal(p.tokens[:n], head) for p in self._in_flight.values()
+            p.tenant == tenant
+            and p.end > have
+            and np.array_equal(p.tokens[last], toks[last])
+            and np.array_equal(p.tokens[:n], toks[:n])
+            for p in self._in_flight.values()
         )
 
     def saves_in_flight(self) -> bool:

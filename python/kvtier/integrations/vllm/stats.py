@@ -131,8 +131,8 @@ class KVTierConnectorStats(KVConnectorStats):
         """This interval's stats (``None`` if empty); the counters restart from zero."""
         if self.is_empty():
             return None
-        out = KVTierConnectorStats(data=self.data)
-        self.data = {}
+        out = KVTierConnectorStats(data=dict(self.data))  # takes the sample lists along
+        self.reset()
         return out
 
 

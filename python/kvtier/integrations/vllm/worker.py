@@ -155,24 +155,33 @@ class WorkerSide:
     # ------------------------------------------------------------------ per step
     def before_step(self) -> None:
         """Before anything of the step runs (vLLM's ``handle_preemptions``): the copies that earlier steps started
-        finish before this step's forward may write the engine's pages again (a finished or preempted request's
-        blocks are freed at once and may be reallocated). They are long done as a rule; then this costs nothing."""
+        finish before this step may write the engine's pages again (a finished or preempted request's blocks are
+        freed at once; vLLM zeroes reallocated blocks in ``_update_states``, before ``bind_connector_metadata``,
+        and the forward writes them). They are long done as a rule; then this costs nothing."""
         self._step_save_s = 0.0
         self._step_waited = False
+        self._finish_gathers()
+
+    def _finish_gathers(self) -> None:
         if not self._gathers:
             return
         t0 = time.perf_counter()
+        waited = False
         for h in self._gathers:
             try:
-                h.wait()
+                if not h.poll():
+                    waited = True
+                    h.wait()
             except Exception:  # the copy failed: the save thread counts it; the pages are not read any more
                 pass
         self._gathers.clear()
-        self._step_save_s += time.perf_counter() - t0
-        self._step_waited = True
+        if waited:  # a step that only found them done does not count as saving
+            self._step_save_s += time.perf_counter() - t0
+            self._step_waited = True
 
     def bind(self, meta: KVTierConnectorMetadata) -> None:
         """Applies the step's token deltas and drops finished requests (before any load or save)."""
+        self._finish_gathers()  # already done by before_step, unless the model runner does not call it
         self._t_bind = self._t_loaded = time.perf_counter()
         self._bad_from.clear()
         for req_id in meta.finished:
@@ -283,7 +292,12 @@ class WorkerSide:
         for step in meta.steps:
             if step.save is not None:
                 planned = True
-                self._start_save(step)
+                try:
+                    self._start_save(step)
+                except Exception as e:  # never into vLLM: logged, counted and acknowledged as failed
+                    logger.warning("kvtier: the save of request %s could not start: %s", step.req_id, e)
+                    assert self._saver is not None
+                    self._saver.submit_failed(step.save.save_id, step.req_id, step.save.end_block)
         self._step_save_s += time.perf_counter() - t0
         if planned or self._step_waited:
             with self._lock:
@@ -325,6 +339,7 @@ class WorkerSide:
         from vllm.distributed.kv_events import MEDIUM_CPU, BlockStored
 
         toks = job.tokens
+        assert job.event_ns is not None  # a save that stored blocks had started
         keys = kvtier.block_keys(toks[: held * self.block_size], job.event_ns, block_size=self.block_size)
         event = BlockStored(
             block_hashes=[bytes(k) for k in keys[job.start : held]],
