@@ -7,9 +7,9 @@ A 4,000-token prompt (125 full blocks), three distinct prompts, each measured as
 - host hit: the same prompt again in the same engine (124 blocks loaded from kvtier's host tier, 32 tokens prefilled);
 - disk hit: the same prompt in a fresh engine process pointed at the same folder (loaded from the disk tier).
 
-Beside TTFT, the time each engine step spends in kvtier's save code (the histogram ``vllm:kvtier_save_step_seconds``,
-median and p99 read from its buckets, within ~25%): over the cold prompts (124 blocks saved per step) and over a
-save phase of distinct 1,000-token prompts (31 blocks per step). Saves are asynchronous: the step only starts the
+Beside TTFT, the time each engine step spends in kvtier's save code (the histogram
+``vllm:kvtier_save_step_seconds``, median and p99 interpolated within its buckets, 1.6x apart): over the cold
+prompts (124 blocks saved per step) and over a save phase of distinct 1,000-token prompts (31 blocks per step). Saves are asynchronous: the step only starts the
 copy of its blocks; the insert and the disk commit run beside it (``save_commit_ms``).
 
 The tiny model prefills fast (2 layers, hidden 128), so this is the hard case for a cache: the loads have to beat a

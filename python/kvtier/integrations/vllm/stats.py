@@ -76,7 +76,7 @@ SAMPLE_KEYS: dict[str, str] = {
     "save_step_ms": "Time one engine step spent in kvtier's save code (steps that saved), seconds",
 }
 
-#: Histogram buckets (seconds): five per decade from 10 us to 10 s (quantiles read from them are within ~25%).
+#: Histogram buckets (seconds): five per decade from 10 us to 10 s (1.6x apart; quantiles are interpolated within one).
 SAMPLE_BUCKETS_S: tuple[float, ...] = tuple(round(10.0 ** (e / 5), 10) for e in range(-25, 6))
 
 #: At most this many samples per key are kept per interval (the rest are dropped; counters keep counting).
