@@ -31,6 +31,7 @@ def test_only_disk_path_given_everything_else_defaults(tmp_path: object) -> None
     assert cfg.host_policy == cfg.disk_policy == "lru"
     assert cfg.hit_policy == "pays"
     assert cfg.save_generated is True
+    assert cfg.save_buffer == 1 << 30
     assert cfg.model is None and cfg.revision is None and cfg.tokenizer is None
 
 
@@ -51,6 +52,7 @@ def test_all_keys_parse() -> None:
             "host_bandwidth": "8G",
             "disk_bandwidth": "1.5G",
             "save_generated": False,
+            "save_buffer": "256M",
         }
     )
     assert isinstance(cfg, KVTierConnectorConfig)
@@ -59,6 +61,7 @@ def test_all_keys_parse() -> None:
     assert cfg.disk_bandwidth == int(1.5 * (1 << 30))
     assert (cfg.host_policy, cfg.host_ttl_s, cfg.disk_policy) == ("ttl", 3600.0, "lfu")
     assert cfg.hit_policy == "always" and cfg.save_generated is False
+    assert cfg.save_buffer == 256 << 20
 
 
 @pytest.mark.parametrize(
@@ -78,6 +81,7 @@ def test_all_keys_parse() -> None:
         ({"disk_path": "", "model": "m"}, kvtier.KvtierTypeError, "disk_path"),
         ({"disk_path": "/x", "model": 3}, kvtier.KvtierTypeError, "model"),
         ({"disk_path": "/x", "disk_bandwidth": 0}, kvtier.InvalidArgumentError, "disk_bandwidth"),
+        ({"disk_path": "/x", "save_buffer": "0M"}, kvtier.InvalidArgumentError, "save_buffer"),
     ],
 )
 def test_bad_extra_config_is_refused_naming_the_key(extra: dict[str, object], exc: type[Exception], names: str) -> None:

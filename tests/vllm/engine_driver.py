@@ -52,6 +52,22 @@ def _metrics(llm: Any) -> dict[str, float]:
     return values
 
 
+def _histograms(prefix: str = "vllm:kvtier_") -> dict[str, list[tuple[float, float]]]:
+    """kvtier's Prometheus histograms: name -> [(upper bound in seconds, cumulative count)], summed over engines."""
+    from prometheus_client import REGISTRY
+
+    out: dict[str, dict[float, float]] = {}
+    for metric in REGISTRY.collect():
+        if metric.type != "histogram" or not metric.name.startswith(prefix):
+            continue
+        buckets = out.setdefault(metric.name, {})
+        for sample in metric.samples:
+            if sample.name.endswith("_bucket"):
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + float(sample.value)
+    return {name: sorted(b.items()) for name, b in out.items()}
+
+
 class _EventListener:
     """Subscribes to the engine's KV-event publisher (ZMQ) and keeps the kvtier connector's events (medium CPU)."""
 
@@ -182,6 +198,8 @@ def _serve(conn: Any) -> None:
                 conn.send({"events": listener.take() if listener else []})
             elif op == "metrics":
                 conn.send({"metrics": _metrics(llm)})
+            elif op == "histograms":
+                conn.send({"histograms": _histograms()})
             else:
                 conn.send({"error": f"unknown op {op!r}"})
         except Exception:

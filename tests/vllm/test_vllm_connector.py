@@ -47,6 +47,23 @@ def test_second_run_loads_every_full_block_and_matches_a_run_without_connector(
     assert delta("load_failed_blocks") == 0
 
 
+def test_a_request_sent_as_its_predecessor_finishes_finds_all_it_computed(
+    engine: Engine, baseline: dict[str, Any]
+) -> None:
+    # One step each (max_tokens=1): the first request's save starts in its only step and completes off the step,
+    # after the request has returned; the second request is sent at once. It waits for that save (a step or two,
+    # counted in lookups_deferred when it had to) and then loads every block, never a partial hit.
+    prompt = PROMPTS["repeat"]
+    full = claimable_tokens(len(prompt))
+    for i in range(3):
+        salt = f"back-to-back-{i}"  # nothing stored under it yet
+        (first,) = engine.generate([prompt], salts=[salt], max_tokens=1)
+        (second,) = engine.generate([prompt], salts=[salt], max_tokens=1)
+        assert first["num_cached_tokens"] == 0
+        assert second["num_cached_tokens"] == full, f"round {i}: a save finished off the step was not found"
+        assert first["token_ids"] == second["token_ids"] == baseline["repeat"]["token_ids"][:1]
+
+
 def test_two_cache_salts_never_share_blocks(engine: Engine, baseline: dict[str, Any]) -> None:
     prompt = PROMPTS["salted"]
     full = claimable_tokens(len(prompt))
@@ -111,3 +128,8 @@ def test_stats_report_decisions_tiers_and_times(engine: Engine) -> None:
     assert decided > 0
     assert m.get("vllm:kvtier_saved_blocks", 0) > 0 and m.get("vllm:kvtier_saved_bytes", 0) > 0
     assert m.get("vllm:kvtier_load_seconds", 0) > 0 and m.get("vllm:kvtier_save_seconds", 0) > 0
+    # saves are committed off the engine step, and none failed
+    assert m.get("vllm:kvtier_save_commit_seconds", 0) > 0
+    assert m.get("vllm:kvtier_save_errors", 0) == 0 and m.get("vllm:kvtier_save_failed_blocks", 0) == 0
+    steps = engine.histograms()["vllm:kvtier_save_step_seconds"]
+    assert steps[-1][1] > 0, "no engine step recorded its save time"

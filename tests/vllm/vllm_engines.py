@@ -163,6 +163,10 @@ class Engine:
     def metrics(self) -> dict[str, float]:
         return dict(self.call("metrics")["metrics"])
 
+    def histograms(self) -> dict[str, list[tuple[float, float]]]:
+        """kvtier's Prometheus histograms: name -> [(upper bound, cumulative count)] (``+Inf`` last)."""
+        return dict(self.call("histograms")["histograms"])
+
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
@@ -183,6 +187,31 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def histogram_quantile(
+    after: list[tuple[float, float]], before: list[tuple[float, float]] | None, q: float
+) -> tuple[float, int]:
+    """(q-quantile, observations) of the observations between two reads of one cumulative Prometheus histogram.
+
+    Interpolates linearly within the bucket that holds the quantile, as Prometheus' ``histogram_quantile`` does
+    (the first bucket from 0). Raises ``ValueError`` with no observation in between.
+    """
+    prev = dict(before or [])
+    counts = [(le, c - prev.get(le, 0.0)) for le, c in after]
+    total = counts[-1][1]
+    if total <= 0:
+        raise ValueError("no observation between the two reads")
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for le, cum in counts:
+        if cum >= rank:
+            if le == float("inf"):
+                return lower, int(total)
+            inside = cum - below
+            return lower + (le - lower) * ((rank - below) / inside if inside else 1.0), int(total)
+        lower, below = le, cum
+    return lower, int(total)
 
 
 def assert_same_output(got: dict[str, Any], want: dict[str, Any], what: str) -> None:

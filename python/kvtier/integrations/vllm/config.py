@@ -21,6 +21,7 @@ key                          value                      default
 ``host_bandwidth``           bytes/s > 0                ``"4G"``: prior for host loads until measured
 ``disk_bandwidth``           bytes/s > 0                ``"500M"``: prior for disk loads until measured
 ``save_generated``           bool                       ``true``: also save blocks of generated tokens
+``save_buffer``              bytes, int or "1G"         ``"1G"``: host memory for blocks on their way into kvtier
 ===========================  =========================  ==========================================================
 """
 
@@ -127,6 +128,7 @@ class KVTierConnectorConfig:
     host_bandwidth: int = 4 * _GIB
     disk_bandwidth: int = 500 << 20
     save_generated: bool = True
+    save_buffer: int = _GIB
 
     def __post_init__(self) -> None:
         for tier in ("host", "disk"):
@@ -151,6 +153,7 @@ _PARSERS: dict[str, Any] = {
     "host_bandwidth": parse_size,
     "disk_bandwidth": parse_size,
     "save_generated": _flag,
+    "save_buffer": parse_size,
 }
 assert set(_PARSERS) == {f.name for f in fields(KVTierConnectorConfig)}
 

@@ -1,7 +1,9 @@
 """``KVTierConnector``: vLLM's v1 KV-connector interface over :mod:`scheduler` and :mod:`worker`.
 
 vLLM builds two instances: role SCHEDULER in the engine-core process and role WORKER in each worker process.
-They share the disk folder (``disk_path``), never memory; see docs/vllm.md for the protocol and its guarantees.
+They never share memory: the scheduler's metadata tells the workers what to load and save each step, the workers'
+metadata (vLLM's connector output) tells the scheduler which saves are done, and the disk folder (``disk_path``)
+keeps what earlier processes stored. Saves run off the engine step (:mod:`saver`). See docs/vllm.md.
 """
 
 from __future__ import annotations
@@ -112,6 +114,10 @@ class KVTierConnector(KVConnectorBase_V1):
     def register_kv_caches(self, kv_caches: dict[str, Any]) -> None:
         self._w().register(kv_caches, self._num_blocks, self._layers)
 
+    def handle_preemptions(self, kv_connector_metadata: Any) -> None:
+        # called first in every step, before the forward: earlier steps' copies out of the KV pages finish here
+        self._w().before_step()
+
     def bind_connector_metadata(self, connector_metadata: Any) -> None:
         super().bind_connector_metadata(connector_metadata)
         if isinstance(connector_metadata, KVTierConnectorMetadata):
@@ -129,6 +135,7 @@ class KVTierConnector(KVConnectorBase_V1):
         return  # saves run once per step in wait_for_save, over all layers
 
     def wait_for_save(self) -> None:
+        # starts this step's saves and returns; they are acknowledged through build_connector_worker_meta
         meta = self._get_connector_metadata()
         assert isinstance(meta, KVTierConnectorMetadata)
         self._w().save(meta)
@@ -141,8 +148,9 @@ class KVTierConnector(KVConnectorBase_V1):
         return self._w().get_invalid_blocks()
 
     def get_kv_connector_stats(self) -> KVTierConnectorStats | None:
-        side = self._worker if self._worker is not None else self._scheduler
-        return side.stats.take() if side is not None else None
+        if self._worker is not None:
+            return self._worker.take_stats()
+        return self._scheduler.stats.take() if self._scheduler is not None else None
 
     def get_kv_connector_kv_cache_events(self) -> Any:
         return self._w().take_events()
@@ -191,8 +199,14 @@ class KVTierConnector(KVConnectorBase_V1):
         self._s().update_connector_output(connector_output.kv_connector_worker_meta, connector_output.kv_cache_events)
 
     def request_finished(self, request: Any, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+        # The blocks may be freed at once: the copies out of them finish before the next step's forward
+        # (handle_preemptions), and the rest of a save does not read them.
         self._s().request_finished(request)
         return False, None
+
+    def has_pending_push_work(self) -> bool:
+        # keeps the engine stepping (empty steps) until the workers acknowledge the saves in flight
+        return self._scheduler is not None and self._scheduler.saves_in_flight()
 
     def take_events(self) -> Iterable[Any]:
         return self._s().take_events() if self._scheduler is not None else ()

@@ -15,7 +15,7 @@ sub-tensors back to back, as raw bytes::
 The payload format depends on the backend's layout, so the layout's name, the vLLM version and the per-layer
 shapes go into the namespace (``describe``): a cache written under one layout is never served to another.
 
-The copies (:func:`gather_blocks`, :func:`scatter_blocks`) go through kvtier's copy engine
+The copies (:func:`start_gather` / :func:`gather_blocks`, :func:`scatter_blocks`) go through kvtier's copy engine
 (:class:`kvtier.CopyEngine`: memcpy runs on worker threads, CUDA copies on GPUs, the GIL released) whenever the
 layout is one it expresses (each layer's block one contiguous run, or a K and a V run); that payload is byte for
 byte the one described above. Other layouts (a block's data scattered by strides) fall back to torch
@@ -33,7 +33,7 @@ import torch
 import kvtier
 from kvtier.errors import InvalidArgumentError, KvtierError
 
-__all__ = ["PagedKVLayout", "LayerView", "gather_blocks", "scatter_blocks"]
+__all__ = ["PagedKVLayout", "LayerView", "gather_blocks", "start_gather", "scatter_blocks"]
 
 
 @dataclass(frozen=True)
@@ -138,21 +138,24 @@ def _staging_rows(staging: Any, n: int, block_bytes: int) -> Any:
     return staging[:n]
 
 
-def gather_blocks(layout: PagedKVLayout, block_ids: list[int], staging: Any, copier: kvtier.CopyEngine | None = None) -> Any:
-    """Copies engine blocks ``block_ids`` into rows ``0 .. n-1`` of ``staging`` (uint8[>= n, block_bytes], CPU).
+def start_gather(
+    layout: PagedKVLayout, block_ids: list[int], staging: Any, copier: kvtier.CopyEngine | None = None
+) -> kvtier.CopyHandle | None:
+    """Starts copying engine blocks ``block_ids`` into rows ``0 .. n-1`` of ``staging`` (uint8[>= n, block_bytes], CPU).
 
-    Returns the filled rows, ``uint8[n, block_bytes]``. With a ``copier`` and a layout it expresses, kvtier's copy
-    engine copies (and this waits for it); otherwise torch does.
+    With a ``copier`` and a layout it expresses, kvtier's copy engine copies (its worker threads, or its own CUDA
+    stream) and the handle is returned: wait for it before reading the rows, and before the engine may write the
+    blocks again. On a GPU the engine's current stream is synchronized first (the copy engine's stream is not
+    ordered after the forward's kernels). Otherwise torch copies at once and ``None`` is returned.
     """
     n = len(block_ids)
     rows = _staging_rows(staging, n, layout.block_bytes)
     if n == 0:
-        return rows
+        return None
     if layout.native is not None and copier is not None:
         if layout.device.type == "cuda":
             torch.cuda.current_stream(layout.device).synchronize()  # the forward's writes are final
-        copier.gather(layout.native, np.asarray(block_ids, dtype=np.int64), rows.numpy()).wait()
-        return rows
+        return copier.gather(layout.native, np.asarray(block_ids, dtype=np.int64), rows.numpy())
     idx = torch.tensor(block_ids, dtype=torch.long, device=layout.device)
     off = 0
     for v in layout.layers:
@@ -160,7 +163,18 @@ def gather_blocks(layout: PagedKVLayout, block_ids: list[int], staging: Any, cop
         flat = picked.contiguous().view(torch.uint8)
         rows[:, off : off + v.block_bytes].copy_(flat)  # device -> host when the engine runs on a GPU
         off += v.block_bytes
-    return rows
+    return None
+
+
+def gather_blocks(layout: PagedKVLayout, block_ids: list[int], staging: Any, copier: kvtier.CopyEngine | None = None) -> Any:
+    """Copies engine blocks ``block_ids`` into rows ``0 .. n-1`` of ``staging`` and waits: :func:`start_gather`, done.
+
+    Returns the filled rows, ``uint8[n, block_bytes]``.
+    """
+    handle = start_gather(layout, block_ids, staging, copier)
+    if handle is not None:
+        handle.wait()
+    return staging[: len(block_ids)]
 
 
 def scatter_blocks(layout: PagedKVLayout, block_ids: list[int], staging: Any, copier: kvtier.CopyEngine | None = None) -> None:

@@ -6,8 +6,9 @@ Scheduler -> worker (:class:`KVTierConnectorMetadata`), per scheduled request wi
             load=LoadSpec | None,                  # blocks to copy from kvtier into the engine before the forward
             save=SaveSpec | None)                  # full blocks computed by this step's forward, to store after it
 
-Worker -> scheduler (:class:`KVTierWorkerMetadata`): measurements for the cost model (load bandwidth per tier,
-fixed cost per load, forward-pass throughput).
+Worker -> scheduler (:class:`KVTierWorkerMetadata`): the saves the worker finished (each ``SaveSpec.save_id`` is
+acknowledged exactly once by every worker, with the blocks its store holds), and measurements for the cost model
+(load bandwidth per tier, fixed cost per load, forward-pass throughput).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class SaveSpec:
 
     end_block: int
     block_ids: list[int]
+    save_id: int = 0  # acknowledged in KVTierWorkerMetadata.saves
 
 
 @dataclass
@@ -69,6 +71,8 @@ class KVTierConnectorMetadata(KVConnectorMetadata):
 
 @dataclass
 class KVTierWorkerMetadata(KVConnectorWorkerMetadata):
+    #: (save id, blocks of the request the worker's store holds from block 0 on; 0 if the save failed)
+    saves: list[tuple[int, int]] = field(default_factory=list)
     #: (tier, bytes, seconds) of loads served by one tier alone
     loads: list[tuple[int, int, float]] = field(default_factory=list)
     #: seconds per load outside the store's copy
@@ -78,13 +82,14 @@ class KVTierWorkerMetadata(KVConnectorWorkerMetadata):
 
     def aggregate(self, other: KVConnectorWorkerMetadata) -> "KVTierWorkerMetadata":
         if isinstance(other, KVTierWorkerMetadata):
+            self.saves.extend(other.saves)
             self.loads.extend(other.loads)
             self.load_fixed.extend(other.load_fixed)
             self.forwards.extend(other.forwards)
         return self
 
     def empty(self) -> bool:
-        return not (self.loads or self.load_fixed or self.forwards)
+        return not (self.saves or self.loads or self.load_fixed or self.forwards)
 
 
 def base_namespace_fields(vllm_config: Any, model: str | None, revision: str | None, tokenizer: str | None) -> dict[str, str]:

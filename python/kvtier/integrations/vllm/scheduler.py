@@ -1,9 +1,17 @@
 """The scheduler side: how many tokens kvtier supplies for a request, and each step's load and save plan.
 
-The scheduler (vLLM's engine-core process) never holds KV payloads. It opens the same disk folder as the workers,
-read-only in effect (it never inserts), and asks it with ``peek``: a block is visible there only once a worker has
-flushed it, and a worker flushes every block it saves before its step ends (write-through + ``flush``), so the
-scheduler claims only blocks that are committed to the folder the workers load from. See docs/vllm.md.
+The scheduler (vLLM's engine-core process) never holds KV payloads. It knows which blocks the workers hold from
+two sources:
+
+- ``known``: a metadata-only index of the blocks its workers acknowledged saving (``KVTierWorkerMetadata.saves``,
+  every rank; a failed save is acknowledged as holding nothing and never claimed);
+- ``index``: the disk folder, opened with its own ``Store`` (it never inserts): what earlier processes stored,
+  restored at start, and what another process sharing the folder commits (a lookup that reaches a key the
+  store does not know reads the folder's index for it).
+
+A request whose prefix continues into a save still in flight waits a step (``get_num_new_matched_tokens`` returns
+``None``; the engine keeps stepping while saves are in flight, see ``saves_in_flight``), so a request that follows
+its predecessor at once still finds everything the predecessor computed. See docs/vllm.md.
 
 Beside the index, a metadata-only "host mirror" replays the workers' saves and loads with the workers' host-tier
 capacity and policy. It only estimates which matched blocks a worker still holds in memory (host bandwidth) and
@@ -12,7 +20,8 @@ which it must read from disk (disk bandwidth), for the cost model; it never deci
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +46,10 @@ logger = init_logger("vllm.kvtier.scheduler")
 
 _HOST, _DISK = 1, 2
 
+#: A save not acknowledged by every worker after this long is given up (logged): a lost acknowledgement must not
+#: keep the engine stepping, or requests waiting, for ever (seconds).
+SAVE_ACK_TIMEOUT_S = 60.0
+
 
 @dataclass
 class _Req:
@@ -45,6 +58,18 @@ class _Req:
     sent_tokens: int = 0  # tokens the workers hold for this request
     saved_blocks: int = 0  # blocks whose save has been planned
     load: LoadSpec | None = None  # planned by update_state_after_alloc, sent with the next metadata
+
+
+@dataclass
+class _SaveInFlight:
+    """A save sent to the workers and not acknowledged by all of them yet."""
+
+    tenant: str
+    tokens: Any  # int32[end * block_size]
+    end: int
+    planned_at: float  # time.monotonic()
+    acks: int = 0
+    held: int = field(default=1 << 62)  # min over the acknowledging workers of the blocks they hold
 
 
 class SchedulerSide:
@@ -79,15 +104,10 @@ class SchedulerSide:
             ),
         )
         self.index = Store(store_cfg, namespace=self._namespaces("")[0])
-        self.mirror = Store(
-            StoreConfig(
-                block_size=block_size,
-                block_bytes=block_bytes,
-                metadata_only=True,
-                host=TierConfig(capacity_bytes=cfg.host_capacity, policy=cfg.host_policy, ttl_s=cfg.host_ttl_s),
-            ),
-            namespace=self._namespaces("")[0],
-        )
+        self.mirror = self._tree(TierConfig(capacity_bytes=cfg.host_capacity, policy=cfg.host_policy, ttl_s=cfg.host_ttl_s))
+        self.known = self._tree(TierConfig(capacity_bytes=cfg.disk_capacity, policy=cfg.disk_policy, ttl_s=cfg.disk_ttl_s))
+        self._in_flight: dict[int, _SaveInFlight] = {}
+        self._next_save_id = 1
         self.cost = HitCostModel(
             block_bytes=block_bytes,
             block_size=block_size,
@@ -100,6 +120,13 @@ class SchedulerSide:
         self._finished: list[str] = []
         self.stats = KVTierConnectorStats()
         self.events: list[Any] = []
+
+    def _tree(self, tier: TierConfig) -> Store:
+        """A metadata-only store (tree and policy, no payloads) with ``tier``'s capacity and policy."""
+        return Store(
+            StoreConfig(block_size=self.block_size, block_bytes=self.block_bytes, metadata_only=True, host=tier),
+            namespace=self._namespaces("")[0],
+        )
 
     # ------------------------------------------------------------------ namespaces
     def _namespaces(self, tenant: str) -> list[Namespace]:
@@ -114,8 +141,11 @@ class SchedulerSide:
         return np.asarray(request.all_token_ids[:n], dtype=np.int32)
 
     # ------------------------------------------------------------------ vLLM hooks
-    def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[int, bool]:
-        """Tokens kvtier can supply beyond the engine's ``num_computed_tokens`` (whole blocks; no side effects)."""
+    def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[int | None, bool]:
+        """Tokens kvtier can supply beyond the engine's ``num_computed_tokens`` (whole blocks; no side effects).
+
+        ``(None, False)`` when the request's prefix continues into a save in flight: vLLM asks again next step.
+        """
         bs = self.block_size
         claimable = (request.num_tokens - 1) // bs  # the engine must compute at least one token
         engine_blocks = num_computed_tokens // bs
@@ -124,7 +154,13 @@ class SchedulerSide:
             return 0, False
         tenant = request.cache_salt or ""
         toks = self._tokens(request, claimable * bs)
-        hit = min(self.index.peek(toks, namespace=ns).num_blocks for ns in self._namespaces(tenant))
+        namespaces = self._namespaces(tenant)
+        hit = min(self.index.peek(toks, namespace=ns).num_blocks for ns in namespaces)
+        hit = max(hit, self.known.peek(toks, namespace=namespaces[0]).num_blocks)
+        if self._extends_into_save_in_flight(tenant, toks, max(hit, engine_blocks)):
+            logger.debug("kvtier: request %s waits a step for a save in flight", request.request_id)
+            self.stats.add("lookups_deferred", 1)
+            return None, False
         logger.debug("kvtier: request %s: %d claimable blocks, engine holds %d, kvtier %d", request.request_id, claimable, engine_blocks, hit)
         if hit <= engine_blocks:
             self._decisions[request.request_id] = (engine_blocks, HitDecision(0, 0, 0.0, 0.0, "none"), 0)
@@ -136,6 +172,30 @@ class SchedulerSide:
         logger.debug("kvtier: request %s: %s", request.request_id, decision)
         self._decisions[request.request_id] = (engine_blocks, decision, in_host)
         return decision.blocks * bs, False
+
+    def _extends_into_save_in_flight(self, tenant: str, toks: Any, have: int) -> bool:
+        """Whether a save in flight holds block ``have`` of ``toks`` (whole chain up to it equal): the hit may grow."""
+        n = (have + 1) * self.block_size
+        if n > len(toks):
+            return False
+        last = slice(n - self.block_size, n)  # compared first: unrelated prompts differ there (shared heads do not)
+        return any(
+            p.tenant == tenant
+            and p.end > have
+            and np.array_equal(p.tokens[last], toks[last])
+            and np.array_equal(p.tokens[:n], toks[:n])
+            for p in self._in_flight.values()
+        )
+
+    def saves_in_flight(self) -> bool:
+        """True while a save is not acknowledged by every worker (vLLM keeps stepping: the acks come with steps)."""
+        if self._in_flight:
+            now = time.monotonic()
+            late = [sid for sid, p in self._in_flight.items() if now - p.planned_at > SAVE_ACK_TIMEOUT_S]
+            for sid in late:
+                logger.warning("kvtier: save %d not acknowledged after %.0f s; given up", sid, SAVE_ACK_TIMEOUT_S)
+                del self._in_flight[sid]
+        return bool(self._in_flight)
 
     def _record(self, decision: HitDecision) -> None:
         s = self.stats
@@ -217,10 +277,13 @@ class SchedulerSide:
             if save_end > r.saved_blocks:
                 ids = list(block_ids_of(req_id)[:save_end])
                 if len(ids) == save_end:
-                    step.save = SaveSpec(save_end, ids)
+                    step.save = SaveSpec(save_end, ids, self._next_save_id)
+                    toks = self._tokens(request, save_end * bs)
+                    self._in_flight[self._next_save_id] = _SaveInFlight(r.tenant, toks, save_end, time.monotonic())
+                    self._next_save_id += 1
                     need = max(need, save_end * bs)
                     r.saved_blocks = save_end
-                    self.mirror.insert(self._tokens(request, save_end * bs), namespace=self._namespaces(r.tenant)[0])
+                    self.mirror.insert(toks, namespace=self._namespaces(r.tenant)[0])
             if step.load is None and step.save is None:
                 continue
             if need > r.sent_tokens:
@@ -233,6 +296,8 @@ class SchedulerSide:
 
     def update_connector_output(self, worker_meta: Any, events: Any) -> None:
         if isinstance(worker_meta, KVTierWorkerMetadata):
+            for save_id, held in worker_meta.saves:
+                self._acknowledge(save_id, held)
             for tier, nbytes, seconds in worker_meta.loads:
                 self.cost.observe_load(tier, nbytes, seconds)
             for seconds in worker_meta.load_fixed:
@@ -241,6 +306,18 @@ class SchedulerSide:
                 self.cost.observe_prefill(tokens, seconds)
         if events is not None:
             self.events.extend(events.get_all_events())
+
+    def _acknowledge(self, save_id: int, held: int) -> None:
+        p = self._in_flight.get(save_id)
+        if p is None:
+            return  # given up (SAVE_ACK_TIMEOUT_S)
+        p.acks += 1
+        p.held = min(p.held, held)
+        if p.acks < self._world:
+            return
+        del self._in_flight[save_id]
+        if p.held > 0:
+            self.known.insert(p.tokens[: p.held * self.block_size], namespace=self._namespaces(p.tenant)[0])
 
     def request_finished(self, request: Any) -> None:
         req_id = request.request_id
@@ -255,4 +332,5 @@ class SchedulerSide:
 
     def close(self) -> None:
         self.index.close()
+        self.known.close()
         self.mirror.close()

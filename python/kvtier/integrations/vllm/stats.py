@@ -1,11 +1,13 @@
 """The connector's stats (vLLM ``KVConnectorStats``), Prometheus counters and KV-event container.
 
-Every stat is a counter summed over an interval, so workers' and the scheduler's stats aggregate by addition.
+Every stat is a counter summed over an interval, so workers' and the scheduler's stats aggregate by addition;
+besides them, :data:`SAMPLE_KEYS` are lists of per-step observations, concatenated (a Prometheus histogram each).
 
 ==========================  ========  ===================================================================
 key                         side      meaning
 ==========================  ========  ===================================================================
 ``lookups``                 sched.    requests whose prefix kvtier was asked about
+``lookups_deferred``        sched.    lookups told to wait a step: the prefix continues into a save in flight
 ``offered_tokens``          sched.    tokens kvtier held beyond the engine's own prefix hit
 ``claimed_tokens``          sched.    tokens the scheduler claimed (loaded instead of prefilled)
 ``declined_tokens``         sched.    tokens offered but not claimed because loading was slower than prefill
@@ -21,8 +23,14 @@ key                         side      meaning
 ``load_failed_blocks``      worker    claimed blocks that could not be loaded (evicted or corrupt)
 ``saved_blocks``            worker    blocks saved into kvtier
 ``saved_bytes``             worker    their bytes
-``save_ms``                 worker    time spent saving (gather + insert + flush)
+``save_ms``                 worker    time the engine steps spent on saves (start the copies, wait for earlier ones)
+``save_commit_ms``          worker    time off the step: inserts into the store, disk commits (save thread)
+``save_errors``             worker    saves or disk commits that failed (logged; a failed save is never claimed)
+``save_failed_blocks``      worker    blocks of the failed saves
 ==========================  ========  ===================================================================
+
+Samples: ``save_step_ms``, the time one engine step spent in kvtier's save code (steps that saved), as the
+histogram ``vllm:kvtier_save_step_seconds``.
 """
 
 from __future__ import annotations
@@ -34,10 +42,11 @@ from vllm.distributed.kv_events import KVCacheEvent, KVConnectorKVEvents, KVEven
 from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorPromMetrics, KVConnectorStats
 from vllm.v1.metrics.utils import create_metric_per_engine
 
-__all__ = ["KVTierConnectorStats", "KVTierPromMetrics", "KVTierKVEvents", "STAT_KEYS"]
+__all__ = ["KVTierConnectorStats", "KVTierPromMetrics", "KVTierKVEvents", "STAT_KEYS", "SAMPLE_KEYS", "SAMPLE_BUCKETS_S"]
 
 STAT_KEYS: dict[str, str] = {
     "lookups": "Requests whose prefix kvtier was asked about",
+    "lookups_deferred": "Lookups told to wait a step because the prefix continues into a save in flight",
     "offered_tokens": "Tokens kvtier held beyond the engine's own prefix-cache hit",
     "claimed_tokens": "Tokens claimed from kvtier (loaded instead of prefilled)",
     "declined_tokens": "Tokens held by kvtier but not claimed: loading was estimated slower than prefill",
@@ -56,8 +65,22 @@ STAT_KEYS: dict[str, str] = {
     "load_failed_blocks": "Claimed blocks that could not be loaded (evicted or corrupt); recomputed or failed",
     "saved_blocks": "Blocks saved into kvtier",
     "saved_bytes": "Bytes saved into kvtier",
-    "save_ms": "Time spent saving into kvtier, milliseconds",
+    "save_ms": "Time engine steps spent on saves into kvtier (starting copies, waiting for them), milliseconds",
+    "save_commit_ms": "Time spent off the engine step inserting saved blocks and committing them to disk, milliseconds",
+    "save_errors": "Saves or disk commits that failed (logged; a failed save is never claimed)",
+    "save_failed_blocks": "Blocks of the saves that failed",
 }
+
+#: Per-step observations (lists of milliseconds), exported as histograms ``vllm:kvtier_<name>_seconds``.
+SAMPLE_KEYS: dict[str, str] = {
+    "save_step_ms": "Time one engine step spent in kvtier's save code (steps that saved), seconds",
+}
+
+#: Histogram buckets (seconds): five per decade from 10 us to 10 s (1.6x apart; quantiles are interpolated within one).
+SAMPLE_BUCKETS_S: tuple[float, ...] = tuple(round(10.0 ** (e / 5), 10) for e in range(-25, 6))
+
+#: At most this many samples per key are kept per interval (the rest are dropped; counters keep counting).
+MAX_SAMPLES = 4096
 
 
 @dataclass
@@ -70,16 +93,32 @@ class KVTierConnectorStats(KVConnectorStats):
         if value:
             self.data[key] = self.data.get(key, 0) + value
 
+    def sample(self, key: str, value: float) -> None:
+        """Appends one observation to the sample list ``key`` (a key of :data:`SAMPLE_KEYS`)."""
+        if key not in SAMPLE_KEYS:
+            raise KeyError(f"unknown kvtier connector sample {key!r}")
+        samples = self.data.setdefault(key, [])
+        if len(samples) < MAX_SAMPLES:
+            samples.append(float(value))
+
     def reset(self) -> None:
         self.data.clear()
 
     def aggregate(self, other: KVConnectorStats) -> "KVTierConnectorStats":
         for key, value in other.data.items():
-            self.data[key] = self.data.get(key, 0) + value
+            if key in SAMPLE_KEYS:
+                self.data.setdefault(key, []).extend(value)
+            else:
+                self.data[key] = self.data.get(key, 0) + value
         return self
 
     def reduce(self) -> dict[str, int | float]:
         out: dict[str, int | float] = {k: self.data.get(k, 0) for k in STAT_KEYS}
+        for key in SAMPLE_KEYS:
+            samples = sorted(self.data.get(key, ()))
+            if samples:
+                out[f"{key}_p50"] = round(samples[len(samples) // 2], 3)
+                out[f"{key}_p99"] = round(samples[min(len(samples) - 1, (len(samples) * 99) // 100)], 3)
         load_s = self.data.get("load_ms", 0) / 1e3
         loaded = self.data.get("loaded_bytes_host", 0) + self.data.get("loaded_bytes_disk", 0)
         out["load_GBps"] = round(loaded / load_s / 1e9, 3) if load_s > 0 else 0.0
@@ -92,7 +131,7 @@ class KVTierConnectorStats(KVConnectorStats):
         """This interval's stats (``None`` if empty); the counters restart from zero."""
         if self.is_empty():
             return None
-        out = KVTierConnectorStats(data=dict(self.data))
+        out = KVTierConnectorStats(data=dict(self.data))  # takes the sample lists along
         self.reset()
         return out
 
@@ -113,9 +152,20 @@ class KVTierPromMetrics(KVConnectorPromMetrics):
             name = f"vllm:kvtier_{key[:-3]}_seconds" if key.endswith("_ms") else f"vllm:kvtier_{key}"
             counter = self._counter_cls(name=name, documentation=doc, labelnames=labelnames)
             self.counters[key] = create_metric_per_engine(counter, self.per_engine_labelvalues)
+        self.histograms: dict[str, dict[int, Any]] = {}
+        for key, doc in SAMPLE_KEYS.items():
+            hist = self._histogram_cls(
+                name=f"vllm:kvtier_{key[:-3]}_seconds", documentation=doc, buckets=SAMPLE_BUCKETS_S, labelnames=labelnames
+            )
+            self.histograms[key] = create_metric_per_engine(hist, self.per_engine_labelvalues)
 
     def observe(self, transfer_stats_data: dict[str, Any], engine_idx: int = 0) -> None:
         for key, value in transfer_stats_data.items():
+            hist = self.histograms.get(key)
+            if hist is not None:
+                for ms in value:
+                    hist[engine_idx].observe(ms / 1e3)
+                continue
             per_engine = self.counters.get(key)
             if per_engine is None or not value:
                 continue
