@@ -623,9 +623,9 @@ class StoreMachine(PromptMachine):
 
     def teardown(self) -> None:
         if self.h is not None:
-            self.h.store.close()
-            for held in self.h.held:  # releasing a pin after close is allowed
+            for held in self.h.held:  # before close: unpin() after close() raises StoreClosedError
                 self.h.store.unpin(held.result)
+            self.h.store.close()
 
 
 def machine_settings(examples: int, steps: int) -> settings:
@@ -971,11 +971,11 @@ class DiskHarness:
         assert d is not None and d.pending == 0 and d.written == d.queued
 
     def reopen(self, persist: bool, damage: list[tuple[int, str, int]]) -> None:
-        """close(persist=...), damage payloads in the folder, and open a new Store on it at the clock's time."""
+        """Release the pins, close(persist=...), damage payloads in the folder, and open a new Store on it at the
+        clock's time."""
+        while self.held:  # before close: unpin() after close() raises StoreClosedError
+            self.unpin(0, explicit_now=False)
         self.store.close(persist=persist)
-        for h in self.held:
-            self.store.unpin(h.result)  # releasing a pin after close is allowed
-        self.held.clear()
         if persist:
             self.model.persist_host(self.model.clock)
         self.check_folder(damage)
