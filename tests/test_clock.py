@@ -63,3 +63,21 @@ def test_unpin_without_now_releases_at_the_latest_time_seen() -> None:
         s.unpin(m)  # at 50 s, the latest time seen (not the monotonic clock, nor 45 s)
         assert s.peek(p, now=59.0).num_blocks == 4  # idle 9 s < TTL
         assert s.peek(p, now=61.0).num_blocks == 0  # idle 11 s > TTL
+
+
+def test_opening_an_empty_folder_with_now_sets_the_clock(tmp_path: Path) -> None:
+    cfg = open_store(tmp_path).config
+    close_opened()  # the folder exists and holds no block
+    s = kvtier.Store(cfg, now=100.0)
+    try:
+        with pytest.raises(kvtier.InvalidArgumentError, match="time must not go backwards"):
+            s.match(tokens(1, 2), now=50.0)
+        assert s.match(tokens(1, 2), now=100.0).num_blocks == 0
+    finally:
+        s.close(persist=False)
+
+
+def test_opening_an_empty_folder_without_now_leaves_the_clock_alone(tmp_path: Path) -> None:
+    s = open_store(tmp_path)  # a store driven by explicit small times must still accept them
+    s.insert(tokens(1, 2), payload(1, 2), now=1.0)
+    assert s.match(tokens(1, 2), now=2.0).num_blocks == 2

@@ -444,8 +444,8 @@ std::uint64_t Store::disk_restore(const std::vector<std::pair<Key, std::string>>
   if (generation && *generation != delete_generation_) return 0;
   // Restored blocks are dated like any call's changes, and the clock moves with them: at `now`, or (none
   // given) the latest time seen, or the monotonic clock at open. A caller who drives the store with its
-  // own clock passes its time to the Store constructor. An empty folder changes nothing.
-  if (records.empty()) return 0;
+  // own clock passes its time to the Store constructor (which sets the clock even for an empty folder).
+  if (records.empty() && std::isnan(now)) return 0;  // nothing dated, no time given: the clock is not touched
   now = clock_.advance_or_latest(now);
   struct Parsed {
     const Key* key;

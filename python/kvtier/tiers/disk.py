@@ -91,6 +91,11 @@ class DiskTier:
             self._rebuilt = True
             self.io = DiskIO(self.path, map_size=want, max_map_size=limit, sync=config.sync)
         self._known_ns: set[bytes] = set()
+        # Namespaces registered but not in the folder yet: written by the writer in the same transaction as
+        # the first blocks it commits (a namespace without blocks needs no record), never a synced write of
+        # their own per registration.
+        self._pending_ns: dict[bytes, bytes] = {}
+        self._ns_lock = threading.Lock()
         # Keys found damaged here: their delete from the folder may fail (a damaged page), and a probe
         # must not import them again. A block this process writes again leaves the set.
         self._damaged: set[bytes] = set()
@@ -159,9 +164,11 @@ class DiskTier:
         return out
 
     def record_namespace(self, key: bytes, namespace: Namespace) -> None:
-        """Writes the namespace's fields (once), so fsck and later opens can name it."""
-        if key in self._known_ns:
-            return
+        """Records the namespace's fields (once), so fsck and later opens can name it: the next commit of
+        blocks writes it, in the same transaction (registering a tenant costs no disk write)."""
+        with self._ns_lock:
+            if key in self._known_ns or key in self._pending_ns:
+                return
         value = json.dumps(
             {
                 "model": namespace.model,
@@ -174,12 +181,9 @@ class DiskTier:
             },
             sort_keys=True,
         ).encode()
-        try:
-            with self.io.writing() as w:
-                w.put(b"namespaces", [(key, value)], overwrite=False)
-        except Exception as e:
-            raise disk_error(e, self.path, "cannot record a namespace", DiskWriteError) from e
-        self._known_ns.add(key)
+        with self._ns_lock:
+            if key not in self._known_ns:
+                self._pending_ns[key] = value
 
     # ----------------------------------------------------------------- restore
     def restore(self, now: float | None = None) -> RestoreReport:
@@ -341,7 +345,11 @@ class DiskTier:
         lmdb = self.io.lmdb
         for _attempt in range(16):
             try:
+                with self._ns_lock:
+                    namespaces = list(self._pending_ns.items())
                 with self.io.writing() as w:
+                    if namespaces:  # before any block that names them
+                        w.put(b"namespaces", namespaces, overwrite=False)
                     w.delete((b"index", b"blocks"), deletes)
                     # Payloads first, then the small records: each payload takes a contiguous run of
                     # overflow pages, and keeping the records' leaf pages out of those runs keeps the
@@ -350,6 +358,10 @@ class DiskTier:
                     w.put(b"index", [(key, record) for key, record, _payload in writes])
                 if self._damaged:
                     self._damaged.difference_update(key for key, _r, _p in writes)
+                with self._ns_lock:
+                    for key, _value in namespaces:
+                        self._known_ns.add(key)
+                        self._pending_ns.pop(key, None)
                 return
             except lmdb.MapFullError:
                 if self.io.grow():  # room on the disk: a larger map, same blocks
