@@ -144,8 +144,9 @@ KNOWN: list[tuple[str, Callable[[Any], bool], str]] = [
      "F4: a lone surrogate in a Namespace field escapes as TypeError (Store(namespace=Namespace('m', tenant='\\ud800')))"),
     *[(p, _datetime_array, "F10: tokens as a datetime64 / timedelta64 array escape as the buffer protocol's "
        "ValueError (Store().match(np.zeros(16, 'datetime64[s]')))") for p in _TOKEN_POINTS],
-    ("match.pin", lambda v: type(v) is not bool,
-     "F11: `pin` other than a bool escapes as pybind11's TypeError (Store().match([1]*16, pin=1))"),
+    ("match.pin", lambda v: v is not None and not isinstance(v, (bool, int, float, np.number, np.bool_)),
+     "F11: `pin` of a type with no truth value for pybind11 (a str, a list; an array raises numpy's ValueError) escapes "
+     "as TypeError (Store().match([1]*16, pin='yes'))"),
     *[(f"ReplayTrace.{f}", lambda v: not isinstance(v, np.ndarray),
        "F12: ReplayTrace fields are not checked to be arrays: AttributeError "
        "(ReplayTrace(None, np.zeros(4, np.uint64), np.zeros(1)))") for f in ("offsets", "blocks", "timestamps")],
