@@ -108,7 +108,7 @@ def test_flush_timeout_must_be_finite(tmp_path: Path, timeout: float) -> None:
         host=kvtier.TierConfig(capacity_bytes=1024),
         disk=kvtier.DiskConfig(path=tmp_path / "d", capacity_bytes=1 << 20),
     )
-    with kvtier.Store(cfg) as s, pytest.raises(InvalidArgumentError, match=r"timeout must be a number of seconds"):
+    with kvtier.Store(cfg) as s, pytest.raises(InvalidArgumentError, match=r"timeout must be a finite number of seconds"):
         s.flush(timeout=timeout)
 
 
@@ -137,3 +137,26 @@ def test_content_kind_is_part_of_the_namespace(tmp_path: Path) -> None:
         assert s.peek(np.array([5], np.uint64), now=2.0).num_blocks == 0
     with kvtier.Store(cfg("tokens"), now=3.0) as s:
         assert s.peek(np.array([5, 0], np.int32), now=3.0).num_blocks == 1
+
+
+def test_registering_tenants_writes_nothing_until_blocks_are_committed(tmp_path: Path) -> None:
+    """A new tenant's namespace record rides in the next commit of blocks: registering costs no disk transaction."""
+    from kvtier.fsck import fsck
+
+    cfg = kvtier.StoreConfig(
+        block_size=2,
+        block_bytes=8,
+        host=kvtier.TierConfig(capacity_bytes=1024),
+        disk=kvtier.DiskConfig(path=tmp_path / "d", capacity_bytes=1 << 20),
+    )
+    ops: list[str] = []
+    with kvtier.Store(cfg, now=1.0) as s:
+        s._disk.io.fault = lambda op, n: ops.append(op)  # type: ignore[union-attr]
+        for k in range(50):
+            s.register(kvtier.Namespace(model="m", tenant=f"tenant-{k}"))
+        assert "commit" not in ops
+        s.insert([1, 2], np.zeros(8, np.uint8), namespace=kvtier.Namespace(model="m", tenant="tenant-7"), now=2.0)
+        s.flush(host=True)
+        assert ops.count("commit") >= 1
+    names = fsck(tmp_path / "d").namespaces
+    assert any("tenant=tenant-7" in name for name in names), names

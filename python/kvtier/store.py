@@ -633,16 +633,18 @@ class Store:
         written too (write-back stores keep them only in memory until evicted; :meth:`close` does
         this). Raises :class:`DiskWriteError` if writes failed since the last flush (e.g. the disk is
         full; the store keeps serving what it holds), and ``TimeoutError`` if ``timeout`` seconds
-        pass first. A store without a disk tier returns at once.
+        pass first. A store without a disk tier returns at once (its arguments are checked all the same).
         """
-        if self._disk is None:
-            return
         if self._core.closed:
             raise StoreClosedError("the store is closed")
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0 or timeout == math.inf
         ):
-            raise InvalidArgumentError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+            raise InvalidArgumentError(f"timeout must be a finite number of seconds >= 0 or None, got {timeout!r}")
+        if not isinstance(host, bool):
+            raise KvtierTypeError(f"host must be a bool, got {type(host).__name__}")
+        if self._disk is None:
+            return
         self._disk.flush(timeout, host)
 
     def take_removed_keys(self) -> tuple[list[bytes], int]:
