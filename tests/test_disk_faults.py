@@ -78,11 +78,22 @@ def test_reads_that_fail_are_misses_and_raise_nothing(tmp_path: Path) -> None:
 
 
 def test_a_namespace_that_cannot_be_recorded_is_a_disk_write_error(tmp_path: Path) -> None:
+    """Registering writes nothing; the namespace's record rides the next commit of its blocks, fails with it, and is
+    written by the flush that retries them."""
+    from kvtier.fsck import fsck
+
     s = open_store(tmp_path)
     assert s._disk is not None
     s._disk.io.fault = Faults({"commit": None})
-    with pytest.raises(kvtier.DiskWriteError, match="cannot record a namespace: No space left on device"):
-        s.register(kvtier.Namespace(model="another"))
+    ns = kvtier.Namespace(model="another")
+    s.register(ns)  # no transaction
+    s.insert(tokens(1, 2), payload(1, 2), namespace=ns)
+    with pytest.raises(kvtier.DiskWriteError, match="No space left on device"):
+        s.flush(host=True)
+    s._disk.io.fault = None
+    s.flush(host=True)
+    s.close()
+    assert any(name.startswith("another") for name in fsck(tmp_path).namespaces)
 
 
 KILL_CHILD = """
@@ -126,11 +137,11 @@ def test_blocks_of_a_failed_flush_survive_a_kill_after_the_retry(tmp_path: Path,
     assert survived == 8, json.dumps({"survived": survived})
 
 
-def test_a_full_disk_at_open_is_an_error_and_never_costs_the_folder(
+def test_a_full_disk_never_costs_the_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Only damage makes kvtier rebuild or remove a folder: a full disk while opening raises, and the
-    blocks are all there once it has room again."""
+    """Only damage makes kvtier rebuild or remove a folder: on a full disk a store opens and serves (opening writes
+    nothing), its new blocks fail to commit with the cause, and every block is there once it has room again."""
     with open_store(tmp_path, host_blocks=4) as s:
         for pid in range(1, 5):
             s.insert(tokens(pid, 2), payload(pid, 2))
@@ -141,9 +152,14 @@ def test_a_full_disk_at_open_is_an_error_and_never_costs_the_folder(
             raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(DiskIO, "_fault", full)
+    s = open_store(tmp_path, host_blocks=4)  # opening writes nothing (a registered namespace rides the next commit)
+    assert [check_prompt(s, pid, 2) for pid in range(1, 5)] == [2] * 4  # a full disk still serves reads
+    s.insert(tokens(9, 2), payload(9, 2))
     with pytest.raises(kvtier.DiskWriteError, match="No space left on device"):
-        open_store(tmp_path, host_blocks=4, namespace=kvtier.Namespace(model="another"))  # records it: a write
+        s.flush(host=True)
     monkeypatch.undo()
+    s.flush(host=True)  # room again: the failed blocks are retried
+    s.close()
     with open_store(tmp_path, host_blocks=4) as s:
         assert s.restore_report is not None and not s.restore_report.rebuilt
         assert [check_prompt(s, pid, 2) for pid in range(1, 5)] == [2] * 4

@@ -81,6 +81,16 @@ inline void convert_tokens(const void* src, std::size_t n, std::uint64_t limit, 
   w.count = n;
 }
 
+// The buffer of `obj`, or a kvtier type error for one the buffer protocol cannot describe (numpy's
+// datetime64 and timedelta64 arrays refuse it with a ValueError).
+inline py::buffer_info request_buffer(py::handle obj, const char* arg) {
+  try {
+    return py::reinterpret_borrow<py::buffer>(obj).request();
+  } catch (py::error_already_set& e) {
+    raise(Code::kTypeError, std::string(arg) + " must hold integer ids; its buffer cannot be read (" + e.what() + ")");
+  }
+}
+
 // bytes and bytearray hold raw bytes or encoded text, never token ids: refused rather than read as uint8 ids
 // (str is refused by the converters themselves).
 inline void refuse_bytes(py::handle obj, const char* arg, const char* expected) {
@@ -104,8 +114,7 @@ inline Words token_words(py::handle obj, std::uint64_t limit, const char* arg) {
     return w;
   }
   if (PyObject_CheckBuffer(obj.ptr())) {
-    py::buffer buf = py::reinterpret_borrow<py::buffer>(obj);
-    py::buffer_info info = buf.request();
+    py::buffer_info info = request_buffer(obj, arg);
     if (info.ndim != 1)
       raise(Code::kTypeError, std::string(arg) + " must be 1-D, got " + std::to_string(info.ndim) + " dimensions");
     if (info.shape[0] > 1 && info.strides[0] != info.itemsize)

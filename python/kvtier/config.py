@@ -53,6 +53,15 @@ def _check_int(name: str, value: object, minimum: int, maximum: int | None = Non
         raise InvalidArgumentError(f"{name} must be {bound}, got {value}")
 
 
+def token_limit(vocab_size: object) -> int:
+    """The exclusive bound of token ids: ``vocab_size`` (an int in [1, 2**32]), or 2**31 when it is ``None``."""
+    if vocab_size is None:
+        return 1 << 31
+    _check_int("vocab_size", vocab_size, 1, 1 << 32)
+    assert isinstance(vocab_size, int)
+    return vocab_size
+
+
 def _check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise KvtierTypeError(f"{name} must be a bool, got {type(value).__name__}")
@@ -60,7 +69,7 @@ def _check_bool(name: str, value: object) -> None:
 
 def _check_policy(name: str, policy: object, ttl_s: object) -> None:
     """The Python-side checks of a tier's policy and TTL (their types); the core checks the values."""
-    if policy not in _POLICIES:
+    if not isinstance(policy, str) or policy not in _POLICIES:
         raise InvalidArgumentError(f"{name}policy must be one of {sorted(_POLICIES)}, got {policy!r}")
     if ttl_s is not None and (isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float))):
         raise KvtierTypeError(f"{name}ttl_s must be a number of seconds, got {type(ttl_s).__name__}")
@@ -311,7 +320,7 @@ class StoreConfig:
         _check_int("block_size", self.block_size, 1, _U32)
         _check_int("block_bytes", self.block_bytes, 1, _U64)
         _check_bool("metadata_only", self.metadata_only)
-        if self.content not in ("tokens", "block_ids"):
+        if not isinstance(self.content, str) or self.content not in ("tokens", "block_ids"):
             raise InvalidArgumentError(f"content must be 'tokens' or 'block_ids', got {self.content!r}")
         if self.vocab_size is not None:
             _check_int("vocab_size", self.vocab_size, 1, 1 << 32)
@@ -327,8 +336,10 @@ class StoreConfig:
 
             try:
                 dt = np.dtype(self.payload_dtype)
-            except TypeError as e:
+            except (TypeError, ValueError) as e:
                 raise InvalidArgumentError(f"payload_dtype {self.payload_dtype!r} is not a numpy dtype") from e
+            if dt.itemsize == 0:
+                raise InvalidArgumentError(f"payload_dtype {self.payload_dtype!r} has no size (itemsize 0)")
             if dt.hasobject:
                 raise KvtierTypeError(f"payload_dtype must be a numeric dtype, got {dt} (Python objects)")
             if self.block_bytes % dt.itemsize:
@@ -353,9 +364,7 @@ class StoreConfig:
     @property
     def token_limit(self) -> int:
         """Exclusive upper bound of token ids."""
-        if self.vocab_size is not None:
-            return self.vocab_size
-        return 1 << 31
+        return token_limit(self.vocab_size)
 
     @classmethod
     def for_blocks(

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kvtier.config import Namespace
-from kvtier.errors import InvalidArgumentError
+from kvtier.errors import InvalidArgumentError, KvtierTypeError
 
 __all__ = ["ReplayTrace"]
 
@@ -49,6 +49,14 @@ class ReplayTrace:
     session_table: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("offsets", "blocks", "timestamps", "namespaces", "sessions"):
+            value = getattr(self, name)
+            if not (value is None and name in ("namespaces", "sessions")) and not isinstance(value, np.ndarray):
+                raise KvtierTypeError(
+                    f"{name} must be a numpy array (use ReplayTrace.from_block_ids / from_tokens), got {type(value).__name__}"
+                )
+        if self.offsets.ndim != 1 or self.offsets.shape[0] < 1:
+            raise InvalidArgumentError(f"offsets must be 1-D with n_requests + 1 entries, got shape {self.offsets.shape}")
         n = self.num_requests
         if self.timestamps.shape != (n,):
             raise InvalidArgumentError(f"timestamps must have shape ({n},), got {self.timestamps.shape}")

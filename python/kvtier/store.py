@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kvtier import _core
-from kvtier.config import Namespace, StoreConfig, _check_str
+from kvtier.config import Namespace, StoreConfig, _check_str, token_limit
 from kvtier.errors import CudaError, DiskWriteError, InvalidArgumentError, KvtierTypeError, StoreClosedError
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class TokenSequence:
     """
 
     def __init__(self, tokens: Tokens | None = None, *, vocab_size: int | None = None) -> None:
-        limit = (1 << 31) if vocab_size is None else int(vocab_size)
+        limit = token_limit(vocab_size)
         self._seq = _core.TokenSequence(limit)
         if tokens is not None:
             self.extend(tokens)
@@ -463,6 +463,8 @@ class Store:
         With ``pin=True`` the prefix is held (never evicted) until :meth:`unpin`; a request in flight
         pins its prefix as SGLang's ``inc_lock_ref`` does.
         """
+        if not isinstance(pin, bool):
+            raise KvtierTypeError(f"pin must be a bool, got {type(pin).__name__}")
         return self._lookup(self._ns(namespace), self._arg(tokens), now, True, pin)
 
     def peek(self, tokens: Tokens, *, namespace: Namespace | None = None, now: float | None = None) -> MatchResult:
@@ -670,6 +672,8 @@ class Store:
         """
         if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
             raise InvalidArgumentError(f"nbytes must be an int >= 0, got {nbytes!r}")
+        if isinstance(tier, bool) or not isinstance(tier, (int, np.integer)):
+            raise KvtierTypeError(f"tier must be Tier.HOST or Tier.DEVICE, got {type(tier).__name__}")
         if tier == Tier.DEVICE:
             return int(self._core.evict_device(min(nbytes, (1 << 64) - 1), now))
         if tier != Tier.HOST:
