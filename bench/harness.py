@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import gc
 import statistics
 import time
@@ -98,7 +100,10 @@ def fmt(v: Any) -> str:
 
 def gate(name: str, value: float, threshold: float, *, higher_is_better: bool = True) -> dict[str, Any]:
     """The figures of one gate: its value, threshold and margin (value/threshold, >1 passes)."""
-    margin = value / threshold if higher_is_better else threshold / value
+    if higher_is_better:
+        margin = value / threshold
+    else:  # a value at or below zero is as good as it gets
+        margin = threshold / value if value > 0 else math.inf
     return {
         f"gate {name}": f"{value:.3g} vs {'>=' if higher_is_better else '<='} {threshold:g} "
         f"({'PASS' if margin >= 1 else 'FAIL'}, margin {margin:.2f}x)"
