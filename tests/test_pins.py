@@ -5,6 +5,7 @@ lock keep the blocks they read and write (item 2)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -128,3 +129,35 @@ def test_threads_inserting_one_prompt_store_it_once() -> None:
         assert s.load(p, out) == blocks
         assert (out == payload).all()
         s.check_invariants()
+
+
+def test_a_node_split_during_a_load_keeps_no_pin() -> None:
+    """A load holds its blocks while it copies outside the lock; another thread's match may split a held node
+    meanwhile (a shorter prefix of it). Releasing the hold must release both halves: no block stays pinned."""
+    bb = 1 << 20
+    cfg = kvtier.StoreConfig(block_size=BLOCK, block_bytes=bb, host=kvtier.TierConfig(capacity_bytes=64 * bb))
+    with kvtier.Store(cfg) as s:
+        for rnd in range(6):
+            p = prompt(rnd * 10_000, 48)
+            s.evict(64 * bb)
+            s.insert(p, np.full((48, bb), rnd, np.uint8))  # one node of 48 blocks
+            out = np.empty((48, bb), np.uint8)
+            done = threading.Event()
+
+            def split_while_loading() -> None:
+                for k in range(47, 0, -1):  # spread over the load's copy (tens of ms for 48 MiB)
+                    if done.is_set():
+                        return
+                    s.match(p[: k * BLOCK])  # ends inside a node: splits it
+                    time.sleep(0.0002)
+
+            t = threading.Thread(target=split_while_loading)
+            t.start()
+            try:
+                assert s.load(p, out) == 48
+            finally:
+                done.set()
+                t.join()
+            assert (out == rnd).all()
+            assert s.stats().pinned_blocks == 0
+            s.check_invariants()

@@ -34,7 +34,7 @@ Store::PinRecord& Store::pin_record(PinId pin) {
 }
 
 void Store::take_hold(Hold& h) {
-  for (std::uint32_t id : h.nodes) {
+  for (std::uint32_t id = h.deepest; id != kNil && tree_.at(id).parent != kNil; id = tree_.at(id).parent) {
     ++tree_.at(id).pins;
     refresh_candidate(id);
   }
@@ -46,7 +46,7 @@ void Store::take_hold(Hold& h) {
 }
 
 void Store::release_hold(Hold& h) {
-  for (std::uint32_t id : h.nodes) {
+  for (std::uint32_t id = h.deepest; id != kNil && tree_.at(id).parent != kNil; id = tree_.at(id).parent) {
     Node& n = tree_.at(id);
     KVTIER_ASSERT(n.alive && n.pins > 0);
     --n.pins;
@@ -57,7 +57,7 @@ void Store::release_hold(Hold& h) {
     --slot_holds_[slot];
     slot_unref(slot);
   }
-  h.nodes.clear();
+  h.deepest = kNil;
   h.slots.clear();
   KVTIER_ASSERT(holds_out_ > 0);
   if (--holds_out_ == 0) cv_.notify_all();
@@ -166,7 +166,7 @@ std::uint32_t Store::load_pinned(PinId pin, Memory out, std::size_t max_blocks, 
   }
   CopyRuns runs = plan_copy_out(steps, out);
   Hold hold;
-  hold.nodes = chain;
+  hold.deepest = rec.node;
   if (copied >= rec.host_blocks) {
     for (std::size_t k = 0; k < rec.disk.size() && copied < max_blocks; ++k, ++copied) {
       const DiskEntry& e = disk_->at(rec.disk[k]);
@@ -207,7 +207,7 @@ std::uint32_t Store::load(std::uint32_t ns, const Word* words, std::size_t n, Me
     return m;
   }
   Hold hold;
-  for (const Step& s : path_) hold.nodes.push_back(s.node);
+  if (!path_.empty()) hold.deepest = path_.back().node;
   run_held(lock, hold, runs);
   return m;
 }

@@ -408,7 +408,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
       } else if (lock != nullptr && copies_unlocked(src)) {
         // The prefix is held so it cannot be evicted under us, and the slots and their room are ours.
         Hold hold;
-        for (const Step& st : path_) hold.nodes.push_back(st.node);
+        if (!path_.empty()) hold.deepest = path_.back().node;
         reserved_blocks_ += want;
         take_hold(hold);
         struct Relock {

@@ -267,11 +267,12 @@ class Store {
     std::uint32_t generation = 0;          // bumped at every release
     bool alive = false;
   };
-  // Blocks held for a copy that runs outside the lock: tree nodes (each pinned once more, root
-  // first) and host slots of queued disk writes (one more reference each). Taken and released under
-  // the lock; while any hold is out, close() waits.
+  // Blocks held for a copy that runs outside the lock: the path from the root down to `deepest` (each
+  // node pinned once more) and host slots of queued disk writes (one more reference each). Taken and
+  // released under the lock, walking parents both times (another thread may split a held node meanwhile:
+  // both halves carry the pin); while any hold is out, close() waits.
   struct Hold {
-    std::vector<std::uint32_t> nodes;
+    std::uint32_t deepest = kNil;  // kNil: no tree node
     std::vector<std::uint32_t> slots;
   };
   void take_hold(Hold& h);
