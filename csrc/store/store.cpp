@@ -435,8 +435,9 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
     if (lock != nullptr && !to_device) {
       // Commit: other threads may have stored some of these blocks (or more) while the lock was free.
       now = clock_.catch_up(now);
-      const std::uint32_t m = walk(ns, words, r.matched + want, now, /*reclaim=*/false);
-      KVTIER_ASSERT(m >= r.matched);  // the prefix was held
+      // Reclaim as the first walk did: a child that expired meanwhile must go before a new one takes its place.
+      const std::uint32_t m = walk(ns, words, r.matched + want, now, /*reclaim=*/true);
+      KVTIER_ASSERT(m >= r.matched);  // the prefix was held (pinned, so never expired)
       const std::uint64_t dup = m - r.matched;
       if (dup > 0) {
         for (std::uint64_t i = 0; i < std::min<std::uint64_t>(dup, want); ++i) arena_->give_back(np->slots[i]);
