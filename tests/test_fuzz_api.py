@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from fuzz_helpers import fuzz_settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -40,13 +41,7 @@ from kvtier import (
 )
 
 FUZZ_EXAMPLES = 40  # per fuzzed argument
-FUZZ = settings(
-    max_examples=FUZZ_EXAMPLES,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+FUZZ = fuzz_settings(FUZZ_EXAMPLES)
 
 BS, BB = 4, 64
 NS = Namespace(model="fuzz")

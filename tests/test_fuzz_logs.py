@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from fuzz_helpers import fuzz_settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvtier.analytics.formats import LogFormatError
@@ -28,13 +29,7 @@ pytest.importorskip("tokenizers")
 from test_analyze_formats import make_tokenizer  # noqa: E402 - one tiny trained tokenizer for text and chat logs
 
 FUZZ_EXAMPLES = 150  # per fuzz test: a few seconds each
-FUZZ = settings(
-    max_examples=FUZZ_EXAMPLES,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+FUZZ = fuzz_settings(FUZZ_EXAMPLES)
 
 # One valid record per format; fuzzing replaces their fields.
 BASE: dict[str, dict[str, Any]] = {

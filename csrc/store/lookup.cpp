@@ -38,10 +38,7 @@ void Store::take_hold(Hold& h) {
     ++tree_.at(id).pins;
     refresh_candidate(id);
   }
-  for (std::uint32_t slot : h.slots) {
-    ++slot_refs_[slot];
-    ++slot_holds_[slot];
-  }
+  for (std::uint32_t slot : h.slots) ++slot_refs_[slot];
   ++holds_out_;
 }
 
@@ -52,11 +49,7 @@ void Store::release_hold(Hold& h) {
     --n.pins;
     refresh_candidate(id);
   }
-  for (std::uint32_t slot : h.slots) {
-    KVTIER_ASSERT(slot_holds_[slot] > 0);
-    --slot_holds_[slot];
-    slot_unref(slot);
-  }
+  for (std::uint32_t slot : h.slots) slot_unref(slot);
   h.deepest = kNil;
   h.slots.clear();
   KVTIER_ASSERT(holds_out_ > 0);
@@ -185,7 +178,7 @@ std::uint32_t Store::load_pinned(PinId pin, Memory out, std::size_t max_blocks, 
     run_copies(runs);
     if (darena_) dev_promote_chain(chain, clock_.latest());
   } else {
-    run_held(lock, hold, runs);
+    run_held(lock, hold, [&] { run_copies(runs); });
   }
   return static_cast<std::uint32_t>(copied);
 }
@@ -208,25 +201,8 @@ std::uint32_t Store::load(std::uint32_t ns, const Word* words, std::size_t n, Me
   }
   Hold hold;
   if (!path_.empty()) hold.deepest = path_.back().node;
-  run_held(lock, hold, runs);
+  run_held(lock, hold, [&] { run_copies(runs); });
   return m;
-}
-
-// Copies `runs` with the store lock released, `hold` keeping their blocks from eviction meanwhile.
-// Precondition: `lock` is held; it is held again on return (also when a copy throws).
-void Store::run_held(std::unique_lock<std::mutex>& lock, Hold& hold, CopyRuns& runs) {
-  take_hold(hold);
-  struct Relock {
-    Store* s;
-    std::unique_lock<std::mutex>& lock;
-    Hold& hold;
-    ~Relock() {
-      lock.lock();
-      s->release_hold(hold);
-    }
-  } relock{this, lock, hold};
-  lock.unlock();
-  run_copies(runs);
 }
 
 std::vector<Key> Store::keys_pinned(PinId pin) {

@@ -36,7 +36,6 @@ Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spe
                                        std::to_string(spec.disk.queue_blocks) + " slots for queued writes)");
     }
     slot_refs_.assign(slots, 0);
-    slot_holds_.assign(slots, 0);
     if (disk_) slot_crc_.assign(slots, 0);
   }
   stats_.capacity_bytes = capacity_blocks_ * spec.block_bytes;
@@ -390,6 +389,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   bool to_device = false;
   if (arena_) {
     const Memory src{payload.data + (r.matched - payload_first) * bb, payload.device};
+    const bool unlocked = lock != nullptr && copies_unlocked(src);  // never with a device tier
     // GPU memory on the device tier's GPU goes to the device tier, if it has room without evicting the
     // prefix this insert extends; the host slots stay dirty until the device evicts the blocks.
     to_device = darena_ && src.device == darena_->device() && dev_make_room(want, seq_, now);
@@ -405,25 +405,18 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
           runs.push_back({darena_->slot_address(np->dslots[i]), reinterpret_cast<std::uint64_t>(src.data + i * bb), bb});
         move_runs(runs, src.device);
         if (spec_.device.write_through) fill_host_slots(np->slots, src, disk_ != nullptr);
-      } else if (lock != nullptr && copies_unlocked(src)) {
+      } else if (unlocked) {
         // The prefix is held so it cannot be evicted under us, and the slots and their room are ours.
         Hold hold;
         if (!path_.empty()) hold.deepest = path_.back().node;
         reserved_blocks_ += want;
-        take_hold(hold);
-        struct Relock {
-          Store* s;
-          std::unique_lock<std::mutex>& lock;
-          Hold& hold;
-          std::uint64_t blocks;
-          ~Relock() {
-            lock.lock();
-            s->release_hold(hold);
-            s->reserved_blocks_ -= blocks;
-          }
-        } relock{this, *lock, hold, want};
-        lock->unlock();
-        fill_host_slots(np->slots, src, disk_ != nullptr);
+        try {
+          run_held(*lock, hold, [&] { fill_host_slots(np->slots, src, disk_ != nullptr); });
+        } catch (...) {
+          reserved_blocks_ -= want;
+          throw;
+        }
+        reserved_blocks_ -= want;
       } else {
         fill_host_slots(np->slots, src, disk_ != nullptr);
       }
@@ -432,7 +425,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
       for (std::uint32_t d : np->dslots) darena_->give_back(d);
       throw;
     }
-    if (lock != nullptr && !to_device) {
+    if (unlocked) {
       // Commit: other threads may have stored some of these blocks (or more) while the lock was free.
       now = clock_.catch_up(now);
       // Reclaim as the first walk did: a child that expired meanwhile must go before a new one takes its place.

@@ -1,9 +1,11 @@
 // Store: the radix tree, its tiers, policies and residency ledger behind one lock.
 //
-// Every public call takes `now` in seconds (NaN = read the monotonic clock), locks the store, and
-// may throw Error (see common.h) for user mistakes: kClosed after close(), kInvalidArgument for
-// time going backwards or an unknown namespace/account, kTypeError never (the bindings check types).
-// Payload copies run under the store lock but never under the Python GIL (the bindings release it).
+// Every public call takes `now` in seconds (NaN: the clock's rule for that call, clock.h), locks the
+// store, and may throw Error (see common.h) for user mistakes: kClosed after close(), kInvalidArgument
+// for time going backwards or an unknown namespace/account, kStalePin for a released pin, kTypeError
+// never (the bindings check types). Host payload copies run with the lock released, their blocks held
+// (run_held: reserve, copy, commit); copies touching GPU memory and promotion copies still run under it.
+// None runs under the Python GIL (the bindings release it before they lock).
 #pragma once
 
 #include <cmath>
@@ -334,7 +336,24 @@ class Store {
   };
   CopyRuns plan_copy_out(const std::vector<Step>& steps, Memory out);
   void run_copies(CopyRuns& c);
-  void run_held(std::unique_lock<std::mutex>& lock, Hold& hold, CopyRuns& runs);
+  // Runs `copy` with the store lock released, `hold` keeping its blocks from eviction meanwhile (the one
+  // way a payload copy leaves the lock). Precondition: `lock` is held; it is held again on return, also
+  // when `copy` throws.
+  template <class Copy>
+  void run_held(std::unique_lock<std::mutex>& lock, Hold& hold, Copy&& copy) {
+    take_hold(hold);
+    struct Relock {
+      Store* s;
+      std::unique_lock<std::mutex>& lock;
+      Hold& hold;
+      ~Relock() {
+        lock.lock();
+        s->release_hold(hold);
+      }
+    } relock{this, lock, hold};
+    lock.unlock();
+    copy();
+  }
   void move_runs(std::vector<Run>& runs, int device);
   CopyEngine& copier();
   void fill_host_slots(const std::vector<std::uint32_t>& slots, Memory src, bool checksum);
@@ -403,7 +422,6 @@ class Store {
   std::vector<PinRecord> pin_records_;
   std::uint64_t holds_out_ = 0;           // holds taken and not released (copies outside the lock)
   std::uint64_t reserved_blocks_ = 0;     // host blocks reserved by inserts copying outside the lock
-  std::vector<std::uint32_t> slot_holds_; // per host slot: holds on it (a subset of slot_refs_)
   std::vector<std::uint32_t> free_pins_;
 
   // Device tier (spec_.device.enabled): GPU slots, an LRU list of the nodes on it (head = coldest).

@@ -195,7 +195,7 @@ def validate_spec(spec: StoreSpec) -> None:
     """Raises InvalidArgumentError unless the store's spec is valid (csrc/core/spec.cpp)."""
 
 class Store:
-    """The C++ store: radix tree, tiers, policies and residency ledger; one lock guards metadata only.
+    """The C++ store: radix tree, tiers, policies and residency ledger; one lock; host payload copies run outside it.
 
     ``now`` is seconds on the caller's clock, or ``None`` for the store's monotonic clock.
     """

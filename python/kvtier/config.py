@@ -62,6 +62,19 @@ def token_limit(vocab_size: object) -> int:
     return vocab_size
 
 
+def _check_content(content: object) -> None:
+    """What a block's words are: token ids, or one 64-bit id per block."""
+    if not isinstance(content, str) or content not in ("tokens", "block_ids"):
+        raise InvalidArgumentError(f"content must be 'tokens' or 'block_ids', got {content!r}")
+
+
+def _fill_tier(spec: _core.TierSpec, capacity_bytes: int | None, policy: str, ttl_s: float | None) -> None:
+    """A tier's capacity (``None``: 0, unlimited), policy and TTL as the core takes them."""
+    spec.capacity_bytes = 0 if capacity_bytes is None else capacity_bytes
+    spec.policy = _POLICIES[policy]
+    spec.ttl_s = None if ttl_s is None else float(ttl_s)
+
+
 def _check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise KvtierTypeError(f"{name} must be a bool, got {type(value).__name__}")
@@ -107,8 +120,7 @@ class Namespace:
     def key(self, block_size: int, content: str = "tokens") -> bytes:
         """The 32-byte namespace key (docs/keys.md)."""
         _check_int("block_size", block_size, 1, _U32)
-        if content not in ("tokens", "block_ids"):
-            raise InvalidArgumentError(f"content must be 'tokens' or 'block_ids', got {content!r}")
+        _check_content(content)
         return _core.namespace_key(self.fields(block_size, content))
 
 
@@ -142,9 +154,7 @@ class TierConfig:
     def tier_spec(self) -> _core.TierSpec:
         """The core's view of this tier (capacity ``None`` is 0: unlimited)."""
         t = _core.TierSpec()
-        t.capacity_bytes = 0 if self.capacity_bytes is None else self.capacity_bytes
-        t.policy = _POLICIES[self.policy]
-        t.ttl_s = None if self.ttl_s is None else float(self.ttl_s)
+        _fill_tier(t, self.capacity_bytes, self.policy, self.ttl_s)
         return t
 
 
@@ -212,9 +222,7 @@ class DiskConfig:
         """The core's view of this tier."""
         d = _core.DiskSpec()
         d.enabled = True
-        d.capacity_bytes = self.capacity_bytes
-        d.policy = _POLICIES[self.policy]
-        d.ttl_s = None if self.ttl_s is None else float(self.ttl_s)
+        _fill_tier(d, self.capacity_bytes, self.policy, self.ttl_s)
         d.write_through = self.write_through
         d.queue_blocks = self.queue_blocks
         return d
@@ -320,10 +328,8 @@ class StoreConfig:
         _check_int("block_size", self.block_size, 1, _U32)
         _check_int("block_bytes", self.block_bytes, 1, _U64)
         _check_bool("metadata_only", self.metadata_only)
-        if not isinstance(self.content, str) or self.content not in ("tokens", "block_ids"):
-            raise InvalidArgumentError(f"content must be 'tokens' or 'block_ids', got {self.content!r}")
-        if self.vocab_size is not None:
-            _check_int("vocab_size", self.vocab_size, 1, 1 << 32)
+        _check_content(self.content)
+        token_limit(self.vocab_size)  # checks it
         if not isinstance(self.host, TierConfig):
             raise KvtierTypeError(f"host must be a TierConfig, got {type(self.host).__name__}")
         if self.disk is not None and not isinstance(self.disk, DiskConfig):

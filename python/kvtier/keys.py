@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kvtier import _core
-from kvtier.config import Namespace, _check_int, token_limit
+from kvtier.config import Namespace, token_limit
 from kvtier.errors import InvalidArgumentError, KvtierTypeError
 from kvtier.store import Tokens, TokenSequence
 
@@ -34,7 +34,6 @@ def block_keys(
         raise KvtierTypeError(f"extra must be bytes, got {type(extra).__name__}")
     if parent is not None and (not isinstance(parent, bytes) or len(parent) != 32):
         raise InvalidArgumentError("parent must be the 32-byte key of the previous block")
-    _check_int("block_size", block_size, 1, (1 << 32) - 1)
-    limit = token_limit(vocab_size)
+    limit = token_limit(vocab_size)  # (block_size is checked by namespace.key below)
     arg = tokens._seq if isinstance(tokens, TokenSequence) else tokens
     return _core.block_keys(namespace.key(block_size), arg, block_size, limit, extra, parent)
