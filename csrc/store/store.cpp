@@ -387,6 +387,19 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   std::unique_ptr<NodePayload> np;
   const std::size_t bb = spec_.block_bytes;
   bool to_device = false;
+  // With the copy outside the lock: the prefix stays held, and the new blocks' room reserved, until the
+  // commit below is done (released when this returns, under the lock, also on a throw).
+  struct Held {
+    Store* s;
+    Hold hold;
+    std::uint64_t reserved = 0;
+    bool taken = false;
+    ~Held() {
+      if (!taken) return;
+      s->release_hold(hold);
+      s->reserved_blocks_ -= reserved;
+    }
+  } held{this, {}};
   if (arena_) {
     const Memory src{payload.data + (r.matched - payload_first) * bb, payload.device};
     const bool unlocked = lock != nullptr && copies_unlocked(src);  // never with a device tier
@@ -406,17 +419,13 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
         move_runs(runs, src.device);
         if (spec_.device.write_through) fill_host_slots(np->slots, src, disk_ != nullptr);
       } else if (unlocked) {
-        // The prefix is held so it cannot be evicted under us, and the slots and their room are ours.
-        Hold hold;
-        if (!path_.empty()) hold.deepest = path_.back().node;
+        // The prefix is held so it can neither be evicted nor expire under us; the slots and their room are ours.
+        if (!path_.empty()) held.hold.deepest = path_.back().node;
+        held.reserved = want;
         reserved_blocks_ += want;
-        try {
-          run_held(*lock, hold, [&] { fill_host_slots(np->slots, src, disk_ != nullptr); });
-        } catch (...) {
-          reserved_blocks_ -= want;
-          throw;
-        }
-        reserved_blocks_ -= want;
+        take_hold(held.hold);
+        held.taken = true;
+        run_unlocked(*lock, [&] { fill_host_slots(np->slots, src, disk_ != nullptr); });
       } else {
         fill_host_slots(np->slots, src, disk_ != nullptr);
       }

@@ -342,15 +342,22 @@ class Store {
   template <class Copy>
   void run_held(std::unique_lock<std::mutex>& lock, Hold& hold, Copy&& copy) {
     take_hold(hold);
-    struct Relock {
+    struct Release {
       Store* s;
-      std::unique_lock<std::mutex>& lock;
       Hold& hold;
-      ~Relock() {
-        lock.lock();
-        s->release_hold(hold);
-      }
-    } relock{this, lock, hold};
+      ~Release() { s->release_hold(hold); }  // after the relock below
+    } release{this, hold};
+    run_unlocked(lock, copy);
+  }
+  // Runs `copy` with `lock` released; it is held again on return, also when `copy` throws. The caller
+  // holds what `copy` touches (take_hold) for as long as it relies on it: an insert keeps its prefix held
+  // until its commit, or the prefix could expire in between.
+  template <class Copy>
+  static void run_unlocked(std::unique_lock<std::mutex>& lock, Copy&& copy) {
+    struct Relock {
+      std::unique_lock<std::mutex>& lock;
+      ~Relock() { lock.lock(); }
+    } relock{lock};
     lock.unlock();
     copy();
   }
