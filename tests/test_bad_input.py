@@ -909,13 +909,10 @@ _CORE_MISUSE = """
     s = _core.Store(spec(), ids=False, limit=100)
     ns = s.add_namespace(b"k" * 32)
     ns2 = s.add_namespace(b"j" * 32)
-    acc2 = s.account(ns2, "x")
     expect(kvtier.InvalidArgumentError, s.add_namespace, b"short")
-    expect(kvtier.UnknownNamespaceError, s.account, 99, "")
     expect(kvtier.UnknownNamespaceError, s.match, 99, [1, 2], None, True, False)
-    expect(kvtier.InvalidArgumentError, s.insert, 99, 0, [1, 2], bytes(4), 0, None)  # account 0 is not in ns 99
-    expect(kvtier.InvalidArgumentError, s.insert, ns, acc2, [1, 2], bytes(4), 0, None)
-    expect(kvtier.InvalidArgumentError, s.insert, ns, 12345, [1, 2], bytes(4), 0, None)
+    expect(kvtier.UnknownNamespaceError, s.insert, 99, "", [1, 2], bytes(4), 0, None)
+    assert s.insert(ns2, "x", [1, 2], bytes(4), 0, None) == (0, 1, 1)  # a session is named, not numbered
     expect(kvtier.InvalidArgumentError, _core.Store, spec(block_size=0), ids=False, limit=100)
     expect(kvtier.InvalidArgumentError, _core.Store, spec(block_bytes=0), ids=False, limit=100)
     host = _core.TierSpec()  # capacity 0: unlimited, which a store with payloads cannot have
@@ -932,16 +929,16 @@ _CORE_MISUSE = """
     expect(kvtier.InvalidArgumentError, _core.block_keys, b"k" * 32, [1, 2], 0, 100, b"", None)
     expect(kvtier.InvalidArgumentError, _core.block_keys, b"k" * 31, [1, 2], 2, 100, b"", None)
 
-    s.insert(ns, 0, [1, 2, 3, 4], bytes(range(8)), 0, None)
+    s.insert(ns, "", [1, 2, 3, 4], bytes(range(8)), 0, None)
     blocks, _disk, pin, _probe, _dev = s.match(ns, [1, 2, 3, 4], None, True, True)
     assert blocks == 2 and pin.active
     expect(TypeError, s.unpin, None)
     s.close()
     expect(kvtier.StoreClosedError, s.load_pinned, pin, bytearray(8))
     expect(kvtier.StoreClosedError, s.keys_pinned, pin)
-    expect(kvtier.StoreClosedError, s.replay, [0, 1], [1, 2], [1e12])
+    expect(kvtier.StoreClosedError, s.replay, [0, 1], [1, 2], [1e12], [b"k" * 32])
     expect(kvtier.StoreClosedError, s.add_namespace, b"z" * 32)
-    expect(kvtier.StoreClosedError, s.account, ns, "y")
+    expect(kvtier.StoreClosedError, s.insert, ns, "y", [1, 2, 3, 4], bytes(range(8)), 0, None)
     s.check_invariants()
     s.clock()
     expect(kvtier.StoreClosedError, s.unpin, pin)  # close() released every hold

@@ -431,8 +431,7 @@ def test_parameter_names_are_the_bound_ones() -> None:
     cfg = kvtier.StoreConfig(block_size=2, block_bytes=4, host=kvtier.TierConfig(capacity_bytes=64), vocab_size=100)
     s = _core.Store(spec=cfg.spec(), ids=False, limit=100)
     ns = s.add_namespace(kvtier.Namespace(model="m").key(2))
-    acc = s.account(ns, "")
-    assert s.insert(ns=ns, account=acc, tokens=[1, 2], payload=bytes(4), payload_first=0, now=1.0) == (0, 1, 1)
+    assert s.insert(ns=ns, session="", tokens=[1, 2], payload=bytes(4), payload_first=0, now=1.0) == (0, 1, 1)
     blocks, disk_blocks, pin, probe, on_device = s.match(ns=ns, tokens=[1, 2], now=2.0, touch=True, pin=True)
     assert (blocks, disk_blocks, probe, on_device, pin.blocks, pin.active) == (1, 0, None, None, 1, True)
     assert s.load_pinned(pin=pin, out=bytearray(4)) == (1, [])
@@ -442,10 +441,11 @@ def test_parameter_names_are_the_bound_ones() -> None:
     assert s.evict_device(bytes=4, now=3.0) == 0  # no device tier
     assert s.device_stats()["capacity_bytes"] == 0
     with pytest.raises(kvtier.InvalidArgumentError, match="metadata-only"):
-        s.replay(offsets=[0], blocks=[], times=[], ns=None, accounts=None)
+        s.replay(offsets=[0], blocks=[], times=[], ns_keys=[b"k" * 32], ns_index=None, sessions=None, session_table=[])
     meta_cfg = kvtier.StoreConfig(block_size=2, block_bytes=4, metadata_only=True, host=kvtier.TierConfig(capacity_bytes=64))
     meta = _core.Store(meta_cfg.spec(), ids=False, limit=100)
-    assert meta.replay(offsets=[0], blocks=[], times=[], ns=None, accounts=None).shape == (0,)
+    hits, ids = meta.replay(offsets=[0], blocks=[], times=[], ns_keys=[b"k" * 32])
+    assert hits.shape == (0,) and len(ids) == 1
     assert _core.blake3(data=b"", out_len=4) == _core.blake3(b"")[:4]
     # Unnamed parameters are positional-only: the stub marks them with "/".
     with pytest.raises(TypeError):

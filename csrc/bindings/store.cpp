@@ -20,6 +20,8 @@ py::dict stats_dict(const TierStats& s) {
   d["blocks"] = s.blocks;
   d["pinned_blocks"] = s.pinned_blocks;
   d["nodes"] = s.nodes;
+  d["accounts"] = s.accounts;
+  d["namespaces"] = s.namespaces;
   return d;
 }
 
@@ -40,10 +42,26 @@ py::dict device_stats_dict(const DeviceStats& st) {
 }
 
 // Store.replay: a whole array-encoded trace in one call (kvtier.ReplayTrace checked its shapes).
-py::array_t<std::int32_t> replay_trace(PyStore& s, py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast> offsets, py::handle blocks,
-             py::array_t<double, py::array::c_style | py::array::forcecast> times,
-             std::optional<py::array_t<std::uint32_t, py::array::c_style | py::array::forcecast>> ns,
-             std::optional<py::array_t<std::uint32_t, py::array::c_style | py::array::forcecast>> accounts) {
+// Per-request indices into a table of `table` entries (namespaces, sessions), checked.
+using Indices = std::optional<py::array_t<std::uint32_t, py::array::c_style | py::array::forcecast>>;
+const std::uint32_t* table_indices(const Indices& idx, std::size_t n_req, std::size_t table, const char* name,
+                                   const char* table_name) {
+  if (!idx) return nullptr;
+  if (static_cast<std::size_t>(idx->size()) != n_req)
+    raise(Code::kInvalidArgument, std::string(name) + " must have one entry per request");
+  const std::uint32_t* p = idx->data();
+  for (std::size_t i = 0; i < n_req; ++i)
+    if (p[i] >= table)
+      raise(Code::kInvalidArgument, std::string(name) + "[" + std::to_string(i) + "] = " + std::to_string(p[i]) +
+                                        " is not an index into " + table_name + " (" + std::to_string(table) +
+                                        " entries)");
+  return p;
+}
+
+// Returns (hits per request, the namespace id of each of `ns_keys`).
+py::tuple replay_trace(PyStore& s, py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast> offsets, py::handle blocks,
+             py::array_t<double, py::array::c_style | py::array::forcecast> times, const py::list& ns_keys,
+             const Indices& ns_index, const Indices& sessions, const std::vector<std::string>& session_table) {
             if (offsets.ndim() != 1 || offsets.shape(0) < 1)
               raise(Code::kInvalidArgument, "offsets must be 1-D with n_requests + 1 entries");
             const auto n_req = static_cast<std::size_t>(offsets.shape(0) - 1);
@@ -69,21 +87,20 @@ py::array_t<std::int32_t> replay_trace(PyStore& s, py::array_t<std::uint64_t, py
             tr.words = w.data;
             tr.times = t;
             tr.n_requests = n_req;
-            if (ns) {
-              if (static_cast<std::size_t>(ns->size()) != n_req) raise(Code::kInvalidArgument, "namespaces must have one entry per request");
-              tr.ns = ns->data();
-            }
-            if (accounts) {
-              if (static_cast<std::size_t>(accounts->size()) != n_req) raise(Code::kInvalidArgument, "accounts must have one entry per request");
-              tr.accounts = accounts->data();
-            }
+            const std::vector<Key> keys = keys_from_list(ns_keys, "namespace key");
+            if (keys.empty()) raise(Code::kInvalidArgument, "ns_keys must name at least one namespace");
+            tr.ns_keys = &keys;
+            tr.ns_index = table_indices(ns_index, n_req, keys.size(), "namespaces", "namespace_table");
+            tr.sessions = table_indices(sessions, n_req, session_table.size(), "sessions", "session_table");
+            tr.session_table = &session_table;
             py::array_t<std::int32_t> hits(static_cast<py::ssize_t>(n_req));
             std::int32_t* out = hits.mutable_data();
+            std::vector<NsId> ids;
             {
               py::gil_scoped_release nogil;
-              s.store->replay(tr, out);
+              ids = s.store->replay(tr, out);
             }
-            return hits;
+            return py::make_tuple(hits, ids);
           }
 
 // Construction, namespaces and accounts, lifetime.
@@ -120,9 +137,13 @@ void bind_store_class(py::module_& m) {
              py::gil_scoped_release nogil;
              return s.store->add_namespace(k);
            })
-      .def("account", [](PyStore& s, std::uint32_t ns, const std::string& session) {
+      .def("take_retired_namespaces", [](PyStore& s) {
              py::gil_scoped_release nogil;
-             return s.store->account(ns, session);
+             return s.store->take_retired_namespaces();
+           })
+      .def("namespaces", [](PyStore& s) {
+             py::gil_scoped_release nogil;
+             return s.store->namespaces();
            })
       .def("namespace_key_of", [](PyStore& s, std::uint32_t ns) {
              Key k;
@@ -156,7 +177,7 @@ void bind_store_io(py::module_& m) {
   cls
       .def(
           "match",
-          [](PyStore& s, std::uint32_t ns, py::handle tokens, py::handle now, bool touch, bool pin) {
+          [](PyStore& s, std::uint64_t ns, py::handle tokens, py::handle now, bool touch, bool pin) {
             Words w = s.words_of(tokens, "tokens");
             MatchResult r;
             const double t = time_arg(now);
@@ -189,7 +210,7 @@ void bind_store_io(py::module_& m) {
            }, py::arg("pin"), py::arg("now") = py::none())
       .def(
           "insert",
-          [](PyStore& s, std::uint32_t ns, std::uint32_t account, py::handle tokens, py::handle payload,
+          [](PyStore& s, std::uint64_t ns, const std::string& session, py::handle tokens, py::handle payload,
              std::size_t payload_first, py::handle now) {
             Words w = s.words_of(tokens, "tokens");
             const std::size_t n = s.blocks_of(w);
@@ -217,15 +238,15 @@ void bind_store_io(py::module_& m) {
             const double t = time_arg(now);
             {
               py::gil_scoped_release nogil;
-              r = s.store->insert(ns, account, w.data, n, data, payload_first, t);
+              r = s.store->insert(ns, session, w.data, n, data, payload_first, t);
             }
             return py::make_tuple(r.matched, r.inserted, n);
           },
-          py::arg("ns"), py::arg("account"), py::arg("tokens"), py::arg("payload"), py::arg("payload_first"),
+          py::arg("ns"), py::arg("session"), py::arg("tokens"), py::arg("payload"), py::arg("payload_first"),
           py::arg("now"))
       .def(
           "load",
-          [](PyStore& s, std::uint32_t ns, py::handle tokens, py::handle out, py::handle now) {
+          [](PyStore& s, std::uint64_t ns, py::handle tokens, py::handle out, py::handle now) {
             Words w = s.words_of(tokens, "tokens");
             const std::size_t n = s.blocks_of(w);
             MemArg v = mem_arg(out, true, "out");
@@ -304,8 +325,8 @@ void bind_store_reporting(py::module_& m) {
              return s.store->clear(t);
            }, py::arg("now"))
       .def("replay", &replay_trace,
-          py::arg("offsets"), py::arg("blocks"), py::arg("times"), py::arg("ns") = py::none(),
-          py::arg("accounts") = py::none())
+          py::arg("offsets"), py::arg("blocks"), py::arg("times"), py::arg("ns_keys"), py::arg("ns_index") = py::none(),
+          py::arg("sessions") = py::none(), py::arg("session_table") = std::vector<std::string>{})
       .def("stats", [](PyStore& s) {
         TierStats st;
         {
@@ -323,7 +344,10 @@ void bind_store_reporting(py::module_& m) {
                rows = s.store->residency(t);
              }
              py::list out;
-             for (const auto& r : rows) out.append(py::make_tuple(r.ns, r.session, r.tier, r.bytes, r.byte_seconds));
+             // Ended sessions (retired accounts) come as session None; ended namespaces as namespace None.
+             for (const auto& r : rows)
+               out.append(py::make_tuple(r.ns == kNoNamespace ? py::object(py::none()) : py::object(py::int_(r.ns)), r.ended ? py::object(py::none()) : py::object(py::str(r.session)), r.tier,
+                                         r.bytes, r.byte_seconds));
              return out;
            }, py::arg("now"));
 }

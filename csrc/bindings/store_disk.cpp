@@ -132,7 +132,7 @@ void bind_store_disk(py::module_& m) {
            })
       .def(
           "chain_keys_from",
-          [](PyStore& s, std::uint32_t ns, py::handle tokens, std::size_t from, std::optional<py::bytes> parent) {
+          [](PyStore& s, std::uint64_t ns, py::handle tokens, std::size_t from, std::optional<py::bytes> parent) {
             Words w = s.words_of(tokens, "tokens");
             std::optional<Key> par;
             if (parent) par = key_from(*parent, "parent");

@@ -49,6 +49,31 @@ class ResidencyLedger {
   std::int64_t bytes(int tier, std::uint32_t account) const {
     return account < counters_.size() ? counters_[account][tier].bytes : 0;
   }
+  // Whether the account holds nothing in any tier.
+  bool empty(std::uint32_t account) const {
+    if (account >= counters_.size()) return true;
+    for (const ResidencyCounter& c : counters_[account])
+      if (c.bytes != 0) return false;
+    return true;
+  }
+  // An account that holds nothing leaves (accounts.h): its integral moves to namespace `ns`'s total
+  // of ended sessions, so every per-tier sum stays exact, and its counters are reset for reuse.
+  void retire(std::uint32_t account, std::uint32_t ns) {
+    KVTIER_ASSERT(empty(account));
+    if (account >= counters_.size()) return;
+    if (ns >= ended_.size()) ended_.resize(ns + 1);
+    for (int tier = 0; tier < kNumTiers; ++tier) ended_[ns][tier] += counters_[account][tier].byte_seconds;
+    counters_[account] = {};
+  }
+  // Byte-seconds of the sessions of namespace `ns` that ended (retired accounts), in `tier`.
+  double ended(int tier, std::uint32_t ns) const { return ns < ended_.size() ? ended_[ns][tier] : 0.0; }
+  // A namespace that holds nothing leaves: its ended sessions join the total of ended namespaces.
+  void retire_namespace(std::uint32_t ns) {
+    if (ns >= ended_.size()) return;
+    for (int tier = 0; tier < kNumTiers; ++tier) ended_namespaces_[tier] += ended_[ns][tier];
+    ended_[ns] = {};
+  }
+  double ended_namespaces(int tier) const { return ended_namespaces_[tier]; }
 
  private:
   ResidencyCounter& counter(int tier, std::uint32_t account) {
@@ -56,6 +81,8 @@ class ResidencyLedger {
     return counters_[account][tier];
   }
   std::vector<std::array<ResidencyCounter, kNumTiers>> counters_;
+  std::vector<std::array<double, kNumTiers>> ended_;  // per namespace
+  std::array<double, kNumTiers> ended_namespaces_{};
 };
 
 }  // namespace kvtier

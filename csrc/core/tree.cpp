@@ -164,6 +164,14 @@ void RadixTree::trim_tail(std::uint32_t id, std::uint32_t n) {
   }
 }
 
+void RadixTree::remove_root(std::uint32_t id) {
+  Node& node = nodes_[id];
+  KVTIER_ASSERT(node.alive && node.num_children == 0 && node.parent == kNil);
+  node.payload.reset();
+  node.alive = false;
+  free_.push_back(id);
+}
+
 void RadixTree::remove_leaf(std::uint32_t id) {
   Node& node = nodes_[id];
   KVTIER_ASSERT(node.alive && node.num_children == 0 && node.parent != kNil);

@@ -117,6 +117,7 @@ class RadixTree {
 
   // Unlinks and frees leaf `id` (no children). Its id may be reused.
   void remove_leaf(std::uint32_t id);
+  void remove_root(std::uint32_t id);  // a namespace's root without children
 
   // Makes room for `n` more nodes without moving the node array. The child index is left to grow
   // with the live tree: sized for the worst case it would be mostly empty, and every probe a miss.

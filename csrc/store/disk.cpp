@@ -137,7 +137,9 @@ std::uint64_t Store::disk_persist(std::size_t max_blocks, double now) {
   // Host blocks keep their slots while queued, so this needs no room in the queue's slot reserve.
   std::uint64_t queued = 0;
   std::exception_ptr failed;
-  std::vector<std::uint32_t> todo(roots_.begin(), roots_.end());
+  std::vector<std::uint32_t> todo;
+  for (std::uint32_t root : roots_)
+    if (root != kNil) todo.push_back(root);  // not a retired namespace
   while (!todo.empty() && queued < max_blocks) {
     const std::uint32_t id = todo.back();
     todo.pop_back();
@@ -346,7 +348,7 @@ WriteBatch Store::disk_take(std::size_t max_blocks, double wall_now) {
     rec.ns = ns_keys_[e.ns];
     rec.parent = e.parent;
     rec.words = item.words;
-    rec.session = accounts_[e.account].second;
+    rec.session = accounts_.session(e.account);
     b.writes.push_back({e.key, encode_record(rec), arena_->slot_ptr(e.slot)});
     batch_.push_back(std::move(item));
   }
@@ -503,14 +505,13 @@ std::uint64_t Store::delete_generation() {
   return delete_generation_;
 }
 
-std::vector<Key> Store::chain_keys_from(std::uint32_t ns, const Word* words, std::size_t n, std::size_t from,
+std::vector<Key> Store::chain_keys_from(NsId ns, const Word* words, std::size_t n, std::size_t from,
                                         const Key* parent) {
   Key ns_key;
   {
     std::lock_guard<std::mutex> lock(mu_);
     check_open();
-    root_of(ns);
-    ns_key = ns_keys_[ns];
+    ns_key = ns_keys_[slot_of(ns)];
   }
   std::vector<Key> keys(n > from ? n - from : 0);
   if (!keys.empty()) chain_keys(ns_key, parent, words + from * spec_.width, keys.size(), spec_.width, nullptr, 0, keys.data());

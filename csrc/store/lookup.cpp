@@ -56,9 +56,10 @@ void Store::release_hold(Hold& h) {
   if (--holds_out_ == 0) cv_.notify_all();
 }
 
-MatchResult Store::match(std::uint32_t ns, const Word* words, std::size_t n, double now, bool touch, bool pin) {
+MatchResult Store::match(NsId ns_id, const Word* words, std::size_t n, double now, bool touch, bool pin) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
+  const std::uint32_t ns = slot_of(ns_id);
   now = clock_.advance(now);
   MatchResult r;
   r.blocks = walk(ns, words, n, now, /*reclaim=*/touch);
@@ -183,9 +184,10 @@ std::uint32_t Store::load_pinned(PinId pin, Memory out, std::size_t max_blocks, 
   return static_cast<std::uint32_t>(copied);
 }
 
-std::uint32_t Store::load(std::uint32_t ns, const Word* words, std::size_t n, Memory out, double now) {
+std::uint32_t Store::load(NsId ns_id, const Word* words, std::size_t n, Memory out, double now) {
   std::unique_lock<std::mutex> lock(mu_);
   check_open();
+  const std::uint32_t ns = slot_of(ns_id);
   if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
   now = clock_.advance(now);
   const std::uint32_t m = walk(ns, words, n, now, /*reclaim=*/true);

@@ -46,51 +46,100 @@ void Store::check_open() const {
 }
 
 std::uint32_t Store::root_of(std::uint32_t ns) const {
-  if (ns >= roots_.size()) throw Error(Code::kNotFound, "unknown namespace id " + std::to_string(ns));
+  KVTIER_ASSERT(ns < roots_.size() && roots_[ns] != kNil);
   return roots_[ns];
 }
 
-std::uint32_t Store::add_namespace(const Key& ns_key) {
-  std::lock_guard<std::mutex> lock(mu_);
-  check_open();
-  return add_namespace_locked(ns_key);
+std::uint32_t Store::slot_of(NsId id) const {
+  const auto slot = static_cast<std::uint32_t>(id);
+  if (slot >= roots_.size() || roots_[slot] == kNil || id_of(slot) != id)
+    throw Error(Code::kNotFound, "unknown namespace id " + std::to_string(id));
+  return slot;
 }
 
-std::uint32_t Store::add_namespace_locked(const Key& ns_key) {
+NsId Store::add_namespace(const Key& ns_key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_open();
+  return id_of(add_namespace_locked(ns_key));
+}
+
+std::uint32_t Store::add_namespace_locked(const Key& ns_key, bool sweep) {
   auto it = ns_ids_.find(ns_key);
   if (it != ns_ids_.end()) return it->second;
-  const auto id = static_cast<std::uint32_t>(roots_.size());
-  roots_.push_back(tree_.add_root(id));
-  ns_keys_.push_back(ns_key);
+  if (sweep && live_namespaces_ >= next_ns_sweep_) retire_idle_namespaces();
+  ++live_namespaces_;
+  std::uint32_t id;
+  if (!free_ns_.empty()) {
+    id = free_ns_.back();
+    free_ns_.pop_back();
+  } else {
+    id = static_cast<std::uint32_t>(roots_.size());
+    roots_.push_back(kNil);
+    ns_keys_.emplace_back();
+    ns_gen_.push_back(0);
+    ns_born_.push_back(0);
+    default_account_.push_back(kNil);
+  }
+  roots_[id] = tree_.add_root(id);
+  ns_keys_[id] = ns_key;
+  ns_born_[id] = ns_sweeps_;
   ns_ids_.emplace(ns_key, id);
-  const auto acc = static_cast<std::uint32_t>(accounts_.size());
-  accounts_.emplace_back(id, std::string());
-  account_ids_.emplace(std::make_pair(id, std::string()), acc);
-  default_account_.push_back(acc);
+  default_account_[id] = accounts_.find_or_add(id, std::string());
   return id;
 }
 
-std::uint32_t Store::account(std::uint32_t ns, const std::string& session) {
+void Store::retire_idle_namespaces() {
+  accounts_.sweep([&](std::uint32_t a) { return ledger_.empty(a); },
+                  [&](std::uint32_t a) { ledger_.retire(a, accounts_.ns(a)); });
+  std::vector<bool> busy(roots_.size(), false);
+  accounts_.mark_busy(busy);
+  if (disk_)
+    for (std::uint32_t e = 0; e < disk_->slots(); ++e)
+      if (disk_->at(e).state != DiskState::kFree) busy[disk_->at(e).ns] = true;
+  for (std::uint32_t ns = 0; ns < roots_.size(); ++ns) {
+    const std::uint32_t root = roots_[ns];
+    if (root == kNil || busy[ns] || ns_born_[ns] == ns_sweeps_ || tree_.at(root).num_children != 0) continue;
+    ledger_.retire(default_account_[ns], ns);
+    ledger_.retire_namespace(ns);
+    accounts_.remove(default_account_[ns]);
+    default_account_[ns] = kNil;
+    tree_.remove_root(root);
+    roots_[ns] = kNil;
+    ns_ids_.erase(ns_keys_[ns]);
+    ns_keys_[ns] = Key{};
+    retired_ns_.push_back(id_of(ns));
+    ++ns_gen_[ns];
+    free_ns_.push_back(ns);
+    --live_namespaces_;
+  }
+  ++ns_sweeps_;
+  next_ns_sweep_ = std::max(kNamespaceSweepFloor, 2 * live_namespaces_);
+}
+
+std::vector<NsId> Store::take_retired_namespaces() {
   std::lock_guard<std::mutex> lock(mu_);
-  check_open();
-  return account_locked(ns, session);
+  return std::exchange(retired_ns_, {});
+}
+
+std::vector<NsId> Store::namespaces() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<NsId> out;
+  for (std::uint32_t ns = 0; ns < roots_.size(); ++ns)
+    if (roots_[ns] != kNil) out.push_back(id_of(ns));
+  return out;
 }
 
 std::uint32_t Store::account_locked(std::uint32_t ns, const std::string& session) {
   root_of(ns);
-  auto key = std::make_pair(ns, session);
-  auto it = account_ids_.find(key);
-  if (it != account_ids_.end()) return it->second;
-  const auto acc = static_cast<std::uint32_t>(accounts_.size());
-  accounts_.emplace_back(ns, session);
-  account_ids_.emplace(key, acc);
-  return acc;
+  if (accounts_.sweep_due())
+    accounts_.sweep([&](std::uint32_t a) { return ledger_.empty(a); },
+                    [&](std::uint32_t a) { ledger_.retire(a, accounts_.ns(a)); });
+  return accounts_.find_or_add(ns, session);
 }
 
-Key Store::namespace_key_of(std::uint32_t ns) {
+Key Store::namespace_key_of(NsId id) {
   std::lock_guard<std::mutex> lock(mu_);
-  root_of(ns);
-  return ns_keys_[ns];
+  return ns_keys_[slot_of(id)];
 }
 
 // Fills path_ with the nodes matched along `words`; returns matched blocks. Stops before the first
@@ -251,6 +300,7 @@ std::uint64_t Store::expire_locked(double now) {
     }
   } else {
     for (std::uint32_t root : roots_) {
+      if (root == kNil) continue;  // a retired namespace
       // Expired children of live nodes; descendants of an expired node are expired too.
       std::vector<std::uint32_t> todo{root};
       while (!todo.empty()) {
@@ -270,14 +320,20 @@ std::uint64_t Store::expire_locked(double now) {
   return stats_.expired - before;
 }
 
-InsertResult Store::insert(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
+InsertResult Store::insert(NsId ns_id, const std::string& session, const Word* words, std::size_t n,
                            Memory payload, std::size_t payload_first, double now) {
   std::unique_lock<std::mutex> lock(mu_);
   check_open();
+  const std::uint32_t ns = slot_of(ns_id);
   now = clock_.advance(now);
-  if (account >= accounts_.size() || accounts_[account].first != ns)
-    throw Error(Code::kInvalidArgument, "account " + std::to_string(account) + " does not belong to namespace " +
-                                            std::to_string(ns));
+  const std::uint32_t account = account_locked(ns, session);
+  // The account is in use until the insert returns (its copies may release the lock meanwhile); at the
+  // end it may hold nothing (every block was there already), and a later sweep retires it.
+  struct InUse {
+    AccountTable& t;
+    std::uint32_t a;
+    ~InUse() { t.done(a); }  // the lock is held again by then (run_unlocked relocks)
+  } in_use{(accounts_.use(account), accounts_), account};
   if (!disk_) return insert_locked(ns, account, words, n, payload, payload_first, now, /*as_hit=*/false, &lock);
   // With a disk tier, an insert may queue writes (write-through, or demotions of the blocks it
   // evicts). It runs in chunks, each waiting for room in the write queue first (back-pressure).
@@ -519,7 +575,7 @@ std::uint64_t Store::clear(double now) {
   return n;
 }
 
-void Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
+std::vector<NsId> Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
   if (spec_.payloads) throw Error(Code::kInvalidArgument, "replay needs a metadata-only store (it has no payloads)");
@@ -529,25 +585,24 @@ void Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
   // A request adds at most two nodes (a split and a new leaf); with a capacity, evictions bound the tree.
   const std::size_t bound = capacity_blocks_ != 0 ? std::min<std::uint64_t>(capacity_blocks_, t.n_requests) : t.n_requests;
   tree_.reserve(std::min<std::size_t>(2 * bound, std::size_t{1} << 24));
+  std::vector<std::uint32_t> ids;  // registered without a sweep: each stays until the replay ends
+  for (const Key& k : *t.ns_keys) ids.push_back(add_namespace_locked(k, /*sweep=*/false));
   for (std::size_t r = 0; r < t.n_requests; ++r) {
     const double now = clock_.advance(t.times[r]);
-    const std::uint32_t ns = t.ns ? t.ns[r] : 0;
-    root_of(ns);
-    std::uint32_t acc;
-    if (t.accounts) {
-      acc = t.accounts[r];
-      if (acc >= accounts_.size() || accounts_[acc].first != ns)
-        throw Error(Code::kInvalidArgument, "request " + std::to_string(r) + ": account " + std::to_string(acc) +
-                                                " does not belong to namespace " + std::to_string(ns));
-    } else {
-      acc = default_account_[ns];
-    }
+    const std::uint32_t ns = ids[t.ns_index ? t.ns_index[r] : 0];
+    // The whole replay runs under the lock: an account is resolved per request (no sweep can retire it
+    // between its resolution and its use).
+    const std::uint32_t acc =
+        t.sessions ? account_locked(ns, (*t.session_table)[t.sessions[r]]) : default_account_[ns];
     if (spec_.host.ttl() > 0.0) expire_locked(now);
     const std::uint64_t begin = t.offsets[r], end = t.offsets[r + 1];
     const InsertResult res =
         insert_locked(ns, acc, t.words + begin * width, end - begin, Memory{}, 0, now, /*as_hit=*/true);
     hits_out[r] = static_cast<std::int32_t>(res.matched);
   }
+  std::vector<NsId> out;
+  for (std::uint32_t slot : ids) out.push_back(id_of(slot));
+  return out;
 }
 
 TierStats Store::stats() {
@@ -555,9 +610,12 @@ TierStats Store::stats() {
   TierStats s = stats_;
   s.blocks = used_blocks_;
   s.resident_bytes = used_blocks_ * spec_.block_bytes;
-  s.nodes = tree_.live_nodes() - roots_.size();
+  s.nodes = tree_.live_nodes() - live_namespaces_;
+  s.accounts = accounts_.live_count();
+  s.namespaces = live_namespaces_;
   std::uint64_t pinned = 0;
   for (std::uint32_t root : roots_) {
+    if (root == kNil) continue;  // a retired namespace
     std::vector<std::uint32_t> todo{root};
     while (!todo.empty()) {
       const std::uint32_t id = todo.back();
@@ -583,9 +641,15 @@ std::vector<AccountResidency> Store::residency(double now) {
   std::vector<AccountResidency> out;
   for (int tier : {kTierDevice, kTierHost, kTierDisk}) {
     if ((tier == kTierDisk && !disk_) || (tier == kTierDevice && !darena_)) continue;
-    for (std::uint32_t a = 0; a < accounts_.size(); ++a)
-      out.push_back({accounts_[a].first, accounts_[a].second, tier, ledger_.bytes(tier, a),
-                     ledger_.byte_seconds(tier, a, now)});
+    for (std::uint32_t a = 0; a < accounts_.slots(); ++a)
+      if (accounts_.live(a))
+        out.push_back({id_of(accounts_.ns(a)), accounts_.session(a), false, tier, ledger_.bytes(tier, a),
+                       ledger_.byte_seconds(tier, a, now)});
+    for (std::uint32_t ns = 0; ns < roots_.size(); ++ns)
+      if (const double ended = ledger_.ended(tier, ns); roots_[ns] != kNil && ended != 0.0)
+        out.push_back({id_of(ns), {}, true, tier, 0, ended});
+    if (const double gone = ledger_.ended_namespaces(tier); gone != 0.0)
+      out.push_back({kNoNamespace, {}, true, tier, 0, gone});
   }
   return out;
 }
@@ -618,6 +682,7 @@ void Store::check_invariants() {
   std::uint64_t blocks = 0;
   std::size_t candidates = 0;
   for (std::uint32_t root : roots_) {
+    if (root == kNil) continue;  // a retired namespace
     std::vector<std::uint32_t> todo{root};
     while (!todo.empty()) {
       const std::uint32_t id = todo.back();
@@ -632,6 +697,7 @@ void Store::check_invariants() {
         KVTIER_ASSERT(ch.depth == n.depth + tree_.num_blocks(id));
         KVTIER_ASSERT(ch.pins <= n.pins || n.parent == kNil);  // a pin holds the whole prefix
         KVTIER_ASSERT(tree_.find_child(id, ch.words.data()) == c);
+        KVTIER_ASSERT(accounts_.live(ch.account) && accounts_.ns(ch.account) == ch.ns);
         KVTIER_ASSERT(static_cast<bool>(arena_) == static_cast<bool>(ch.payload));
         if (ch.payload) {
           KVTIER_ASSERT(ch.payload->slots.size() == tree_.num_blocks(c));
@@ -655,6 +721,7 @@ void Store::check_invariants() {
   std::vector<std::uint32_t> refs(arena_->slots(), 0);
   std::uint64_t on_device = 0;  // device blocks held by tree nodes
   for (std::uint32_t root : roots_) {
+    if (root == kNil) continue;  // a retired namespace
     std::vector<std::uint32_t> todo{root};
     while (!todo.empty()) {
       const std::uint32_t id = todo.back();
@@ -677,6 +744,7 @@ void Store::check_invariants() {
       queued += in_queue;
       KVTIER_ASSERT(in_queue == (e.slot != kNil));
       if (in_queue) ++refs[e.slot];
+      if (in_queue || e.state == DiskState::kCommitted) KVTIER_ASSERT(accounts_.live(e.account));
     }
     KVTIER_ASSERT(queued == queued_);
     KVTIER_ASSERT(disk_->live() <= disk_capacity_blocks_);

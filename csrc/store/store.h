@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/accounts.h"
 #include "core/clock.h"
 #include "core/common.h"
 #include "cuda/copy_engine.h"
@@ -48,6 +49,8 @@ struct TierStats {
   std::uint64_t blocks = 0;
   std::uint64_t pinned_blocks = 0;
   std::uint64_t nodes = 0;
+  std::uint64_t accounts = 0;       // residency accounts (namespace, session) tracked now (accounts.h)
+  std::uint64_t namespaces = 0;     // namespaces registered and not retired
 };
 
 struct DiskStats {
@@ -112,9 +115,16 @@ struct DiskRead {
   std::uint32_t checksum;
 };
 
+// A namespace id: its slot (low 32 bits) and the slot's generation (high 32 bits). A namespace that
+// leaves frees its slot for another under a new generation, so a stale id is refused (kNotFound),
+// never taken for another tenant.
+using NsId = std::uint64_t;
+inline constexpr NsId kNoNamespace = ~NsId{0};
+
 struct AccountResidency {
-  std::uint32_t ns;
+  NsId ns;                 // kNoNamespace: the namespaces that ended
   std::string session;
+  bool ended;              // the namespace's sessions that ended (retired accounts, accounts.h)
   int tier;
   std::int64_t bytes;      // resident now
   double byte_seconds;     // integral up to `now`
@@ -146,8 +156,10 @@ struct ReplayTrace {
   const std::uint64_t* offsets = nullptr;  // n_requests + 1
   const Word* words = nullptr;             // offsets[n] * width
   const double* times = nullptr;           // n_requests, non-decreasing seconds
-  const std::uint32_t* ns = nullptr;       // n_requests namespace ids, or nullptr for namespace 0
-  const std::uint32_t* accounts = nullptr; // n_requests account ids, or nullptr for the namespace's default
+  const std::vector<Key>* ns_keys = nullptr;  // the trace's namespaces (at least one)
+  const std::uint32_t* ns_index = nullptr; // n_requests indices into ns_keys, or nullptr: all the first
+  const std::uint32_t* sessions = nullptr; // n_requests indices into session_table, or nullptr: no session
+  const std::vector<std::string>* session_table = nullptr;
   std::size_t n_requests = 0;
 };
 
@@ -159,15 +171,20 @@ class Store {
 
   const StoreSpec& spec() const { return spec_; }
 
-  // Registers a namespace (idempotent for the same key). Returns its id.
-  std::uint32_t add_namespace(const Key& ns_key);
-  // The residency account of (namespace, session); "" is the namespace's default account.
-  std::uint32_t account(std::uint32_t ns, const std::string& session);
-  Key namespace_key_of(std::uint32_t ns);
+  // Registers a namespace (idempotent for the same key). Returns its id. Namespaces that hold nothing
+  // (no block in any tier, no session account, no call in flight) leave once more than
+  // kNamespaceSweepFloor are registered: their ids are never issued again (a call with one gets
+  // kNotFound), and their residency joins the total of ended namespaces.
+  NsId add_namespace(const Key& ns_key);
+  static constexpr std::size_t kNamespaceSweepFloor = 1024;
+  // Ids of namespaces that left since the last call (the facade forgets them).
+  std::vector<NsId> take_retired_namespaces();
+  std::vector<NsId> namespaces();  // the live ones
+  Key namespace_key_of(NsId ns);
 
   // Longest cached prefix of `n` blocks. touch: refresh recency, count hits/misses, split the last
   // node at the match end; pin: hold the matched prefix until unpin(result.node).
-  MatchResult match(std::uint32_t ns, const Word* words, std::size_t n, double now, bool touch, bool pin);
+  MatchResult match(NsId ns, const Word* words, std::size_t n, double now, bool touch, bool pin);
   // Releases a pin. Releasing counts as an access of the prefix (recency refreshed, no hit): its
   // idle time, and so its TTL, starts now. NaN `now` means the latest time the store has seen.
   // Throws Error(kStalePin) for a pin that was released already or never issued by this store.
@@ -178,7 +195,8 @@ class Store {
   // `payload` may be GPU memory: with a device tier on that GPU the new blocks go to the device tier
   // (device to device; their host slots are written only when the device evicts them), otherwise they
   // are copied to the host tier.
-  InsertResult insert(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
+  // The new blocks are charged to residency account (ns, session); "" is the namespace's default.
+  InsertResult insert(NsId ns, const std::string& session, const Word* words, std::size_t n,
                       Memory payload, std::size_t payload_first, double now);
 
   // Copies the payloads of pinned prefix `pin` (at most `max_blocks`) to `out`: host blocks and
@@ -198,7 +216,7 @@ class Store {
                                  const std::uint8_t* staged = nullptr,
                                  const std::vector<std::uint32_t>& staged_blocks = {});
   // Match (touching) and copy in one locked step. Returns blocks copied.
-  std::uint32_t load(std::uint32_t ns, const Word* words, std::size_t n, Memory out, double now);
+  std::uint32_t load(NsId ns, const Word* words, std::size_t n, Memory out, double now);
   // Chained keys of pinned prefix `pin` (payload mode).
   std::vector<Key> keys_pinned(PinId pin);
 
@@ -230,7 +248,7 @@ class Store {
                              std::optional<std::uint64_t> generation = std::nullopt);
   std::uint64_t delete_generation();
   // Keys of blocks `from`.. of `words` chained from `parent` (nullptr: the first block).
-  std::vector<Key> chain_keys_from(std::uint32_t ns, const Word* words, std::size_t n, std::size_t from,
+  std::vector<Key> chain_keys_from(NsId ns, const Word* words, std::size_t n, std::size_t from,
                                    const Key* parent);
   // Queues up to `max_blocks` host blocks that are not on disk yet (a clean shutdown of a
   // write-back store persists its host tier this way; they keep their host slots meanwhile).
@@ -247,7 +265,8 @@ class Store {
   std::uint64_t evict_device(std::uint64_t bytes, double now);  // device: frees at least `bytes` (to the host)
   std::uint64_t expire(double now);                      // reclaims expired blocks; returns blocks
   std::uint64_t clear(double now);                       // removes every unpinned block, every tier
-  void replay(const ReplayTrace& trace, std::int32_t* hits_out);
+  // Returns the namespace id of each of trace.ns_keys (registered if needed; none leaves meanwhile).
+  std::vector<NsId> replay(const ReplayTrace& trace, std::int32_t* hits_out);
 
   TierStats stats();
   DeviceStats device_stats();
@@ -288,7 +307,9 @@ class Store {
     std::uint32_t blocks;  // blocks of this node matched (the last step may be partial)
   };
   void check_open() const;
-  std::uint32_t root_of(std::uint32_t ns) const;
+  std::uint32_t root_of(std::uint32_t ns) const;  // by slot
+  std::uint32_t slot_of(NsId id) const;           // throws Error(kNotFound) for an unknown or stale id
+  NsId id_of(std::uint32_t slot) const { return (NsId{ns_gen_[slot]} << 32) | slot; }
   bool expired(const Node& n, double now) const {
     return spec_.host.ttl() > 0.0 && n.pins == 0 && now - n.last_access > spec_.host.ttl();
   }
@@ -296,7 +317,9 @@ class Store {
     return spec_.disk.ttl() > 0.0 && e.pins == 0 && e.state == DiskState::kCommitted &&
            now - e.last_access > spec_.disk.ttl();
   }
-  std::uint32_t add_namespace_locked(const Key& ns_key);
+  std::uint32_t add_namespace_locked(const Key& ns_key, bool sweep = true);
+  void retire_idle_namespaces();
+  // The account of (ns, session), created if needed; first retires ended accounts when a sweep is due.
   std::uint32_t account_locked(std::uint32_t ns, const std::string& session);
   PinId new_pin();
   PinRecord& pin_record(PinId pin);  // throws Error(kStalePin)
@@ -397,12 +420,18 @@ class Store {
   std::uint64_t used_blocks_ = 0;
   std::uint64_t seq_ = 0;
   std::uint32_t shielded_ = kNil;     // a node kept out of the eviction queue while its insert makes room
-  std::vector<std::uint32_t> roots_;  // per namespace
+  std::vector<std::uint32_t> roots_;  // per namespace slot; kNil for a free slot
   std::vector<std::uint32_t> default_account_;  // per namespace: its (ns, "") account
-  std::vector<Key> ns_keys_;
-  std::map<Key, std::uint32_t> ns_ids_;
-  std::vector<std::pair<std::uint32_t, std::string>> accounts_;  // account -> (ns, session)
-  std::map<std::pair<std::uint32_t, std::string>, std::uint32_t> account_ids_;
+  AccountTable accounts_;
+  std::vector<Key> ns_keys_;                    // per slot; all zero for a free slot
+  std::vector<std::uint32_t> ns_gen_;           // per slot: generation, bumped when its namespace leaves
+  std::vector<std::uint64_t> ns_born_;          // per slot: sweeps before its namespace came (newer ones are spared once)
+  std::vector<std::uint32_t> free_ns_;          // free slots
+  std::size_t live_namespaces_ = 0;
+  std::size_t next_ns_sweep_ = kNamespaceSweepFloor;
+  std::uint64_t ns_sweeps_ = 0;
+  std::vector<NsId> retired_ns_;                // take_retired_namespaces
+  std::map<Key, std::uint32_t> ns_ids_;  // key -> slot
   // Disk tier (spec_.disk.enabled).
   std::unique_ptr<DiskIndex> disk_;
   DiskStats dstats_;

@@ -30,7 +30,7 @@ _Memory: TypeAlias = "Memory"
 # list/tuple of ints >= 0 (a TokenSequence is refused there).
 _Tokens: TypeAlias = TokenSequence | npt.ArrayLike | Sequence[int]
 # One row of Store.residency: (namespace id, session, tier, resident bytes, byte-seconds).
-_ResidencyRow: TypeAlias = tuple[int, str, int, int, float]
+_ResidencyRow: TypeAlias = tuple[int | None, str | None, int, int, float]
 
 def blake3(data: bytes, *, key: bytes | None = None, context: str | None = None, out_len: int = 32) -> bytes:
     """BLAKE3 of ``data``: plain hash, keyed hash (``key``: 32 bytes) or derive_key (``context``)."""
@@ -202,8 +202,9 @@ class Store:
 
     def __init__(self, spec: StoreSpec, *, ids: bool, limit: int) -> None: ...
     def add_namespace(self, arg0: bytes, /) -> int: ...
-    def account(self, arg0: int, arg1: str, /) -> int: ...
     def namespace_key_of(self, arg0: int, /) -> bytes: ...
+    def take_retired_namespaces(self) -> list[int]: ...
+    def namespaces(self) -> list[int]: ...
     # (host blocks, disk blocks after them, pin or None, key where the disk lookup stopped or None,
     #  per host block 1 if on the device tier (None without one))
     def match(
@@ -213,7 +214,7 @@ class Store:
     def insert(
         self,
         ns: int,
-        account: int,
+        session: str,
         tokens: _Tokens,
         payload: _ReadBuffer | _Memory | None,
         payload_first: int,
@@ -270,11 +271,13 @@ class Store:
         offsets: npt.ArrayLike,
         blocks: _Tokens,
         times: npt.ArrayLike,
-        ns: npt.ArrayLike | None = None,
-        accounts: npt.ArrayLike | None = None,
-    ) -> npt.NDArray[np.int32]: ...
+        ns_keys: list[bytes],
+        ns_index: npt.ArrayLike | None = None,
+        sessions: npt.ArrayLike | None = None,
+        session_table: list[str] = ...,
+    ) -> tuple[npt.NDArray[np.int32], list[int]]: ...
     # Keys: hits, misses, inserted, evicted, expired, bytes_written, bytes_read, resident_bytes,
-    # capacity_bytes (0 = unlimited), blocks, pinned_blocks, nodes; every value is an int.
+    # capacity_bytes (0 = unlimited), blocks, pinned_blocks, nodes, accounts, namespaces; every value is an int.
     def stats(self) -> dict[str, Any]: ...
     def residency(self, now: float | None) -> list[_ResidencyRow]: ...
     def clock(self) -> float: ...

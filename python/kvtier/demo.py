@@ -307,10 +307,11 @@ def main(cfg: DemoConfig, keep: bool = False, out: Callable[[str], None] = print
     res = store.residency(now=end)
     tiers = ", ".join(f"{t.name.lower()} {g:.4f}" for t, g in sorted(res.by_tier().items()))
     out(f"residency over {end:g} s: {res.gb_hours:.4f} GB-hours ({tiers}); by session:")
-    for (_, session), gbh in sorted(res.by_session().items(), key=lambda kv: kv[0][1]):
+    for (_, session), gbh in sorted(res.by_session().items(), key=lambda kv: (kv[0][1] is None, kv[0][1] or "")):
         if gbh == 0:
             continue  # an account that never held a block
-        out(f"  {session or '(earlier run)':<13} {gbh:.4f} GB-hours")
+        name = "(ended)" if session is None else session or "(earlier run)"
+        out(f"  {name:<13} {gbh:.4f} GB-hours")
     store.close()  # a clean shutdown writes the host tier's blocks to the folder
     store2, after = restart(cfg, prompts)
     with store2:

@@ -16,18 +16,25 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import numpy as np
 import numpy.typing as npt
 
 from kvtier import _core
 from kvtier.config import Namespace, StoreConfig, _check_str, token_limit
-from kvtier.errors import CudaError, DiskWriteError, InvalidArgumentError, KvtierTypeError, StoreClosedError
+from kvtier.errors import (
+    CudaError,
+    DiskWriteError,
+    InvalidArgumentError,
+    KvtierTypeError,
+    StoreClosedError,
+    UnknownNamespaceError,
+)
 
 if TYPE_CHECKING:
     from kvtier.tiers.disk import DiskTier, RestoreReport
@@ -46,6 +53,8 @@ __all__ = [
     "TokenSequence",
     "Tokens",
 ]
+
+_T = TypeVar("_T")
 
 Tokens = Union[npt.ArrayLike, "TokenSequence", Sequence[int]]
 _SECONDS_PER_HOUR = 3600.0
@@ -253,6 +262,8 @@ class StoreStats:
     blocks: int
     pinned_blocks: int
     nodes: int
+    accounts: int  # residency accounts (namespace, session) tracked now: live sessions, and ended ones not yet folded
+    namespaces: int  # namespaces registered and not yet left (a namespace that holds nothing leaves)
     disk: DiskStats | None = None
     device: DeviceStats | None = None
 
@@ -264,10 +275,17 @@ class StoreStats:
 
 @dataclass(frozen=True)
 class ResidencyRow:
-    """Residency of one (namespace, session) in one tier."""
+    """Residency of one (namespace, session) in one tier.
 
-    namespace: Namespace
-    session: str
+    ``session`` is ``None`` for the namespace's sessions that ended: a session that holds nothing in
+    any tier is folded into that row once the store tracks more than a thousand sessions, so memory
+    stays bounded by the live sessions while every total stays exact. Likewise ``namespace`` is
+    ``None`` (with ``session`` ``None``) for namespaces (tenants) that ended: no block in any tier and
+    no session left, once more than a thousand namespaces are registered.
+    """
+
+    namespace: Namespace | None
+    session: str | None
     tier: Tier
     resident_bytes: int
     byte_seconds: float
@@ -293,16 +311,17 @@ class Residency:
     def gb_hours(self) -> float:
         return self.byte_seconds / _GB / _SECONDS_PER_HOUR
 
-    def by_namespace(self) -> dict[Namespace, float]:
-        """GB-hours per namespace."""
-        out: dict[Namespace, float] = {}
+    def by_namespace(self) -> dict[Namespace | None, float]:
+        """GB-hours per namespace (``None``: the namespaces that ended, see :class:`ResidencyRow`)."""
+        out: dict[Namespace | None, float] = {}
         for r in self.rows:
             out[r.namespace] = out.get(r.namespace, 0.0) + r.gb_hours
         return out
 
-    def by_session(self) -> dict[tuple[Namespace, str], float]:
-        """GB-hours per (namespace, session), all tiers together; session ``""`` is what no session was named for."""
-        out: dict[tuple[Namespace, str], float] = {}
+    def by_session(self) -> dict[tuple[Namespace | None, str | None], float]:
+        """GB-hours per (namespace, session), all tiers together; session ``""`` is what no session was named
+        for, ``None`` the sessions that ended (see :class:`ResidencyRow`)."""
+        out: dict[tuple[Namespace | None, str | None], float] = {}
         for r in self.rows:
             out[(r.namespace, r.session)] = out.get((r.namespace, r.session), 0.0) + r.gb_hours
         return out
@@ -350,10 +369,11 @@ class Store:
         self._staging: npt.NDArray[np.uint8] | None = None  # see _staging_for
         self._staging_lock = threading.Lock()
         self._ns_ids: dict[Namespace, int] = {}
-        self._ns_by_id: list[Namespace] = []
-        self._accounts: dict[tuple[int, str], int] = {}
+        self._ns_by_id: dict[int, Namespace] = {}
         self.default_namespace = namespace if namespace is not None else Namespace(model="default")
-        self._default_ns = self.register(self.default_namespace)
+        self._default_ns: int | None = None  # the default namespace's id (None after it left: registered again)
+        self._default_key = self.default_namespace.key(self.config.block_size, self.config.content)
+        self.register(self.default_namespace)
         self._block_size = self.config.block_size
         self._dtype = None if self.config.payload_dtype is None else np.dtype(self.config.payload_dtype)
         if disk is not None:
@@ -368,7 +388,7 @@ class Store:
             self._disk = folder
             # Namespaces registered before the folder was open are recorded in it.
             content = self.config.content
-            registered = [(namespace.key(self.config.block_size, content), namespace) for namespace in self._ns_by_id]
+            registered = [(namespace.key(self.config.block_size, content), namespace) for namespace in self._ns_by_id.values()]
             folder.open(registered, self.register, now)
             self._sync_namespaces()
             folder.start_writer()
@@ -385,15 +405,16 @@ class Store:
     def _sync_namespaces(self) -> None:
         """Names namespaces the core learned from the folder without a recorded Namespace."""
         with self._ns_lock:
-            while True:
-                ns = len(self._ns_by_id)
+            for ns in self._core.namespaces():
+                if ns in self._ns_by_id:
+                    continue
                 try:
                     key = self._core.namespace_key_of(ns)
                 except KeyError:
-                    return
+                    continue  # it held nothing and left already
                 unnamed = Namespace(model=f"unrecorded:{key.hex()[:16]}")
                 self._ns_ids[unnamed] = ns
-                self._ns_by_id.append(unnamed)
+                self._ns_by_id[ns] = unnamed
 
     @property
     def restore_report(self) -> RestoreReport | None:
@@ -412,28 +433,66 @@ class Store:
                 if self._disk is not None:
                     self._disk.record_namespace(key, namespace)
                 ns = self._core.add_namespace(key)
-                self._ns_ids[namespace] = ns
-                if ns == len(self._ns_by_id):
-                    self._ns_by_id.append(namespace)
+                self._forget_retired()
+                self._name(ns, namespace)
             return ns
+
+    def _name(self, ns: int, namespace: Namespace) -> None:
+        """Records that core id ``ns`` is ``namespace``. Under _ns_lock."""
+        old = self._ns_by_id.get(ns)
+        if old is not None:  # "unrecorded": the core learned it from the folder; the caller's name is better
+            self._ns_ids.pop(old, None)
+        stale = self._ns_ids.get(namespace)
+        if stale is not None:  # an id it had before it left
+            self._ns_by_id.pop(stale, None)
+        self._ns_ids[namespace] = ns
+        self._ns_by_id[ns] = namespace
+        if namespace == self.default_namespace:
+            self._default_ns = ns
+
+    def _forget_retired(self) -> None:
+        """Drops namespaces that held nothing and left the core (``_core.Store.add_namespace``). Under _ns_lock."""
+        for ns in self._core.take_retired_namespaces():
+            namespace = self._ns_by_id.pop(ns, None)
+            if namespace is not None and self._ns_ids.get(namespace) == ns:
+                del self._ns_ids[namespace]
+            if ns == self._default_ns:
+                self._default_ns = None
 
     def _ns(self, namespace: Namespace | None) -> int:
         if namespace is None:
-            return self._default_ns
+            ns = self._default_ns
+            if ns is not None:
+                return ns
+            namespace = self.default_namespace
         return self.register(namespace)
 
-    def _account(self, ns: int, session: str | None) -> int:
+    def _again(self, namespace: Namespace | None, ns: int, error: UnknownNamespaceError, call: Callable[[int], _T]) -> _T:
+        """After ``call(ns)`` raised ``error``. A namespace that held nothing may leave the core between the
+        lookup of its id and the call (another thread registering many namespaces): it is then registered
+        again and the call repeated (it failed before changing anything)."""
+        for _ in range(3):
+            with self._ns_lock:
+                self._forget_retired()
+                if ns in self._ns_by_id:
+                    raise error  # not a namespace that left: a real error
+            ns = self._ns(namespace)
+            try:
+                return call(ns)
+            except UnknownNamespaceError as e:
+                error = e
+        raise UnknownNamespaceError(f"namespace {namespace!r} left the store three times while this call ran")
+
+    @staticmethod
+    def _session(session: str | None) -> str:
+        """The residency account's name as the core takes it ("" for none). The core keeps an account
+        only while its session holds blocks (or has a call in flight), so nothing is cached here."""
         if session is None:
-            session = ""
+            return ""
         if not isinstance(session, str):
             raise KvtierTypeError(f"session must be a str, got {type(session).__name__}")
-        key = (ns, session)
-        acc = self._accounts.get(key)
-        if acc is None:
-            _check_str("session", session)  # crosses into the core as UTF-8
-            acc = self._core.account(ns, session)
-            self._accounts[key] = acc
-        return acc
+        _check_str("session", session)  # crosses into the core as UTF-8
+        return session
 
     @staticmethod
     def _arg(tokens: Tokens) -> Any:
@@ -465,11 +524,21 @@ class Store:
         """
         if not isinstance(pin, bool):
             raise KvtierTypeError(f"pin must be a bool, got {type(pin).__name__}")
-        return self._lookup(self._ns(namespace), self._arg(tokens), now, True, pin)
+        seq = self._arg(tokens)
+        ns = self._ns(namespace)
+        try:
+            return self._lookup(ns, seq, now, True, pin)
+        except UnknownNamespaceError as e:
+            return self._again(namespace, ns, e, lambda n: self._lookup(n, seq, now, True, pin))
 
     def peek(self, tokens: Tokens, *, namespace: Namespace | None = None, now: float | None = None) -> MatchResult:
         """Like :meth:`match` without side effects (no recency, no stats): what vLLM's scheduler asks."""
-        return self._lookup(self._ns(namespace), self._arg(tokens), now, False, False)
+        seq = self._arg(tokens)
+        ns = self._ns(namespace)
+        try:
+            return self._lookup(ns, seq, now, False, False)
+        except UnknownNamespaceError as e:
+            return self._again(namespace, ns, e, lambda n: self._lookup(n, seq, now, False, False))
 
     def unpin(self, result: MatchResult, *, now: float | None = None) -> None:
         """Releases a prefix pinned by ``match(..., pin=True)``.
@@ -558,10 +627,16 @@ class Store:
             raise InvalidArgumentError(f"start_block={start_block} is beyond any prompt (at most 2**32 blocks)")
         if payloads is not None:
             self._check_payload(payloads, "payloads")
-        ns = self._ns(namespace)
-        acc = self._account(ns, session)
+        name = self._session(session)
         memory = None if payloads is None else self._memory(payloads, "payloads", False)
-        matched, inserted, full = self._core.insert(ns, acc, self._arg(tokens), memory, start_block, now)
+        seq = self._arg(tokens)
+        ns = self._ns(namespace)
+        try:
+            matched, inserted, full = self._core.insert(ns, name, seq, memory, start_block, now)
+        except UnknownNamespaceError as e:
+            matched, inserted, full = self._again(
+                namespace, ns, e, lambda n: self._core.insert(n, name, seq, memory, start_block, now)
+            )
         return InsertResult(matched, inserted, full)
 
     def load(
@@ -588,7 +663,12 @@ class Store:
                 raise InvalidArgumentError("load() of a MatchResult needs one returned by match(..., pin=True)")
             return self._load_pinned(tokens._pin, memory, now)
         if self._disk is None:
-            return int(self._core.load(self._ns(namespace), self._arg(tokens), memory, now))
+            seq = self._arg(tokens)
+            ns = self._ns(namespace)
+            try:
+                return int(self._core.load(ns, seq, memory, now))
+            except UnknownNamespaceError as e:
+                return int(self._again(namespace, ns, e, lambda n: self._core.load(n, seq, memory, now)))
         m = self.match(tokens, namespace=namespace, now=now, pin=True)
         if not m.pinned:
             return 0
@@ -710,8 +790,12 @@ class Store:
         if now is None:
             now = self._core.clock()
         rows = []
-        for ns, session, tier, nbytes, byte_seconds in self._core.residency(now):
-            rows.append(ResidencyRow(self._ns_by_id[ns], session, Tier(tier), nbytes, byte_seconds))
+        core_rows = self._core.residency(now)
+        if any(ns is not None and ns not in self._ns_by_id for ns, *_ in core_rows):
+            self._sync_namespaces()  # the core learned a namespace from the folder
+        for ns, session, tier, nbytes, byte_seconds in core_rows:
+            namespace = None if ns is None else self._ns_by_id[ns]
+            rows.append(ResidencyRow(namespace, session, Tier(tier), nbytes, byte_seconds))
         return Residency(float(now), tuple(rows))
 
     def check_invariants(self) -> None:
@@ -728,20 +812,27 @@ class Store:
 
         if not isinstance(trace, _ReplayTrace):
             raise KvtierTypeError(f"trace must be a kvtier.ReplayTrace, got {type(trace).__name__}")
-        if trace.namespaces is not None:
-            table = np.asarray([self.register(ns) for ns in trace.namespace_table], dtype=np.uint32)
-            ns_ids = table[trace.namespaces]
+        # The core registers the trace's namespaces itself, under its lock, so none can leave before the
+        # requests naming it ran (a namespace that holds nothing may, see _again).
+        if trace.namespaces is None:
+            namespaces, keys = [self.default_namespace], [self._default_key]
         else:
-            ns_ids = np.full(trace.num_requests, self._ns(None), dtype=np.uint32)
-        accounts = None
-        if trace.sessions is not None:
-            # One account per distinct (namespace, session) pair: Python runs per pair, not per request.
-            pairs = ns_ids.astype(np.uint64) * np.uint64(len(trace.session_table)) + trace.sessions
-            uniq, inverse = np.unique(pairs, return_inverse=True)
-            n_sessions = len(trace.session_table)
-            acc = [self._account(int(p // n_sessions), trace.session_table[int(p % n_sessions)]) for p in uniq]
-            accounts = np.asarray(acc, dtype=np.uint32)[inverse.ravel()]
-        return self._core.replay(trace.offsets, trace.blocks, trace.timestamps, ns_ids, accounts)
+            namespaces = list(trace.namespace_table)
+            for namespace in namespaces:
+                if not isinstance(namespace, Namespace):
+                    raise KvtierTypeError(f"namespace_table entries must be kvtier.Namespace, got {type(namespace).__name__}")
+            keys = [namespace.key(self.config.block_size, self.config.content) for namespace in namespaces]
+        sessions = [self._session(name) for name in trace.session_table] if trace.sessions is not None else []
+        hits, ids = self._core.replay(
+            trace.offsets, trace.blocks, trace.timestamps, keys, trace.namespaces, trace.sessions, sessions
+        )
+        if trace.namespaces is None and ids[0] == self._default_ns:
+            return hits
+        with self._ns_lock:  # the ids the core used (a namespace that had left came back under a new one)
+            self._forget_retired()
+            for namespace, ns in zip(namespaces, ids):
+                self._name(ns, namespace)
+        return hits
 
     # ----------------------------------------------------------------- lifetime
     def close(self, *, persist: bool = True) -> None:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["LedgerRow", "Ledger", "ledger_from_store", "ledger_from_trace", "ATTRIBUTION"]
 
 _GB_HOUR = 1e9 * 3600.0
+ENDED = "(ended)"  # the model, tenant or session label of rows folded from ended sessions and namespaces
 _K = TypeVar("_K", bound=Hashable)
 #: The attribution rule of every ledger (see the module docstring).
 ATTRIBUTION = "first-writer"
@@ -46,7 +47,11 @@ ATTRIBUTION = "first-writer"
 
 @dataclass(frozen=True)
 class LedgerRow:
-    """Residency of one (model, tenant, session) in one tier."""
+    """Residency of one (model, tenant, session) in one tier.
+
+    ``ENDED`` names the sessions (and namespaces) a live store folded into one row once they held nothing
+    (:class:`kvtier.ResidencyRow`).
+    """
 
     model: str
     tenant: str
@@ -126,7 +131,14 @@ def ledger_from_store(store: Store, *, now: float | None = None) -> Ledger:
         raise KvtierTypeError(f"store must be a kvtier.Store, got {type(store).__name__}")
     res = store.residency(now=now)
     rows = tuple(
-        LedgerRow(r.namespace.model, r.namespace.tenant, r.session, r.tier.name.lower(), r.resident_bytes, r.byte_seconds)
+        LedgerRow(
+            ENDED if r.namespace is None else r.namespace.model,
+            ENDED if r.namespace is None else r.namespace.tenant,
+            ENDED if r.session is None else r.session,
+            r.tier.name.lower(),
+            r.resident_bytes,
+            r.byte_seconds,
+        )
         for r in res.rows
         if r.byte_seconds > 0 or r.resident_bytes > 0
     )
