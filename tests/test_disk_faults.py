@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 from pathlib import Path
@@ -175,3 +176,27 @@ def test_a_full_map_grows_before_anything_is_evicted(tmp_path: Path) -> None:
     d = s.stats().disk
     assert (d.write_errors, d.evicted, d.blocks) == (0, 0, 2)
     assert s._disk.io.map_size == before + before // 2
+
+
+@pytest.mark.parametrize("op", ["commit", "delete"])
+def test_a_failed_delete_is_retried_so_cleared_blocks_stay_gone(tmp_path: Path, op: str) -> None:
+    """Blocks removed from the disk tier (here by clear()) are deleted from the folder even when the first
+    transaction carrying the deletes fails: a restart must not bring them back."""
+    s = open_store(tmp_path, host_blocks=64, write_through=True, sync=False)
+    assert s._disk is not None
+    for pid in range(1, 4):
+        s.insert(tokens(pid, 2), payload(pid, 2))
+    s.flush()
+    s._disk.io.fault = faults = Faults({op: None})
+    assert s.clear() == 12  # 6 blocks in each tier
+    with contextlib.suppress(kvtier.DiskWriteError):
+        s.flush()
+    s._disk.io.fault = None
+    assert faults.failed > 0
+    s.insert(tokens(9, 1), payload(9, 1))  # the next batch carries the retried deletes
+    s.flush()
+    s.close(persist=False)
+    with open_store(tmp_path, host_blocks=64) as s:
+        assert s.restore_report is not None and s.restore_report.restored == 1
+        assert [check_prompt(s, pid, 2) for pid in range(1, 4)] == [0, 0, 0]
+        assert check_prompt(s, 9, 1) == 1

@@ -32,7 +32,8 @@ Seeded plain-random runs (5,000 operations per configuration) cover long histori
 machine's short runs do not reach. Regression tests pin down the bugs the machine found.
 
 ``DiskStoreMachine`` (at the end) does the same for a store with a disk tier against ``model.TieredModel``:
-demotion, spills, promotion, flush, close and reopen of the folder, damaged payloads.
+demotion, spills, promotion, flush, close and reopen of the folder, damaged payloads, and flushes on a full disk
+(every write or commit failing through the disk I/O's fault hook: nothing acknowledged is lost).
 
 The machines run derandomized (the same examples every run, about a minute for all of them on 2 cores). The long
 run is randomized: ``KVTIER_MACHINE_EXAMPLES=2000 python -m pytest tests/test_state_machine.py -k runTest`` (N
@@ -57,8 +58,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import kvtier
-from disk_helpers import lmdb_env
-from kvtier import DiskConfig, InvalidArgumentError, Namespace, Store, StoreConfig, Tier, TierConfig, TokenSequence
+from disk_helpers import Faults, lmdb_env
+from kvtier import DiskConfig, DiskWriteError, InvalidArgumentError, Namespace, Store, StoreConfig, Tier, TierConfig, TokenSequence
 from model import DiskEntry, Key, Model, TieredModel
 
 # On a failure, hypothesis's pytest plug-in imports libcst to write a patch, which warns on import (libcst's use of
@@ -831,12 +832,11 @@ def test_now_must_be_finite(bad: float) -> None:
 # prefix peeks to the same host and disk depth), pins, and (half the runs) residency per account and tier.
 # At every reopen it also checks that the folder holds exactly the model's disk blocks, byte for byte.
 #
-# Injected write failures (issue 12, item 3's fault-injection hook, not in the store yet) plug in as one more
-# maintenance operation beside ``flush``: fail the next N writes through the hook, call ``DiskHarness.flush``
-# expecting DiskWriteError with nothing lost (item 3: the failed blocks stay queued), flush again (commits them).
-# The model needs nothing new for that (its disk index holds queued and committed blocks alike) but a
-# ``write_errors`` count; ``written + pending == queued`` becomes ``written + pending + write_errors == queued``
-# only if failed blocks are dropped, as today's store does.
+# Injected write failures (``failed_flush``): through the disk I/O's fault hook every write (or commit) fails, as
+# on a full disk, while a flush runs. The flush must raise DiskWriteError naming how many blocks are not
+# persisted, keep them queued (still served, still counted as the disk's: the model's disk index holds queued
+# and committed blocks alike), count each once in ``write_errors``, and a later flush, close or reopen must
+# commit them: the reopen check then finds every model block in the folder, byte for byte.
 
 DISK_BLOCKS = 4096  # the disk tier never fills in these runs (its eviction order after a restart is a freedom)
 PENDING_LIMIT = 16  # the check flushes when more blocks than this wait for the writer (see TieredModel)
@@ -969,6 +969,33 @@ class DiskHarness:
             self.model.persist_host(self.model.clock)
         d = self.store.stats().disk
         assert d is not None and d.pending == 0 and d.written == d.queued
+
+    def failed_flush(self, host: bool, op: str) -> None:
+        """A flush while every ``op`` ("write" or "commit") of the folder fails with ENOSPC."""
+        s = self.store
+        assert s._disk is not None
+        before = s.stats().disk.write_errors  # type: ignore[union-attr]
+        s._disk.io.fault = Faults({op: None})
+        raised: DiskWriteError | None = None
+        try:
+            s.flush(host=host)
+        except DiskWriteError as e:
+            raised = e
+        finally:
+            s._disk.io.fault = None
+        if host:
+            self.model.persist_host(self.model.clock)
+        d = s.stats().disk
+        assert d is not None
+        failed = d.write_errors - before
+        # Blocks the writer committed before the hook was in place are persisted; every other one is still queued
+        # and failed at least once (the writer may have tried it before the flush did: each try counts).
+        assert d.pending <= failed, (failed, d.pending)
+        assert (raised is not None) == (d.pending > 0), raised
+        if raised is not None:
+            assert f"{d.pending} blocks not persisted ({d.pending} kept queued" in str(raised), str(raised)
+            assert "No space left on device" in str(raised)
+        self.model.dcounters["write_errors"] += failed  # how many tries failed depends on the writer's timing
 
     def reopen(self, persist: bool, damage: list[tuple[int, str, int]]) -> None:
         """Release the pins, close(persist=...), damage payloads in the folder, and open a new Store on it at the
@@ -1166,6 +1193,13 @@ class DiskStoreMachine(PromptMachine):
     def refused(self, op, spec) -> None:
         assert self.h is not None
         self.h.backwards(op, self._tokens(spec))
+
+    @rule(host=st.booleans(), op=st.sampled_from(["commit", "write"]), dt=steps)
+    def failed_flush(self, host, op, dt) -> None:
+        """A flush on a full disk: refused with nothing lost; a later flush, close or reopen commits the blocks."""
+        assert self.h is not None
+        self.h.tick(dt)
+        self.h.failed_flush(host, op)
 
     @invariant()
     def consistent(self) -> None:

@@ -391,9 +391,14 @@ void Store::disk_finish(bool ok, const std::string& error) {
   }
   if (!ok && !batch_.empty() && first_error_.empty()) first_error_ = error.empty() ? "unknown error" : error;
   batch_.clear();
-  // Deletes are idempotent: whether the commit went through or not, the index no longer has them
-  // (a failed delete leaves a block that a later open restores, or fsck finds).
-  for (const Key& k : batch_deletes_) deleting_.erase(k);
+  // Deletes that did not commit are kept (and stay in deleting_) for the next flush to retry, like failed
+  // writes: the folder still holds those blocks, and a later open would bring them back.
+  for (const Key& k : batch_deletes_) {
+    if (ok)
+      deleting_.erase(k);
+    else
+      failed_deletes_.push_back(k);
+  }
   if (!batch_deletes_.empty()) ++delete_generation_;
   batch_deletes_.clear();
   batch_open_ = false;
@@ -421,6 +426,14 @@ bool Store::disk_flush(double timeout_s, bool host, std::string* errors) {
     failed_.clear();
     cv_.notify_all();
   }
+  for (const Key& k : failed_deletes_) {
+    if (disk_->find(k) == kNil)
+      deletes_.push_back(k);
+    else
+      deleting_.erase(k);  // stored again since: deleting it now would lose the new block
+  }
+  if (!failed_deletes_.empty()) cv_.notify_all();
+  failed_deletes_.clear();
   const auto done = [&] { return closed_ || (queued_ == failed_.size() && deletes_.empty() && !batch_open_); };
   bool ok = true;
   if (timeout_s < 0.0)

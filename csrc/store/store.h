@@ -443,6 +443,7 @@ class Store {
   std::deque<WriteItem> failed_;          // not persisted: kept queued (pending) for the next flush
   std::vector<Key> deletes_;              // keys to delete from the folder
   std::vector<Key> batch_deletes_;        // deletes handed to the writer, not yet finished
+  std::vector<Key> failed_deletes_;       // deletes whose commit failed: the next disk_flush retries them
   // Keys removed here whose delete has not committed yet: the folder still has them, and an import
   // (disk_restore from a probe) must not bring them back.
   std::unordered_set<Key, KeyHash> deleting_;
