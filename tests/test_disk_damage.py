@@ -29,6 +29,7 @@ from disk_helpers import (
     folder_keys,
     folder_put,
     keys_of,
+    lmdb_env,
     load_all,
     open_store,
     payload,
@@ -339,3 +340,32 @@ def test_an_environment_that_does_not_open_is_reported_repaired_and_reopened(tmp
     finally:
         s.close()
         close_opened()
+
+
+@pytest.mark.parametrize("field", ["session", "wall_time"])
+def test_a_record_with_a_damaged_session_or_time_is_dropped_not_fatal(tmp_path, field: str) -> None:  # type: ignore[no-untyped-def]
+    """A session name that is not UTF-8 any more (or a time that is not finite) made every later residency()
+    raise UnicodeDecodeError; such a record is damaged: dropped and counted, and the rest of the folder serves."""
+    import struct
+
+    s = open_store(tmp_path, host_blocks=64, write_through=True, sync=False)
+    s.insert(tokens(1, 1), payload(1, 1), session="abc")
+    s.insert(tokens(2, 1), payload(2, 1), session="xyz")
+    s.flush()
+    s.close(persist=False)
+    env = lmdb_env(tmp_path)
+    with env.begin(write=True) as txn:
+        db = env.open_db(b"index", txn=txn)
+        k, v = next(iter(txn.cursor(db=db)))
+        v = bytearray(v)
+        if field == "session":
+            v[-1] = 0xFF
+        else:
+            v[16:24] = struct.pack("<d", float("nan"))
+        txn.put(k, bytes(v), db=db)
+    env.close()
+    s = open_store(tmp_path, host_blocks=64)
+    assert s.restore_report is not None
+    assert (s.restore_report.restored, s.restore_report.damaged) == (1, 1)
+    assert {r.session for r in s.residency().rows if r.resident_bytes} <= {"abc", "xyz"}
+    assert sorted(check_prompt(s, pid, 1) for pid in (1, 2)) == [0, 1]

@@ -840,7 +840,7 @@ def test_now_must_be_finite(bad: float) -> None:
 
 DISK_BLOCKS = 4096  # the disk tier never fills in these runs (its eviction order after a restart is a freedom)
 PENDING_LIMIT = 16  # the check flushes when more blocks than this wait for the writer (see TieredModel)
-DAMAGE = ("flip", "cut", "delete")
+DAMAGE = ("flip", "cut", "delete", "record", "record_cut")  # payload bytes; index records (bits of keys, a cut)
 
 
 @dataclass
@@ -1005,16 +1005,18 @@ class DiskHarness:
         self.store.close(persist=persist)
         if persist:
             self.model.persist_host(self.model.clock)
-        self.check_folder(damage)
+        damaged = self.check_folder(damage)
         self.store = Store(self.cfg, now=self.clock)
         self.model.reopen(self.clock)
         report = self.store.restore_report
         assert report is not None
-        assert (report.restored, report.damaged, report.foreign) == (len(self.model.disk), 0, 0), report
+        assert (report.restored, report.damaged, report.foreign) == (len(self.model.disk), damaged, 0), report
 
-    def check_folder(self, damage: list[tuple[int, str, int]]) -> None:
+    def check_folder(self, damage: list[tuple[int, str, int]]) -> int:
         """The closed folder holds exactly the model's disk blocks with their bytes; then ``damage`` is done:
-        (which block, how, which byte) for blocks not damaged yet."""
+        (which block, how, which byte) for blocks not damaged yet. Returns how many index records it damaged:
+        the next open drops those blocks (and counts them)."""
+        damaged = 0
         keys = sorted(self.model.disk, key=repr)
         chained = {}
         for key in keys:
@@ -1037,10 +1039,20 @@ class DiskHarness:
                     if not keys:
                         break
                     key = keys[which % len(keys)]
-                    e = self.model.disk[key]
-                    if e.damage is not None:
+                    e = self.model.disk.get(key)
+                    if e is None or e.damage is not None:  # its record is gone, or it is damaged already
                         continue
                     k = chained[key]
+                    if how.startswith("record"):
+                        record = bytearray(txn.get(k, db=index))
+                        if how == "record":  # a bit of the namespace key, parent key or tokens: the key no longer matches
+                            record[32 + at % (64 + 4 * self.block_size)] ^= 1 << (at % 8)
+                        else:
+                            del record[-1]
+                        txn.put(k, bytes(record), db=index)
+                        del self.model.disk[key]
+                        damaged += 1
+                        continue
                     value = bytearray(txn.get(k, db=blocks))
                     if how == "delete":
                         txn.delete(k, db=blocks)
@@ -1054,6 +1066,7 @@ class DiskHarness:
                     e.damage = "corrupt"
         finally:
             env.close()
+        return damaged
 
     def backwards(self, op: str, tokens: list[int]) -> None:
         """A call at a time before the store's clock is refused and changes nothing."""

@@ -17,6 +17,7 @@
 // The block's own key is the record's LMDB key; it must equal chain_keys(namespace, parent, words).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -61,7 +62,38 @@ inline std::vector<std::uint8_t> encode_record(const DiskRecord& r) {
   return out;
 }
 
-// False if `data` is not a well-formed record.
+// Whether `s` is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, at most U+10FFFF).
+inline bool valid_utf8(const std::string& s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const std::size_t n = s.size();
+  for (std::size_t i = 0; i < n;) {
+    const unsigned c = p[i];
+    std::size_t len;
+    unsigned lo = 0x80, hi = 0xBF;  // the range of the second byte
+    if (c < 0x80) len = 1;
+    else if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      return false;
+    }
+    if (i + len > n) return false;
+    for (std::size_t k = 1; k < len; ++k) {
+      const unsigned b = p[i + k];
+      if (b < (k == 1 ? lo : 0x80u) || b > (k == 1 ? hi : 0xBFu)) return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
+// False if `data` is not a well-formed record (a session that is not UTF-8 text, a time that is not finite).
 inline bool decode_record(const std::uint8_t* p, std::size_t n, DiskRecord* r) {
   if (n < kRecordHeader || std::memcmp(p, kRecordMagic, 4) != 0) return false;
   std::uint32_t slen;
@@ -78,7 +110,7 @@ inline bool decode_record(const std::uint8_t* p, std::size_t n, DiskRecord* r) {
   r->words.resize(r->width);
   std::memcpy(r->words.data(), p + kRecordHeader, 4ull * r->width);
   r->session.assign(reinterpret_cast<const char*>(p + kRecordHeader + 4ull * r->width), slen);
-  return true;
+  return std::isfinite(r->wall_time) && valid_utf8(r->session);
 }
 
 }  // namespace kvtier
