@@ -372,8 +372,8 @@ class Store:
         self._ns_by_id: dict[int, Namespace] = {}
         self.default_namespace = namespace if namespace is not None else Namespace(model="default")
         self._default_ns: int | None = None  # the default namespace's id (None after it left: registered again)
+        self.register(self.default_namespace)  # validates it
         self._default_key = self.default_namespace.key(self.config.block_size, self.config.content)
-        self.register(self.default_namespace)
         self._block_size = self.config.block_size
         self._dtype = None if self.config.payload_dtype is None else np.dtype(self.config.payload_dtype)
         if disk is not None:
