@@ -137,7 +137,8 @@ def _check_demo_folder(path: str) -> None:
     """Raises unless the LMDB folder ``path`` is a kvtier folder holding only the demo's namespace."""
     import json
 
-    from kvtier.errors import DiskError
+    from kvtier.errors import DiskError, DiskReadError
+    from kvtier.tiers.disk_folder import disk_error
     from kvtier.tiers.disk_io import DiskIO
 
     if not os.path.isfile(os.path.join(path, "data.mdb")):
@@ -159,6 +160,8 @@ def _check_demo_folder(path: str) -> None:
                     d = {}
                 if ns != _NAMESPACE:
                     others.append(f"model {d.get('model')!r} tenant {d.get('tenant')!r}")
+    except (io.lmdb.Error, OSError) as e:  # a damaged page: a kvtier error (exit 2), never a traceback
+        raise disk_error(e, path, "cannot read the namespaces (kvtier fsck --repair mends it)", DiskReadError) from e
     finally:
         io.close()
     if others:
