@@ -78,3 +78,41 @@ def test_no_function_is_longer_than_about_150_lines(folder: str) -> None:
         long += [f"{path.relative_to(ROOT)}:{line} {name} ({n} lines)" for line, n, name in found if n > MAX_LINES]
     assert not long, "split by concern: " + "; ".join(long)
 
+
+def _block_size_defaults(tree: ast.AST) -> list[tuple[int, str, ast.expr]]:
+    """(line, name, default) of every default given to a block size: parameters and dataclass fields whose name
+    holds ``block_size``, and ``default=`` of command-line options named ``--...block-size``."""
+    found: list[tuple[int, str, ast.expr]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            positional = a.posonlyargs + a.args
+            pairs = list(zip(positional[len(positional) - len(a.defaults):], a.defaults))
+            pairs += [(arg, d) for arg, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
+            found += [(d.lineno, arg.arg, d) for arg, d in pairs if "block_size" in arg.arg]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            if "block_size" in node.target.id:
+                found.append((node.lineno, node.target.id, node.value))
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            name = node.args[0].value
+            if isinstance(name, str) and name.startswith("--") and name.endswith("block-size"):
+                found += [(kw.value.lineno, name, kw.value) for kw in node.keywords if kw.arg == "default"]
+    return found
+
+
+def test_the_default_block_size_is_written_once() -> None:
+    """Every block-size default is the core's (kvtier.config.DEFAULT_BLOCK_SIZE, from csrc/core/spec.h), never a
+    number written again: defaults live in one place."""
+    written = []
+    for path in sorted((ROOT / "python/kvtier").rglob("*.py")):
+        for line, name, default in _block_size_defaults(ast.parse(path.read_text())):
+            if isinstance(default, ast.Constant) and isinstance(default.value, int):
+                written.append(f"{path.relative_to(ROOT)}:{line} {name}={default.value}")
+    assert not written, "use kvtier.config.DEFAULT_BLOCK_SIZE: " + "; ".join(written)
+
+
+def test_the_default_block_size_is_the_cores() -> None:
+    from kvtier import _core
+    from kvtier.config import DEFAULT_BLOCK_SIZE, StoreConfig
+
+    assert DEFAULT_BLOCK_SIZE == _core.StoreSpec().block_size == StoreConfig().block_size

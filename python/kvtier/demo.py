@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kvtier.config import DiskConfig, Namespace, StoreConfig, TierConfig
+from kvtier.config import DEFAULT_BLOCK_SIZE, DiskConfig, Namespace, StoreConfig, TierConfig
 from kvtier.errors import InvalidArgumentError
 from kvtier.store import Store, Tier, TokenSequence
 from kvtier.tiers.disk_folder import FILES, MARKER
@@ -59,7 +59,7 @@ class DemoConfig:
     system_tokens: int = 2048
     step_tokens: int = 384
     step_seconds: float = 30.0
-    block_size: int = 16
+    block_size: int = DEFAULT_BLOCK_SIZE
     kv_bytes_per_token: int = 32_768  # Llama-3.2-1B, bf16: 16 layers x 8 KV heads x 64 dim x 2 (K,V) x 2 bytes
     capacity_bytes: int = 128 << 20
     policy: str = "lru"
