@@ -22,6 +22,8 @@ _POLICIES: dict[str, _core.Policy] = {"lru": _core.Policy.LRU, "lfu": _core.Poli
 _STORE = _core.StoreSpec()
 _DISK = _core.DiskSpec()
 _DEVICE = _core.DeviceSpec()
+#: Tokens per block unless told otherwise: the core's default (csrc/core/spec.h), for every API and command.
+DEFAULT_BLOCK_SIZE: int = _STORE.block_size
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
 
@@ -314,7 +316,7 @@ class StoreConfig:
         Every device block also keeps a host slot, so its capacity is at most the host tier's.
     """
 
-    block_size: int = _STORE.block_size
+    block_size: int = DEFAULT_BLOCK_SIZE
     block_bytes: int = 2048
     metadata_only: bool = False
     content: Literal["tokens", "block_ids"] = "tokens"
@@ -377,7 +379,7 @@ class StoreConfig:
         cls,
         capacity_blocks: int | None,
         *,
-        block_size: int = 16,
+        block_size: int = DEFAULT_BLOCK_SIZE,
         block_bytes: int = 1,
         content: Literal["tokens", "block_ids"] = "tokens",
         policy: Policy = "lru",
