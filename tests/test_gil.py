@@ -19,7 +19,7 @@ import pytest
 import kvtier
 
 REQUESTS, PER_REQUEST = 300_000, 10
-MIN_WAIT_S = 0.04  # a call that waited less did not meet the replay (tried again)
+MIN_WAIT_S = 0.025  # a call that waited less did not meet the replay (tried again: a loaded machine starts it late)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def _waits_while_a_replay_holds_the_lock(trace: kvtier.ReplayTrace, call: Callab
 
 @pytest.mark.parametrize("name", list(CALLS))
 def test_a_call_waiting_for_the_store_lock_lets_python_threads_run(trace: kvtier.ReplayTrace, name: str) -> None:
-    for _attempt in range(3):
+    for _attempt in range(6):
         waited, gap = _waits_while_a_replay_holds_the_lock(trace, CALLS[name])
         if waited >= MIN_WAIT_S:
             break
