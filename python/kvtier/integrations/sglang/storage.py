@@ -1,0 +1,263 @@
+"""KVTierHiCacheStorage: SGLang's HiCache L3 storage backend (interface_v1) over a kvtier keys store.
+
+SGLang hands the backend one 64-hex SHA-256 per page, already chained over the prefix (``cache_salt``
+and ``extra_key`` folded in). kvtier stores each page under that key (a store of content ``"keys"``)
+in a namespace that binds what the key does not: the model (and revision), the tp/pp/dp rank (not for
+rank-replicated MLA pools), SGLang's host layout, the KV dtype and the page geometry. A store written by
+one model, rank or layout is therefore never served to another, and a restart serves what the folder holds.
+
+A page's payload is its bytes in the host pool, gathered along the pool's token (or page) axis::
+
+    page_first  kv_buffer (2, size, L, H, D)      page p = [K rows of its tokens | V rows of its tokens]
+    layer_first kv_buffer (2, L, size, H, D)      gathered per layer, same bytes in a fixed order
+    MLA         kv_buffer (size, L, 1, dim)        one run per page
+
+One torch index_select / index_copy_ per batch moves the pages between the pool and a staging buffer
+(both release the GIL); kvtier copies the staging buffer in and out of its tiers in one core call.
+
+Nothing raises on the data path: a failure is counted in :meth:`get_stats` and logged once per kind,
+and SGLang sees a miss (or a failed backup).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageConfig
+
+from kvtier import DiskConfig, Namespace, Store, StoreConfig, TierConfig
+from kvtier.errors import InvalidArgumentError
+from kvtier.integrations.sglang.config import KVTierHiCacheConfig, parse_extra_config
+
+__all__ = ["KVTierHiCacheStorage"]
+
+logger = logging.getLogger(__name__)
+
+# (layout, MLA) -> (axis of kv_buffer indexed per batch, indexed per "token" or per "page").
+_AXES: dict[tuple[str, bool], tuple[int, str]] = {
+    ("page_first", False): (1, "token"),
+    ("layer_first", False): (2, "token"),
+    ("page_first_direct", False): (1, "page"),
+    ("page_first", True): (0, "token"),
+    ("layer_first", True): (1, "token"),
+    ("page_first_direct", True): (0, "page"),
+}
+
+
+class _PoolPages:
+    """Moves whole pages between a host pool's ``kv_buffer`` and a ``uint8[n, page_bytes]`` staging array."""
+
+    def __init__(self, pool: Any, mla: bool) -> None:
+        layout = str(getattr(pool, "layout", None))
+        buf = getattr(pool, "kv_buffer", None)
+        if (layout, mla) not in _AXES or not isinstance(buf, torch.Tensor):
+            raise InvalidArgumentError(
+                f"kvtier's SGLang backend supports host layouts {sorted({k for k, _ in _AXES})} with a kv_buffer; "
+                f"got layout {layout!r} of {type(pool).__name__}"
+            )
+        self.buf: torch.Tensor = buf
+        self.axis, self.per = _AXES[(layout, mla)]
+        self.page_size = int(pool.page_size)
+        rest = [d for i, d in enumerate(buf.shape) if i != self.axis]
+        per_page = self.page_size if self.per == "token" else 1
+        self.page_bytes = int(np.prod(rest)) * per_page * buf.element_size()
+        # What identifies the bytes of a page: bound into the namespace.
+        self.geometry = f"{layout}:{type(pool).__name__}:{'x'.join(map(str, rest))}:page{self.page_size}"
+
+    def index(self, host_indices: torch.Tensor, n: int) -> torch.Tensor:
+        idx = host_indices.to(device=self.buf.device, dtype=torch.int64).reshape(-1)
+        if idx.numel() != n * self.page_size:
+            raise InvalidArgumentError(f"host_indices has {idx.numel()} slots for {n} pages of {self.page_size}")
+        return idx if self.per == "token" else idx[:: self.page_size] // self.page_size
+
+    def gather(self, idx: torch.Tensor, n: int) -> np.ndarray:
+        pages = self.buf.index_select(self.axis, idx).movedim(self.axis, 0).reshape(n, -1).contiguous()
+        out: np.ndarray = pages.view(torch.uint8).numpy()
+        return out
+
+    def scatter(self, idx: torch.Tensor, staging: np.ndarray) -> None:
+        src = torch.from_numpy(staging).view(self.buf.dtype)
+        shape = list(self.buf.shape)
+        count = shape.pop(self.axis)
+        del count
+        self.buf.index_copy_(self.axis, idx, src.reshape(idx.numel(), *shape).movedim(0, self.axis))
+
+
+class KVTierHiCacheStorage(HiCacheStorage):
+    """HiCache storage backend: SGLang pages in kvtier's host and disk tiers (docs/sglang.md).
+
+    Constructed by SGLang's backend factory as ``cls(storage_config, kwargs)``; the extra config is
+    checked here (unknown keys and bad values raise, naming the key) and the store is opened in
+    :meth:`register_mem_pool_host`, when the pool's layout, dtype and page geometry are known.
+    """
+
+    def __init__(self, storage_config: HiCacheStorageConfig, kwargs: dict[str, Any] | None = None) -> None:
+        self.storage_config = storage_config
+        self.config: KVTierHiCacheConfig = parse_extra_config(getattr(storage_config, "extra_config", None))
+        self.store: Store | None = None
+        self.namespace: Namespace | None = None
+        self._pages: _PoolPages | None = None
+        self._logged: set[str] = set()
+        self._stats = {
+            "exists_calls": 0, "exists_pages": 0, "get_pages": 0, "get_hits": 0, "set_pages": 0,
+            "set_stored": 0, "set_present": 0, "set_skipped": 0, "errors": 0,
+        }
+
+    # ------------------------------------------------------------------ attach
+    def register_mem_pool_host(self, mem_pool_host: Any) -> None:
+        super().register_mem_pool_host(mem_pool_host)
+        sc = self.storage_config
+        mla = bool(sc.is_mla_model)
+        pages = _PoolPages(mem_pool_host, mla)
+        model = self.config.model or sc.model_name or "unnamed"
+        ranks = f"pp{sc.pp_rank}of{sc.pp_size}"
+        if not mla:  # an MLA pool is the same on every tp rank: they share pages
+            ranks += f":tp{sc.tp_rank}of{sc.tp_size}:dp{getattr(sc, 'dp_rank', 0)}"
+        self.namespace = Namespace(
+            model=model,
+            revision=self.config.revision or "",
+            kv_dtype=str(mem_pool_host.dtype),
+            kv_layout=f"sglang:{pages.geometry}:{ranks}",
+        )
+        c = self.config
+        self.store = Store(
+            StoreConfig(
+                block_size=pages.page_size,
+                block_bytes=pages.page_bytes,
+                content="keys",
+                host=TierConfig(capacity_bytes=max(c.host_capacity, pages.page_bytes), policy=c.host_policy,
+                                ttl_s=c.host_ttl_s),
+                disk=DiskConfig(path=c.disk_path, capacity_bytes=max(c.disk_capacity, pages.page_bytes),
+                                policy=c.disk_policy, ttl_s=c.disk_ttl_s),
+            ),
+            namespace=self.namespace,
+        )
+        self._pages = pages
+
+    # ------------------------------------------------------------------ failures
+    def _failed(self, what: str, e: BaseException) -> None:
+        self._stats["errors"] += 1
+        kind = f"{what}:{type(e).__name__}"
+        if kind not in self._logged:
+            self._logged.add(kind)
+            logger.warning("kvtier HiCache backend: %s failed (%s: %s); counted in get_stats(), logged once",
+                           what, type(e).__name__, e)
+
+    def _ready(self) -> tuple[Store, _PoolPages]:
+        if self.store is None or self._pages is None:
+            raise RuntimeError("register_mem_pool_host() was not called")
+        return self.store, self._pages
+
+    # ------------------------------------------------------------------ interface_v1
+    def batch_exists(self, keys: list[str], extra_info: Any = None) -> int:
+        self._stats["exists_calls"] += 1
+        try:
+            store, _ = self._ready()
+            found = store.find_keys(keys)
+        except Exception as e:  # noqa: BLE001 - the data path never raises
+            self._failed("batch_exists", e)
+            return 0
+        self._stats["exists_pages"] += found
+        return found
+
+    def batch_get_v1(self, keys: list[str], host_indices: torch.Tensor, extra_info: Any = None) -> list[bool]:
+        n = len(keys)
+        self._stats["get_pages"] += n
+        try:
+            store, pages = self._ready()
+            idx = pages.index(host_indices, n)
+            staging = np.empty((n, pages.page_bytes), np.uint8)
+            loaded = store.load_keys(keys, staging)
+            if loaded:
+                pages.scatter(idx[: loaded * (pages.page_size if pages.per == "token" else 1)], staging[:loaded])
+        except Exception as e:  # noqa: BLE001
+            self._failed("batch_get_v1", e)
+            return [False] * n
+        self._stats["get_hits"] += loaded
+        return [True] * loaded + [False] * (n - loaded)
+
+    def batch_set_v1(self, keys: list[str], host_indices: torch.Tensor, extra_info: Any = None) -> list[bool]:
+        n = len(keys)
+        self._stats["set_pages"] += n
+        if not self.storage_config.is_storage_writer:
+            self._stats["set_skipped"] += n  # another rank writes the replicated MLA pages
+            return [True] * n
+        try:
+            store, pages = self._ready()
+            idx = pages.index(host_indices, n)
+            held = store.has_keys(keys)
+            new = np.flatnonzero(~held)
+            ok = held.copy()
+            if len(new):
+                per = pages.page_size if pages.per == "token" else 1
+                sel = (torch.from_numpy(new)[:, None] * per + torch.arange(per)).reshape(-1)
+                staging = pages.gather(idx[sel], len(new))
+                ok[new] = store.insert_keys([keys[i] for i in new], staging)
+        except Exception as e:  # noqa: BLE001
+            self._failed("batch_set_v1", e)
+            return [False] * n
+        self._stats["set_present"] += int(held.sum())
+        self._stats["set_stored"] += int(ok.sum() - held.sum())
+        return [bool(x) for x in ok]
+
+    # ------------------------------------------------------------------ the older interface
+    def exists(self, key: str) -> bool:
+        return self.batch_exists([key]) == 1
+
+    def get(self, key: str, target_location: Any = None, target_sizes: Any = None) -> torch.Tensor | None:
+        out = self.batch_get([key], [target_location] if target_location is not None else None)
+        return out[0]
+
+    def batch_get(self, keys: list[str], target_locations: Any = None, target_sizes: Any = None) -> list[Any]:
+        try:
+            store, pages = self._ready()
+            staging = np.empty((len(keys), pages.page_bytes), np.uint8)
+            loaded = store.load_keys(keys, staging)
+        except Exception as e:  # noqa: BLE001
+            self._failed("batch_get", e)
+            return [None] * len(keys)
+        out: list[Any] = []
+        for i in range(len(keys)):
+            if i >= loaded:
+                out.append(None)
+                continue
+            page = torch.from_numpy(staging[i].copy()).view(pages.buf.dtype)
+            if target_locations is not None:
+                target_locations[i].view(-1).copy_(page)
+                page = target_locations[i]
+            out.append(page)
+        return out
+
+    def set(self, key: str, value: Any = None, target_location: Any = None, target_sizes: Any = None) -> bool:
+        return self.batch_set([key], [value])
+
+    def batch_set(self, keys: list[str], values: Any = None, target_locations: Any = None,
+                  target_sizes: Any = None) -> bool:
+        try:
+            store, pages = self._ready()
+            staging = np.stack([v.contiguous().view(-1).view(torch.uint8).numpy() for v in values])
+            return bool(store.insert_keys(keys, staging).all())
+        except Exception as e:  # noqa: BLE001
+            self._failed("batch_set", e)
+            return False
+
+    # ------------------------------------------------------------------ maintenance
+    def clear(self) -> None:
+        if self.store is not None:
+            self.store.clear()
+
+    def get_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = dict(self._stats)
+        if self.store is not None and not self.store.closed:
+            s = self.store.stats()
+            stats.update(host_blocks=s.blocks, host_bytes=s.resident_bytes)
+            if s.disk is not None:
+                stats.update(disk_blocks=s.disk.blocks, disk_corrupted=s.disk.corrupted)
+        return stats
+
+    def close(self) -> None:
+        if self.store is not None and not self.store.closed:
+            self.store.close()
