@@ -1,5 +1,6 @@
 // kvtier._core: the disk tier's free functions — checksums, the verified copy of blocks read from
-// the folder (GIL released), and index-record decoding for `kvtier fsck`.
+// the folder (GIL released), index-record decoding for `kvtier fsck`, and the structural check of an LMDB
+// data file (tiers/lmdb_pages.h).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -10,6 +11,7 @@
 #include "core/checksum.h"
 #include "core/common.h"
 #include "tiers/disk_record.h"
+#include "tiers/lmdb_pages.h"
 #include "core/keys.h"
 
 namespace py = pybind11;
@@ -117,4 +119,26 @@ void bind_disk_functions(py::module_& m) {
         return d;
       },
       py::arg("key"), py::arg("record"));
+
+  // The structural walk of an LMDB data file (tiers/lmdb_pages.h), without the GIL. Returns (pages checked,
+  // damage found, the first damage described, records): records are (database index into `names`, key, value
+  // offset in the file, value length), listed only with `collect`.
+  m.def(
+      "lmdb_walk",
+      [](py::handle file, std::size_t psize, std::uint64_t last_pg, std::uint64_t free_root, std::uint64_t main_root,
+         const std::vector<std::string>& names, bool collect) {
+        std::vector<py::buffer_info> keep;
+        const Span s = read_span(file, keep, "file");
+        lmdb_pages::Walk w;
+        {
+          py::gil_scoped_release nogil;
+          w = lmdb_pages::walk(s.data, s.bytes, psize, last_pg, free_root, main_root, names, collect);
+        }
+        py::list records;
+        for (const auto& r : w.records)
+          records.append(py::make_tuple(r.db, py::bytes(r.key), r.offset, r.length));
+        return py::make_tuple(w.pages, w.damaged, w.first, records);
+      },
+      py::arg("file"), py::arg("psize"), py::arg("last_pg"), py::arg("free_root"), py::arg("main_root"),
+      py::arg("names"), py::kw_only(), py::arg("collect") = false);
 }

@@ -57,6 +57,12 @@ def copy_verified(out: _WriteBuffer, block_bytes: int, reads: Sequence[tuple[int
 def decode_record(key: bytes, record: bytes) -> dict[str, Any] | None:
     """A disk index record as a dict (with ``key_ok``), or None if malformed."""
 
+def lmdb_walk(
+    file: _ReadBuffer, psize: int, last_pg: int, free_root: int, main_root: int, names: Sequence[str | bytes], *,
+    collect: bool = False,
+) -> tuple[int, int, str, list[tuple[int, bytes, int, int]]]:
+    """The structural check of an LMDB data file: (pages, damaged, first damage, records (db, key, offset, length))."""
+
 class TokenSequence:
     """An append-only buffer of token ids below ``limit``."""
 

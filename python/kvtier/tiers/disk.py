@@ -90,6 +90,7 @@ class DiskTier:
             reset_environment(self.path)
             self._rebuilt = True
             self.io = DiskIO(self.path, map_size=want, max_map_size=limit, sync=config.sync)
+        self._rebuilt = self._rebuilt or self.io.salvaged > 0
         self._known_ns: set[bytes] = set()
         # Namespaces registered but not in the folder yet: written by the writer in the same transaction as
         # the first blocks it commits (a namespace without blocks needs no record), never a synced write of

@@ -10,7 +10,10 @@
   environment, another format, and any other non-empty folder are refused with a
   :class:`~kvtier.errors.DiskFormatError` and left as they were.
 - **Damage LMDB cannot survive** (a bad meta page, a file shorter than its meta says) is mended before
-  LMDB maps the file; an environment that does not open at all is removed (:func:`reset_environment`) or
+  LMDB maps the file. LMDB follows page numbers and node offsets without checking them, so a damaged one
+  crashes the reading process (SIGBUS, SIGSEGV): every branch and leaf page is checked first
+  (:func:`walk_pages`, csrc/tiers/lmdb_pages.h) and a folder that fails is rebuilt from the records
+  reachable through sound pages (:func:`salvage`). An environment that does not open at all is removed (:func:`reset_environment`) or
   rebuilt from what can be read (:func:`rebuild`), only by a process that has the folder to itself.
 - **Errors.** :func:`disk_error` turns every LMDB (and OS) error into a :class:`~kvtier.errors.DiskError`
   subclass with one line that says what failed; a disk that filled up says "No space left on device".
@@ -21,11 +24,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import mmap
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+from kvtier import _core
 from kvtier.errors import (
     DiskBusyError,
     DiskDamagedError,
@@ -53,6 +58,8 @@ __all__ = [
     "rebuild",
     "remove_environment",
     "reset_environment",
+    "salvage",
+    "walk_pages",
 ]
 
 FORMAT = b"kvtier-disk 1"
@@ -313,12 +320,14 @@ _META_MAGIC = 0xBEEFC0DE
 _P_META = 0x08
 
 
-def _metas(head: bytes, psize: int) -> list[tuple[int, int, int] | None]:
-    """(txnid, last page, page size) of LMDB's two meta pages, None for one that is not valid.
+def _metas(head: bytes, psize: int) -> list[tuple[int, int, int, int, int] | None]:
+    """(txnid, last page, page size, free database root, main database root) of LMDB's two meta pages, None
+    for one that is not valid.
 
     Layout (lmdb.h, 64-bit): page header 16 bytes (flags at 10); MDB_meta: magic at 16, version at 20,
-    the free database's md_pad (the page size) at 40, last page at 136, txnid at 144."""
-    out: list[tuple[int, int, int] | None] = []
+    the free database's MDB_db at 40 (md_pad, the page size, at 40; md_root at 80), the main database's at
+    88 (md_root at 128), last page at 136, txnid at 144."""
+    out: list[tuple[int, int, int, int, int] | None] = []
     for i in range(2):
         page = head[i * psize : i * psize + 152]
         if len(page) < 152:
@@ -330,8 +339,69 @@ def _metas(head: bytes, psize: int) -> list[tuple[int, int, int] | None]:
             out.append(None)
             continue
         pad = int.from_bytes(page[40:44], "little")
-        out.append((int.from_bytes(page[144:152], "little"), int.from_bytes(page[136:144], "little"), pad))
+        txnid, last = int.from_bytes(page[144:152], "little"), int.from_bytes(page[136:144], "little")
+        out.append((txnid, last, pad, int.from_bytes(page[80:88], "little"), int.from_bytes(page[128:136], "little")))
     return out
+
+
+def _newest_meta(head: bytes, psize: int) -> tuple[int, int, int, int, int] | None:
+    metas = [m for m in _metas(head, psize) if m is not None]
+    return max(metas, key=lambda m: m[0]) if metas else None
+
+
+def _page_size(head: bytes) -> int:
+    psize = int.from_bytes(head[40:44], "little") if len(head) >= 44 else 0
+    return psize if psize in (4096, 8192, 16384, 32768, 65536) else PAGE
+
+
+def walk_pages(path: str, *, collect: bool = False) -> tuple[int, int, str, list[tuple[int, bytes, int, int]]]:
+    """The structural check of the folder's ``data.mdb`` (``_core.lmdb_walk``, csrc/tiers/lmdb_pages.h): (pages
+    checked, damage found, the first damage, and with ``collect`` the records reachable through sound pages as
+    (index into DBS, key, value offset, value length)). Only for a folder no other process writes (a writer
+    reuses pages under the walk); run after :func:`mend_file_size`."""
+    p = os.path.join(path, "data.mdb")
+    if not os.path.lexists(p):  # a new folder
+        return 0, 0, "", []
+    fd = open_nofollow(p, os.O_RDONLY, create=False)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return 0, 0, "", []
+        head = os.pread(fd, 2 * 65536, 0)
+        psize = _page_size(head)
+        newest = _newest_meta(head, psize)
+        if newest is None:  # LMDB refuses such a file itself (MDB_INVALID), reading no other page
+            return 0, 0, "", []
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as view:
+            return _core.lmdb_walk(view, psize, newest[1], newest[3], newest[4], [n.decode() for n in DBS], collect=collect)
+    finally:
+        os.close(fd)
+
+
+def salvage(path: str, *, map_size: int) -> tuple[int, str]:
+    """Rebuilds the folder from the records reachable through sound pages if :func:`walk_pages` finds damage that
+    LMDB would read without checking (it would crash the process: SIGBUS or SIGSEGV). The caller holds the folder
+    alone. Returns (damage found, the first damage described); (0, "") when the folder is sound."""
+    _pages, damaged, first, _records = walk_pages(path)
+    if not damaged:
+        return 0, ""
+    _pages, damaged, first, records = walk_pages(path, collect=True)
+    fd = open_nofollow(os.path.join(path, "data.mdb"), os.O_RDONLY, create=False)
+    try:
+        size = os.fstat(fd).st_size
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as view:
+
+            def items() -> Iterator[tuple[bytes, bytes, Any]]:
+                for db, key, offset, length in records:
+                    if DBS[db] == b"meta" and key == b"format":
+                        continue  # rebuild() writes this kvtier's own
+                    if length <= VALUE_LIMIT or DBS[db] == b"blocks":
+                        yield DBS[db], key, view[offset : offset + length]
+
+            rebuild(path, map_size=map_size, items=items())
+    finally:
+        os.close(fd)
+    return damaged, first
 
 
 def mend_file_size(path: str) -> bool:
@@ -353,9 +423,7 @@ def mend_file_size(path: str) -> bool:
         if size == 0:
             return False
         head = os.pread(fd, 2 * 65536, 0)
-        psize = int.from_bytes(head[40:44], "little") if len(head) >= 44 else 0
-        if psize not in (4096, 8192, 16384, 32768, 65536):
-            psize = PAGE
+        psize = _page_size(head)
         metas = _metas(head, psize)
         limit = max(size * 4, 1 << 30)  # a meta that claims more than this is damaged
         sane = [i for i, m in enumerate(metas) if m is not None and (m[1] + 1) * psize <= limit]

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from kvtier.errors import DiskError, DiskFormatError, DiskReadError
+from kvtier.errors import DiskDamagedError, DiskError, DiskFormatError, DiskReadError, DiskWriteError
 from kvtier.tiers.disk_folder import (
     FILES,
     DBS,
@@ -37,6 +37,8 @@ from kvtier.tiers.disk_folder import (
     import_lmdb,
     mend_file_size,
     open_nofollow,
+    salvage,
+    walk_pages,
 )
 
 __all__ = ["DiskIO", "FaultHook", "ReadBatch", "WriteBatch", "map_size_for"]
@@ -239,6 +241,8 @@ class DiskIO:
         self._gate = _Gate()
         self._sync = sync
         self._lock_fd: int | None = None
+        self._exclusive = False  # the folder's lock is held exclusively (try_exclusive) until shared()
+        self.salvaged = 0  # damage found by the page walk at open, the folder rebuilt around it (0: none)
         check_folder(path, create=create and not readonly)
         claim_folder(path, create=create and not readonly)
         self._lock_fd = open_nofollow(os.path.join(path, MARKER), os.O_RDONLY, create=False)
@@ -262,11 +266,30 @@ class DiskIO:
 
     def _open_env(self) -> None:
         sync = self._sync
-        if not self.readonly and self.try_exclusive():
+        # Damage LMDB would read without checking is found (and, with the folder to ourselves, mended or
+        # salvaged) before LMDB maps the file; a folder another process has open was checked by whoever
+        # opened it first, and cannot be walked while that process may be writing.
+        held = self._exclusive
+        if held or self.try_exclusive():
             try:
-                mend_file_size(self.path)
+                if not self.readonly:
+                    mend_file_size(self.path)
+                    data = os.path.join(self.path, "data.mdb")
+                    map_size = max(self._want, os.path.getsize(data) if os.path.isfile(data) else 0)
+                    try:
+                        self.salvaged = salvage(self.path, map_size=map_size)[0] or self.salvaged
+                    except (self.lmdb.Error, OSError) as e:  # e.g. no room for the rebuilt copy
+                        raise disk_error(e, self.path, "cannot rebuild the damaged folder", DiskWriteError) from e
+                else:
+                    _pages, damaged, first, _records = walk_pages(self.path)
+                    if damaged:
+                        raise DiskDamagedError(
+                            f"disk folder {self.path} has {damaged} damaged pages or references ({first}): "
+                            "`kvtier fsck --repair` rebuilds it from what can be read"
+                        )
             finally:
-                self.shared()
+                if not held:
+                    self.shared()
         lmdb = self.lmdb
         for name in FILES:  # created here, 0600, never through a planted link
             if not self.readonly or name == "lock.mdb":
@@ -398,11 +421,13 @@ class DiskIO:
         except BlockingIOError:
             fcntl.flock(self._lock_fd, fcntl.LOCK_SH)  # a failed conversion drops the shared lock (flock(2))
             return False
+        self._exclusive = True
         return True
 
     def shared(self) -> None:
         assert self._lock_fd is not None
         fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+        self._exclusive = False
 
     def close(self) -> None:
         self.close_env()
