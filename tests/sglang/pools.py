@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sglang.srt.mem_cache.device_pool_info import KVBufferLayout, KVBuffers, MHABufferInfo
+from sglang.srt.mem_cache.device_pool_info import KVBufferLayout, KVBuffers, MHABufferInfo, MLABufferInfo
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig
 from sglang.srt.mem_cache.pool_host.mha import MHATokenToKVPoolHost
+from sglang.srt.mem_cache.pool_host.mla import MLATokenToKVPoolHost
 from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory
 
 L, H, D, PAGE, TOKENS = 2, 2, 8, 4, 64
@@ -40,7 +41,18 @@ def storage_config(disk: Path, *, tp_rank: int = 0, mla: bool = False, model: st
 
 
 def backend(pool: Any, disk: Path, **kw: Any) -> Any:
-    """Through SGLang's factory, as the engine does, then attached to ``pool``."""
+    """Through SGLang's factory, as the engine does, then attached to ``pool`` (an MLA pool: ``is_mla_model``)."""
+    kw.setdefault("mla", isinstance(pool, MLATokenToKVPoolHost))
     b = StorageBackendFactory.create_backend("dynamic", storage_config(disk, layout=pool.layout, **kw), pool)
     b.register_mem_pool_host(pool)
     return b
+
+
+def mla_pool(layout: str, dtype: torch.dtype = torch.bfloat16, lora: int = 6, rope: int = 2) -> MLATokenToKVPoolHost:
+    """SGLang's MLA host pool (one latent row of ``lora + rope`` per token and layer) over CPU device rows."""
+    rows = tuple(torch.zeros(TOKENS, 1, lora + rope, dtype=dtype) for _ in range(L))
+    info = MLABufferInfo(buffers=rows, data_ptrs=torch.tensor([t.data_ptr() for t in rows]),
+                         layer_indices=tuple(range(L)), device_layer_num=L, page_size=PAGE, kv_lora_rank=lora,
+                         qk_rope_head_dim=rope, kv_cache_dim=lora + rope, dtype=dtype, device=torch.device("cpu"))
+    return MLATokenToKVPoolHost(info, 2.0, 0, PAGE, layout, pin_memory=False, device="cpu",
+                                device_capacity_tokens=TOKENS, start_layer=0, end_layer=L, target_layer_num=L)

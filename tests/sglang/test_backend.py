@@ -13,9 +13,18 @@ import pytest
 import torch
 from kvtier import InvalidArgumentError, KvtierTypeError
 from kvtier.integrations.sglang import KVTierHiCacheStorage, parse_extra_config
-from pools import PAGE, backend, mha_pool, storage_config
+from pools import PAGE, backend, mha_pool, mla_pool, storage_config
 
-LAYOUTS = ["page_first", "layer_first", "page_first_direct"]
+# Every host layout SGLang 0.5.23's MHA and MLA pools build on CPU (page_first_kv_split is Ascend's, over split
+# NPU buffers).
+MHA_LAYOUTS = ["page_first", "layer_first", "page_first_direct", "page_head", "page_unified"]
+MLA_LAYOUTS = ["page_first", "layer_first", "page_first_direct", "page_unified"]
+POOLS = [("mha", lay) for lay in MHA_LAYOUTS] + [("mla", lay) for lay in MLA_LAYOUTS]
+ONE_RUN = {("mla", "page_first"), ("mla", "page_first_direct"), ("mla", "page_unified"), ("mha", "page_unified")}
+
+
+def make_pool(kind: str, layout: str, dtype: torch.dtype = torch.bfloat16) -> Any:
+    return (mla_pool if kind == "mla" else mha_pool)(layout, dtype)
 
 
 def keys(n: int, salt: str = "") -> list[str]:
@@ -34,23 +43,23 @@ def slots(pool: Any, pages: int) -> torch.Tensor:
 
 
 def fill(pool: Any, idx: torch.Tensor, seed: int) -> None:
+    """Seeded random KV in the whole pool (so the slots ``idx`` and every other slot differ from zeros)."""
+    del idx
     g = torch.Generator().manual_seed(seed)
-    if pool.layout == "page_first_direct":
-        pages = idx[::PAGE] // PAGE
-        pool.kv_buffer[:, pages] = torch.randn(pool.kv_buffer[:, pages].shape, generator=g).to(pool.dtype)
-    elif pool.layout == "page_first":
-        pool.kv_buffer[:, idx] = torch.randn(pool.kv_buffer[:, idx].shape, generator=g).to(pool.dtype)
-    else:
-        pool.kv_buffer[:, :, idx] = torch.randn(pool.kv_buffer[:, :, idx].shape, generator=g).to(pool.dtype)
+    pool.kv_buffer.copy_(torch.randn(pool.kv_buffer.shape, generator=g).to(pool.dtype))
 
 
 def page_data(pool: Any, idx: torch.Tensor) -> list[torch.Tensor]:
+    """Each page's KV as SGLang reads it (``get_data_page``); SGLang has no page helper for ``page_unified``,
+    whose page block is ``kv_buffer[page]`` (pool_host/page_unified.py: its C order is the byte order)."""
+    if pool.layout == "page_unified":
+        return [pool.kv_buffer[int(idx[i]) // PAGE].clone() for i in range(0, len(idx), PAGE)]
     return [pool.get_data_page(int(idx[i]), flat=True).clone() for i in range(0, len(idx), PAGE)]
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_round_trip_partial_hits_reputs(tmp_path: Path, layout: str) -> None:
-    pool = mha_pool(layout)
+@pytest.mark.parametrize(("kind", "layout"), POOLS)
+def test_round_trip_partial_hits_reputs(tmp_path: Path, kind: str, layout: str) -> None:
+    pool = make_pool(kind, layout)
     b = backend(pool, tmp_path)
     assert isinstance(b, KVTierHiCacheStorage)
     ks = keys(6)
@@ -64,12 +73,93 @@ def test_round_trip_partial_hits_reputs(tmp_path: Path, layout: str) -> None:
     assert b.batch_set_v1(ks[:4], src[: 4 * PAGE]) == [True] * 4  # re-put: nothing copied
     assert b.store.stats().bytes_written == written and b.get_stats()["set_present"] == 4
     dst = slots(pool, 6)
+    before = page_data(pool, dst)
     got = b.batch_get_v1(ks, dst)
     assert got == [True] * 4 + [False] * 2
-    assert all(torch.equal(a, w) for a, w in zip(page_data(pool, dst)[:4], want[:4]))
+    after = page_data(pool, dst)
+    assert all(torch.equal(a, w) for a, w in zip(after[:4], want[:4]))
+    assert all(torch.equal(a, w) for a, w in zip(after[4:], before[4:]))  # the misses are left alone
     # A lookup from the middle of the chain (prefix_keys elsewhere) finds the rest of the run.
     assert b.batch_exists(ks[2:]) == 2
+    # One-run layouts move between kvtier and the pool's pages directly; the others through staging.
+    st = b.get_stats()
+    path = "direct_pages" if (kind, layout) in ONE_RUN else "staged_pages"
+    other = "staged_pages" if path == "direct_pages" else "direct_pages"
+    assert st[path] == 8 and st[other] == 0, st
     b.close()
+
+
+@pytest.mark.parametrize("layout", ["page_first", "page_first_direct"])
+def test_mla_pages_are_one_run_moved_in_place(tmp_path: Path, layout: str) -> None:
+    """MLA page-first pools: SGLang's own page map (get_page_buffer_meta) has one run per page, of kvtier's
+    block size; pages in any order and in scattered groups land in place with no staging copy."""
+    pool = mla_pool(layout)
+    b = backend(pool, tmp_path)
+    src = slots(pool, 8)
+    ptrs, sizes = pool.get_page_buffer_meta(src)
+    assert len(ptrs) == 8 and set(sizes) == {b._pages.page_bytes}
+    fill(pool, src, 5)
+    want = page_data(pool, src)
+    ks = keys(8)
+    # Pages out of order and split: three groups of consecutive pages, then the store holds all eight.
+    order = torch.tensor([5, 6, 7, 0, 1, 3, 2, 4])
+    by_page = src.view(8, PAGE)
+    assert all(b.batch_set_v1([ks[i] for i in order], by_page[order].reshape(-1)))
+    assert b.batch_exists(ks) == 8
+    dst = slots(pool, 8)
+    perm = torch.tensor([7, 0, 1, 2, 6, 5, 4, 3])
+    assert b.batch_get_v1(ks, dst.view(8, PAGE)[perm].reshape(-1)) == [True] * 8
+    got = page_data(pool, dst.view(8, PAGE)[perm].reshape(-1))
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    st = b.get_stats()
+    assert st["direct_pages"] == 16 and st["staged_pages"] == 0
+    # A page-first MHA pool has a K and a V run per page: staged.
+    assert len(mha_pool("page_first").get_page_buffer_meta(torch.arange(PAGE))[0]) == 2
+    b.close()
+
+
+def test_mla_is_rank_replicated_and_only_the_writer_writes(tmp_path: Path) -> None:
+    """MLA pools hold the same pages on every tp rank: not bound to the rank, written by rank 0 only."""
+    # One LMDB environment per process: the ranks (separate processes in SGLang) take turns on the folder.
+    writer_pool, reader_pool = mla_pool("page_first"), mla_pool("page_first")
+    ks = keys(3)
+    r = backend(reader_pool, tmp_path / "disk", tp_rank=1)
+    assert not r.storage_config.is_storage_writer
+    src = slots(reader_pool, 3)
+    fill(reader_pool, src, 6)
+    assert r.batch_set_v1(ks, src) == [True] * 3  # rank 1 reports success and writes nothing
+    assert r.get_stats()["set_skipped"] == 3 and r.batch_exists(ks) == 0
+    r.close()
+    w = backend(writer_pool, tmp_path / "disk", tp_rank=0)
+    assert w.storage_config.is_storage_writer and w.batch_exists(ks) == 0
+    wsrc = slots(writer_pool, 3)
+    fill(writer_pool, wsrc, 7)
+    assert w.batch_set_v1(ks, wsrc) == [True] * 3
+    w.close()
+    r = backend(reader_pool, tmp_path / "disk", tp_rank=1)
+    dst = slots(reader_pool, 3)
+    assert r.batch_exists(ks) == 3  # rank 1 finds rank 0's pages in the shared folder
+    assert r.batch_get_v1(ks, dst) == [True] * 3
+    assert all(torch.equal(a, c) for a, c in zip(page_data(reader_pool, dst), page_data(writer_pool, wsrc)))
+    r.close()
+    # An MHA pool is bound to its rank: rank 1 never sees rank 0's pages.
+    m0, m1 = mha_pool("page_first"), mha_pool("page_first")
+    b0 = backend(m0, tmp_path / "mha", tp_rank=0)
+    s0 = slots(m0, 3)
+    fill(m0, s0, 8)
+    assert all(b0.batch_set_v1(ks, s0))
+    b0.close()
+    b1 = backend(m1, tmp_path / "mha", tp_rank=1)
+    assert b1.batch_exists(ks) == 0 and b1.batch_set_v1(ks, slots(m1, 3)) == [True] * 3  # and writes its own
+    assert b1.get_stats()["set_stored"] == 3
+    b1.close()
+
+
+def test_unsupported_layout_is_refused_naming_it(tmp_path: Path) -> None:
+    pool = mha_pool("page_first")
+    pool.layout = "page_first_kv_split"  # Ascend's split-buffer layout: no kv_buffer kvtier can address
+    with pytest.raises(InvalidArgumentError, match="page_first_kv_split"):
+        backend(pool, tmp_path)
 
 
 def test_restart_serves_the_folder_and_isolates_ranks_models_layouts(tmp_path: Path) -> None:
