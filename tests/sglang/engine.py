@@ -69,3 +69,51 @@ def controller(kind: str, layout: str, disk: Path, **extra: Any) -> HiCacheContr
     return HiCacheController(alloc, host_pool(dev, layout), PAGE, None, threading.Event(),
                              write_policy="write_through", storage_backend="dynamic", model_name="kvtier-test-model",
                              storage_backend_extra_config=extra_config(disk, **extra))
+
+
+# --------------------------------------------------------------------------------------------- shims (tests only)
+# SGLang's device <-> host KV copies are CUDA / JIT kernels (sgl_kernel's transfer_kv_*), absent on a CPU machine.
+# These two stand-ins do the same copies with torch indexing, for the host layouts the radix tree tests use. They
+# replace the host pool classes' two "physical" transfer hooks (pool_host/base.py), which SGLang's L2 transfer
+# engine calls; nothing on the storage path (HiCacheController's storage threads, the backend) is replaced.
+
+
+def _host_rows(host: Any, layer: int) -> tuple[torch.Tensor, ...]:
+    """Views of one layer of the host pool, indexed by host token slot: (K, V) for MHA, (latent,) for MLA."""
+    if host.layout not in ("page_first", "layer_first"):
+        raise NotImplementedError(f"the CPU copy shim covers page_first and layer_first, not {host.layout}")
+    bufs = (host.kv_buffer,) if isinstance(host, MLATokenToKVPoolHost) else (host.k_buffer, host.v_buffer)
+    return tuple(b[:, layer] if host.layout == "page_first" else b[layer] for b in bufs)
+
+
+def _device_rows(dev: Any, layer: int) -> tuple[torch.Tensor, ...]:
+    if isinstance(dev, MLATokenToKVPool):
+        return (dev.kv_buffer[layer],)
+    return dev.k_buffer[layer], dev.v_buffer[layer]
+
+
+def _backup_from_device(host: Any, device_pool: Any, host_indices: torch.Tensor, device_indices: torch.Tensor,
+                        io_backend: str) -> None:
+    h, d = host_indices.long().cpu(), device_indices.long().cpu()
+    for layer in range(host.layer_num):
+        for dst, src in zip(_host_rows(host, layer), _device_rows(device_pool, layer)):
+            dst[h] = src[d].to(dst.dtype)
+
+
+def _load_to_device(host: Any, device_pool: Any, host_indices: torch.Tensor, device_indices: torch.Tensor,
+                    layer_id: int, io_backend: str, *, is_draft: bool = False) -> None:
+    h, d = host_indices.long().cpu(), device_indices.long().cpu()
+    for src, dst in zip(_host_rows(host, layer_id), _device_rows(device_pool, layer_id)):
+        dst[d] = src[h].to(dst.dtype)
+
+
+def cpu_device_host_copies(monkeypatch: Any) -> None:
+    """Installs the torch stand-ins for SGLang's device <-> host kernels, and leaves host pools unpinned:
+    SGLang's assembler builds them with pin_memory=True, whose cudaHostRegister needs a CUDA driver; page
+    locking changes how fast a copy runs, not its bytes."""
+    import sglang.srt.mem_cache.pool_host.common as host_common
+
+    for cls in (MHATokenToKVPoolHost, MLATokenToKVPoolHost):
+        monkeypatch.setattr(cls, "backup_from_device_all_layer_physical", _backup_from_device)
+        monkeypatch.setattr(cls, "load_to_device_per_layer_physical", _load_to_device)
+    monkeypatch.setattr(host_common, "_cuda_host_register", lambda *a, **k: None)
