@@ -99,7 +99,7 @@ class _PoolPages:
         when the layout has several runs per page or the slots are not whole aligned pages."""
         if not self.one_run or n == 0:
             return None
-        idx = host_indices.to(dtype=torch.int64).reshape(-1)
+        idx = host_indices.to(device="cpu", dtype=torch.int64).reshape(-1)
         if idx.numel() != n * self.page_size:
             return None
         pages = idx.reshape(n, self.page_size)
@@ -109,12 +109,11 @@ class _PoolPages:
         ):
             return None  # not whole aligned pages: the staging path checks and copies them
         page_no = (starts // self.page_size).numpy()
-        if self.per == "token":
-            page_no = page_no.copy()
         total_pages = self.buf.shape[0] // (self.page_size if self.per == "token" else 1)
         if page_no.min() < 0 or page_no.max() >= total_pages:
             return None
-        rows = self.buf.reshape(-1).view(torch.uint8).numpy().reshape(total_pages, self.page_bytes)
+        flat = self.buf.reshape(-1).view(torch.uint8).numpy()  # a view: the pool's own bytes
+        rows = flat[: total_pages * self.page_bytes].reshape(total_pages, self.page_bytes)
         cut = np.flatnonzero(np.diff(page_no) != 1) + 1
         bounds = [0, *cut.tolist(), n]
         return [(a, b, rows[page_no[a] : page_no[a] + (b - a)]) for a, b in zip(bounds[:-1], bounds[1:])]
