@@ -6,6 +6,9 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "block ids are read as 
 
 void bind_disk_functions(pybind11::module_& m);  // bindings/disk.cpp
 void bind_copy(pybind11::module_& m);            // bindings/copy.cpp
+namespace kvtier::bindings {
+void bind_store_keys(pybind11::module_& m);      // bindings/store_keys.cpp: lookups by key
+}
 
 PYBIND11_MODULE(_core, m) {
   using namespace kvtier;
@@ -36,4 +39,5 @@ PYBIND11_MODULE(_core, m) {
   bindings::bind_spec(m);
   bindings::bind_store(m);
   bindings::bind_store_disk(m);
+  bindings::bind_store_keys(m);
 }
