@@ -116,3 +116,13 @@ def test_the_default_block_size_is_the_cores() -> None:
     from kvtier.config import DEFAULT_BLOCK_SIZE, StoreConfig
 
     assert DEFAULT_BLOCK_SIZE == _core.StoreSpec().block_size == StoreConfig().block_size
+
+
+def test_one_exception_translator() -> None:
+    """Core and CUDA errors become kvtier.errors exceptions in one place (docs/architecture.md): module.cpp."""
+    registering = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "csrc").rglob("*.cpp"))
+        if "register_exception_translator" in _code_only(path.read_text())
+    ]
+    assert registering == ["csrc/bindings/module.cpp"]

@@ -1,8 +1,8 @@
 // kvtier._core: the copy engine, the CUDA driver probe, the device arena and page-locked host buffers.
 // bind_copy() is called once from module.cpp. Arguments arrive already shaped by the Python facade
 // (python/kvtier/kv_layout.py, copy_engine.py, device.py), which reads tensors' interfaces; this file checks what
-// C++ needs, releases the GIL around every plan, copy, wait and allocation, and maps cuda::Unavailable and
-// cuda::DriverError to kvtier.errors.CudaUnavailableError and CudaError (kvtier::Error keeps module.cpp's mapping).
+// C++ needs and releases the GIL around every plan, copy, wait and allocation (module.cpp maps cuda::Unavailable
+// and cuda::DriverError to kvtier.errors.CudaUnavailableError and CudaError).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -157,20 +157,8 @@ py::dict stats_dict(const CopyStats& s) {
   return d;
 }
 
-// CUDA driver errors as kvtier.errors exceptions; the driver probe and pointer queries.
+// The driver probe and pointer queries.
 void bind_cuda_driver(py::module_& m) {
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const cuda::Unavailable& e) {
-      py::object exc = py::module_::import("kvtier.errors").attr("CudaUnavailableError");
-      PyErr_SetString(exc.ptr(), e.what());
-    } catch (const cuda::DriverError& e) {
-      py::object exc = py::module_::import("kvtier.errors").attr("CudaError");
-      PyErr_SetString(exc.ptr(), e.what());
-    }
-  });
-
   m.def("cuda_probe", [] {
     cuda::Driver* d = nullptr;
     {
