@@ -191,6 +191,8 @@ class KVTierHiCacheStorage(HiCacheStorage):
         self.namespace: Namespace | None = None
         self._pages: _PoolPages | None = None
         self._logged: set[str] = set()
+        # False: every batch through the staging path (bench/test_sglang_pages.py's baseline; tests).
+        self._direct = True
         self._stats = {
             "exists_calls": 0, "exists_pages": 0, "get_pages": 0, "get_hits": 0, "set_pages": 0,
             "set_stored": 0, "set_present": 0, "set_skipped": 0, "direct_pages": 0, "staged_pages": 0, "errors": 0,
@@ -264,7 +266,7 @@ class KVTierHiCacheStorage(HiCacheStorage):
         self._stats["get_pages"] += n
         try:
             store, pages = self._ready()
-            page_no = pages.page_numbers(host_indices, n)
+            page_no = pages.page_numbers(host_indices, n) if self._direct else None
             if page_no is not None:  # straight into the pool's runs
                 loaded = store.load_keys(keys, pages.runs(store, page_no, writable=True))
                 self._stats["direct_pages"] += loaded
@@ -289,7 +291,7 @@ class KVTierHiCacheStorage(HiCacheStorage):
             return [True] * n
         try:
             store, pages = self._ready()
-            page_no = pages.page_numbers(host_indices, n)
+            page_no = pages.page_numbers(host_indices, n) if self._direct else None
             idx = pages.index(host_indices, n) if page_no is None else None
             held = store.has_keys(keys)
             ok = held.copy()
