@@ -137,13 +137,13 @@ class _PoolPages:
         idx = host_indices.to(device="cpu", dtype=torch.int64).reshape(-1)
         if idx.numel() != n * self.page_size:
             return None
-        pages = idx.reshape(n, self.page_size).numpy()
-        starts = pages[:, 0]
+        pages: np.ndarray = idx.reshape(n, self.page_size).numpy()
+        starts: np.ndarray = pages[:, 0]
         if (starts % self.page_size != 0).any() or not np.array_equal(
             pages - starts[:, None], np.broadcast_to(np.arange(self.page_size), (n, self.page_size))
         ):
             return None
-        page_no = starts // self.page_size
+        page_no: np.ndarray = starts // self.page_size
         if page_no.min() < 0 or page_no.max() >= self.total_pages:
             return None
         return page_no
