@@ -71,9 +71,13 @@ struct BlockRuns {
       for (std::size_t r = 0; r < parts; ++r) {
         std::uint64_t x;
         std::memcpy(&x, row + static_cast<py::ssize_t>(i) * s0 + static_cast<py::ssize_t>(r) * s1, 8);
+        // The buffers starting at or before x, nearest first (buffers may overlap: views of one pool).
         auto it = std::upper_bound(ranges.begin(), ranges.end(), std::make_pair(x, ~std::uint64_t{0}));
-        const bool inside = it != ranges.begin() && x >= std::prev(it)->first && x <= std::prev(it)->second &&
-                            part <= std::prev(it)->second - x;
+        bool inside = false;
+        while (!inside && it != ranges.begin()) {
+          --it;
+          inside = x <= it->second && part <= it->second - x;
+        }
         if (!inside)
           raise(Code::kInvalidArgument, "runs[" + std::to_string(i) + ", " + std::to_string(r) + "] = " +
                                             std::to_string(x) + ": its " + std::to_string(part) +
