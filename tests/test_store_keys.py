@@ -219,3 +219,108 @@ def test_threads_share_keys() -> None:
     with Store(cfg(host_blocks=32)) as s, ThreadPoolExecutor(4) as pool:
         assert sorted(pool.map(work, range(4))) == [0, 1, 2, 3]  # map re-raises a worker's error
         s.check_invariants()
+
+
+# ----------------------------------------------------------------------------- block runs
+def runs_of(pool: np.ndarray, order: list[int]) -> np.ndarray:
+    """Addresses of the runs of blocks in a (parts, slots, BB / parts) pool: block i = slot order[i], its part r
+    in pool[r, order[i]] (a K half and a V half, say, far apart)."""
+    parts = pool.shape[0]
+    base = pool.ctypes.data
+    slot = np.asarray(order, np.int64)[:, None]
+    return (base + np.arange(parts, dtype=np.int64)[None, :] * pool.strides[0] + slot * pool.strides[1]).astype(
+        np.uint64
+    )
+
+
+def as_pool(blocks: np.ndarray, parts: int, order: list[int], slots: int) -> np.ndarray:
+    """The blocks laid out in a pool as runs_of describes."""
+    pool = np.zeros((parts, slots, BB // parts), np.uint8)
+    for i, s in enumerate(order):
+        pool[:, s] = blocks[i].reshape(parts, BB // parts)
+    return pool
+
+
+@pytest.mark.parametrize("parts", [1, 2, 6])
+def test_block_runs_round_trip_host_and_disk(tmp_path: Path, parts: int) -> None:
+    """Blocks scattered in runs go in and out of the host and disk tiers byte for byte, with the same
+    checksums and records as contiguous payloads (a run-loaded block equals a contiguous load)."""
+    ks = keys(6)
+    want = payload_of(ks)
+    order = [4, 0, 5, 2, 7, 1]
+    src = as_pool(want, parts, order, 8)
+    with Store(cfg(host_blocks=2, disk=tmp_path)) as s:  # host tier of 2: most blocks leave for the disk
+        assert s.insert_keys(ks, s.block_runs(runs_of(src, order), [src], writable=False)).all()
+        s.flush(host=True)
+        dst = np.zeros_like(src)
+        assert s.load_keys(ks, s.block_runs(runs_of(dst, order), [dst], writable=True)) == 6
+        assert (dst == src).all()
+        s.check_invariants()
+    s = Store(cfg(host_blocks=2, disk=tmp_path))  # a restart: every hit from the folder, into the runs
+    try:
+        dst = np.zeros_like(src)
+        back = [1, 3, 6, 0, 2, 5]
+        assert s.load_keys(ks, s.block_runs(runs_of(dst, back), [dst], writable=True)) == 6
+        assert (dst == as_pool(want, parts, back, 8)).all()
+        assert s.stats().disk is not None and s.stats().disk.hits >= 4
+        n, out = loaded(s, ks)  # contiguous loads see the same bytes
+        assert n == 6 and (out == want).all()
+    finally:
+        s.close(persist=False)
+
+
+def test_block_runs_corrupt_disk_payload_stops_the_run(tmp_path: Path) -> None:
+    ks = keys(4)
+    want = payload_of(ks)
+    with Store(cfg(host_blocks=1, disk=tmp_path)) as s:
+        s.insert_keys(ks, want)
+        s.flush(host=True)
+        block_keys = s._core.keys_block_keys(s._ns(None), np.frombuffer(b"".join(bytes.fromhex(k) for k in ks), np.uint8).reshape(-1, 32))
+    victim = block_keys[2].tobytes()
+    good = folder_get(tmp_path, b"blocks", victim)
+    assert good is not None
+    folder_put(tmp_path, b"blocks", victim, bytes(b ^ 0xFF for b in good))
+    s = Store(cfg(host_blocks=1, disk=tmp_path))
+    try:
+        dst = np.zeros((2, 4, BB // 2), np.uint8)
+        assert s.load_keys(ks, s.block_runs(runs_of(dst, [0, 1, 2, 3]), [dst], writable=True)) == 2
+        assert (dst[:, :2] == as_pool(want[:2], 2, [0, 1], 4)[:, :2]).all()
+        assert (dst[:, 2] == 0).all()  # the corrupt block's runs are never written
+        assert s.stats().disk is not None and s.stats().disk.corrupted == 1
+    finally:
+        s.close(persist=False)
+
+
+def test_block_runs_bad_input_named() -> None:
+    with Store(cfg()) as s:
+        pool = np.zeros((2, 4, BB // 2), np.uint8)
+        runs = runs_of(pool, [0, 1, 2, 3])
+        with pytest.raises(InvalidArgumentError, match=r"runs\[3, 1\].*not inside"):
+            s.block_runs(runs + 1, [pool], writable=True)  # the last run ends one byte past the pool
+        with pytest.raises(InvalidArgumentError, match=r"runs\[0, 0\].*not inside"):
+            s.block_runs(runs, [np.zeros_like(pool)], writable=True)  # another buffer
+        with pytest.raises(InvalidArgumentError, match="parts per block"):
+            s.block_runs(np.zeros((4, 5), np.uint64), [pool], writable=True)  # 48 bytes do not split in 5
+        with pytest.raises(InvalidArgumentError, match="shape"):
+            s.block_runs(runs.reshape(-1), [pool], writable=True)
+        with pytest.raises(KvtierTypeError, match="int64 or uint64"):
+            s.block_runs(runs.astype(np.float64), [pool], writable=True)
+        with pytest.raises(KvtierTypeError, match="numpy"):
+            s.block_runs(runs.tolist(), [pool], writable=True)  # type: ignore[arg-type]
+        with pytest.raises(KvtierTypeError, match="buffers"):
+            s.block_runs(runs, pool, writable=True)  # type: ignore[arg-type]
+        with pytest.raises(KvtierTypeError, match="writable"):
+            ro = pool.copy()
+            ro.flags.writeable = False
+            s.block_runs(runs_of(ro, [0, 1, 2, 3]), [ro], writable=True)
+        # Buffers may overlap (views of one pool): a run past a smaller view is found in the larger buffer.
+        assert len(s.block_runs(runs, [pool, pool[0, 1:2]], writable=True)) == 4
+        ks = keys(4)
+        with pytest.raises(InvalidArgumentError, match="4 blocks for 3 keys"):
+            s.load_keys(ks[:3], s.block_runs(runs, [pool], writable=True))
+        with pytest.raises(InvalidArgumentError, match="writable=True"):
+            s.load_keys(ks, s.block_runs(runs, [pool], writable=False))
+        with Store(StoreConfig(block_size=PAGE, block_bytes=2 * BB, content="keys")) as other:
+            big = other.block_runs(np.zeros((0, 2), np.uint64), [pool], writable=False)
+            with pytest.raises(InvalidArgumentError, match="block_bytes=96"):
+                s.insert_keys([], big)

@@ -13,6 +13,7 @@
 #include "tiers/disk_record.h"
 #include "tiers/lmdb_pages.h"
 #include "core/keys.h"
+#include "block_runs.h"
 
 namespace py = pybind11;
 using namespace kvtier;
@@ -38,6 +39,44 @@ Span read_span(py::handle obj, std::vector<py::buffer_info>& keep, const char* a
   return {static_cast<const std::uint8_t*>(info.ptr), static_cast<std::size_t>(info.size * info.itemsize)};
 }
 
+// copy_verified into BlockRuns: each payload is verified in place (the folder's mapped page), then
+// copied into its block's runs only if its checksum holds.
+py::list copy_verified_runs(py::handle out, std::size_t block_bytes, const py::list& reads) {
+  const auto& runs = out.cast<const kvtier::bindings::BlockRuns&>();
+  if (runs.block_bytes != block_bytes || !runs.writable)
+    throw Error(Code::kInvalidArgument, "out runs must be writable and made for block_bytes=" + std::to_string(block_bytes));
+  struct Job {
+    std::size_t block;
+    Span src;
+    std::uint32_t checksum;
+  };
+  std::vector<py::buffer_info> keep;
+  keep.reserve(reads.size());
+  std::vector<Job> jobs;
+  for (py::handle item : reads) {
+    auto t = py::reinterpret_borrow<py::tuple>(item);
+    const auto block = t[0].cast<std::size_t>();
+    if (block >= runs.n) throw Error(Code::kInvalidArgument, "block " + std::to_string(block) + " does not fit in out");
+    jobs.push_back({block, read_span(t[1], keep, "payload"), t[2].cast<std::uint32_t>()});
+  }
+  std::vector<char> ok(jobs.size(), 0);
+  {
+    py::gil_scoped_release nogil;
+    const std::size_t part = runs.part_bytes();
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+      const Job& j = jobs[i];
+      if (j.src.bytes != block_bytes || block_checksum(j.src.data, block_bytes) != j.checksum) continue;
+      const std::uint64_t* to = runs.block(j.block);
+      for (std::uint32_t r = 0; r < runs.parts; ++r)
+        std::memcpy(reinterpret_cast<std::uint8_t*>(to[r]), j.src.data + r * part, part);
+      ok[i] = 1;
+    }
+  }
+  py::list result;
+  for (char c : ok) result.append(py::bool_(c != 0));
+  return result;
+}
+
 }  // namespace
 
 void bind_disk_functions(py::module_& m) {
@@ -58,6 +97,7 @@ void bind_disk_functions(py::module_& m) {
   m.def(
       "copy_verified",
       [](py::handle out, std::size_t block_bytes, const py::list& reads) {
+        if (py::isinstance<kvtier::bindings::BlockRuns>(out)) return copy_verified_runs(out, block_bytes, reads);
         if (!PyObject_CheckBuffer(out.ptr())) throw Error(Code::kTypeError, "out must be a writable buffer");
         py::buffer_info dst = py::reinterpret_borrow<py::buffer>(out).request(true);
         const std::size_t out_bytes = static_cast<std::size_t>(dst.size * dst.itemsize);

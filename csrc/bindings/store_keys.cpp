@@ -1,6 +1,7 @@
 // kvtier._core: Store's lookups by key (store/keys_lookup.h) for stores whose content kind is "keys".
 // One call per batch of keys; each releases the GIL before the store lock. The facade
 // (kvtier.store_keys) checks the arguments' kinds and reads the folder between load_begin and finish.
+#include "block_runs.h"
 #include "store/keys_lookup.h"
 #include "store_types.h"
 
@@ -36,6 +37,22 @@ ByteView blocks_arg(const PyStore& s, py::handle obj, std::size_t n, bool writab
   return v;
 }
 
+// Block runs for this store's calls on n keys (`what`: "payloads" or "out").
+const BlockRuns& runs_arg(const PyStore& s, py::handle obj, std::size_t n, bool writable, const char* what) {
+  const auto& r = obj.cast<const BlockRuns&>();
+  if (r.block_bytes != s.store->spec().block_bytes)
+    raise(Code::kInvalidArgument, std::string(what) + " runs were made for block_bytes=" +
+                                      std::to_string(r.block_bytes) + "; this store's is " +
+                                      std::to_string(s.store->spec().block_bytes));
+  if (r.n != n)
+    raise(Code::kInvalidArgument, std::string(what) + " runs describe " + std::to_string(r.n) +
+                                      " blocks for " + std::to_string(n) + " keys");
+  if (writable && !r.writable) raise(Code::kInvalidArgument, "out runs must be made writable (writable=True)");
+  if (s.store->spec().device.enabled)
+    raise(Code::kInvalidArgument, "block runs need a store without a device tier");
+  return r;
+}
+
 py::array_t<std::uint8_t> flags(const std::vector<std::uint8_t>& v) {
   py::array_t<std::uint8_t> out(static_cast<py::ssize_t>(v.size()));
   if (!v.empty()) std::memcpy(out.mutable_data(), v.data(), v.size());
@@ -49,9 +66,8 @@ py::object probe_of(bool probe, const Key& k) { return probe ? py::object(key_by
 struct KeyLoad {
   std::shared_ptr<Store> store;
   keys::Load load;
-  py::object out;            // the caller's buffer, kept alive
-  std::uint8_t* data = nullptr;
-  std::size_t bytes = 0;
+  py::object out;            // the caller's buffer or BlockRuns, kept alive
+  Memory memory;             // where block i goes: memory.at(i)
   ~KeyLoad() {
     if (!load.pins.empty() && store) {
       py::gil_scoped_release nogil;
@@ -66,6 +82,17 @@ struct KeyLoad {
 }  // namespace
 
 void bind_store_keys(py::module_& m) {
+  py::class_<BlockRuns>(m, "BlockRuns")
+      .def(py::init([](py::handle runs, const py::sequence& buffers, std::size_t block_bytes, bool writable) {
+             return BlockRuns::make(runs, buffers, block_bytes, writable);
+           }),
+           py::arg("runs"), py::arg("buffers"), py::arg("block_bytes"), py::arg("writable"))
+      .def("tail", [](const BlockRuns& r, std::size_t first) { return r.tail(first); }, py::arg("first"))
+      .def("__len__", [](const BlockRuns& r) { return r.n; })
+      .def_property_readonly("parts", [](const BlockRuns& r) { return r.parts; })
+      .def_property_readonly("block_bytes", [](const BlockRuns& r) { return r.block_bytes; })
+      .def_property_readonly("writable", [](const BlockRuns& r) { return r.writable; });
+
   py::class_<KeyLoad>(m, "KeyLoad")
       .def_property_readonly("planned", [](const KeyLoad& l) { return l.load.planned; })
       .def_property_readonly("reads", [](const KeyLoad& l) {
@@ -119,13 +146,17 @@ void bind_store_keys(py::module_& m) {
           [](PyStore& s, std::uint64_t ns, const std::string& session, py::handle keys, py::handle payload,
              py::handle now) {
             KeyArg a = key_arg(s, keys);
-            const std::uint8_t* data = nullptr;
+            Memory data;
             ByteView v;
             if (s.store->spec().payloads) {
               if (payload.is_none())
                 raise(Code::kInvalidArgument, "payloads are required: this store keeps KV payloads");
-              v = blocks_arg(s, payload, a.n, false, "payloads");
-              data = v.data;
+              if (py::isinstance<BlockRuns>(payload)) {
+                data = runs_arg(s, payload, a.n, false, "payloads").memory();
+              } else {
+                v = blocks_arg(s, payload, a.n, false, "payloads");
+                data.data = v.data;
+              }
             } else if (!payload.is_none()) {
               raise(Code::kInvalidArgument, "payloads given to a metadata-only store");
             }
@@ -143,16 +174,19 @@ void bind_store_keys(py::module_& m) {
           [](PyStore& s, std::uint64_t ns, py::handle keys, py::handle out, py::handle now) {
             if (!s.store->spec().payloads) raise(Code::kInvalidArgument, "a metadata-only store holds no payloads");
             KeyArg a = key_arg(s, keys);
-            ByteView v = blocks_arg(s, out, a.n, true, "out");
-            const double t = time_arg(now);
             auto l = std::make_unique<KeyLoad>();
+            if (py::isinstance<BlockRuns>(out)) {
+              l->memory = runs_arg(s, out, a.n, true, "out").memory();
+            } else {
+              ByteView v = blocks_arg(s, out, a.n, true, "out");
+              l->memory.data = v.data;
+            }
+            const double t = time_arg(now);
             l->store = s.store;
             l->out = py::reinterpret_borrow<py::object>(out);
-            l->data = v.data;
-            l->bytes = v.bytes;
             {
               py::gil_scoped_release nogil;
-              l->load = keys::load_begin(*s.store, ns, a.keys, a.n, v.data, t);
+              l->load = keys::load_begin(*s.store, ns, a.keys, a.n, l->memory, t);
             }
             return l;
           },
@@ -165,7 +199,7 @@ void bind_store_keys(py::module_& m) {
             const std::vector<Key> bad = keys_from_list(corrupt, "corrupt"), gone = keys_from_list(missing, "missing");
             const double t = time_arg(now);
             py::gil_scoped_release nogil;
-            return keys::load_finish(*s.store, l.load, l.data, good, bad, gone, promote, t);
+            return keys::load_finish(*s.store, l.load, l.memory, good, bad, gone, promote, t);
           },
           py::arg("load"), py::arg("good"), py::arg("corrupt"), py::arg("missing"), py::arg("promote"),
           py::arg("now"))

@@ -40,6 +40,15 @@ std::uint64_t addr(const std::uint8_t* p) { return reinterpret_cast<std::uint64_
 
 }  // namespace
 
+void add_block_out(std::vector<Run>& runs, Memory to, std::uint64_t src, std::size_t bb) {
+  if (!to.nparts) {
+    add_run(runs, addr(to.data), src, bb);
+    return;
+  }
+  const std::size_t part = bb / to.nparts;
+  for (std::uint32_t r = 0; r < to.nparts; ++r) add_run(runs, to.parts[r], src + r * part, part);
+}
+
 CopyEngine& Store::copier() {
   if (!copier_) {
     EngineOptions o;
@@ -71,6 +80,17 @@ void Store::move_runs(std::vector<Run>& runs, int device) {
 // slots, with their checksums when the disk tier needs them.
 void Store::fill_host_slots(const std::vector<std::uint32_t>& slots, Memory src, bool checksum) {
   const std::size_t bb = spec_.block_bytes;
+  if (src.nparts) {  // scattered runs: gathered into the slot, then summed there (still in cache for small runs)
+    const std::size_t part = bb / src.nparts;
+    for (std::size_t i = 0; i < slots.size(); ++i) {
+      std::uint8_t* to = arena_->slot_ptr(slots[i]);
+      const std::uint64_t* runs = src.parts + i * src.nparts;
+      for (std::uint32_t r = 0; r < src.nparts; ++r)
+        std::memcpy(to + r * part, reinterpret_cast<const std::uint8_t*>(runs[r]), part);
+      if (checksum) slot_crc_[slots[i]] = block_checksum(to, bb);
+    }
+    return;
+  }
   if (src.device < 0) {
     for (std::size_t i = 0; i < slots.size(); ++i) {
       const std::uint8_t* from = src.data + i * bb;
@@ -232,6 +252,11 @@ Store::CopyRuns Store::plan_copy_out(const std::vector<Step>& steps, Memory out)
     const NodePayload& p = *tree_.at(s.node).payload;
     const bool dev = !p.dslots.empty();
     for (std::uint32_t i = 0; i < s.blocks; ++i, ++copied) {
+      if (out.nparts) {  // scattered host runs (keys_lookup.h); the store has no device tier then
+        KVTIER_ASSERT(!dev);
+        add_block_out(c.host, out.at(copied, bb), addr(arena_->slot_ptr(p.slots[i])), bb);
+        continue;
+      }
       const std::uint64_t dst = addr(out.data + copied * bb);
       if (dev) {
         add_run(c.device, dst, darena_->slot_address(p.dslots[i]), bb);

@@ -105,7 +105,7 @@ std::size_t Store::spill_locked(std::uint32_t ns, std::uint32_t account, const W
       }
       const std::uint32_t slot = arena_->take();
       try {
-        fill_host_slots({slot}, Memory{payload.data + (i - payload_first) * bb, payload.device}, /*checksum=*/true);
+        fill_host_slots({slot}, payload.at(i - payload_first, bb), /*checksum=*/true);
       } catch (...) {
         arena_->give_back(slot);
         throw;
@@ -265,6 +265,7 @@ std::uint32_t Store::disk_finish_load(PinId pin, Memory out, std::uint32_t good,
   check_open();
   pin_record(pin);  // throws for a pin released meanwhile, before anything changes
   if (staged != nullptr) {  // GPU `out`: the folder's blocks were read into host memory first
+    KVTIER_ASSERT(out.nparts == 0);  // scattered host runs are written by the folder reader itself
     const std::size_t bb = spec_.block_bytes;
     std::vector<Run> runs;
     for (std::size_t k = 0; k < staged_blocks.size(); ++k)

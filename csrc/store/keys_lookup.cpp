@@ -57,13 +57,12 @@ std::vector<Key> block_keys(Store& s, NsId ns, const Key* keys, std::size_t n) {
 }
 
 std::vector<std::uint8_t> insert(Store& s, NsId ns, const std::string& session, const Key* keys, std::size_t n,
-                                 const std::uint8_t* payload, double now) {
+                                 Memory payload, double now) {
   const std::size_t bb = s.spec().block_bytes;
   std::vector<std::uint8_t> out(n, 0);
   for (std::size_t i = 0; i < n; ++i) {
     const KeyWords kw(keys[i]);
-    Memory m;
-    m.data = payload == nullptr ? nullptr : const_cast<std::uint8_t*>(payload + i * bb);  // read only
+    const Memory m = payload.data == nullptr && !payload.nparts ? Memory{} : payload.at(i, bb);  // read only
     const InsertResult r = s.insert(ns, session, kw.w, 1, m, 0, now);
     out[i] = r.matched + r.inserted > 0;
   }
@@ -84,7 +83,7 @@ void load_release(Store& s, Load& load, double now) {
   }
 }
 
-Load load_begin(Store& s, NsId ns, const Key* keys, std::size_t n, std::uint8_t* out, double now) {
+Load load_begin(Store& s, NsId ns, const Key* keys, std::size_t n, Memory out, double now) {
   const std::size_t bb = s.spec().block_bytes;
   Load load;
   try {
@@ -99,7 +98,7 @@ Load load_begin(Store& s, NsId ns, const Key* keys, std::size_t n, std::uint8_t*
       load.pins.push_back(r.pin);
       std::vector<DiskRead> reads;
       // 1 (copied, or listed in reads), or 0: its disk entry was found damaged by another load meanwhile.
-      const std::uint32_t planned = s.load_pinned(r.pin, Memory{out + i * bb, -1}, 1, &reads);
+      const std::uint32_t planned = s.load_pinned(r.pin, out.at(i, bb), 1, &reads);
       KVTIER_ASSERT(planned <= 1 && reads.size() <= planned);
       if (planned == 0) break;
       ++load.planned;
@@ -115,7 +114,7 @@ Load load_begin(Store& s, NsId ns, const Key* keys, std::size_t n, std::uint8_t*
   return load;
 }
 
-std::size_t load_finish(Store& s, Load& load, std::uint8_t* out, std::size_t good, const std::vector<Key>& corrupt,
+std::size_t load_finish(Store& s, Load& load, Memory out, std::size_t good, const std::vector<Key>& corrupt,
                         const std::vector<Key>& missing, bool promote, double now) {
   const std::size_t bb = s.spec().block_bytes;
   good = std::min(good, load.planned);
@@ -126,7 +125,7 @@ std::size_t load_finish(Store& s, Load& load, std::uint8_t* out, std::size_t goo
       if (in(corrupt)) bad_c.push_back(d.key);
       if (in(missing)) bad_m.push_back(d.key);
       const std::uint32_t ok = d.block < good && bad_c.empty() && bad_m.empty();
-      s.disk_finish_load(load.pins[d.block], Memory{out + std::size_t{d.block} * bb, -1}, ok, bad_c, bad_m,
+      s.disk_finish_load(load.pins[d.block], out.at(d.block, bb), ok, bad_c, bad_m,
                          promote, now);
     }
   } catch (...) {

@@ -35,14 +35,16 @@ std::vector<std::uint8_t> present(Store& s, NsId ns, const Key* keys, std::size_
 // The disk keys of the key blocks (H(namespace, key words), docs/keys.md): what the folder's index holds.
 std::vector<Key> block_keys(Store& s, NsId ns, const Key* keys, std::size_t n);
 
-// Stores keys[i] with payload i (payload + i * block_bytes), for the keys not held yet; a key already
+// Stores keys[i] with block i of `payload` (payload.at(i)), for the keys not held yet; a key already
 // held costs a lookup and no copy. Per key: 1 if it is held after the call (0: the host tier was full
-// of pinned blocks). `payload` is host memory of n blocks.
+// of pinned blocks). `payload` is host memory of n blocks, back to back or scattered runs (store.h,
+// Memory); data nullptr for a metadata-only store.
 std::vector<std::uint8_t> insert(Store& s, NsId ns, const std::string& session, const Key* keys, std::size_t n,
-                                 const std::uint8_t* payload, double now);
+                                 Memory payload, double now);
 
 // A load in two steps around the folder reads (which the disk tier does outside the core):
-// begin pins the leading run of held keys and copies what is in memory to out + i * block_bytes; the
+// begin pins the leading run of held keys and copies what is in memory to block i of `out` (host memory:
+// back to back, or scattered runs, whose folder blocks the reader copies there itself); the
 // blocks to read from the folder are in `reads` (DiskRead::block = the key's index). finish reports the
 // folder reads (`good`: keys before it were read and verified; corrupt and missing keys are dropped
 // from the store), promotes good disk blocks when `promote`, releases the pins and returns the keys
@@ -54,8 +56,8 @@ struct Load {
   bool probe = false;            // the run stopped at a key the folder may hold (see Leading)
   Key probe_key{};
 };
-Load load_begin(Store& s, NsId ns, const Key* keys, std::size_t n, std::uint8_t* out, double now);
-std::size_t load_finish(Store& s, Load& load, std::uint8_t* out, std::size_t good, const std::vector<Key>& corrupt,
+Load load_begin(Store& s, NsId ns, const Key* keys, std::size_t n, Memory out, double now);
+std::size_t load_finish(Store& s, Load& load, Memory out, std::size_t good, const std::vector<Key>& corrupt,
                         const std::vector<Key>& missing, bool promote, double now);
 void load_release(Store& s, Load& load, double now);
 

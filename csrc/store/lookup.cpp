@@ -166,9 +166,8 @@ std::uint32_t Store::load_pinned(PinId pin, Memory out, std::size_t max_blocks, 
       const DiskEntry& e = disk_->at(rec.disk[k]);
       if (e.state == DiskState::kRemoved) break;  // found damaged by another load meanwhile
       if (e.slot != kNil) {  // still in the write queue: its host slot has it
-        (out.device < 0 ? runs.host : runs.device)
-            .push_back({reinterpret_cast<std::uint64_t>(out.data + copied * bb),
-                        reinterpret_cast<std::uint64_t>(arena_->slot_ptr(e.slot)), bb});
+        add_block_out(out.device < 0 ? runs.host : runs.device, out.at(copied, bb),
+                      reinterpret_cast<std::uint64_t>(arena_->slot_ptr(e.slot)), bb);
         hold.slots.push_back(e.slot);
       } else {
         reads->push_back({static_cast<std::uint32_t>(copied), e.key, e.checksum});

@@ -457,7 +457,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
     }
   } held{this, {}};
   if (arena_) {
-    const Memory src{payload.data + (r.matched - payload_first) * bb, payload.device};
+    const Memory src = payload.at(r.matched - payload_first, bb);
     const bool unlocked = lock != nullptr && copies_unlocked(src);  // never with a device tier
     // GPU memory on the device tier's GPU goes to the device tier, if it has room without evicting the
     // prefix this insert extends; the host slots stay dirty until the device evicts the blocks.
@@ -467,6 +467,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
     for (auto& slot : np->slots) slot = arena_->take();
     try {
       if (to_device) {
+        KVTIER_ASSERT(src.nparts == 0);  // scattered runs are host memory
         np->dslots.resize(want);
         for (auto& d : np->dslots) d = darena_->take();
         std::vector<Run> runs;

@@ -89,11 +89,23 @@ struct DeviceStats {
   std::uint64_t capacity_bytes = 0;
 };
 
-// Memory passed to the store: host memory (device -1) or CUDA memory of device `device`.
+// Memory passed to the store: host memory (device -1) or CUDA memory of device `device`, blocks back to
+// back from `data`. Or, with `nparts` > 0, blocks scattered in host memory: block b is `nparts` runs of
+// block_bytes / nparts bytes each, run r at address parts[b * nparts + r] (`data` unused, device -1;
+// the caller checked every run lies in memory it owns: kvtier._core.BlockRuns).
 struct Memory {
   std::uint8_t* data = nullptr;
   int device = -1;
+  const std::uint64_t* parts = nullptr;
+  std::uint32_t nparts = 0;
+  // The same memory from block `b` on (`bb`: block_bytes).
+  Memory at(std::size_t b, std::size_t bb) const {
+    return nparts ? Memory{nullptr, -1, parts + b * nparts, nparts} : Memory{data + b * bb, device};
+  }
 };
+
+// Appends the copies of one block (`bb` bytes at `src`) to block 0 of `to` (one run, or its parts).
+void add_block_out(std::vector<Run>& runs, Memory to, std::uint64_t src, std::size_t bb);
 
 // One block handed to the writer: where its payload is and its index record.
 struct WriteOut {

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kvtier import _core, store_keys
+from kvtier._core import BlockRuns
 from kvtier.config import Namespace, StoreConfig, _check_bool, _check_str, token_limit
 from kvtier.errors import (
     CudaError,
@@ -643,7 +644,7 @@ class Store:
     def load(
         self,
         tokens: Tokens | MatchResult,
-        out: npt.NDArray[Any] | bytearray | memoryview,
+        out: npt.NDArray[Any] | bytearray | memoryview | BlockRuns,
         *,
         namespace: Namespace | None = None,
         now: float | None = None,
@@ -737,21 +738,39 @@ class Store:
             keys, namespace, lambda ns, arr: self._core.keys_present(ns, arr, now).astype(np.bool_)
         )
 
+    def block_runs(self, runs: npt.NDArray[Any], buffers: Sequence[Any], *, writable: bool) -> BlockRuns:
+        """Blocks scattered in host buffers, for :meth:`insert_keys` (``writable=False``) and :meth:`load_keys`
+        (``writable=True``): row ``i`` of ``runs`` (int64 or uint64 addresses, shape ``(blocks, parts)``) gives
+        block ``i``'s ``parts`` runs of ``block_bytes / parts`` bytes each, in order::
+
+            block i = [ runs[i, 0] : +part | runs[i, 1] : +part | ... ]      part = block_bytes / parts
+
+        ``buffers`` are the host buffers (numpy arrays, buffer-protocol objects) that hold every run; each run
+        is checked to lie inside one of them (:class:`InvalidArgumentError` names the first that does not),
+        and they stay exported while the returned object lives. The store then copies between its tiers and
+        the runs with no staging copy (an engine's page whose K and V halves, or layers, lie apart).
+        """
+        _check_bool("writable", writable)
+        if isinstance(buffers, (bytes, bytearray, memoryview, np.ndarray)) or not isinstance(buffers, Sequence):
+            raise KvtierTypeError(f"buffers must be a sequence of host buffers, got {type(buffers).__name__}")
+        return _core.BlockRuns(runs, buffers, self.config.block_bytes, writable)
+
     def insert_keys(
         self,
         keys: Keys,
-        payloads: npt.ArrayLike | memoryview | bytes | None = None,
+        payloads: npt.ArrayLike | memoryview | bytes | BlockRuns | None = None,
         *,
         namespace: Namespace | None = None,
         session: str | None = None,
         now: float | None = None,
     ) -> npt.NDArray[np.bool_]:
-        """Stores block ``i`` of ``payloads`` (``block_bytes`` each, back to back) under ``keys[i]``.
+        """Stores block ``i`` of ``payloads`` (``block_bytes`` each, back to back, or the blocks of a
+        :meth:`block_runs`) under ``keys[i]``.
 
         A key already held costs a lookup and no copy. Returns, per key, whether it is held after the
         call (``False``: the host tier is full of pinned blocks).
         """
-        if payloads is not None:
+        if payloads is not None and not isinstance(payloads, BlockRuns):
             self._check_payload(payloads, "payloads")
         name = self._session(session)
         return self._keys_call(
@@ -761,7 +780,7 @@ class Store:
     def load_keys(
         self,
         keys: Keys,
-        out: npt.NDArray[Any] | bytearray | memoryview,
+        out: npt.NDArray[Any] | bytearray | memoryview | BlockRuns,
         *,
         namespace: Namespace | None = None,
         now: float | None = None,
@@ -771,11 +790,17 @@ class Store:
         ``out`` is a writable C-contiguous host buffer of at least ``len(keys) x block_bytes`` bytes; block
         ``i`` lands at byte ``i * block_bytes``. The run stops at the first key not held and at the first
         block whose disk payload fails its checksum (that block is dropped from the store, never served).
+        ``out`` may instead be a writable :meth:`block_runs` of ``len(keys)`` blocks: host and disk hits are
+        copied straight into the runs.
         """
-        self._check_payload(out, "out")
         store_keys.check_keys_store(self)
         arr = store_keys.key_array(keys)
-        flat = store_keys.out_bytes(out, len(arr) * self.config.block_bytes)
+        flat: Any
+        if isinstance(out, BlockRuns):
+            flat = out
+        else:
+            self._check_payload(out, "out")
+            flat = store_keys.out_bytes(out, len(arr) * self.config.block_bytes)
         return self._keys_call(arr, namespace, lambda ns, a: store_keys.load(self, ns, a, flat, now))
 
     # ----------------------------------------------------------------- disk tier

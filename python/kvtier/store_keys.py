@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 import numpy.typing as npt
 
+from kvtier import _core
 from kvtier.errors import InvalidArgumentError, KvtierTypeError
 
 if TYPE_CHECKING:
@@ -103,12 +104,14 @@ def find(store: Store, ns: int, arr: npt.NDArray[np.uint8], now: float | None, t
 
 
 def load(store: Store, ns: int, arr: npt.NDArray[np.uint8], out: Any, now: float | None) -> int:
-    """Loads the leading run of held keys into ``out`` (block i at i * block_bytes); returns its length."""
+    """Loads the leading run of held keys into ``out`` (block i at i * block_bytes, or the runs of block i of
+    a ``_core.BlockRuns``); returns its length."""
     bb = store.config.block_bytes
-    view = out.reshape(-1)
+    runs = isinstance(out, _core.BlockRuns)
+    view = out if runs else out.reshape(-1)
     done = 0
     while done < len(arr):
-        part = view[done * bb :]
+        part = view.tail(done) if runs else view[done * bb :]
         handle = store._core.keys_load_begin(ns, arr[done:], part, now)
         finished = False
         try:

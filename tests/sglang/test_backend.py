@@ -13,14 +13,19 @@ import pytest
 import torch
 from kvtier import InvalidArgumentError, KvtierTypeError
 from kvtier.integrations.sglang import KVTierHiCacheStorage, parse_extra_config
-from pools import PAGE, backend, mha_pool, mla_pool, storage_config
+from pools import PAGE, L, backend, mha_pool, mla_pool, storage_config
 
 # Every host layout SGLang 0.5.23's MHA and MLA pools build on CPU (page_first_kv_split is Ascend's, over split
 # NPU buffers).
 MHA_LAYOUTS = ["page_first", "layer_first", "page_first_direct", "page_head", "page_unified"]
 MLA_LAYOUTS = ["page_first", "layer_first", "page_first_direct", "page_unified"]
 POOLS = [("mha", lay) for lay in MHA_LAYOUTS] + [("mla", lay) for lay in MLA_LAYOUTS]
-ONE_RUN = {("mla", "page_first"), ("mla", "page_first_direct"), ("mla", "page_unified"), ("mha", "page_unified")}
+# Runs per page (kvtier block runs): a K and a V run, one per layer and K/V, or one (L = pools.L).
+RUNS = {("mha", "page_first"): 2, ("mha", "layer_first"): 2 * L, ("mha", "page_first_direct"): 2,
+        ("mha", "page_head"): 2, ("mha", "page_unified"): 1, ("mla", "page_first"): 1, ("mla", "layer_first"): L,
+        ("mla", "page_first_direct"): 1, ("mla", "page_unified"): 1}
+# Layouts whose pool axis is the token axis: their staging path takes any token slots.
+TOKEN_AXIS = [("mha", "page_first"), ("mha", "layer_first"), ("mla", "page_first"), ("mla", "layer_first")]
 
 
 def make_pool(kind: str, layout: str, dtype: torch.dtype = torch.bfloat16) -> Any:
@@ -81,11 +86,92 @@ def test_round_trip_partial_hits_reputs(tmp_path: Path, kind: str, layout: str) 
     assert all(torch.equal(a, w) for a, w in zip(after[4:], before[4:]))  # the misses are left alone
     # A lookup from the middle of the chain (prefix_keys elsewhere) finds the rest of the run.
     assert b.batch_exists(ks[2:]) == 2
-    # One-run layouts move between kvtier and the pool's pages directly; the others through staging.
+    # Every layout moves between kvtier and the pool's runs directly (4 pages put, 4 loaded), no staging.
     st = b.get_stats()
-    path = "direct_pages" if (kind, layout) in ONE_RUN else "staged_pages"
-    other = "staged_pages" if path == "direct_pages" else "direct_pages"
-    assert st[path] == 8 and st[other] == 0, st
+    assert st["direct_pages"] == 8 and st["staged_pages"] == 0, st
+    assert b._pages.runs_per_page == RUNS[(kind, layout)]
+    # A disk hit lands in the runs too: a fresh store on the folder, nothing in its host tier.
+    b.store.flush(host=True)
+    b.close()
+    c = backend(pool, tmp_path)
+    dst2 = slots(pool, 4)
+    assert c.batch_get_v1(ks[:4], dst2) == [True] * 4
+    assert all(torch.equal(a, w) for a, w in zip(page_data(pool, dst2), want[:4]))
+    assert c.store.stats().disk.hits == 4 and c.get_stats()["direct_pages"] == 4
+    c.close()
+
+
+@pytest.mark.parametrize(("kind", "layout"), POOLS)
+def test_staged_path_round_trip_same_bytes(tmp_path: Path, kind: str, layout: str) -> None:
+    """The staging path (kept for slots that are not whole pages) stores a page in the direct path's byte order:
+    pages put through staging load directly with equal bytes, and pages put directly load through staging."""
+    pool = make_pool(kind, layout)
+    b = backend(pool, tmp_path)
+    ks, ks2 = keys(3), keys(3, salt="2")
+    src, dst = slots(pool, 3), slots(pool, 3)
+    fill(pool, src, 11)
+    want = page_data(pool, src)
+    b._direct = False
+    assert b.batch_set_v1(ks, src) == [True] * 3
+    b._direct = True
+    assert b.batch_get_v1(ks, dst) == [True] * 3
+    assert all(torch.equal(a, w) for a, w in zip(page_data(pool, dst), want))
+    assert b.batch_set_v1(ks2, src) == [True] * 3
+    fill(pool, dst, 12)
+    b._direct = False
+    assert b.batch_get_v1(ks2, dst) == [True] * 3
+    assert all(torch.equal(a, w) for a, w in zip(page_data(pool, dst), want))
+    st = b.get_stats()
+    assert st["staged_pages"] == 6 and st["direct_pages"] == 6, st
+    b.close()
+
+
+@pytest.mark.parametrize(("kind", "layout"), [p for p in POOLS if p[1] != "page_unified" and p != ("mla", "layer_first")])
+def test_runs_are_sglangs_page_map(tmp_path: Path, kind: str, layout: str) -> None:
+    """kvtier's run addresses for a batch are the pointers and sizes SGLang's get_page_buffer_meta lists (its
+    zero-copy page map), in its order; computed in one numpy step, not a loop over pages."""
+    pool = make_pool(kind, layout)
+    b = backend(pool, tmp_path)
+    src = slots(pool, 5)
+    order = torch.tensor([3, 0, 4, 1, 2])
+    idx = src.view(5, PAGE)[order].reshape(-1)
+    ptrs, sizes = pool.get_page_buffer_meta(idx)
+    pages = b._pages
+    page_no = pages.page_numbers(idx, 5)
+    assert page_no is not None
+    addrs = (pages.base + page_no * pages.page_stride)[:, None] + pages.run_offsets[None, :]
+    assert addrs.reshape(-1).tolist() == list(ptrs)
+    assert set(sizes) == {pages.run_bytes} and pages.run_bytes * pages.runs_per_page == pages.page_bytes
+    b.close()
+
+
+@pytest.mark.parametrize(("kind", "layout"), TOKEN_AXIS)
+def test_staged_and_direct_paths_agree(tmp_path: Path, kind: str, layout: str) -> None:
+    """Slots that are not whole aligned pages go through staging, in the direct path's byte order: pages put
+    from shifted slots (staged) load into aligned pages (direct) with every token's KV equal, and back."""
+    pool = make_pool(kind, layout)
+    b = backend(pool, tmp_path)
+    ks = keys(3)
+    fill(pool, slots(pool, 1), 9)
+    shifted = torch.arange(3 * PAGE) + 1  # tokens 1..12: no page starts on a page boundary
+    assert b._pages.page_numbers(shifted, 3) is None
+    assert b.batch_set_v1(ks, shifted) == [True] * 3
+    aligned = torch.arange(10 * PAGE, 13 * PAGE)  # pages 10..12, apart from the shifted slots
+    assert b._pages.page_numbers(aligned, 3) is not None
+    assert b.batch_get_v1(ks, aligned) == [True] * 3
+    buf, axis = pool.kv_buffer, b._pages.axis
+    assert torch.equal(buf.index_select(axis, aligned), buf.index_select(axis, shifted))
+    st = b.get_stats()
+    assert st["staged_pages"] == 3 and st["direct_pages"] == 3
+    # Back: direct put (new keys), staged get into shifted slots.
+    ks2 = keys(3, salt="back")
+    fill(pool, aligned, 10)
+    want = buf.index_select(axis, aligned).clone()
+    assert b.batch_set_v1(ks2, aligned) == [True] * 3
+    assert b.batch_get_v1(ks2, shifted) == [True] * 3
+    assert torch.equal(buf.index_select(axis, shifted), want)
+    st = b.get_stats()
+    assert st["staged_pages"] == 6 and st["direct_pages"] == 6
     b.close()
 
 
@@ -113,8 +199,6 @@ def test_mla_pages_are_one_run_moved_in_place(tmp_path: Path, layout: str) -> No
     assert all(torch.equal(g, w) for g, w in zip(got, want))
     st = b.get_stats()
     assert st["direct_pages"] == 16 and st["staged_pages"] == 0
-    # A page-first MHA pool has a K and a V run per page: staged.
-    assert len(mha_pool("page_first").get_page_buffer_meta(torch.arange(PAGE))[0]) == 2
     b.close()
 
 

@@ -92,6 +92,8 @@ def test_backup_then_prefetch_through_the_controller_threads(ctl: Any) -> None:
     # Nothing shared: a miss.
     assert prefetch(ctl, tokens(3, start=7000))[:2] == (0, 0)
     assert b.get_stats()["errors"] == 0
+    # The controller's host slots are whole pages: 5 put + 3 + 5 loaded, all between kvtier and the pool's runs.
+    assert b.get_stats()["direct_pages"] == 13 and b.get_stats()["staged_pages"] == 0
 
 
 @pytest.mark.parametrize("ctl", [("mha", "page_first")], indirect=True, ids=["mha-page_first"])

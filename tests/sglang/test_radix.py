@@ -46,8 +46,8 @@ def test_restart_consumer_loads_the_producers_kv(tmp_path: Path, kind: str) -> N
     assert (same["device_before"], same["host_before"]) == (0, 0)
     assert same["storage_loaded"] == n and same["host_after_prefetch"] == n and same["device_after_load"] == n
     assert same["backend"]["get_hits"] == PAGES and same["backend"]["errors"] == 0
-    # MLA page_first pages are one run each: loaded straight into the host pool; MHA through staging.
-    assert same["backend"]["direct_pages" if kind == "mla" else "staged_pages"] == PAGES
+    # Loaded straight into the host pool's runs (MLA page_first: one per page; MHA page_first: K and V).
+    assert same["backend"]["direct_pages"] == PAGES and same["backend"]["staged_pages"] == 0
     want, got = torch.load(tmp_path / "produced.pt"), torch.load(tmp_path / "a.pt")
     assert len(want) == len(got) and all(torch.equal(w, g) for w, g in zip(want, got))  # KV bytes equal
     for miss in (other_salt, no_salt, other_layout):

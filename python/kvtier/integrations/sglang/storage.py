@@ -6,17 +6,20 @@ in a namespace that binds what the key does not: the model (and revision), the t
 rank-replicated MLA pools), SGLang's host layout, the KV dtype and the page geometry. A store written by
 one model, rank or layout is therefore never served to another, and a restart serves what the folder holds.
 
-A page's payload is its bytes in the host pool, gathered along the pool's token (or page) axis::
+A page's payload is its runs in the host pool, back to back, in the order of SGLang's
+``get_page_buffer_meta``::
 
-    page_first        MHA (2, size, L, H, D)       page p = [K rows of its tokens | V rows of its tokens]
-    layer_first       MHA (2, L, size, H, D)       gathered per layer, same bytes in a fixed order
-    page_first_direct MHA (2, pages, L, page, H, D), page_head (2, pages, H, page, L, D): a K and a V run
-    MLA page_first (size, L, 1, dim), page_first_direct, page_unified (either kind): one run per page
+    page_first        MHA (2, size, L, H, D)       [ K of the page's tokens | V of them ]     2 runs
+    page_first_direct MHA (2, pages, L, page, H, D), page_head (2, pages, H, page, L, D)       2 runs
+    layer_first       MHA (2, L, size, H, D)       [ K l0 | V l0 | K l1 | ... ]              2L runs
+    layer_first       MLA (L, size, 1, dim)                                                   L runs
+    MLA page_first (size, L, 1, dim), page_first_direct, page_unified (either kind)          1 run
 
-One-run layouts move straight between kvtier and the pool's pages (a slice of ``kv_buffer`` per group of
-pages that lie one after another; no staging copy). The others go through a staging array, filled or emptied
-by one torch index_select / index_copy_ per batch (both release the GIL); kvtier copies it in and out of its
-tiers in one core call per batch.
+kvtier copies between its tiers and those runs directly: each batch's run addresses are computed in one
+numpy step from the pool's strides and handed to ``Store.load_keys`` / ``insert_keys`` as block runs (host
+hits, disk hits and inserts; no staging copy). Slots that are not whole aligned pages (SGLang's controller
+never sends those) go through a staging array in the same byte order, filled or emptied by one torch
+index_select / index_copy_ per batch.
 
 Nothing raises on the data path: a failure is counted in :meth:`get_stats` and logged once per kind,
 and SGLang sees a miss (or a failed backup).
@@ -55,15 +58,30 @@ _AXES: dict[tuple[str, bool], tuple[int, str]] = {
 }
 
 
+# The order of a page's runs, as a permutation of the dimensions before the indexed axis (default: their own
+# order). layer_first MHA runs go layer by layer, K then V, as SGLang's get_page_buffer_meta lists them.
+_RUN_ORDER: dict[tuple[str, bool], tuple[int, ...]] = {("layer_first", False): (1, 0)}
+
+
 class _PoolPages:
     """Moves whole pages between a host pool's ``kv_buffer`` and kvtier.
 
-    Where a page is one contiguous run of ``kv_buffer`` (the page axis, or the token axis of a page-first MLA
-    pool, is the first: MLA ``page_first``, ``page_first_direct``, ``page_unified``; MHA ``page_unified``), a
-    batch's pages that lie one after another in the pool are handed to kvtier as a slice of ``kv_buffer``
-    itself (:meth:`direct_groups`): kvtier copies between its tiers and the pool with no staging copy. Other
-    layouts (a K run and a V run per page, or one run per layer) go through a ``uint8[n, page_bytes]``
-    staging array, filled or emptied by one torch ``index_select`` / ``index_copy_`` per batch.
+    With ``kv_buffer`` of shape ``before + (axis,) + after`` (the page or token axis at ``self.axis``), a page
+    is ``R = prod(before)`` runs, each ``per x prod(after)`` elements that lie one after another in the pool;
+    its bytes are its runs back to back, in the order SGLang's ``get_page_buffer_meta`` lists them (the
+    pool's own order, but layer by layer for ``layer_first`` MHA)::
+
+        page_first MHA (2, size, L, H, D)       R = 2       [ K: tokens x L x H x D | V: same ]
+        page_first_direct (2, pages, L, page, H, D), page_head (2, pages, H, page, L, D): R = 2
+        layer_first MHA (2, L, size, H, D)      R = 2L      [ K layer 0 | V layer 0 | K layer 1 | ... | V layer L-1 ]
+        layer_first MLA (L, size, 1, dim)       R = L
+        MLA page_first, page_first_direct, page_unified (both kinds): R = 1 (the page is one run)
+
+    Where the slots SGLang hands over are whole aligned pages of a contiguous host buffer (always, from its
+    controller), the batch's run addresses are computed in one numpy step (page number x page stride + each
+    run's offset) and kvtier copies between its tiers and the pool's runs directly (``Store.block_runs``):
+    no staging copy. Otherwise the pages go through a ``uint8[n, page_bytes]`` staging array filled or
+    emptied by one torch ``index_select`` / ``index_copy_`` per batch, in the same byte order.
     """
 
     def __init__(self, pool: Any, mla: bool) -> None:
@@ -79,13 +97,31 @@ class _PoolPages:
         self.buf: torch.Tensor = buf
         self.axis, self.per = _AXES[(layout, mla)]
         self.page_size = int(pool.page_size)
-        rest = [d for i, d in enumerate(buf.shape) if i != self.axis]
-        per_page = self.page_size if self.per == "token" else 1
-        self.page_bytes = int(np.prod(rest)) * per_page * buf.element_size()
-        # One contiguous run per page: the page (or token) axis is the outermost of a contiguous buffer.
-        self.one_run = self.axis == 0 and buf.is_contiguous() and buf.device.type == "cpu"
-        # What identifies the bytes of a page: bound into the namespace.
-        self.geometry = f"{layout}:{type(pool).__name__}:{'x'.join(map(str, rest))}:page{self.page_size}"
+        self.order: tuple[int, ...] = _RUN_ORDER.get((layout, mla), tuple(range(self.axis)))
+        before, after = list(buf.shape[: self.axis]), list(buf.shape[self.axis + 1 :])
+        rest = before + after
+        self.per_page = self.page_size if self.per == "token" else 1  # entries of the axis per page
+        esize = buf.element_size()
+        self.runs_per_page = int(np.prod(before, dtype=np.int64))
+        self.run_bytes = int(np.prod(after, dtype=np.int64)) * self.per_page * esize
+        self.page_bytes = self.runs_per_page * self.run_bytes
+        self.total_pages = int(buf.shape[self.axis]) // self.per_page
+        # Direct copies need the pool's bytes as one host buffer, each run contiguous in it.
+        self.flat: np.ndarray | None = None
+        if buf.is_contiguous() and buf.device.type == "cpu" and buf.numel() > 0:
+            self.flat = buf.view(-1).view(torch.uint8).numpy()  # a view: the pool's own bytes
+            strides = np.array(buf.stride(), dtype=np.int64) * esize
+            order = list(self.order)
+            dims = [before[d] for d in order]
+            grid = np.indices(dims, dtype=np.int64).reshape(len(dims), -1) if dims else np.zeros((0, 1), np.int64)
+            self.run_offsets = (strides[order][:, None] * grid).sum(axis=0)  # (R,) bytes, in run order
+            self.page_stride = int(strides[self.axis]) * self.per_page
+            self.base = int(self.flat.ctypes.data)
+        # What identifies the bytes of a page: bound into the namespace. Token-axis layouts with several runs
+        # per page changed their page byte order (runs back to back, was token-major): ":runs" makes folders
+        # written in the old order miss instead of being read in the new one.
+        mark = ":runs" if self.per == "token" and self.axis > 0 else ""
+        self.geometry = f"{layout}:{type(pool).__name__}:{'x'.join(map(str, rest))}:page{self.page_size}{mark}"
 
     def index(self, host_indices: torch.Tensor, n: int) -> torch.Tensor:
         idx = host_indices.to(device=self.buf.device, dtype=torch.int64).reshape(-1)
@@ -93,41 +129,51 @@ class _PoolPages:
             raise InvalidArgumentError(f"host_indices has {idx.numel()} slots for {n} pages of {self.page_size}")
         return idx if self.per == "token" else idx[:: self.page_size] // self.page_size
 
-    def direct_groups(self, host_indices: torch.Tensor, n: int) -> list[tuple[int, int, np.ndarray]] | None:
-        """For one-run layouts: ``(first, last + 1, rows)`` per maximal group of pages ``keys[first:last + 1]``
-        that lie one after another in the pool, ``rows`` being their bytes in ``kv_buffer`` (a view). ``None``
-        when the layout has several runs per page or the slots are not whole aligned pages."""
-        if not self.one_run or n == 0:
+    def page_numbers(self, host_indices: torch.Tensor, n: int) -> np.ndarray | None:
+        """The pool page of each of the ``n`` pages, or ``None`` when the slots are not whole aligned pages of a
+        contiguous host pool (the staging path checks and copies those)."""
+        if self.flat is None or n == 0:
             return None
         idx = host_indices.to(device="cpu", dtype=torch.int64).reshape(-1)
         if idx.numel() != n * self.page_size:
             return None
-        pages = idx.reshape(n, self.page_size)
-        starts = pages[:, 0]
-        if bool((starts % self.page_size != 0).any()) or not torch.equal(
-            pages - starts[:, None], torch.arange(self.page_size).expand(n, -1)
+        pages: np.ndarray = idx.reshape(n, self.page_size).numpy()
+        starts: np.ndarray = pages[:, 0]
+        if (starts % self.page_size != 0).any() or not np.array_equal(
+            pages - starts[:, None], np.broadcast_to(np.arange(self.page_size), (n, self.page_size))
         ):
-            return None  # not whole aligned pages: the staging path checks and copies them
-        page_no = (starts // self.page_size).numpy()
-        total_pages = self.buf.shape[0] // (self.page_size if self.per == "token" else 1)
-        if page_no.min() < 0 or page_no.max() >= total_pages:
             return None
-        flat = self.buf.reshape(-1).view(torch.uint8).numpy()  # a view: the pool's own bytes
-        rows = flat[: total_pages * self.page_bytes].reshape(total_pages, self.page_bytes)
-        cut = np.flatnonzero(np.diff(page_no) != 1) + 1
-        bounds = [0, *cut.tolist(), n]
-        return [(a, b, rows[page_no[a] : page_no[a] + (b - a)]) for a, b in zip(bounds[:-1], bounds[1:])]
+        page_no: np.ndarray = starts // self.page_size
+        if page_no.min() < 0 or page_no.max() >= self.total_pages:
+            return None
+        return page_no
+
+    def runs(self, store: Store, page_no: np.ndarray, writable: bool) -> Any:
+        """The pages ``page_no`` as kvtier block runs over the pool's bytes: ``(n, R)`` addresses, one step."""
+        assert self.flat is not None
+        addrs = (self.base + page_no.astype(np.int64) * self.page_stride)[:, None] + self.run_offsets[None, :]
+        return store.block_runs(addrs.astype(np.uint64), [self.flat], writable=writable)
 
     def gather(self, idx: torch.Tensor, n: int) -> np.ndarray:
-        pages = self.buf.index_select(self.axis, idx).movedim(self.axis, 0).reshape(n, -1).contiguous()
+        lead = self.axis
+        sel = self.buf.index_select(self.axis, idx)  # before + (n * per,) + after
+        shape = list(sel.shape[:lead]) + [n, self.per_page] + list(sel.shape[lead + 1 :])
+        perm = [lead, *self.order, *range(lead + 1, len(shape))]  # (n, before in run order, per, after)
+        pages = sel.reshape(shape).permute(perm).reshape(n, -1).contiguous()
         out: np.ndarray = pages.view(torch.uint8).numpy()
         return out
 
     def scatter(self, idx: torch.Tensor, staging: np.ndarray) -> None:
-        src = torch.from_numpy(staging).view(self.buf.dtype)
-        shape = list(self.buf.shape)
-        del shape[self.axis]
-        self.buf.index_copy_(self.axis, idx, src.reshape(idx.numel(), *shape).movedim(0, self.axis))
+        n = staging.shape[0]
+        lead = self.axis
+        before, after = list(self.buf.shape[:lead]), list(self.buf.shape[lead + 1 :])
+        ordered = [before[d] for d in self.order]
+        src = torch.from_numpy(staging).view(self.buf.dtype).reshape([n, *ordered, self.per_page, *after])
+        inv = [0] * lead
+        for i, d in enumerate(self.order):
+            inv[d] = i + 1
+        src = src.permute([*inv, 0, *range(lead + 1, src.dim())]).reshape([*before, n * self.per_page, *after])
+        self.buf.index_copy_(self.axis, idx, src)
 
 
 class KVTierHiCacheStorage(HiCacheStorage):
@@ -145,6 +191,8 @@ class KVTierHiCacheStorage(HiCacheStorage):
         self.namespace: Namespace | None = None
         self._pages: _PoolPages | None = None
         self._logged: set[str] = set()
+        # False: every batch through the staging path (bench/test_sglang_pages.py's baseline; tests).
+        self._direct = True
         self._stats = {
             "exists_calls": 0, "exists_pages": 0, "get_pages": 0, "get_hits": 0, "set_pages": 0,
             "set_stored": 0, "set_present": 0, "set_skipped": 0, "direct_pages": 0, "staged_pages": 0, "errors": 0,
@@ -218,14 +266,9 @@ class KVTierHiCacheStorage(HiCacheStorage):
         self._stats["get_pages"] += n
         try:
             store, pages = self._ready()
-            groups = pages.direct_groups(host_indices, n)
-            if groups is not None:  # straight into the pool's pages
-                loaded = 0
-                for a, b, rows in groups:
-                    got = store.load_keys(keys[a:b], rows)
-                    loaded += got
-                    if got < b - a:
-                        break
+            page_no = pages.page_numbers(host_indices, n) if self._direct else None
+            if page_no is not None:  # straight into the pool's runs
+                loaded = store.load_keys(keys, pages.runs(store, page_no, writable=True))
                 self._stats["direct_pages"] += loaded
             else:
                 idx = pages.index(host_indices, n)
@@ -248,20 +291,13 @@ class KVTierHiCacheStorage(HiCacheStorage):
             return [True] * n
         try:
             store, pages = self._ready()
-            groups = pages.direct_groups(host_indices, n)
-            idx = pages.index(host_indices, n) if groups is None else None
+            page_no = pages.page_numbers(host_indices, n) if self._direct else None
+            idx = pages.index(host_indices, n) if page_no is None else None
             held = store.has_keys(keys)
             ok = held.copy()
             new = np.flatnonzero(~held)
-            if len(new) and groups is not None:  # from the pool's pages, runs of new pages at a time
-                for a, b, rows in groups:
-                    fresh = np.flatnonzero(~held[a:b])
-                    if len(fresh) == 0:
-                        continue
-                    cut = np.flatnonzero(np.diff(fresh) != 1) + 1
-                    for run in np.split(fresh, cut):
-                        lo, hi = int(run[0]), int(run[-1]) + 1
-                        ok[a + lo : a + hi] = store.insert_keys(keys[a + lo : a + hi], rows[lo:hi])
+            if len(new) and page_no is not None:  # from the pool's runs
+                ok[new] = store.insert_keys([keys[i] for i in new], pages.runs(store, page_no[new], writable=False))
                 self._stats["direct_pages"] += len(new)
             elif len(new):
                 assert idx is not None
