@@ -770,7 +770,7 @@ class Store:
             # A tensor: read into host memory, promote, then copy the whole prefix from the local tiers.
             staged = np.empty(len(keys) * bb, dtype=np.uint8)
             good = self._remote.read(ns_key, keys, staged, 0, t)
-            if good and self._promote(ns, tokens, first, good, memoryview(staged)[: good * bb], now):
+            if good and self._promote(ns, tokens, first, good, staged[: good * bb], now):
                 words = self._prefix_words(tokens, first + good)
                 return max(0, int(self._core.load(ns, words, out, now)) - first)
             return 0

@@ -395,7 +395,7 @@ class RemoteTier:
 
     def _take(self) -> list[_Write]:
         """Under the lock: the next batch (its blocks stay counted as pending until written)."""
-        batch = []
+        batch: list[_Write] = []
         while self._queue and len(batch) < self.config.batch_blocks:
             batch.append(self._queue.popleft())
         self._in_flight += len(batch)
