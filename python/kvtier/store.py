@@ -526,7 +526,11 @@ class Store:
     def _arg(tokens: Tokens) -> Any:
         return tokens._seq if isinstance(tokens, TokenSequence) else tokens
 
-    def _lookup(self, ns: int, tokens: Any, now: float | None, touch: bool, pin: bool) -> MatchResult:
+    def _lookup(
+        self, ns: int, tokens: Any, now: float | None, touch: bool, pin: bool, remote_probe: bool = True
+    ) -> MatchResult:
+        """The match. Without ``remote_probe`` (a load that reads at once) the remote tier is not asked: the
+        result carries every key past the local prefix, and the read stops at the first that is absent."""
         if self._disk is not None:
             # First without side effects: where the disk lookup stops at a key this process does not
             # know, another process sharing the folder may have stored it (and what follows). Import
@@ -546,9 +550,12 @@ class Store:
             if len(keys) > blocks and self._remote.available:
                 ns_key = self._core.namespace_key_of(ns)
                 want = [k.tobytes() for k in keys[blocks:]]
-                remote_blocks = self._remote.lookup(ns_key, want, touch or pin)
-                if pin and remote_blocks:
-                    remote = (ns, ns_key, want[:remote_blocks], tokens)
+                if not remote_probe:
+                    remote = (ns, ns_key, want, tokens)
+                else:
+                    remote_blocks = self._remote.lookup(ns_key, want, touch or pin)
+                    if pin and remote_blocks:
+                        remote = (ns, ns_key, want[:remote_blocks], tokens)
         total = blocks + remote_blocks
         return MatchResult(total, total * self._block_size, handle, host, dev, remote_blocks, remote)
 
@@ -706,10 +713,12 @@ class Store:
         if not todo:
             return
         account = (self.default_namespace if namespace is None else namespace, session)
+        through = self.config.remote.write == "through"
         ticket = remote.enqueue(
-            ns_key, account, [k for _i, k in todo], [view[i * bb : (i + 1) * bb] for i, _k in todo], time.time(), now
+            ns_key, account, [k for _i, k in todo], [view[i * bb : (i + 1) * bb] for i, _k in todo], time.time(), now,
+            borrow=through,  # the insert waits: the payloads go to the socket from the caller's buffer
         )
-        if self.config.remote.write == "through":
+        if through:
             batches = -(-len(todo) // self.config.remote.batch_blocks)
             remote.wait(ticket, self.config.remote.timeout_s * (batches + 1))
 
@@ -743,23 +752,29 @@ class Store:
                 return int(self._core.load(ns, seq, memory, now))
             except UnknownNamespaceError as e:
                 return int(self._again(namespace, ns, e, lambda n: self._core.load(n, seq, memory, now)))
-        m = self.match(tokens, namespace=namespace, now=now, pin=True)
+        seq = self._arg(tokens)
+        ns = self._ns(namespace)
+        try:
+            m = self._lookup(ns, seq, now, True, True, remote_probe=False)
+        except UnknownNamespaceError as e:
+            m = self._again(namespace, ns, e, lambda n: self._lookup(n, seq, now, True, True, remote_probe=False))
         if not m.pinned:
             return 0
         try:
-            return self._load_match(m, memory, now)
+            return self._load_match(m, memory, now, probe=True)
         finally:
             if m._pin is not None:
                 self._core.unpin(m._pin, None)
 
-    def _load_match(self, m: MatchResult, out: Any, now: float | None) -> int:
-        """Loads a pinned match: its local blocks, then (when all of those were good) its remote ones."""
+    def _load_match(self, m: MatchResult, out: Any, now: float | None, probe: bool = False) -> int:
+        """Loads a pinned match: its local blocks, then (when all of those were good) its remote ones. ``probe``:
+        the remote keys were not looked up (the read stops at the first absent one, and counts hits)."""
         good = 0 if m._pin is None else self._load_pinned(m._pin, out, now)
         if m._remote is None or good < m.num_blocks - m.remote_blocks:
             return good
-        return good + self._load_remote(m._remote, out, good, now)
+        return good + self._load_remote(m._remote, out, good, now, probe)
 
-    def _load_remote(self, remote: Any, out: Any, first: int, now: float | None) -> int:
+    def _load_remote(self, remote: Any, out: Any, first: int, now: float | None, probe: bool = False) -> int:
         """Reads remote blocks into ``out`` from block ``first`` on (each verified), then promotes them into the
         local tiers (an insert that is not written back to the server). Returns the good blocks read."""
         assert self._remote is not None
@@ -769,12 +784,12 @@ class Store:
         if isinstance(out, _core.Memory):
             # A tensor: read into host memory, promote, then copy the whole prefix from the local tiers.
             staged = np.empty(len(keys) * bb, dtype=np.uint8)
-            good = self._remote.read(ns_key, keys, staged, 0, t)
+            good = self._remote.read(ns_key, keys, staged, 0, t, probe)
             if good and self._promote(ns, tokens, first, good, staged[: good * bb], now):
                 words = self._prefix_words(tokens, first + good)
                 return max(0, int(self._core.load(ns, words, out, now)) - first)
             return 0
-        good = self._remote.read(ns_key, keys, out, first, t)
+        good = self._remote.read(ns_key, keys, out, first, t, probe)
         if good and self.config.remote is not None and self.config.remote.promote:
             view = memoryview(out).cast("B") if not isinstance(out, np.ndarray) else out.reshape(-1).view(np.uint8)
             self._promote(ns, tokens, first, good, view[first * bb : (first + good) * bb], now)

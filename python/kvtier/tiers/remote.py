@@ -41,6 +41,7 @@ from kvtier.errors import RemoteUnavailableError, RemoteWriteError, StoreClosedE
 from kvtier.tiers.remote_io import (
     PREFIX,
     VALUE_HEADER,
+    Parts,
     RemoteIO,
     block_key,
     decode_header,
@@ -96,17 +97,18 @@ class RemoteStats:
 class _Ticket:
     """What an insert waits for in write-through mode: its blocks written (or failed)."""
 
-    __slots__ = ("left", "failed")
+    __slots__ = ("left", "failed", "sending")
 
     def __init__(self, n: int) -> None:
         self.left = n
         self.failed = 0
+        self.sending = 0  # its blocks in the batch being sent now
 
 
 @dataclass
 class _Write:
     skey: bytes  # the server key
-    value: bytes
+    value: bytes | Parts  # Parts: header + the caller's payload (write-through, while the insert waits)
     key: bytes  # the chained block key
     ns: bytes  # namespace key
     account: tuple[Namespace, str]
@@ -281,10 +283,13 @@ class RemoteTier:
         return found
 
     # ----------------------------------------------------------------- reads
-    def read(self, ns_key: bytes, keys: Sequence[bytes], out: Any, first_block: int, t: float) -> int:
+    def read(
+        self, ns_key: bytes, keys: Sequence[bytes], out: Any, first_block: int, t: float, probe: bool = False
+    ) -> int:
         """Copies the blocks of ``keys`` from the server into ``out`` (key i at block ``first_block + i``),
         verifying each; returns how many leading blocks are good (a missing, partial or corrupt value ends it:
-        nothing of it or after it is served). Corrupt values are deleted from the server."""
+        nothing of it or after it is served). Corrupt values are deleted from the server. ``probe``: the keys were
+        not looked up first, so an absent key is the end of the prefix (hits and misses are counted here)."""
         if not keys or not self.available:
             return 0
         bb = self._block_bytes
@@ -307,7 +312,8 @@ class RemoteTier:
                 for j, (key, value) in enumerate(zip(chunk, values)):
                     if value is None:
                         with self._lock:
-                            self._c["missing"] += 1
+                            if not probe:  # a lookup found it: gone since (expired, evicted)
+                                self._c["missing"] += 1
                             self._ledger.remove(skeys[j], t)
                         break
                     h = decode_header(value)
@@ -335,6 +341,10 @@ class RemoteTier:
                 self.io.pipeline("delete", len(corrupt), lambda p: p.delete(*corrupt))
         except RemoteUnavailableError as e:
             self._failed(e)
+        if probe:
+            with self._lock:
+                self._c["hits"] += good
+                self._c["misses"] += len(keys) - good
         return good
 
     def promoted(self, blocks: int) -> None:
@@ -355,14 +365,17 @@ class RemoteTier:
         payloads: Sequence[Any],
         wall: float,
         t: float | None,
+        borrow: bool = False,
     ) -> _Ticket:
-        """Queues blocks for the writer: ``payloads[i]`` (block_bytes each) under ``keys[i]``. Checksums and the
-        values are made here (the caller's buffers may change after the call)."""
+        """Queues blocks for the writer: ``payloads[i]`` (block_bytes each) under ``keys[i]``. Checksums are made
+        here. The values are copied, unless ``borrow``: then the caller must :meth:`wait` for the ticket before
+        its buffers change (write-through); the blocks not written by then are copied."""
         ticket = _Ticket(len(keys))
         items = []
         for key, payload in zip(keys, payloads):
             crc = _core.block_checksum(payload)
-            value = b"".join((encode_header(crc, self._block_bytes, wall, key), payload))
+            header = encode_header(crc, self._block_bytes, wall, key)
+            value: bytes | Parts = Parts((header, payload)) if borrow else b"".join((header, payload))
             items.append(_Write(block_key(ns_key, key), value, key, ns_key, account, self._block_bytes, ticket, t))
         with self._lock:
             if self._closed:
@@ -381,9 +394,15 @@ class RemoteTier:
         return ticket
 
     def wait(self, ticket: _Ticket, timeout: float) -> None:
-        """Waits until the ticket's blocks are written or failed (write-through), at most ``timeout`` s."""
+        """Waits until the ticket's blocks are written, or the server is found unreachable, or ``timeout`` s
+        pass; then copies the ticket's blocks still queued (they borrowed the caller's buffers)."""
         with self._lock:
             self._cv.wait_for(lambda: ticket.left <= 0 or self._closed or self._down_since is not None, timeout)
+            self._cv.wait_for(lambda: ticket.sending == 0)  # a batch in flight ends within timeout_s
+            if ticket.left > 0:
+                for w in self._queue:
+                    if w.ticket is ticket and isinstance(w.value, Parts):
+                        w.value = b"".join(w.value)
 
     def _settle(self, w: _Write, ok: bool) -> None:
         """Under the lock: a block's write ended."""
@@ -397,7 +416,10 @@ class RemoteTier:
         """Under the lock: the next batch (its blocks stay counted as pending until written)."""
         batch: list[_Write] = []
         while self._queue and len(batch) < self.config.batch_blocks:
-            batch.append(self._queue.popleft())
+            w = self._queue.popleft()
+            if w.ticket is not None:
+                w.ticket.sending += 1
+            batch.append(w)
         self._in_flight += len(batch)
         return batch
 
@@ -453,6 +475,8 @@ class RemoteTier:
                     self._queue.appendleft(w)
                 for w in batch:
                     self._settle(w, False)
+                    if w.ticket is not None:
+                        w.ticket.sending -= 1
                 self._cv.notify_all()
             self._failed(e)
             return
@@ -469,6 +493,8 @@ class RemoteTier:
                 self._ledger.add(w.skey, w.account, w.nbytes, t if w.t is None else w.t)
                 self._known[w.skey] = None
                 self._settle(w, True)
+                if w.ticket is not None:
+                    w.ticket.sending -= 1
             while len(self._known) > _KNOWN:
                 self._known.popitem(last=False)
             self._cv.notify_all()

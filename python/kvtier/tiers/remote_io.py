@@ -27,6 +27,7 @@ A block's value (little-endian)::
 
 from __future__ import annotations
 
+import importlib
 import os
 import struct
 import urllib.parse
@@ -44,6 +45,7 @@ __all__ = [
     "encode_header",
     "decode_header",
     "parse_url",
+    "Parts",
 ]
 
 FaultHook = Callable[[str, int], None]
@@ -125,6 +127,41 @@ def redacted(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
+class Parts(tuple):  # type: ignore[type-arg]
+    """One value sent as several buffers (a block's header, then its payload), without joining them: the command
+    packer below writes the bulk string's length and then each part, so a payload goes to the socket from the
+    caller's memory."""
+
+
+class _Packer:
+    """redis-py's RESP packer, plus :class:`Parts` values (redis-py sends memoryview chunks as they are)."""
+
+    def __init__(self) -> None:
+        rc: Any = importlib.import_module("redis.connection")
+
+        self._encode: Callable[[Any], Any] = rc.Encoder("utf-8", "strict", False).encode
+        python = rc.PythonRespSerializer(6000, self._encode)
+        # What redis-py itself packs with: hiredis's packer when it is installed (redis[hiredis]).
+        self._plain: Any = rc.HiredisRespSerializer(python.pack, self._encode) if rc.HIREDIS_AVAILABLE else python
+
+    def pack(self, *args: Any) -> list[Any]:
+        if not any(isinstance(a, Parts) for a in args):
+            return list(self._plain.pack(*args))
+        out: list[Any] = []
+        buff = b"*%d\r\n" % len(args)
+        for arg in args:
+            if isinstance(arg, Parts):
+                total = sum(len(p) for p in arg)
+                out.append(buff + b"$%d\r\n" % total)
+                out.extend(memoryview(p).cast("B") for p in arg)
+                buff = b"\r\n"
+            else:
+                a = self._encode(arg)
+                buff += b"$%d\r\n%s\r\n" % (len(a), bytes(a))
+        out.append(buff)
+        return out
+
+
 class RemoteIO:
     """One client of the remote server (a connection pool; thread-safe), with batch operations.
 
@@ -142,7 +179,9 @@ class RemoteIO:
         target, self.cluster, self.password_source = parse_url(url)
         self.fault: FaultHook | None = None
         self.round_trips = 0
-        opts: dict[str, Any] = dict(socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        opts: dict[str, Any] = dict(
+            socket_connect_timeout=timeout_s, socket_timeout=timeout_s, command_packer=_Packer()
+        )
         if self.cluster:
             self.client: Any = redis.cluster.RedisCluster.from_url(target, **opts)
         else:
@@ -203,7 +242,7 @@ class RemoteIO:
         step = 2 if ttl_ms is not None else 1
         return out[: step * len(keys) : step]
 
-    def set(self, items: Sequence[tuple[bytes, bytes]], ttl_ms: int | None, extra: Callable[[Any], None] | None = None) -> None:
+    def set(self, items: Sequence[tuple[bytes, Any]], ttl_ms: int | None, extra: Callable[[Any], None] | None = None) -> None:
         """Stores (key, value) pairs in one round trip (``extra`` adds commands to the same pipeline)."""
 
         def build(p: Any) -> None:
