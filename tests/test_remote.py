@@ -401,3 +401,37 @@ def test_two_processes_share_prefixes(server: RedisServer, tmp_path: Path) -> No
         p.stdout.close()
         assert p.wait(30) == 0
     assert outs == [["8", "1", "8"], ["8", "1", "8"]]
+
+
+# --------------------------------------------------------------------------- kvtier remote
+def test_cli_remote_reports_blocks_bytes_and_oldest_per_namespace(server: RedisServer) -> None:
+    import json
+
+    t0 = time.time()
+    with kvtier.Store(config(server.url, write="through"), namespace=NS) as a:
+        a.insert(prompt(5), payload(5))
+        a.insert(prompt(3, seed=2), payload(3), namespace=Namespace(model="m", tenant="acme"))
+    client(server).set(b"kvtier:1:" + NS.key(BS).hex().encode() + b":b:" + b"00" * 32, b"junk")
+    run = [sys.executable, "-m", "kvtier", "remote", server.url, "--json"]
+    out = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert (rep["blocks"], rep["bytes"]) == (8, 8 * BB)
+    rows = {r["fields"]["tenant"]: r for r in rep["namespaces"]}
+    assert rows[""]["blocks"] == 5 and rows[""]["bytes"] == 5 * BB and rows[""]["malformed"] == 1
+    assert rows["acme"]["blocks"] == 3 and rows["acme"]["fields"]["model"] == "m"
+    assert t0 - 1 <= rows[""]["oldest"] <= rows[""]["newest"] <= time.time() + 1
+    text = subprocess.run(run[:-1], capture_output=True, text=True, timeout=60)
+    assert text.returncode == 0 and "8 blocks, 32.0 KiB in 2 namespaces" in text.stdout
+    assert "tenant='acme': 3 blocks, 12.0 KiB" in text.stdout and "1 malformed" in text.stdout
+
+
+def test_cli_remote_errors(tmp_path: Path) -> None:
+    from redis_helpers import free_port
+
+    bad = subprocess.run([sys.executable, "-m", "kvtier", "remote", "http://x"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "must start with one of" in bad.stderr
+    down = subprocess.run(
+        [sys.executable, "-m", "kvtier", "remote", f"redis://127.0.0.1:{free_port()}/0"], capture_output=True, text=True
+    )
+    assert down.returncode == 2 and "kvtier: error:" in down.stderr and "onnect" in down.stderr
