@@ -25,18 +25,28 @@ def need_redis() -> None:
         pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_port(cluster: bool = False) -> int:
+    """A free loopback port; for a cluster node one <= 55535 whose bus port (+10000) is free too."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if not cluster:
+            return port
+        if port <= 55535:
+            try:
+                with socket.socket() as b:
+                    b.bind(("127.0.0.1", port + 10000))
+                return port
+            except OSError:
+                continue
 
 
 class RedisServer:
     def __init__(self, folder: Path, *, persist: bool = False, cluster: bool = False, extra: tuple[str, ...] = ()) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = free_port(cluster)
         self.persist = persist
         self.cluster = cluster
         self.extra = extra

@@ -435,3 +435,39 @@ def test_cli_remote_errors(tmp_path: Path) -> None:
         [sys.executable, "-m", "kvtier", "remote", f"redis://127.0.0.1:{free_port()}/0"], capture_output=True, text=True
     )
     assert down.returncode == 2 and "kvtier: error:" in down.stderr and "onnect" in down.stderr
+
+
+# --------------------------------------------------------------------------- cluster
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[RedisServer]]:
+    need_redis()
+    from redis_helpers import start_cluster
+
+    nodes = start_cluster(tmp_path / "cluster")
+    yield nodes
+    for n in nodes:
+        n.stop()
+
+
+def test_cluster_shares_prefixes_across_three_masters(cluster: list[RedisServer]) -> None:
+    import redis
+
+    url = f"redis+cluster://127.0.0.1:{cluster[1].port}"
+    p, x = prompt(40), payload(40)
+    with kvtier.Store(config(url, write="through", ttl_s=600), namespace=NS) as a:
+        a.insert(p, x)
+        st = a.stats().remote
+        assert (st.written, st.failures) == (40, 0)
+    # the blocks are spread over the three masters
+    per_node = [len(list(redis.Redis(port=n.port).scan_iter(match=b"kvtier:1:*:b:*"))) for n in cluster]
+    assert sum(per_node) == 40 and all(k > 0 for k in per_node)
+    with kvtier.Store(config(f"redis+cluster://127.0.0.1:{cluster[2].port}"), namespace=NS) as b:
+        m = b.match(p, pin=True)
+        assert m.remote_blocks == 40
+        out = np.zeros(40 * BB, np.uint8)
+        assert b.load(m, out) == 40
+        b.unpin(m)
+        assert np.array_equal(out, x)
+    rep = subprocess.run([sys.executable, "-m", "kvtier", "remote", url, "--json"], capture_output=True, text=True)
+    assert rep.returncode == 0, rep.stderr
+    assert '"blocks": 40' in rep.stdout

@@ -375,7 +375,9 @@ class RemoteTier:
         for key, payload in zip(keys, payloads):
             crc = _core.block_checksum(payload)
             header = encode_header(crc, self._block_bytes, wall, key)
-            value: bytes | Parts = Parts((header, payload)) if borrow else b"".join((header, payload))
+            value: bytes | Parts = (
+                Parts((header, payload)) if borrow and self.io.zero_copy else b"".join((header, payload))
+            )
             items.append(_Write(block_key(ns_key, key), value, key, ns_key, account, self._block_bytes, ticket, t))
         with self._lock:
             if self._closed:

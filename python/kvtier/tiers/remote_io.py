@@ -182,6 +182,9 @@ class RemoteIO:
         opts: dict[str, Any] = dict(
             socket_connect_timeout=timeout_s, socket_timeout=timeout_s, command_packer=_Packer()
         )
+        # Parts values go to the socket unjoined on a single server; a cluster pipeline encodes every argument
+        # itself first (to find its slot), so values are joined there.
+        self.zero_copy = not self.cluster
         if self.cluster:
             self.client: Any = redis.cluster.RedisCluster.from_url(target, **opts)
         else:
