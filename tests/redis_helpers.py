@@ -43,23 +43,39 @@ def free_port(cluster: bool = False) -> int:
 
 
 class RedisServer:
-    def __init__(self, folder: Path, *, persist: bool = False, cluster: bool = False, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        persist: bool = False,
+        cluster: bool = False,
+        extra: tuple[str, ...] = (),
+        tls: tuple[Path, Path, Path] | None = None,  # (CA, certificate, key): TLS only, clients not verified
+    ) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port(cluster)
         self.persist = persist
         self.cluster = cluster
         self.extra = extra
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[0]}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         assert REDIS_SERVER is not None
+        port = ["--port", str(self.port)]
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            port = ["--port", "0", "--tls-port", str(self.port), "--tls-ca-cert-file", str(ca), "--tls-cert-file",
+                    str(cert), "--tls-key-file", str(key), "--tls-auth-clients", "no"]
         args = [
-            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+            REDIS_SERVER, *port, "--bind", "127.0.0.1", "--dir", str(self.folder),
             "--save", "", "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.folder / "log"),
         ]
         if self.persist:
@@ -70,6 +86,14 @@ class RedisServer:
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self.tls is not None:
+                log_file = self.folder / "log"
+                if log_file.exists() and "Ready to accept connections" in log_file.read_text(errors="replace"):
+                    return
+                time.sleep(0.05)
+                if self.proc.poll() is not None:
+                    break
+                continue
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as c:
                     c.sendall(b"PING\r\n")
@@ -98,6 +122,25 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.proc = None
+
+
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a certificate for 127.0.0.1 signed by it (openssl): (CA, certificate, key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = folder / "ca.crt", folder / "ca.key"
+    cert, key, csr = folder / "server.crt", folder / "server.key", folder / "server.csr"
+    ext = folder / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run = lambda *a: subprocess.run(list(a), check=True, capture_output=True, timeout=60)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
+        "-days", "2", "-subj", "/CN=kvtier test CA")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        "-subj", "/CN=127.0.0.1")
+    run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    for p in (key, ca_key):
+        p.chmod(0o600)
+    return ca, cert, key
 
 
 def start_cluster(folder: Path, masters: int = 3) -> list[RedisServer]:

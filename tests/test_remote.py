@@ -471,3 +471,30 @@ def test_cluster_shares_prefixes_across_three_masters(cluster: list[RedisServer]
     rep = subprocess.run([sys.executable, "-m", "kvtier", "remote", url, "--json"], capture_output=True, text=True)
     assert rep.returncode == 0, rep.stderr
     assert '"blocks": 40' in rep.stdout
+
+
+def test_tls_rediss(tmp_path: Path) -> None:
+    need_redis()
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (it makes the test's certificates)")
+    from redis_helpers import make_certificates
+
+    s = RedisServer(tmp_path / "tls", tls=make_certificates(tmp_path / "certs"))
+    s.start()
+    try:
+        assert s.url.startswith("rediss://")
+        p, x = prompt(6), payload(6)
+        with kvtier.Store(config(s.url, write="through"), namespace=NS) as a:
+            a.insert(p, x)
+            assert a.stats().remote.written == 6
+        with kvtier.Store(config(s.url), namespace=NS) as b:
+            out = np.zeros(6 * BB, np.uint8)
+            assert b.load(p, out) == 6 and np.array_equal(out, x)
+        # plain redis:// to a TLS-only port fails (counted), the store still serves locally
+        plain = f"redis://127.0.0.1:{s.port}/0"
+        with kvtier.Store(config(plain, timeout_s=0.5), namespace=NS) as c:
+            assert c.match(p).num_blocks == 0 and c.stats().remote.failures == 1
+    finally:
+        s.stop()
