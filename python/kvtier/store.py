@@ -400,6 +400,9 @@ class Store:
 
             # Never connects here: a store starts while the server is down (its writer thread connects).
             self._remote = RemoteTier(self._core, self.config.remote, self.config.block_bytes)
+            # A store dropped without close() still writes its queue (while the server answers) and stops the
+            # writer thread.
+            self._remote_finalizer = weakref.finalize(self, self._remote.close)
             for namespace in list(self._ns_by_id.values()):
                 self._remote.record_namespace(
                     namespace.key(self.config.block_size, self.config.content), namespace, self.config.block_size
@@ -544,10 +547,10 @@ class Store:
             host, disk, handle, probe, dev = self._core.match(ns, tokens, now, touch, pin)
         blocks = host + disk
         remote_blocks, remote = 0, None
-        if self._remote is not None:
+        if self._remote is not None and self._remote.available and self._full_blocks(tokens) > blocks:
             # Past the local prefix, the server by chained key: one round trip per batch of keys.
             keys = self._core.chain_keys_from(ns, tokens, 0, None)
-            if len(keys) > blocks and self._remote.available:
+            if len(keys) > blocks:
                 ns_key = self._core.namespace_key_of(ns)
                 want = [k.tobytes() for k in keys[blocks:]]
                 if not remote_probe:
@@ -806,6 +809,14 @@ class Store:
         self._remote.promoted(int(inserted))
         return True
 
+    def _full_blocks(self, tokens: Any) -> int:
+        """Full blocks of ``tokens`` (already accepted by the core), without converting them."""
+        width = 1 if self.config.content == "block_ids" else self._block_size
+        try:
+            return len(tokens) // width
+        except TypeError:
+            return int(np.asarray(tokens).size) // width
+
     def _prefix_words(self, tokens: Any, blocks: int) -> Any:
         """The words of the first ``blocks`` blocks of ``tokens``."""
         width = 1 if self.config.content == "block_ids" else self._block_size
@@ -988,7 +999,7 @@ class Store:
             return
         error: BaseException | None = None
         if self._remote is not None:
-            self._remote.close()  # writes what is queued while the server answers
+            self._remote_finalizer()  # RemoteTier.close: writes what is queued while the server answers
         if self._disk is not None:
             try:
                 self.flush(host=persist)

@@ -151,10 +151,17 @@ class _Packer:
         buff = b"*%d\r\n" % len(args)
         for arg in args:
             if isinstance(arg, Parts):
+                # bytes parts join the small buffer; others (the payload) go to the socket as they are
                 total = sum(len(p) for p in arg)
-                out.append(buff + b"$%d\r\n" % total)
-                out.extend(memoryview(p).cast("B") for p in arg)
-                buff = b"\r\n"
+                buff += b"$%d\r\n" % total
+                for p in arg:
+                    if isinstance(p, bytes):
+                        buff += p
+                    else:
+                        out.append(buff)
+                        out.append(p if isinstance(p, memoryview) and p.format == "B" else memoryview(p).cast("B"))
+                        buff = b""
+                buff += b"\r\n"
             else:
                 a = self._encode(arg)
                 buff += b"$%d\r\n%s\r\n" % (len(a), bytes(a))
