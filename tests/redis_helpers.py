@@ -105,6 +105,7 @@ class RedisServer:
                 break
             time.sleep(0.05)
         log = (self.folder / "log").read_text(errors="replace") if (self.folder / "log").exists() else ""
+        self.kill()  # never leave a server behind
         raise RuntimeError(f"redis-server on port {self.port} did not start: {log[-2000:]}")
 
     def kill(self) -> None:

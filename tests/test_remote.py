@@ -145,6 +145,7 @@ def test_local_prefix_then_remote_blocks(server: RedisServer) -> None:
         m = b.match(p, pin=True)
         assert (m.host_blocks, m.remote_blocks) == (3, 5)
         assert list(m.tiers) == [Tier.HOST] * 3 + [Tier.REMOTE] * 5
+        assert np.array_equal(b.block_keys_of(m), kvtier.block_keys(p, NS, block_size=BS))
         out = np.zeros(8 * BB, np.uint8)
         assert b.load(m, out) == 8
         b.unpin(m)
@@ -270,8 +271,10 @@ def test_stats_and_residency(server: RedisServer) -> None:
 
 # --------------------------------------------------------------------------- failures
 def test_server_gone_keeps_serving_logs_once_and_reconnects(
-    server: RedisServer, caplog: pytest.LogCaptureFixture
+    server: RedisServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # a logging.config call elsewhere in the run (default disable_existing_loggers=True) may have disabled it
+    monkeypatch.setattr(logging.getLogger("kvtier.remote"), "disabled", False)
     caplog.set_level(logging.INFO, logger="kvtier.remote")
     with kvtier.Store(config(server.url, timeout_s=0.5, retry_s=0.2), namespace=NS) as a:
         a.insert(prompt(3), payload(3))

@@ -850,7 +850,13 @@ class Store:
         """``uint8[num_blocks, 32]``: the chained keys of a pinned match (docs/keys.md)."""
         if not isinstance(result, MatchResult) or not result.pinned:
             raise InvalidArgumentError("block_keys_of() needs a MatchResult returned by match(..., pin=True)")
-        return self._core.keys_pinned(result._pin)
+        local = (
+            self._core.keys_pinned(result._pin) if result._pin is not None else np.zeros((0, 32), dtype=np.uint8)
+        )
+        if result._remote is None:
+            return local
+        remote = np.frombuffer(b"".join(result._remote[2][: result.remote_blocks]), dtype=np.uint8).reshape(-1, 32)
+        return np.concatenate([local, remote])
 
     # ----------------------------------------------------------------- disk tier
     def flush(self, timeout: float | None = None, *, host: bool = False) -> None:
@@ -862,6 +868,11 @@ class Store:
         this). Raises :class:`DiskWriteError` if writes failed since the last flush (e.g. the disk is
         full; the store keeps serving what it holds), and ``TimeoutError`` if ``timeout`` seconds
         pass first. A store without a disk tier returns at once (its arguments are checked all the same).
+
+        With a remote tier it then waits until every block queued for the server is acknowledged (other
+        servers see them from then on), and raises :class:`kvtier.RemoteWriteError` while the server is
+        unreachable with blocks still queued (they stay queued and are written when it is back) or when blocks
+        were dropped from the full queue since the last flush.
         """
         if self._core.closed:
             raise StoreClosedError("the store is closed")
@@ -915,6 +926,8 @@ class Store:
         """Removes every unpinned block from every tier (nothing is demoted). Returns the blocks removed.
 
         Blocks still queued for the disk are written, then stay; call :meth:`flush` first to clear them too.
+        The remote tier's server is shared by other stores and is left as it is (its TTL and bounds age blocks
+        out; ``kvtier remote URL`` shows what it holds).
         """
         return int(self._core.clear(now))
 
