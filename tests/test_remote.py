@@ -253,6 +253,16 @@ def test_namespace_budget_and_capacity(server: RedisServer) -> None:
         for i in range(4):
             a.insert(prompt(3, seed=i), payload(3, seed=i))
     assert len(list(r.scan_iter(match=b"kvtier:1:*:b:*"))) == 6
+    assert int(r.get(b"kvtier:1:{all}:bytes")) == 6 * BB and r.zcard(b"kvtier:1:{all}:lru") == 6
+    # blocks idle past the TTL leave the count without taking live blocks with them
+    r.flushall()
+    with kvtier.Store(config(server.url, write="through", ttl_s=0.3, capacity_bytes=6 * BB), namespace=NS) as a:
+        a.insert(prompt(4, seed=1), payload(4, seed=1))
+        time.sleep(0.5)  # expired on the server
+        a.insert(prompt(4, seed=2), payload(4, seed=2))
+        assert a.stats().remote.trimmed == 0
+    assert len(list(r.scan_iter(match=b"kvtier:1:*:b:*"))) == 4
+    assert int(r.get(b"kvtier:1:{all}:bytes")) == 4 * BB
 
 
 # --------------------------------------------------------------------------- accounting
@@ -469,23 +479,26 @@ def test_cluster_shares_prefixes_across_three_masters(cluster: list[RedisServer]
 
     url = f"redis+cluster://127.0.0.1:{cluster[1].port}"
     p, x = prompt(40), payload(40)
-    with kvtier.Store(config(url, write="through", ttl_s=600), namespace=NS) as a:
+    bounds = dict(capacity_bytes=1000 * BB, namespace_budget_bytes=45 * BB)
+    with kvtier.Store(config(url, write="through", ttl_s=600, **bounds), namespace=NS) as a:
         a.insert(p, x)
+        a.insert(prompt(10, seed=3), payload(10, seed=3))  # over the namespace budget: 5 go, the older prompt's tail
         st = a.stats().remote
-        assert (st.written, st.failures) == (40, 0)
+        assert (st.written, st.failures, st.trimmed) == (50, 0, 5)
     # the blocks are spread over the three masters
     per_node = [len(list(redis.Redis(port=n.port).scan_iter(match=b"kvtier:1:*:b:*"))) for n in cluster]
-    assert sum(per_node) == 40 and all(k > 0 for k in per_node)
+    assert sum(per_node) == 45 and all(k > 0 for k in per_node)
     with kvtier.Store(config(f"redis+cluster://127.0.0.1:{cluster[2].port}"), namespace=NS) as b:
         m = b.match(p, pin=True)
-        assert m.remote_blocks == 40
+        assert m.remote_blocks == 35  # leaf first: the head of the prompt stays usable
         out = np.zeros(40 * BB, np.uint8)
-        assert b.load(m, out) == 40
+        assert b.load(m, out) == 35
         b.unpin(m)
-        assert np.array_equal(out, x)
+        assert np.array_equal(out[: 35 * BB], x[: 35 * BB])
+        assert b.peek(prompt(10, seed=3)).remote_blocks == 10
     rep = subprocess.run([sys.executable, "-m", "kvtier", "remote", url, "--json"], capture_output=True, text=True)
     assert rep.returncode == 0, rep.stderr
-    assert '"blocks": 40' in rep.stdout
+    assert '"blocks": 45' in rep.stdout
 
 
 def test_tls_rediss(tmp_path: Path) -> None:

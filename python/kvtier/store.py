@@ -720,6 +720,7 @@ class Store:
         ticket = remote.enqueue(
             ns_key, account, [k for _i, k in todo], [view[i * bb : (i + 1) * bb] for i, _k in todo], time.time(), now,
             borrow=through,  # the insert waits: the payloads go to the socket from the caller's buffer
+            positions=[start + i for i, _k in todo],
         )
         if through:
             batches = -(-len(todo) // self.config.remote.batch_blocks)

@@ -115,6 +115,7 @@ class _Write:
     nbytes: int
     ticket: _Ticket | None
     t: float | None  # the insert's time on the caller's clock (None: the store's clock at the acknowledgement)
+    score: float  # its recency in the bounds' sets: the insert's wall time, less 1 us per block of the prompt
 
 
 class _Ledger:
@@ -175,6 +176,51 @@ class _Ledger:
             self._advance(row, t)
             out.append((namespace, session, int(row[0]), row[1]))
         return out
+
+
+# A bound's scripts (Lua, atomic on the server; KEYS: the bound's sorted set and byte counter, one hash tag).
+# _ADD: ARGV = (score, member, bytes) per block; adds or refreshes each member, counts the bytes of new ones, returns
+# the total. _TRIM: ARGV = (limit, cutoff score); drops members scored at or below the cutoff (idle past the TTL: their
+# keys expired), then pops the oldest until the total fits; returns the popped members (their keys to delete).
+_ADD = """
+local total = tonumber(redis.call('GET', KEYS[2]) or '0')
+for i = 1, #ARGV, 3 do
+  if redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then total = total + tonumber(ARGV[i + 2]) end
+end
+redis.call('SET', KEYS[2], tostring(total))
+return total
+"""
+_TRIM = """
+local total = tonumber(redis.call('GET', KEYS[2]) or '0')
+local limit = tonumber(ARGV[1])
+local idle = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, 100000)
+for _, m in ipairs(idle) do
+  redis.call('ZREM', KEYS[1], m)
+  total = total - tonumber(string.match(m, ':(%d+)$'))
+end
+local out = {}
+while total > limit do
+  local p = redis.call('ZPOPMIN', KEYS[1])
+  if #p == 0 then total = 0 break end
+  total = total - tonumber(string.match(p[1], ':(%d+)$'))
+  out[#out + 1] = p[1]
+end
+if total < 0 then total = 0 end
+redis.call('SET', KEYS[2], tostring(total))
+return out
+"""
+
+
+def _score(wall: float, block: int) -> float:
+    """A block's recency in a bound's set: a prompt's later blocks count as a little older than its earlier ones, so
+    the bounds drop a prompt's tail before its head (leaf first: a block is of no use without the blocks before it)."""
+    return wall - block * 1e-6
+
+
+def _delete_each(p: Any, keys: Sequence[bytes]) -> None:
+    """One DEL per key (a cluster pipeline refuses a DEL of keys in several slots)."""
+    for k in keys:
+        p.delete(k)
 
 
 def _member(skey: bytes, nbytes: int) -> bytes:
@@ -303,9 +349,10 @@ class RemoteTier:
                 scopes = self._scopes(ns_key)
                 wall = time.time()
 
-                def touch(p: Any, skeys: list[bytes] = skeys, scopes: list[tuple[bytes, int]] = scopes) -> None:
-                    for lru, _limit in scopes:  # recency for the bounds (only members still there)
-                        p.zadd(lru, {_member(s, bb): wall for s in skeys}, xx=True)
+                def touch(p: Any, skeys: list[bytes] = skeys, scopes: list[tuple[bytes, bytes, int]] = scopes) -> None:
+                    for lru, _counter, _limit in scopes:  # recency for the bounds (only members still there)
+                        scores = {_member(s, bb): _score(wall, first_block + i + n) for n, s in enumerate(skeys)}
+                        p.zadd(lru, scores, xx=True)
 
                 values = self.io.get(skeys, ttl_ms, touch if scopes else None)
                 reads = []
@@ -338,7 +385,7 @@ class RemoteTier:
                     self._c["corrupted"] += len(corrupt)
                     for s in corrupt:
                         self._ledger.remove(s, t)
-                self.io.pipeline("delete", len(corrupt), lambda p: p.delete(*corrupt))
+                self.io.pipeline("delete", len(corrupt), lambda p: _delete_each(p, corrupt))
         except RemoteUnavailableError as e:
             self._failed(e)
         if probe:
@@ -366,19 +413,21 @@ class RemoteTier:
         wall: float,
         t: float | None,
         borrow: bool = False,
+        positions: Sequence[int] | None = None,
     ) -> _Ticket:
         """Queues blocks for the writer: ``payloads[i]`` (block_bytes each) under ``keys[i]``. Checksums are made
         here. The values are copied, unless ``borrow``: then the caller must :meth:`wait` for the ticket before
         its buffers change (write-through); the blocks not written by then are copied."""
         ticket = _Ticket(len(keys))
         items = []
-        for key, payload in zip(keys, payloads):
+        for n, (key, payload) in enumerate(zip(keys, payloads)):
             crc = _core.block_checksum(payload)
+            score = _score(wall, n if positions is None else positions[n])
             header = encode_header(crc, self._block_bytes, wall, key)
             value: bytes | Parts = (
                 Parts((header, payload)) if borrow and self.io.zero_copy else b"".join((header, payload))
             )
-            items.append(_Write(block_key(ns_key, key), value, key, ns_key, account, self._block_bytes, ticket, t))
+            items.append(_Write(block_key(ns_key, key), value, key, ns_key, account, self._block_bytes, ticket, t, score))
         with self._lock:
             if self._closed:
                 raise StoreClosedError("the store is closed")
@@ -458,17 +507,24 @@ class RemoteTier:
         bounded = cfg.capacity_bytes is not None or cfg.namespace_budget_bytes is not None
         wall = time.time()
 
+        # Per bound: its members (score, member, bytes) in this batch, added by one script in the same round trip.
+        added: dict[tuple[bytes, bytes, int], list[Any]] = {}
+        if bounded:
+            for w in batch:
+                for scope in self._scopes(w.ns):
+                    added.setdefault(scope, []).extend((w.score, _member(w.skey, w.nbytes), w.nbytes))
+
         def extra(p: Any) -> None:
             for ns_key, value in meta:
                 p.set(ns_prefix(ns_key) + b"meta", value, nx=True)
-            if bounded:
-                for w in batch:
-                    for lru, _limit in self._scopes(w.ns):
-                        p.zadd(lru, {_member(w.skey, w.nbytes): wall})
+            for (lru, counter, _limit), args in added.items():
+                p.execute_command("EVAL", _ADD, 2, lru, counter, *args)  # (a cluster pipeline has no .eval)
 
         try:
-            self.io.set([(w.skey, w.value) for w in batch], ttl_ms, extra)
-        except RemoteUnavailableError as e:
+            replies = self.io.set([(w.skey, w.value) for w in batch], ttl_ms, extra)
+        except Exception as e:  # the server's failure, or any other: the writer thread must never die
+            if not isinstance(e, RemoteUnavailableError):
+                log.exception("kvtier remote tier %s: a write batch failed", self.url)
             with self._lock:
                 self._in_flight -= len(batch)
                 self._c["write_errors"] += len(batch)
@@ -484,7 +540,6 @@ class RemoteTier:
             return
         t = self._core.clock()
         with self._lock:
-            self._in_flight -= len(batch)
             for ns_key, _v in meta:
                 self._meta.pop(ns_key, None)
                 self._meta_done.add(ns_key)
@@ -494,61 +549,56 @@ class RemoteTier:
                 self._c["bytes_written"] += w.nbytes
                 self._ledger.add(w.skey, w.account, w.nbytes, t if w.t is None else w.t)
                 self._known[w.skey] = None
+            while len(self._known) > _KNOWN:
+                self._known.popitem(last=False)
+        totals = replies[len(meta) :]
+        over = [scope for scope, total in zip(added, totals) if int(total) > scope[2]]
+        if over:  # before the batch is reported written: a write-through insert returns with its bounds kept
+            try:
+                self._trim(over, wall)
+            except Exception as e:  # counted; the next batch over the bound trims again
+                if not isinstance(e, RemoteUnavailableError):
+                    log.exception("kvtier remote tier %s: trimming to the bounds failed", self.url)
+                self._failed(e)
+        with self._lock:
+            self._in_flight -= len(batch)
+            for w in batch:
                 self._settle(w, True)
                 if w.ticket is not None:
                     w.ticket.sending -= 1
-            while len(self._known) > _KNOWN:
-                self._known.popitem(last=False)
             self._cv.notify_all()
-        if bounded and batch:
-            try:
-                self._trim(batch, wall)
-            except RemoteUnavailableError as e:
-                self._failed(e)
 
-    def _scopes(self, ns_key: bytes) -> list[tuple[bytes, int]]:
-        """(lru set, limit) of the bounds that apply to a namespace's blocks."""
+    def _scopes(self, ns_key: bytes) -> list[tuple[bytes, bytes, int]]:
+        """(lru set, byte counter, limit) of the bounds that apply to a namespace's blocks."""
         out = []
         if self.config.capacity_bytes is not None:
-            out.append((PREFIX + b"lru", self.config.capacity_bytes))
+            out.append((PREFIX + b"{all}:lru", PREFIX + b"{all}:bytes", self.config.capacity_bytes))
         if self.config.namespace_budget_bytes is not None:
-            out.append((ns_prefix(ns_key) + b"lru", self.config.namespace_budget_bytes))
+            tag = PREFIX + b"{" + ns_key.hex().encode() + b"}:"
+            out.append((tag + b"lru", tag + b"bytes", self.config.namespace_budget_bytes))
         return out
 
-    def _trim(self, batch: list[_Write], wall: float) -> None:
-        """Keeps each bound's blocks under its limit: the set holds one member per block ("NS:b:KEY:nbytes", scored by
-        its last write or read); members idle past the TTL (expired keys) leave it first, then the least recently
-        used blocks are deleted. Bytes are recounted from the set, so concurrent writers converge."""
-        scopes = {s for w in batch for s in self._scopes(w.ns)}
-        ttl = self.config.ttl_s
-        for lru, limit in scopes:
-            if ttl is not None:
-                self.io.pipeline("trim", 1, lambda p: p.zremrangebyscore(lru, "-inf", wall - ttl))
-            members = self.io.pipeline("trim", 1, lambda p: p.zrange(lru, 0, -1, withscores=False))[0]
-            sizes = [int(m.rpartition(b":")[2]) for m in members]
-            total = sum(sizes)
-            if total <= limit:
-                continue
-            drop: list[bytes] = []
-            for m, size in zip(members, sizes):  # oldest first
-                if total <= limit:
-                    break
-                drop.append(m)
-                total -= size
-            skeys = [PREFIX + m.rpartition(b":")[0] for m in drop]
+    def _trim(self, scopes: list[tuple[bytes, bytes, int]], wall: float) -> None:
+        """Brings each bound back under its limit: one script per bound drops the members idle past the TTL (their
+        keys expired on the server), then pops the least recently written or read until the counted bytes fit; the
+        popped blocks are then deleted (one round trip)."""
+        cutoff = "-inf" if self.config.ttl_s is None else repr(wall - self.config.ttl_s)
 
-            def build(p: Any, drop: list[bytes] = drop, skeys: list[bytes] = skeys, lru: bytes = lru) -> None:
-                p.zrem(lru, *drop)
-                for s in skeys:
-                    p.delete(s)
+        def build(p: Any) -> None:
+            for lru, counter, limit in scopes:
+                p.execute_command("EVAL", _TRIM, 2, lru, counter, limit, cutoff)
 
-            self.io.pipeline("trim", len(drop), build)
-            t = self._core.clock()
-            with self._lock:
-                self._c["trimmed"] += len(drop)
-                for s in skeys:
-                    self._ledger.remove(s, t)
-                    self._known.pop(s, None)
+        popped = [m for reply in self.io.pipeline("trim", len(scopes), build) for m in reply]
+        if not popped:
+            return
+        skeys = [PREFIX + m.rpartition(b":")[0] for m in popped]
+        self.io.pipeline("trim", len(skeys), lambda p: _delete_each(p, skeys))
+        t = self._core.clock()
+        with self._lock:
+            self._c["trimmed"] += len(skeys)
+            for s in skeys:
+                self._ledger.remove(s, t)
+                self._known.pop(s, None)
 
     # ----------------------------------------------------------------- flush, close
     def flush(self, timeout: float | None) -> None:

@@ -11,9 +11,11 @@ docs/keys.md, both as 64 hex digits)::
 
     kvtier:1:NS:b:KEY     a block: VALUE_HEADER + payload (below); SET with EX/PX when the config has a TTL
     kvtier:1:NS:meta      JSON of the namespace's fields and block size (no TTL; kvtier remote names tenants by it)
-    kvtier:1:NS:lru       (namespace_budget_bytes) sorted set of the namespace's blocks: members "NS:b:KEY:nbytes",
+    kvtier:1:{NS}:lru     (namespace_budget_bytes) sorted set of the namespace's blocks: members "NS:b:KEY:nbytes",
                           scored by their last write or read (wall seconds)
-    kvtier:1:lru          (capacity_bytes) the same for every namespace together
+    kvtier:1:{NS}:bytes   (namespace_budget_bytes) the payload bytes of that set's members
+    kvtier:1:{all}:lru, kvtier:1:{all}:bytes   (capacity_bytes) the same for every namespace together
+    (a bound's two keys share a hash tag, so its scripts run on one node of a cluster)
 
 A block's value (little-endian)::
 
@@ -252,8 +254,11 @@ class RemoteIO:
         step = 2 if ttl_ms is not None else 1
         return out[: step * len(keys) : step]
 
-    def set(self, items: Sequence[tuple[bytes, Any]], ttl_ms: int | None, extra: Callable[[Any], None] | None = None) -> None:
-        """Stores (key, value) pairs in one round trip (``extra`` adds commands to the same pipeline)."""
+    def set(
+        self, items: Sequence[tuple[bytes, Any]], ttl_ms: int | None, extra: Callable[[Any], None] | None = None
+    ) -> list[Any]:
+        """Stores (key, value) pairs in one round trip; ``extra`` adds commands to the same pipeline, whose replies
+        are returned."""
 
         def build(p: Any) -> None:
             for k, v in items:
@@ -261,7 +266,7 @@ class RemoteIO:
             if extra is not None:
                 extra(p)
 
-        self._run("write", len(items), build)
+        return self._run("write", len(items), build)[len(items) :]
 
     def pipeline(self, op: str, n: int, build: Callable[[Any], None]) -> list[Any]:
         """Any other batch of commands, in one round trip."""
