@@ -242,6 +242,7 @@ class RemoteTier:
         self._queue: deque[_Write] = deque()
         self._queued_bytes = 0
         self._in_flight = 0
+        self._commit = threading.Lock()  # one batch in flight at a time (writer thread or a write-through caller)
         self._closed = False
         self._down_since: float | None = None  # monotonic time of the first failure of this outage
         self._next_try = 0.0
@@ -445,10 +446,27 @@ class RemoteTier:
         return ticket
 
     def wait(self, ticket: _Ticket, timeout: float) -> None:
-        """Waits until the ticket's blocks are written, or the server is found unreachable, or ``timeout`` s
-        pass; then copies the ticket's blocks still queued (they borrowed the caller's buffers)."""
+        """Writes until the ticket's blocks are written, or the server is found unreachable, or ``timeout`` s
+        pass; then copies the ticket's blocks still queued (they borrowed the caller's buffers).
+
+        The calling thread sends the batches itself (the queue's order kept: one batch in flight at a time, the
+        writer thread's or a caller's), as the disk tier's flush commits on the calling thread: a write-through
+        insert waits for its blocks anyway, and no hand-off to the writer thread is added to that wait."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if ticket.left <= 0 or self._closed or self._down_since is not None:
+                    break
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._commit.acquire(timeout=left):
+                break
+            try:
+                sent = self._send_next()
+            finally:
+                self._commit.release()
+            if not sent:
+                break
         with self._lock:
-            self._cv.wait_for(lambda: ticket.left <= 0 or self._closed or self._down_since is not None, timeout)
             self._cv.wait_for(lambda: ticket.sending == 0)  # a batch in flight ends within timeout_s
             if ticket.left > 0:
                 for w in self._queue:
@@ -496,10 +514,18 @@ class RemoteTier:
                     continue
                 self._reached()
                 continue
-            with self._lock:
-                batch = self._take()
-                meta = list(self._meta.items())
-            self._write_batch(batch, meta)
+            with self._commit:
+                self._send_next()
+
+    def _send_next(self) -> bool:
+        """Takes and writes the next batch (the caller holds ``_commit``); False if there was nothing to write."""
+        with self._lock:
+            batch = self._take()
+            meta = list(self._meta.items())
+        if not batch and not meta:
+            return False
+        self._write_batch(batch, meta)
+        return True
 
     def _write_batch(self, batch: list[_Write], meta: list[tuple[bytes, bytes]]) -> None:
         cfg = self.config
