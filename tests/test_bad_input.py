@@ -451,7 +451,7 @@ def test_rejected_load_leaves_out_untouched(loaded) -> None:  # type: ignore[no-
             InvalidArgumentError,
             r"host.capacity_bytes=None \(unlimited\) needs metadata_only=True",
         ),
-        ({"content": "bytes"}, InvalidArgumentError, r"content must be 'tokens' or 'block_ids', got 'bytes'"),
+        ({"content": "bytes"}, InvalidArgumentError, r"content must be 'tokens', 'block_ids' or 'keys', got 'bytes'"),
         ({"vocab_size": 0}, InvalidArgumentError, r"vocab_size must be >= 1, got 0"),
         ({"vocab_size": 2**32 + 1}, InvalidArgumentError, r"vocab_size must be <= 2\*\*32"),
         ({"vocab_size": 1.5}, KvtierTypeError, r"vocab_size must be an int"),

@@ -127,6 +127,29 @@ def test_demo_never_empties_another_cache(tmp_path: Path, capsys: pytest.Capture
     assert json.loads(capsys.readouterr().out)["blocks"] == 6
 
 
+def test_demo_names_a_folder_whose_namespaces_cannot_be_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged page under the namespace records is a DiskReadError (exit 2), never a raw lmdb.Error."""
+    from kvtier.demo import prepare_folder
+    from kvtier.tiers.disk_io import DiskIO
+
+    path, _, _ = _folder(tmp_path)
+
+    def damaged(self: DiskIO, op: str, n: int) -> None:
+        if op == "read":
+            raise lmdb.CorruptedError("injected")
+
+    monkeypatch.setattr(DiskIO, "_fault", damaged)
+    with pytest.raises(kvtier.errors.DiskReadError, match="cannot read the namespaces.*injected"):
+        prepare_folder(str(path), keep=True)
+    assert main(["demo", "--disk", str(path)]) == 2
+    assert "cannot read the namespaces" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["fsck", str(path), "--json"]) == 0  # untouched
+    assert json.loads(capsys.readouterr().out)["blocks"] == 6
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from kvtier.fsck import fsck
 import subprocess
 import sys
 
@@ -432,3 +433,42 @@ def test_a_branch_pointer_past_the_file_is_salvaged_not_a_crash(tmp_path: Path, 
         assert out["rebuilt"] is True, out
         # What sound pages lead to is kept and served with its own bytes (check_prompt asserts them).
         assert 0 < out["served"] < 600 and out["restored"] > 0, out
+
+
+def test_an_overflow_run_with_a_damaged_header_is_salvaged(tmp_path: Path) -> None:
+    """LMDB frees a large value's pages by the count in its first overflow page's header, not by the value's
+    length: a count that grew would hand out pages other blocks still use at the next delete, and later writes
+    would overwrite them. The walk at open checks each run's header; the folder is rebuilt, and every block
+    served afterwards has its own bytes."""
+    folder, bb = tmp_path / "f", 8192  # 8 KiB blocks: three-page overflow runs
+    s = open_store(folder, host_blocks=4, block_bytes=bb)
+    try:
+        for pid in range(1, 31):
+            s.insert(tokens(pid, 2), payload(pid, 2, bb))
+        s.flush()
+    finally:
+        s.close()
+        close_opened()
+    path = folder / "data.mdb"
+    data = bytearray(path.read_bytes())
+    runs = [  # a run's first page: its own number, then P_OVERFLOW
+        pg
+        for pg in range(2, len(data) // 4096)
+        if int.from_bytes(data[pg * 4096 : pg * 4096 + 8], "little") == pg and data[pg * 4096 + 10] == 0x04
+    ]
+    assert len(runs) >= 30
+    head = runs[len(runs) // 2] * 4096 + 12
+    count = int.from_bytes(data[head : head + 4], "little")
+    data[head : head + 4] = (count + 3).to_bytes(4, "little")  # claims the next run's pages too
+    path.write_bytes(bytes(data))
+
+    s = open_store(folder, host_blocks=4, block_bytes=bb)
+    assert s.restore_report.rebuilt is True
+    served = sum(check_prompt(s, pid, 2, bb) for pid in range(1, 31))
+    assert 54 <= served < 60
+    s.clear()
+    s.flush()
+    s.close()
+    close_opened()
+    report = fsck(folder)
+    assert report.damaged == 0, report.text()

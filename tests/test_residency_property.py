@@ -12,7 +12,8 @@ every ``residency()`` call:
 * within one store, no row's byte-seconds ever decrease, and a tier's byte-seconds grow by at most its capacity
   times the time that passed.
 
-``Residency.by_session()`` is not used: the rows are summed here directly.
+The rows are summed here directly, and ``Residency.by_session()``, ``by_tier()`` and ``by_namespace()`` must each
+add up to the same total.
 """
 
 from __future__ import annotations
@@ -92,6 +93,11 @@ def check(store: Store, res: Residency, audit: Audit) -> None:
     assert by_tier[Tier.DISK][0] == stats.disk.resident_bytes, (by_tier, stats.disk)
     total = sum(bs for _, bs in by_tier.values())
     assert math.isclose(sum(by_session.values()), total, rel_tol=RTOL, abs_tol=RTOL)
+    # The same through Residency's own views (by_session once kept only one tier's figure per session).
+    gbh = res.gb_hours
+    assert math.isclose(sum(res.by_session().values()), gbh, rel_tol=RTOL, abs_tol=RTOL * 1e-12), res
+    assert math.isclose(sum(res.by_tier().values()), gbh, rel_tol=RTOL, abs_tol=RTOL * 1e-12), res
+    assert math.isclose(sum(res.by_namespace().values()), gbh, rel_tol=RTOL, abs_tol=RTOL * 1e-12), res
     for tier, (_, bs) in by_tier.items():
         if audit.now > -math.inf:
             grown = bs - audit.tiers.get(tier, 0.0)

@@ -1,8 +1,8 @@
 // kvtier._core: the copy engine, the CUDA driver probe, the device arena and page-locked host buffers.
 // bind_copy() is called once from module.cpp. Arguments arrive already shaped by the Python facade
 // (python/kvtier/kv_layout.py, copy_engine.py, device.py), which reads tensors' interfaces; this file checks what
-// C++ needs, releases the GIL around every plan, copy, wait and allocation, and maps cuda::Unavailable and
-// cuda::DriverError to kvtier.errors.CudaUnavailableError and CudaError (kvtier::Error keeps module.cpp's mapping).
+// C++ needs and releases the GIL around every plan, copy, wait and allocation (module.cpp maps cuda::Unavailable
+// and cuda::DriverError to kvtier.errors.CudaUnavailableError and CudaError).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -157,21 +157,8 @@ py::dict stats_dict(const CopyStats& s) {
   return d;
 }
 
-}  // namespace
-
-void bind_copy(py::module_& m) {
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const cuda::Unavailable& e) {
-      py::object exc = py::module_::import("kvtier.errors").attr("CudaUnavailableError");
-      PyErr_SetString(exc.ptr(), e.what());
-    } catch (const cuda::DriverError& e) {
-      py::object exc = py::module_::import("kvtier.errors").attr("CudaError");
-      PyErr_SetString(exc.ptr(), e.what());
-    }
-  });
-
+// The driver probe and pointer queries.
+void bind_cuda_driver(py::module_& m) {
   m.def("cuda_probe", [] {
     cuda::Driver* d = nullptr;
     {
@@ -224,7 +211,10 @@ void bind_copy(py::module_& m) {
         return d.api().mem_host_get_flags(&flags, reinterpret_cast<void*>(address)) == cuda::CUDA_SUCCESS;
       },
       py::arg("address"));
+}
 
+// KV layouts of an engine's cache and copy plans over them.
+void bind_layout(py::module_& m) {
   py::class_<KVLayout>(m, "KVLayout")
       .def(py::init([](U64Array regions, std::uint64_t num_blocks, int device) {
              if (regions.ndim() != 2 || regions.shape(1) != 3)
@@ -265,7 +255,10 @@ void bind_copy(py::module_& m) {
       },
       py::arg("layout"), py::arg("block_ids"), py::arg("scatter"), py::arg("buffer_base"), py::arg("buffer_stride"),
       py::arg("slots"));
+}
 
+// The copy engine and its completion handles.
+void bind_copy_engine(py::module_& m) {
   py::class_<PyCopyHandle>(m, "CopyHandle")
       .def("poll", [](PyCopyHandle& h) {
         py::gil_scoped_release nogil;
@@ -334,7 +327,10 @@ void bind_copy(py::module_& m) {
         py::gil_scoped_release nogil;
         e.reset();  // finishes queued host copies, joins the workers
       });
+}
 
+// Block memory: the device arena and page-locked host buffers.
+void bind_block_memory(py::module_& m) {
   py::class_<PyDeviceArena>(m, "DeviceArena")
       .def(py::init([](int device, std::size_t slots, std::size_t block_bytes) {
              auto a = std::make_unique<PyDeviceArena>();
@@ -417,4 +413,13 @@ void bind_copy(py::module_& m) {
       })
       .def_property_readonly("address", [](const HostBuffer& b) { return reinterpret_cast<std::uintptr_t>(b.data()); })
       .def_property_readonly("nbytes", [](const HostBuffer& b) { return b.bytes; });
+}
+
+}  // namespace
+
+void bind_copy(py::module_& m) {
+  bind_cuda_driver(m);
+  bind_layout(m);
+  bind_copy_engine(m);
+  bind_block_memory(m);
 }

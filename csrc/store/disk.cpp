@@ -261,7 +261,7 @@ std::uint32_t Store::disk_finish_load(PinId pin, Memory out, std::uint32_t good,
                                       const std::vector<Key>& corrupt, const std::vector<Key>& missing, bool promote,
                                       double now, const std::uint8_t* staged,
                                       const std::vector<std::uint32_t>& staged_blocks) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   check_open();
   pin_record(pin);  // throws for a pin released meanwhile, before anything changes
   if (staged != nullptr) {  // GPU `out`: the folder's blocks were read into host memory first
@@ -285,7 +285,11 @@ std::uint32_t Store::disk_finish_load(PinId pin, Memory out, std::uint32_t good,
   if (good <= rec.host_blocks) return good;
   const std::uint32_t from_disk = good - rec.host_blocks;
   dstats_.bytes_read += static_cast<std::uint64_t>(from_disk) * spec_.block_bytes;
-  if (promote) promote_from_disk(rec.ns, disk_->at(rec.disk[0]).account, rec.words, rec.host_blocks, good, out, now);
+  if (!promote) return good;
+  // Copied out of the pin record: promotion's copies run with the lock released, when other threads may
+  // release this pin or add others (pin_records_ may move).
+  const std::vector<Word> words = rec.words;
+  promote_from_disk(rec.ns, disk_->at(rec.disk[0]).account, words, rec.host_blocks, good, out, now, &lock);
   return good;
 }
 
@@ -293,16 +297,19 @@ std::uint32_t Store::disk_finish_load(PinId pin, Memory out, std::uint32_t good,
 // into `out` (blocks 0..to-1), are copied up into the host tier as far as room can be made there —
 // free capacity, then host blocks evicted by policy (a block already on disk leaves at no cost; one that
 // is not queues its write). It goes chunk by chunk and stops rather than wait: when the write queue
-// cannot take another chunk's demotions, or the host tier is full of pinned blocks. Precondition: the
-// store lock is held and the prefix [0, from) is pinned by the caller.
+// cannot take another chunk's demotions, or the host tier is full of pinned blocks. Each chunk is an
+// insert (reserve, copy, commit): its copy from `out` runs with `lock` released when it touches no GPU
+// memory (insert_locked holds the prefix meanwhile). Precondition: `lock` holds the store lock, and the
+// prefix [0, from) is pinned by the caller; `words` and `out` stay valid (the caller's, not the store's).
 void Store::promote_from_disk(std::uint32_t ns, std::uint32_t account, const std::vector<Word>& words,
-                              std::uint32_t from, std::uint32_t to, Memory out, double now) {
+                              std::uint32_t from, std::uint32_t to, Memory out, double now,
+                              std::unique_lock<std::mutex>* lock) {
   const std::uint64_t chunk = std::max<std::uint64_t>(1, spec_.disk.queue_blocks / 4);
   std::uint32_t done = from;
   std::uint64_t promoted = 0;
   while (done < to && queued_ + chunk <= spec_.disk.queue_blocks) {
     const auto end = static_cast<std::uint32_t>(std::min<std::uint64_t>(to, done + chunk));
-    const InsertResult r = insert_locked(ns, account, words.data(), end, out, 0, now, false);
+    const InsertResult r = insert_locked(ns, account, words.data(), end, out, 0, now, false, lock);
     promoted += r.inserted;
     if (r.matched + r.inserted < end) break;  // no more room without waiting
     done = end;

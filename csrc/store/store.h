@@ -4,7 +4,7 @@
 // store, and may throw Error (see common.h) for user mistakes: kClosed after close(), kInvalidArgument
 // for time going backwards or an unknown namespace/account, kStalePin for a released pin, kTypeError
 // never (the bindings check types). Host payload copies run with the lock released, their blocks held
-// (run_held: reserve, copy, commit); copies touching GPU memory and promotion copies still run under it.
+// (run_held: reserve, copy, commit), promotion copies from disk loads too; copies touching GPU memory still run under it.
 // None runs under the Python GIL (the bindings release it before they lock).
 #pragma once
 
@@ -336,7 +336,7 @@ class Store {
   std::uint64_t disk_expire_locked(double now);
   void wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t blocks);
   void promote_from_disk(std::uint32_t ns, std::uint32_t account, const std::vector<Word>& words, std::uint32_t from,
-                         std::uint32_t to, Memory out, double now);
+                         std::uint32_t to, Memory out, double now, std::unique_lock<std::mutex>* lock);
   bool disk_chain(std::uint32_t ns, const Word* words, std::size_t host_blocks, std::size_t to, double now, Key* last);
   std::size_t spill_locked(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t from, std::size_t to,
                            Memory payload, std::size_t payload_first, double now, Key* prev);

@@ -5,7 +5,7 @@
 namespace kvtier::lmdb_pages {
 namespace {
 
-constexpr std::uint16_t kBranch = 0x01, kLeaf = 0x02;
+constexpr std::uint16_t kBranch = 0x01, kLeaf = 0x02, kOverflow = 0x04;
 constexpr std::uint16_t kIgnored = 0x10 | 0x4000 | 0x8000;  // P_DIRTY, P_LOOSE, P_KEEP: never meaningful on disk
 constexpr std::uint16_t kBigData = 0x01, kSubData = 0x02, kDupData = 0x04;
 constexpr std::size_t kHeader = 16;    // PAGEHDRSZ
@@ -18,6 +18,11 @@ constexpr int kMain = -1, kFree = -2;
 
 std::uint16_t u16(const std::uint8_t* p) {
   std::uint16_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+std::uint32_t u32(const std::uint8_t* p) {
+  std::uint32_t v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
@@ -116,6 +121,16 @@ class Walker {
         const std::uint64_t pages = (kHeader - 1 + dsize) / psize_ + 1;  // OVPAGES
         if (in_page + 8 > psize_ || !claim(ov, pages, "an overflow value")) {
           if (in_page + 8 > psize_) damage("a node outside its page", pg);
+          continue;
+        }
+        // LMDB frees an overflow run by the page number and count in its first page's header: damaged, a
+        // delete would hand out pages other records still use. (A run rewritten in place with a shorter value
+        // keeps its longer count.)
+        const std::uint8_t* op = file_ + ov * psize_;
+        const std::uint64_t run = u32(op + 12);
+        if (u64(op) != ov || (u16(op + 10) & static_cast<std::uint16_t>(~kIgnored)) != kOverflow || run < pages ||
+            (run > pages && !claim(ov + pages, run - pages, "an overflow run"))) {
+          damage("an overflow value with a damaged header", ov);
           continue;
         }
         offset = ov * psize_ + kHeader;

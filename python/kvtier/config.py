@@ -22,6 +22,8 @@ _POLICIES: dict[str, _core.Policy] = {"lru": _core.Policy.LRU, "lfu": _core.Poli
 _STORE = _core.StoreSpec()
 _DISK = _core.DiskSpec()
 _DEVICE = _core.DeviceSpec()
+#: Tokens per block unless told otherwise: the core's default (csrc/core/spec.h), for every API and command.
+DEFAULT_BLOCK_SIZE: int = _STORE.block_size
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
 
@@ -63,9 +65,9 @@ def token_limit(vocab_size: object) -> int:
 
 
 def _check_content(content: object) -> None:
-    """What a block's words are: token ids, or one 64-bit id per block."""
-    if not isinstance(content, str) or content not in ("tokens", "block_ids"):
-        raise InvalidArgumentError(f"content must be 'tokens' or 'block_ids', got {content!r}")
+    """What a block's words are: token ids, one 64-bit id per block, or one 32-byte key per block."""
+    if not isinstance(content, str) or content not in ("tokens", "block_ids", "keys"):
+        raise InvalidArgumentError(f"content must be 'tokens', 'block_ids' or 'keys', got {content!r}")
 
 
 def _fill_tier(spec: _core.TierSpec, capacity_bytes: int | None, policy: str, ttl_s: float | None) -> None:
@@ -392,6 +394,8 @@ class StoreConfig:
     content
         ``"tokens"``: blocks are compared by their token ids. ``"block_ids"``: each block is one
         64-bit id that already names its whole prefix (trace hash ids, engine block hashes).
+        ``"keys"``: each block is found by a 32-byte key that already names its whole prefix (SGLang's
+        page hashes), through :meth:`kvtier.Store.insert_keys` and the other ``*_keys`` methods.
     vocab_size
         If given, token ids must be below it.
     payload_dtype
@@ -408,10 +412,10 @@ class StoreConfig:
         Every device block also keeps a host slot, so its capacity is at most the host tier's.
     """
 
-    block_size: int = _STORE.block_size
+    block_size: int = DEFAULT_BLOCK_SIZE
     block_bytes: int = 2048
     metadata_only: bool = False
-    content: Literal["tokens", "block_ids"] = "tokens"
+    content: Literal["tokens", "block_ids", "keys"] = "tokens"
     vocab_size: int | None = None
     payload_dtype: str | None = None
     host: TierConfig = field(default_factory=TierConfig)
@@ -425,6 +429,8 @@ class StoreConfig:
         _check_bool("metadata_only", self.metadata_only)
         _check_content(self.content)
         token_limit(self.vocab_size)  # checks it
+        if self.content == "keys" and self.vocab_size is not None:
+            raise InvalidArgumentError("vocab_size must be None with content='keys' (a key's words are not token ids)")
         if not isinstance(self.host, TierConfig):
             raise KvtierTypeError(f"host must be a TierConfig, got {type(self.host).__name__}")
         if self.disk is not None and not isinstance(self.disk, DiskConfig):
@@ -463,7 +469,8 @@ class StoreConfig:
         """The whole configuration as the core takes it (csrc/core/spec.h)."""
         s = _core.StoreSpec()
         s.block_size = self.block_size
-        s.width = 2 if self.content == "block_ids" else self.block_size  # a 64-bit id is two 32-bit words
+        # a 64-bit id is two 32-bit words, a 32-byte key eight
+        s.width = {"block_ids": 2, "keys": 8}.get(self.content, self.block_size)
         s.block_bytes = self.block_bytes
         s.payloads = not self.metadata_only
         s.host = self.host.tier_spec()
@@ -475,15 +482,15 @@ class StoreConfig:
 
     @property
     def token_limit(self) -> int:
-        """Exclusive upper bound of token ids."""
-        return token_limit(self.vocab_size)
+        """Exclusive upper bound of token ids (every 32-bit word for keys)."""
+        return 1 << 32 if self.content == "keys" else token_limit(self.vocab_size)
 
     @classmethod
     def for_blocks(
         cls,
         capacity_blocks: int | None,
         *,
-        block_size: int = 16,
+        block_size: int = DEFAULT_BLOCK_SIZE,
         block_bytes: int = 1,
         content: Literal["tokens", "block_ids"] = "tokens",
         policy: Policy = "lru",

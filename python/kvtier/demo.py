@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kvtier.config import DiskConfig, Namespace, StoreConfig, TierConfig
+from kvtier.config import DEFAULT_BLOCK_SIZE, DiskConfig, Namespace, StoreConfig, TierConfig
 from kvtier.errors import InvalidArgumentError
 from kvtier.store import Store, Tier, TokenSequence
 from kvtier.tiers.disk_folder import FILES, MARKER
@@ -59,7 +59,7 @@ class DemoConfig:
     system_tokens: int = 2048
     step_tokens: int = 384
     step_seconds: float = 30.0
-    block_size: int = 16
+    block_size: int = DEFAULT_BLOCK_SIZE
     kv_bytes_per_token: int = 32_768  # Llama-3.2-1B, bf16: 16 layers x 8 KV heads x 64 dim x 2 (K,V) x 2 bytes
     capacity_bytes: int = 128 << 20
     policy: str = "lru"
@@ -137,7 +137,8 @@ def _check_demo_folder(path: str) -> None:
     """Raises unless the LMDB folder ``path`` is a kvtier folder holding only the demo's namespace."""
     import json
 
-    from kvtier.errors import DiskError
+    from kvtier.errors import DiskError, DiskReadError
+    from kvtier.tiers.disk_folder import disk_error
     from kvtier.tiers.disk_io import DiskIO
 
     if not os.path.isfile(os.path.join(path, "data.mdb")):
@@ -159,6 +160,8 @@ def _check_demo_folder(path: str) -> None:
                     d = {}
                 if ns != _NAMESPACE:
                     others.append(f"model {d.get('model')!r} tenant {d.get('tenant')!r}")
+    except (io.lmdb.Error, OSError) as e:  # a damaged page: a kvtier error (exit 2), never a traceback
+        raise disk_error(e, path, "cannot read the namespaces (kvtier fsck --repair mends it)", DiskReadError) from e
     finally:
         io.close()
     if others:

@@ -30,7 +30,7 @@ from typing import Any
 
 from kvtier import _core
 from kvtier.errors import DiskBusyError, DiskDamagedError, DiskError, DiskWriteError
-from kvtier.tiers.disk_folder import VALUE_LIMIT, disk_error, reset_environment
+from kvtier.tiers.disk_folder import VALUE_LIMIT, disk_error, reset_environment, walk_pages
 from kvtier.tiers.disk_folder import rebuild as rebuild_folder
 from kvtier.tiers.disk_io import DiskIO, ReadBatch
 
@@ -182,7 +182,7 @@ def check(io: DiskIO, *, repair: bool = False, orphans: bool = False, rebuild: b
             errors.append(e)
         else:
             after, left, _keep, errors = _scan(io, orphans)
-            if not left and not errors:
+            if not left and not errors and _pages_sound(io):
                 report.removed = len(remove)
                 return report
     # Damage the entries' deletes did not clear (pages LMDB cannot read, keys out of order): rebuild.
@@ -203,6 +203,20 @@ def check(io: DiskIO, *, repair: bool = False, orphans: bool = False, rebuild: b
         io.shared()
     report.removed = report.blocks - kept[0] + report.problems["stray-payload"]
     return report
+
+
+def _pages_sound(io: DiskIO) -> bool:
+    """Whether the deletes left every page sound: LMDB's deletes walk a damaged tree without checking it, and
+    can leave damage that no entry shows (a later open would find it). Walked only when the folder is held
+    alone (a writer reuses pages under the walk); beside a running store the store's own open walked it."""
+    held = io.exclusive
+    if not held and not io.try_exclusive():
+        return True
+    try:
+        return walk_pages(io.path)[1] == 0
+    finally:
+        if not held:
+            io.shared()
 
 
 def _good_items(r: ReadBatch, keep: set[bytes], kept: list[int]) -> Iterator[tuple[bytes, bytes, Any]]:

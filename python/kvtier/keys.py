@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kvtier import _core
-from kvtier.config import Namespace, token_limit
+from kvtier.config import DEFAULT_BLOCK_SIZE, Namespace, token_limit
 from kvtier.errors import InvalidArgumentError, KvtierTypeError
 from kvtier.store import Tokens, TokenSequence
 
@@ -17,7 +17,7 @@ def block_keys(
     tokens: Tokens,
     namespace: Namespace,
     *,
-    block_size: int = 16,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     extra: bytes = b"",
     parent: bytes | None = None,
     vocab_size: int | None = None,

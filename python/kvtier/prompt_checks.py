@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from kvtier.config import _check_int
+from kvtier.config import DEFAULT_BLOCK_SIZE, _check_int
 from kvtier.errors import InvalidArgumentError, KvtierTypeError
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class Settings:
         Catalogued model whose KV bytes per token size :meth:`PrefixCache.assert_residency` (optional).
     """
 
-    block_size: int = 16
+    block_size: int = DEFAULT_BLOCK_SIZE
     policy: Policy = "lru"
     ttl_s: float | None = None
     capacity_blocks: int | None = None

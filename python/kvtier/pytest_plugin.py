@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 
 from kvtier.errors import InvalidArgumentError, KvtierError
-from kvtier.config import _check_int
+from kvtier.config import DEFAULT_BLOCK_SIZE, _check_int
 from kvtier.prompt_checks import PrefixCache, Settings, check_number
 
 __all__ = ["prefix_cache"]
@@ -132,7 +132,7 @@ def _settings_for(item: pytest.Item) -> tuple[Settings, dict[str, Any]]:
 # ------------------------------------------------------------------------------------------- hooks
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kvtier", "kvtier prompt-prefix cache checks (the prefix_cache fixture)")
-    group.addoption("--kvtier-block-size", type=_arg_type(_block_size), default=16, metavar="TOKENS",
+    group.addoption("--kvtier-block-size", type=_arg_type(_block_size), default=DEFAULT_BLOCK_SIZE, metavar="TOKENS",
                     help="tokens per cached block, as in your engine (default 16)")
     group.addoption("--kvtier-policy", default="lru", metavar="POLICY",
                     help="eviction policy of the replay cache: lru (default), lfu or ttl")

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union
 import numpy as np
 import numpy.typing as npt
 
-from kvtier import _core
-from kvtier.config import Namespace, StoreConfig, _check_str, token_limit
+from kvtier import _core, store_keys
+from kvtier.config import Namespace, StoreConfig, _check_bool, _check_str, token_limit
 from kvtier.errors import (
     CudaError,
     DiskWriteError,
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from kvtier.tiers.disk import DiskTier, RestoreReport
     from kvtier.tiers.remote import RemoteStats, RemoteTier
     from kvtier.replay import ReplayTrace
+    from kvtier.store_keys import Keys
 
 __all__ = [
     "Store",
@@ -858,6 +859,77 @@ class Store:
             return local
         remote = np.frombuffer(b"".join(result._remote[2][: result.remote_blocks]), dtype=np.uint8).reshape(-1, 32)
         return np.concatenate([local, remote])
+
+    # ----------------------------------------------------------------- lookups by key
+    # Stores with content="keys" (kvtier.store_keys): one 32-byte key per block, e.g. SGLang's page hashes.
+    def _keys_call(self, keys: Keys, namespace: Namespace | None, call: Callable[[int, Any], _T]) -> _T:
+        store_keys.check_keys_store(self)
+        arr = store_keys.key_array(keys)
+        ns = self._ns(namespace)
+        try:
+            return call(ns, arr)
+        except UnknownNamespaceError as e:
+            return self._again(namespace, ns, e, lambda n: call(n, arr))
+
+    def find_keys(
+        self, keys: Keys, *, namespace: Namespace | None = None, now: float | None = None, touch: bool = False
+    ) -> int:
+        """How many of ``keys``, from the first, are held in some tier (the leading run).
+
+        ``keys``: 32-byte ``bytes``, 64-character hex strings or a ``uint8[n, 32]`` array. With ``touch``
+        the run's recency is refreshed and hits (and the first miss) are counted, as by :meth:`match`.
+        """
+        _check_bool("touch", touch)
+        return self._keys_call(keys, namespace, lambda ns, arr: store_keys.find(self, ns, arr, now, touch))
+
+    def has_keys(
+        self, keys: Keys, *, namespace: Namespace | None = None, now: float | None = None
+    ) -> npt.NDArray[np.bool_]:
+        """Per key, whether it is held in some tier (as this process knows the disk folder); nothing is counted."""
+        return self._keys_call(
+            keys, namespace, lambda ns, arr: self._core.keys_present(ns, arr, now).astype(np.bool_)
+        )
+
+    def insert_keys(
+        self,
+        keys: Keys,
+        payloads: npt.ArrayLike | memoryview | bytes | None = None,
+        *,
+        namespace: Namespace | None = None,
+        session: str | None = None,
+        now: float | None = None,
+    ) -> npt.NDArray[np.bool_]:
+        """Stores block ``i`` of ``payloads`` (``block_bytes`` each, back to back) under ``keys[i]``.
+
+        A key already held costs a lookup and no copy. Returns, per key, whether it is held after the
+        call (``False``: the host tier is full of pinned blocks).
+        """
+        if payloads is not None:
+            self._check_payload(payloads, "payloads")
+        name = self._session(session)
+        return self._keys_call(
+            keys, namespace, lambda ns, arr: self._core.keys_insert(ns, name, arr, payloads, now).astype(np.bool_)
+        )
+
+    def load_keys(
+        self,
+        keys: Keys,
+        out: npt.NDArray[Any] | bytearray | memoryview,
+        *,
+        namespace: Namespace | None = None,
+        now: float | None = None,
+    ) -> int:
+        """Copies the blocks of the leading run of held ``keys`` into ``out`` and returns how many.
+
+        ``out`` is a writable C-contiguous host buffer of at least ``len(keys) x block_bytes`` bytes; block
+        ``i`` lands at byte ``i * block_bytes``. The run stops at the first key not held and at the first
+        block whose disk payload fails its checksum (that block is dropped from the store, never served).
+        """
+        self._check_payload(out, "out")
+        store_keys.check_keys_store(self)
+        arr = store_keys.key_array(keys)
+        flat = store_keys.out_bytes(out, len(arr) * self.config.block_bytes)
+        return self._keys_call(arr, namespace, lambda ns, a: store_keys.load(self, ns, a, flat, now))
 
     # ----------------------------------------------------------------- disk tier
     def flush(self, timeout: float | None = None, *, host: bool = False) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kvtier.analytics.formats import FORMATS, Format, LogFormatError, Record, detect_format, first_object, parse_record
-from kvtier.config import Namespace
+from kvtier.config import DEFAULT_BLOCK_SIZE, Namespace
 from kvtier.errors import InvalidArgumentError
 from kvtier.replay import ReplayTrace
 
@@ -272,7 +272,7 @@ def read_log(
     tokenizer: Any = None,
     tokenizer_path: str | None = None,
     progress: bool = False,
-    break_block_size: int = 16,
+    break_block_size: int = DEFAULT_BLOCK_SIZE,
     break_examples: int = 3,
 ) -> RequestLog:
     """Reads a request log (streaming) into a :class:`RequestLog`.

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kvtier import units
+from kvtier.config import DEFAULT_BLOCK_SIZE
 
 if TYPE_CHECKING:
     from kvtier.cost.catalog import Catalog, HardwareSpec, ModelSpec, ProviderRules
@@ -64,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--catalog", action="append", default=[], metavar="FILE", help="TOML file adding or overriding catalogue entries (repeatable)")
     p.add_argument("--format", choices=_FORMATS, default="auto", help="trace format (default: detected from the first line)")
     p.add_argument("--tokenizer", metavar="FILE", help="tokenizer.json for text and chat logs")
-    p.add_argument("--block-size", type=units.tokens_type("--block-size"), default=16, metavar="TOKENS",
+    p.add_argument("--block-size", type=units.tokens_type("--block-size"), default=DEFAULT_BLOCK_SIZE, metavar="TOKENS",
                    help="tokens per block for token logs: 16 or 16 tokens (default 16)")
     p.add_argument(
         "--kv-ttl",

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from kvtier.config import DEFAULT_BLOCK_SIZE
 from kvtier.errors import InvalidArgumentError
 
 __all__ = ["CostTrace", "chain_prefix_ids", "read_trace"]
@@ -219,7 +220,7 @@ class CostTrace:
         )
 
     @classmethod
-    def from_request_log(cls, log: Any, *, block_size: int = 16) -> CostTrace:
+    def from_request_log(cls, log: Any, *, block_size: int = DEFAULT_BLOCK_SIZE) -> CostTrace:
         """From a :class:`kvtier.analytics.logs.RequestLog` (any format ``kvtier analyze`` reads).
 
         ``block_size`` (tokens) cuts token logs into blocks; block logs keep their own block.
@@ -308,7 +309,7 @@ def _index(names: Sequence[str] | None) -> tuple[npt.NDArray[np.uint32] | None, 
     return idx, tuple(table)
 
 
-def read_trace(path: str, *, fmt: str | None = None, tokenizer: str | None = None, block_size: int = 16) -> CostTrace:
+def read_trace(path: str, *, fmt: str | None = None, tokenizer: str | None = None, block_size: int = DEFAULT_BLOCK_SIZE) -> CostTrace:
     """Reads a request log with ``kvtier analyze``'s parsers (Mooncake, Bailian, kvtier, OpenAI chat logs).
 
     Parameters

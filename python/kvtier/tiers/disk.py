@@ -231,6 +231,16 @@ class DiskTier:
 
         Returns the blocks imported (0 if ``probe`` is not in the folder, or the folder cannot be read).
         """
+        return self._import(
+            probe, lambda: [k.tobytes() for k in self._core.chain_keys_from(ns, tokens, first_block + 1, probe)]
+        )
+
+    def import_keys(self, keys: Sequence[bytes]) -> int:
+        """The leading run of ``keys`` (index keys) that another process stored: into the index."""
+        return self._import(keys[0], lambda: list(keys[1:])) if keys else 0
+
+    def _import(self, probe: bytes, following_keys: Callable[[], list[bytes]]) -> int:
+        """Imports the index records of ``probe`` and then of ``following_keys()`` up to the first absent one."""
         # Deletes this store queued are not in the folder's snapshot yet, or are: the generation read
         # first lets the core refuse a snapshot older than a delete it committed meanwhile.
         generation = self._core.delete_generation()
@@ -243,7 +253,7 @@ class DiskTier:
                 if record is None or len(record) > VALUE_LIMIT:
                     return 0
                 records.append((probe, bytes(record)))
-                following = [k.tobytes() for k in self._core.chain_keys_from(ns, tokens, first_block + 1, probe)]
+                following = following_keys()
                 for key, rec in zip(following, r.get_each(b"index", following)):
                     bad = rec is None or isinstance(rec, BaseException) or len(rec) > VALUE_LIMIT
                     if bad or key in self._damaged:

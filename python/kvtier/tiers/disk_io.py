@@ -424,6 +424,11 @@ class DiskIO:
         self._exclusive = True
         return True
 
+    @property
+    def exclusive(self) -> bool:
+        """Whether this process holds the folder alone (:meth:`try_exclusive`, until :meth:`shared`)."""
+        return self._exclusive
+
     def shared(self) -> None:
         assert self._lock_fd is not None
         fcntl.flock(self._lock_fd, fcntl.LOCK_SH)

@@ -33,101 +33,30 @@ key                          value                      default
 
 from __future__ import annotations
 
-import difflib
-import math
-import os
-import re
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from kvtier.config import RemoteConfig
 from kvtier.errors import InvalidArgumentError, KvtierTypeError
+from kvtier.integrations import extra_config as ec
 
 __all__ = ["KVTierConnectorConfig", "parse_extra_config", "parse_size"]
 
 _GIB = 1 << 30
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_POLICIES = ("lru", "lfu", "ttl")
 _HIT_POLICIES = ("pays", "always")
 _PREFIX = "kv_connector_extra_config"
 
 
 def parse_size(key: str, value: object) -> int:
     """Bytes from an int or a string such as ``"512M"``, ``"8G"``, ``"1.5GiB"`` (binary units)."""
-    if isinstance(value, bool):
-        raise KvtierTypeError(f"{_PREFIX}[{key!r}] must be a number of bytes or a size such as '8G', got {value!r}")
-    if isinstance(value, int):
-        n = value
-    elif isinstance(value, float) and value.is_integer():
-        n = int(value)
-    elif isinstance(value, str):
-        m = _SIZE.match(value)
-        if m is None:
-            raise InvalidArgumentError(
-                f"{_PREFIX}[{key!r}]={value!r} is not a size: use bytes (an int) or a number with K, M, G or T"
-            )
-        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    else:
-        raise KvtierTypeError(
-            f"{_PREFIX}[{key!r}] must be a number of bytes or a size such as '8G', got {type(value).__name__}"
-        )
-    if n <= 0:
-        raise InvalidArgumentError(f"{_PREFIX}[{key!r}] must be > 0 bytes, got {value!r}")
-    return n
-
-
-def _seconds(key: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise KvtierTypeError(f"{_PREFIX}[{key!r}] must be a number of seconds, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidArgumentError(f"{_PREFIX}[{key!r}] must be a finite number of seconds > 0, got {value!r}")
-    return float(value)
-
-
-def _choice(key: str, value: object, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise InvalidArgumentError(f"{_PREFIX}[{key!r}] must be one of {list(choices)}, got {value!r}")
-    return value
-
-
-def _text(key: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise KvtierTypeError(f"{_PREFIX}[{key!r}] must be a non-empty str, got {value!r}")
-    return value
-
-
-def _flag(key: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise KvtierTypeError(f"{_PREFIX}[{key!r}] must be true or false, got {value!r}")
-    return value
-
-
-def default_disk_capacity(path: str) -> int:
-    """Half the free space of ``path``'s file system, at most 64 GiB and at least 1 GiB."""
-    probe = path
-    while probe and not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    free = shutil.disk_usage(probe or ".").free
-    return max(_GIB, min(64 * _GIB, free // 2))
+    return ec.size(f"{_PREFIX}[{key!r}]", value)
 
 
 @dataclass(frozen=True)
-class KVTierConnectorConfig:
+class KVTierConnectorConfig(ec.TierSettings):
     """The connector's settings (see the module docstring for each key). Build with :func:`parse_extra_config`."""
 
-    disk_path: str
-    disk_capacity: int
-    host_capacity: int = 2 * _GIB
-    host_policy: Literal["lru", "lfu", "ttl"] = "lru"
-    disk_policy: Literal["lru", "lfu", "ttl"] = "lru"
-    host_ttl_s: float | None = None
-    disk_ttl_s: float | None = None
     model: str | None = None
     revision: str | None = None
     tokenizer: str | None = None
@@ -147,11 +76,7 @@ class KVTierConnectorConfig:
         if self.remote_url is None and any(getattr(self, k) is not None for k in remote_keys):
             raise InvalidArgumentError(f"{_PREFIX}: the remote_* keys need {_PREFIX}['remote_url']")
         self.remote_config()  # validates the URL and the remote keys
-        for tier in ("host", "disk"):
-            if getattr(self, f"{tier}_policy") == "ttl" and getattr(self, f"{tier}_ttl_s") is None:
-                raise InvalidArgumentError(
-                    f"{_PREFIX}[{tier + '_policy'!r}]='ttl' needs {_PREFIX}[{tier + '_ttl_s'!r}] (maximum idle seconds)"
-                )
+        ec.check_ttl_policies(_PREFIX, self)
 
     def remote_config(self) -> RemoteConfig | None:
         """The stores' :class:`kvtier.RemoteConfig` (``None`` without ``remote_url``)."""
@@ -169,27 +94,21 @@ class KVTierConnectorConfig:
             raise type(e)(f"{_PREFIX}['remote_url'] and the remote_* keys: {e}") from None
 
 
-_PARSERS: dict[str, Any] = {
-    "disk_path": _text,
-    "disk_capacity": parse_size,
-    "host_capacity": parse_size,
-    "host_policy": lambda k, v: _choice(k, v, _POLICIES),
-    "disk_policy": lambda k, v: _choice(k, v, _POLICIES),
-    "host_ttl_s": _seconds,
-    "disk_ttl_s": _seconds,
-    "model": _text,
-    "revision": _text,
-    "tokenizer": _text,
-    "hit_policy": lambda k, v: _choice(k, v, _HIT_POLICIES),
-    "host_bandwidth": parse_size,
-    "disk_bandwidth": parse_size,
-    "save_generated": _flag,
-    "save_buffer": parse_size,
-    "remote_url": _text,
-    "remote_capacity": parse_size,
-    "remote_ttl_s": _seconds,
-    "remote_write": lambda k, v: _choice(k, v, ("back", "through")),
-    "remote_namespace_budget": parse_size,
+_PARSERS: dict[str, ec.Parser] = {
+    **ec.TIER_PARSERS,
+    "model": ec.text,
+    "revision": ec.text,
+    "tokenizer": ec.text,
+    "hit_policy": lambda k, v: ec.choice(k, v, _HIT_POLICIES),
+    "host_bandwidth": ec.size,
+    "disk_bandwidth": ec.size,
+    "save_generated": ec.flag,
+    "save_buffer": ec.size,
+    "remote_url": ec.text,
+    "remote_capacity": ec.size,
+    "remote_ttl_s": ec.seconds,
+    "remote_write": lambda k, v: ec.choice(k, v, ("back", "through")),
+    "remote_namespace_budget": ec.size,
 }
 assert set(_PARSERS) == {f.name for f in fields(KVTierConnectorConfig)}
 
@@ -204,24 +123,4 @@ def parse_extra_config(extra: Mapping[str, Any] | None) -> KVTierConnectorConfig
     kvtier.KvtierTypeError
         (a ``TypeError``) for a value of the wrong type; the message names the key.
     """
-    if extra is None:
-        extra = {}
-    if not isinstance(extra, Mapping):
-        raise KvtierTypeError(f"{_PREFIX} must be a mapping of keys to values, got {type(extra).__name__}")
-    values: dict[str, Any] = {}
-    for key, value in extra.items():
-        parser = _PARSERS.get(key) if isinstance(key, str) else None
-        if parser is None:
-            close = difflib.get_close_matches(str(key), list(_PARSERS), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise InvalidArgumentError(f"{_PREFIX}: unknown key {key!r}{hint} (known keys: {', '.join(_PARSERS)})")
-        values[key] = parser(key, value)
-    if "disk_path" not in values:
-        raise InvalidArgumentError(
-            f"{_PREFIX}[{'disk_path'!r}] is required: the folder of kvtier's disk tier, which the scheduler and "
-            "worker processes share (e.g. {'disk_path': '/var/cache/kvtier'})"
-        )
-    values["disk_path"] = os.path.abspath(os.path.expanduser(values["disk_path"]))
-    if "disk_capacity" not in values:
-        values["disk_capacity"] = default_disk_capacity(values["disk_path"])
-    return KVTierConnectorConfig(**values)
+    return KVTierConnectorConfig(**ec.parse_fields(_PREFIX, extra, _PARSERS))
