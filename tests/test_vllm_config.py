@@ -82,11 +82,38 @@ def test_all_keys_parse() -> None:
         ({"disk_path": "/x", "model": 3}, kvtier.KvtierTypeError, "model"),
         ({"disk_path": "/x", "disk_bandwidth": 0}, kvtier.InvalidArgumentError, "disk_bandwidth"),
         ({"disk_path": "/x", "save_buffer": "0M"}, kvtier.InvalidArgumentError, "save_buffer"),
+        ({"disk_path": "/x", "remote_url": "http://h"}, kvtier.InvalidArgumentError, "remote_url"),
+        ({"disk_path": "/x", "remote_url": 5}, kvtier.KvtierTypeError, "remote_url"),
+        ({"disk_path": "/x", "remote_ttl_s": 60}, kvtier.InvalidArgumentError, "remote_url"),
+        ({"disk_path": "/x", "remote_url": "redis://h", "remote_write": "later"}, kvtier.InvalidArgumentError,
+         "remote_write"),
+        ({"disk_path": "/x", "remote_url": "redis://h", "remote_capacity": "x"}, kvtier.InvalidArgumentError,
+         "remote_capacity"),
     ],
 )
 def test_bad_extra_config_is_refused_naming_the_key(extra: dict[str, object], exc: type[Exception], names: str) -> None:
     with pytest.raises(exc, match=names):
         parse_extra_config(extra)
+
+
+def test_remote_keys_make_the_stores_remote_config() -> None:
+    cfg = parse_extra_config(
+        {
+            "disk_path": "/x",
+            "remote_url": "redis+cluster://10.0.0.5:7000",
+            "remote_capacity": "100G",
+            "remote_ttl_s": 3600,
+            "remote_write": "back",
+            "remote_namespace_budget": "10G",
+        }
+    )
+    rc = cfg.remote_config()
+    assert rc == kvtier.RemoteConfig(
+        url="redis+cluster://10.0.0.5:7000", capacity_bytes=100 << 30, ttl_s=3600.0, write="back",
+        namespace_budget_bytes=10 << 30,
+    )
+    assert parse_extra_config({"disk_path": "/x"}).remote_config() is None
+    assert parse_extra_config({"disk_path": "/x", "remote_url": "redis://h:1/0"}).remote_config().write == "through"  # type: ignore[union-attr]
 
 
 def test_unknown_key_suggests_the_close_one() -> None:

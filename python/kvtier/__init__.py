@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from kvtier.config import DiskConfig, Namespace, StoreConfig, TierConfig
+from kvtier.config import DiskConfig, Namespace, RemoteConfig, StoreConfig, TierConfig
 from kvtier.copy_engine import CopyEngine, CopyHandle
 from kvtier.device import CudaStatus, DeviceArena, DeviceTierConfig, cuda_available, host_buffer
 from kvtier.errors import (
@@ -18,6 +18,9 @@ from kvtier.errors import (
     KvtierError,
     KvtierTypeError,
     PinError,
+    RemoteError,
+    RemoteUnavailableError,
+    RemoteWriteError,
     StoreClosedError,
     UnknownNamespaceError,
 )
@@ -44,6 +47,7 @@ __all__ = [
     "StoreConfig",
     "TierConfig",
     "DiskConfig",
+    "RemoteConfig",
     "Namespace",
     "Tier",
     "TokenSequence",
@@ -75,6 +79,9 @@ __all__ = [
     "CapacityError",
     "DiskError",
     "DiskWriteError",
+    "RemoteError",
+    "RemoteUnavailableError",
+    "RemoteWriteError",
     "CudaUnavailableError",
     "CudaError",
 ]

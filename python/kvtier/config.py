@@ -14,7 +14,7 @@ from typing import Literal
 from kvtier import _core
 from kvtier.errors import InvalidArgumentError, KvtierTypeError
 
-__all__ = ["Namespace", "TierConfig", "DiskConfig", "DeviceTierConfig", "StoreConfig", "Policy"]
+__all__ = ["Namespace", "TierConfig", "DiskConfig", "RemoteConfig", "DeviceTierConfig", "StoreConfig", "Policy"]
 
 Policy = Literal["lru", "lfu", "ttl"]
 _POLICIES: dict[str, _core.Policy] = {"lru": _core.Policy.LRU, "lfu": _core.Policy.LFU, "ttl": _core.Policy.TTL}
@@ -231,6 +231,97 @@ class DiskConfig:
 
 
 @dataclass(frozen=True)
+class RemoteConfig:
+    """The shared remote tier: a Redis (or Valkey) server or Redis Cluster below disk (or below host).
+
+    Several stores (servers of a fleet) that name the same server and namespace share its blocks: a prefix one
+    of them stored is a hit on the others (docs/remote.md).
+
+    Parameters
+    ----------
+    url
+        ``redis://[[user]:password@]host:port/db``, ``rediss://...`` (TLS), ``unix:///path.sock`` or
+        ``redis+cluster://host:port`` (``rediss+cluster://``: TLS) naming any seed node of a cluster. Without a
+        password in the URL, ``$KVTIER_REDIS_PASSWORD`` is used when set.
+    capacity_bytes
+        Payload bytes kvtier keeps on the server, all namespaces and stores together (``None``: bounded only by
+        the server's ``maxmemory`` and its eviction policy). Beyond it, writers remove the least recently
+        written or read blocks.
+    ttl_s
+        Maximum idle seconds of a block on the server (Redis ``PEXPIRE``: every write and read restarts it).
+        ``None``: no expiry.
+    write
+        ``"back"`` (default): inserted blocks are queued and written by a background thread in pipelined
+        batches; other servers see them once written (:meth:`kvtier.Store.flush` waits for that).
+        ``"through"``: an insert returns once the server acknowledged its new blocks (or failed).
+    namespace_budget_bytes
+        Payload bytes one namespace (tenant) may keep on the server (``None``: no per-namespace bound); beyond
+        it, that namespace's least recently used blocks are removed.
+    batch_blocks
+        Blocks per pipelined round trip (writes, reads and lookups).
+    queue_bytes
+        Payload bytes waiting for the writer (kept while the server is unreachable) before the oldest are
+        dropped (counted in ``stats().remote.dropped``).
+    timeout_s
+        Seconds to connect or to wait for a reply before the server counts as unreachable.
+    retry_s
+        Seconds between reconnection attempts while it is unreachable (lookups skip it meanwhile).
+    promote
+        Copy remote hits into the local tiers on load.
+    """
+
+    url: str
+    capacity_bytes: int | None = None
+    ttl_s: float | None = None
+    write: Literal["back", "through"] = "back"
+    namespace_budget_bytes: int | None = None
+    batch_blocks: int = 64
+    queue_bytes: int = 256 << 20
+    timeout_s: float = 2.0
+    retry_s: float = 1.0
+    promote: bool = True
+
+    def __post_init__(self) -> None:
+        from kvtier.tiers.remote_io import parse_url  # URL rules only: no client is created here
+
+        if not isinstance(self.url, str):
+            raise KvtierTypeError(f"remote url must be a str, got {type(self.url).__name__}")
+        _check_str("remote url", self.url)
+        parse_url(self.url)
+        if self.capacity_bytes is not None:
+            _check_int("remote capacity_bytes", self.capacity_bytes, 1, _U64)
+        if self.namespace_budget_bytes is not None:
+            _check_int("remote namespace_budget_bytes", self.namespace_budget_bytes, 1, _U64)
+        for name in ("ttl_s", "timeout_s", "retry_s"):
+            value = getattr(self, name)
+            if value is None and name == "ttl_s":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise KvtierTypeError(f"remote {name} must be a number of seconds, got {type(value).__name__}")
+            if not (value > 0 and value < float("inf")):
+                raise InvalidArgumentError(f"remote {name} must be a finite number of seconds > 0, got {value!r}")
+        if self.ttl_s is not None and self.ttl_s < 0.001:
+            raise InvalidArgumentError(f"remote ttl_s must be at least 0.001 (Redis keeps milliseconds), got {self.ttl_s!r}")
+        if not isinstance(self.write, str) or self.write not in ("back", "through"):
+            raise InvalidArgumentError(f"remote write must be 'back' or 'through', got {self.write!r}")
+        _check_int("remote batch_blocks", self.batch_blocks, 1, 1 << 20)
+        _check_int("remote queue_bytes", self.queue_bytes, 1, _U64)
+        _check_bool("remote promote", self.promote)
+
+    def __repr__(self) -> str:
+        from kvtier.tiers.remote_io import redacted
+
+        return (
+            f"RemoteConfig(url={redacted(self.url)!r}, capacity_bytes={self.capacity_bytes}, ttl_s={self.ttl_s}, "
+            f"write={self.write!r}, namespace_budget_bytes={self.namespace_budget_bytes})"
+        )
+
+    @property
+    def ttl_ms(self) -> int | None:
+        return None if self.ttl_s is None else max(1, round(self.ttl_s * 1000))
+
+
+@dataclass(frozen=True)
 class DeviceTierConfig(TierConfig):
     """The device tier: a pool of block slots in one GPU's memory, allocated once.
 
@@ -313,6 +404,9 @@ class StoreConfig:
         The host-memory tier.
     disk
         The disk tier below it (:class:`DiskConfig`), or ``None``.
+    remote
+        The shared remote tier (:class:`RemoteConfig`: Redis, Valkey or Redis Cluster) below disk, or below the
+        host tier when there is no disk, or ``None``. Needs payloads (not ``metadata_only``).
     device
         The device tier above it (:class:`kvtier.DeviceTierConfig`: GPU memory, needs CUDA), or ``None``.
         Every device block also keeps a host slot, so its capacity is at most the host tier's.
@@ -327,6 +421,7 @@ class StoreConfig:
     host: TierConfig = field(default_factory=TierConfig)
     disk: DiskConfig | None = None
     device: DeviceTierConfig | None = None
+    remote: RemoteConfig | None = None
 
     def __post_init__(self) -> None:
         _check_int("block_size", self.block_size, 1, _U32)
@@ -342,6 +437,17 @@ class StoreConfig:
             raise KvtierTypeError(f"disk must be a DiskConfig, got {type(self.disk).__name__}")
         if self.device is not None and not isinstance(self.device, DeviceTierConfig):
             raise KvtierTypeError(f"device must be a DeviceTierConfig, got {type(self.device).__name__}")
+        if self.remote is not None:
+            if not isinstance(self.remote, RemoteConfig):
+                raise KvtierTypeError(f"remote must be a RemoteConfig, got {type(self.remote).__name__}")
+            if self.metadata_only:
+                raise InvalidArgumentError("a remote tier stores payloads: it needs metadata_only=False")
+            for name in ("capacity_bytes", "namespace_budget_bytes"):
+                value = getattr(self.remote, name)
+                if value is not None and value < self.block_bytes:
+                    raise InvalidArgumentError(
+                        f"remote {name}={value} does not hold one block of block_bytes={self.block_bytes}"
+                    )
         _core.validate_spec(self.spec())  # capacities against block_bytes, tiers against metadata_only, ...
         if self.payload_dtype is not None:
             import numpy as np

@@ -21,6 +21,9 @@ __all__ = [
     "DiskFormatError",
     "DiskPermissionError",
     "DiskBusyError",
+    "RemoteError",
+    "RemoteUnavailableError",
+    "RemoteWriteError",
     "CudaUnavailableError",
     "CudaError",
 ]
@@ -87,6 +90,20 @@ class DiskPermissionError(DiskError, PermissionError):
 class DiskBusyError(DiskError):
     """The operation needs the folder to itself (``kvtier fsck --repair`` of a damaged environment) and a
     running store has it open."""
+
+
+class RemoteError(KvtierError, OSError):
+    """The remote tier (a Redis or Valkey server or cluster) failed an operation."""
+
+
+class RemoteUnavailableError(RemoteError, ConnectionError):
+    """The remote server cannot be reached, or answered with an error. The store keeps serving from its local
+    tiers and reconnects by itself; only ``kvtier remote`` and :meth:`kvtier.Store.flush` raise it to the caller."""
+
+
+class RemoteWriteError(RemoteError):
+    """Blocks queued for the remote tier were not stored (the server was unreachable or refused them); the
+    message says how many are still queued (retried when the server is back) and how many were dropped."""
 
 
 class CudaUnavailableError(KvtierError, RuntimeError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from kvtier.errors import (
 
 if TYPE_CHECKING:
     from kvtier.tiers.disk import DiskTier, RestoreReport
+    from kvtier.tiers.remote import RemoteStats, RemoteTier
     from kvtier.replay import ReplayTrace
     from kvtier.store_keys import Keys
 
@@ -64,11 +66,13 @@ _GB = 1e9
 
 
 class Tier(IntEnum):
-    """Where a block lives: DEVICE (the device tier's GPU memory), HOST memory or the DISK folder."""
+    """Where a block lives: DEVICE (the device tier's GPU memory), HOST memory, the DISK folder or the shared
+    REMOTE server (Redis, Valkey, Redis Cluster)."""
 
     DEVICE = 0
     HOST = 1
     DISK = 2
+    REMOTE = 3
 
 
 class TokenSequence:
@@ -111,21 +115,26 @@ class MatchResult:
     num_tokens
         ``num_blocks * block_size``.
     host_blocks
-        Leading blocks found in the host tier; the rest (``disk_blocks``) are on disk.
+        Leading blocks found in the host tier; then ``disk_blocks`` on disk, then ``remote_blocks`` on the remote
+        server.
     device_blocks
         Of the host blocks, those also held by the device tier (a load copies them GPU to GPU).
     tiers
         ``uint8[num_blocks]``: the :class:`Tier` of each matched block (the fastest that holds it).
     pinned
-        Whether the prefix is held (never evicted) until :meth:`Store.unpin`.
+        Whether the prefix is held (never evicted) until :meth:`Store.unpin` and can be passed to
+        :meth:`Store.load`. Remote blocks are not held: the server may expire or evict them before the load, which
+        then returns fewer blocks.
     """
 
-    __slots__ = ("num_blocks", "num_tokens", "host_blocks", "_pin", "_on_device")
+    __slots__ = ("num_blocks", "num_tokens", "host_blocks", "remote_blocks", "_pin", "_on_device", "_remote")
     num_blocks: int
     num_tokens: int
     host_blocks: int
+    remote_blocks: int
     _pin: Any
     _on_device: bytes | None
+    _remote: Any  # (ns id, ns key, keys of the remote blocks, tokens) for a pinned match with remote blocks
 
     def __init__(
         self,
@@ -134,21 +143,25 @@ class MatchResult:
         pin: Any = None,
         host_blocks: int | None = None,
         on_device: bytes | None = None,
+        remote_blocks: int = 0,
+        remote: Any = None,
     ) -> None:
         setattr_ = object.__setattr__
         setattr_(self, "num_blocks", num_blocks)
         setattr_(self, "num_tokens", num_tokens)
-        setattr_(self, "host_blocks", num_blocks if host_blocks is None else host_blocks)
+        setattr_(self, "host_blocks", num_blocks - remote_blocks if host_blocks is None else host_blocks)
+        setattr_(self, "remote_blocks", remote_blocks)
         setattr_(self, "_pin", pin)
         setattr_(self, "_on_device", on_device)
+        setattr_(self, "_remote", remote)
 
     @property
     def pinned(self) -> bool:
-        return self._pin is not None
+        return self._pin is not None or self._remote is not None
 
     @property
     def disk_blocks(self) -> int:
-        return self.num_blocks - self.host_blocks
+        return self.num_blocks - self.host_blocks - self.remote_blocks
 
     @property
     def device_blocks(self) -> int:
@@ -158,6 +171,8 @@ class MatchResult:
     def tiers(self) -> npt.NDArray[np.uint8]:
         out = np.full(self.num_blocks, int(Tier.DISK), dtype=np.uint8)
         out[: self.host_blocks] = int(Tier.HOST)
+        if self.remote_blocks:
+            out[self.num_blocks - self.remote_blocks :] = int(Tier.REMOTE)
         if self._on_device:
             out[: self.host_blocks][np.frombuffer(self._on_device, dtype=np.uint8) == 1] = int(Tier.DEVICE)
         return out
@@ -168,7 +183,7 @@ class MatchResult:
     def __repr__(self) -> str:
         return (
             f"MatchResult(num_blocks={self.num_blocks}, num_tokens={self.num_tokens}, "
-            f"host_blocks={self.host_blocks}, pinned={self.pinned})"
+            f"host_blocks={self.host_blocks}, remote_blocks={self.remote_blocks}, pinned={self.pinned})"
         )
 
 
@@ -249,7 +264,7 @@ class DeviceStats:
 class StoreStats:
     """Counters of the host tier since the store was created (blocks unless the name says bytes).
 
-    ``disk`` and ``device`` hold those tiers' counters when the store has them.
+    ``disk``, ``device`` and ``remote`` hold those tiers' counters when the store has them.
     """
 
     hits: int
@@ -268,6 +283,7 @@ class StoreStats:
     namespaces: int  # namespaces registered and not yet left (a namespace that holds nothing leaves)
     disk: DiskStats | None = None
     device: DeviceStats | None = None
+    remote: RemoteStats | None = None
 
     @property
     def hit_ratio(self) -> float:
@@ -366,6 +382,7 @@ class Store:
             self.config.spec(), ids=self.config.content == "block_ids", limit=self.config.token_limit
         )
         self._disk: DiskTier | None = None
+        self._remote: RemoteTier | None = None
         self._finalizer: weakref.finalize[[], Store] | None = None
         self._ns_lock = threading.Lock()
         self._staging: npt.NDArray[np.uint8] | None = None  # see _staging_for
@@ -380,6 +397,18 @@ class Store:
         self._dtype = None if self.config.payload_dtype is None else np.dtype(self.config.payload_dtype)
         if disk is not None:
             self._open_disk(now)
+        if self.config.remote is not None:
+            from kvtier.tiers.remote import RemoteTier
+
+            # Never connects here: a store starts while the server is down (its writer thread connects).
+            self._remote = RemoteTier(self._core, self.config.remote, self.config.block_bytes)
+            # A store dropped without close() still writes its queue (while the server answers) and stops the
+            # writer thread.
+            self._remote_finalizer = weakref.finalize(self, self._remote.close)
+            for namespace in list(self._ns_by_id.values()):
+                self._remote.record_namespace(
+                    namespace.key(self.config.block_size, self.config.content), namespace, self.config.block_size
+                )
 
     def _open_disk(self, now: float | None) -> None:
         from kvtier.tiers.disk import DiskTier
@@ -434,6 +463,8 @@ class Store:
                 key = namespace.key(self.config.block_size, self.config.content)
                 if self._disk is not None:
                     self._disk.record_namespace(key, namespace)
+                if self._remote is not None:
+                    self._remote.record_namespace(key, namespace, self.config.block_size)
                 ns = self._core.add_namespace(key)
                 self._forget_retired()
                 self._name(ns, namespace)
@@ -500,7 +531,11 @@ class Store:
     def _arg(tokens: Tokens) -> Any:
         return tokens._seq if isinstance(tokens, TokenSequence) else tokens
 
-    def _lookup(self, ns: int, tokens: Any, now: float | None, touch: bool, pin: bool) -> MatchResult:
+    def _lookup(
+        self, ns: int, tokens: Any, now: float | None, touch: bool, pin: bool, remote_probe: bool = True
+    ) -> MatchResult:
+        """The match. Without ``remote_probe`` (a load that reads at once) the remote tier is not asked: the
+        result carries every key past the local prefix, and the read stops at the first that is absent."""
         if self._disk is not None:
             # First without side effects: where the disk lookup stops at a key this process does not
             # know, another process sharing the folder may have stored it (and what follows). Import
@@ -513,7 +548,21 @@ class Store:
         else:
             host, disk, handle, probe, dev = self._core.match(ns, tokens, now, touch, pin)
         blocks = host + disk
-        return MatchResult(blocks, blocks * self._block_size, handle, host, dev)
+        remote_blocks, remote = 0, None
+        if self._remote is not None and self._remote.available and self._full_blocks(tokens) > blocks:
+            # Past the local prefix, the server by chained key: one round trip per batch of keys.
+            keys = self._core.chain_keys_from(ns, tokens, 0, None)
+            if len(keys) > blocks:
+                ns_key = self._core.namespace_key_of(ns)
+                want = [k.tobytes() for k in keys[blocks:]]
+                if not remote_probe:
+                    remote = (ns, ns_key, want, tokens)
+                else:
+                    remote_blocks = self._remote.lookup(ns_key, want, touch or pin)
+                    if pin and remote_blocks:
+                        remote = (ns, ns_key, want[:remote_blocks], tokens)
+        total = blocks + remote_blocks
+        return MatchResult(total, total * self._block_size, handle, host, dev, remote_blocks, remote)
 
     # ----------------------------------------------------------------- lookups
     def match(
@@ -551,7 +600,8 @@ class Store:
         """
         if not isinstance(result, MatchResult) or not result.pinned:
             raise InvalidArgumentError("unpin() needs a MatchResult returned by match(..., pin=True) with num_blocks > 0")
-        self._core.unpin(result._pin, now)
+        if result._pin is not None:  # remote blocks are never held
+            self._core.unpin(result._pin, now)
 
     @contextmanager
     def pinned(
@@ -639,7 +689,44 @@ class Store:
             matched, inserted, full = self._again(
                 namespace, ns, e, lambda n: self._core.insert(n, name, seq, memory, start_block, now)
             )
+        if self._remote is not None and memory is not None and full > start_block:
+            self._write_remote(self._ns(namespace), namespace, name, seq, memory, start_block, full, now)
         return InsertResult(matched, inserted, full)
+
+    def _write_remote(
+        self,
+        ns: int,
+        namespace: Namespace | None,
+        session: str,
+        seq: Any,
+        memory: Any,
+        start: int,
+        full: int,
+        now: float | None,
+    ) -> None:
+        """Queues blocks ``start .. full`` of an insert for the remote tier (those it does not know to be there);
+        with write="through", waits until the server acknowledged them (or failed)."""
+        remote = self._remote
+        assert remote is not None and self.config.remote is not None
+        if isinstance(memory, _core.Memory):
+            return  # a tensor: its blocks reach the server from the local tiers only (docs/remote.md)
+        ns_key = self._core.namespace_key_of(ns)
+        keys = [k.tobytes() for k in self._core.chain_keys_from(ns, seq, 0, None)[start:full]]
+        bb = self.config.block_bytes
+        view = memoryview(memory).cast("B") if not isinstance(memory, np.ndarray) else memory.reshape(-1).view(np.uint8)
+        todo = [(i, k) for i, k in enumerate(keys) if not remote.known(ns_key, k)]
+        if not todo:
+            return
+        account = (self.default_namespace if namespace is None else namespace, session)
+        through = self.config.remote.write == "through"
+        ticket = remote.enqueue(
+            ns_key, account, [k for _i, k in todo], [view[i * bb : (i + 1) * bb] for i, _k in todo], time.time(), now,
+            borrow=through,  # the insert waits: the payloads go to the socket from the caller's buffer
+            positions=[start + i for i, _k in todo],
+        )
+        if through:
+            batches = -(-len(todo) // self.config.remote.batch_blocks)
+            remote.wait(ticket, self.config.remote.timeout_s * (batches + 1))
 
     def load(
         self,
@@ -663,21 +750,81 @@ class Store:
         if isinstance(tokens, MatchResult):
             if not tokens.pinned:
                 raise InvalidArgumentError("load() of a MatchResult needs one returned by match(..., pin=True)")
-            return self._load_pinned(tokens._pin, memory, now)
-        if self._disk is None:
+            return self._load_match(tokens, memory, now)
+        if self._disk is None and self._remote is None:
             seq = self._arg(tokens)
             ns = self._ns(namespace)
             try:
                 return int(self._core.load(ns, seq, memory, now))
             except UnknownNamespaceError as e:
                 return int(self._again(namespace, ns, e, lambda n: self._core.load(n, seq, memory, now)))
-        m = self.match(tokens, namespace=namespace, now=now, pin=True)
+        seq = self._arg(tokens)
+        ns = self._ns(namespace)
+        try:
+            m = self._lookup(ns, seq, now, True, True, remote_probe=False)
+        except UnknownNamespaceError as e:
+            m = self._again(namespace, ns, e, lambda n: self._lookup(n, seq, now, True, True, remote_probe=False))
         if not m.pinned:
             return 0
         try:
-            return self._load_pinned(m._pin, memory, now)
+            return self._load_match(m, memory, now, probe=True)
         finally:
-            self._core.unpin(m._pin, None)
+            if m._pin is not None:
+                self._core.unpin(m._pin, None)
+
+    def _load_match(self, m: MatchResult, out: Any, now: float | None, probe: bool = False) -> int:
+        """Loads a pinned match: its local blocks, then (when all of those were good) its remote ones. ``probe``:
+        the remote keys were not looked up (the read stops at the first absent one, and counts hits)."""
+        good = 0 if m._pin is None else self._load_pinned(m._pin, out, now)
+        if m._remote is None or good < m.num_blocks - m.remote_blocks:
+            return good
+        return good + self._load_remote(m._remote, out, good, now, probe)
+
+    def _load_remote(self, remote: Any, out: Any, first: int, now: float | None, probe: bool = False) -> int:
+        """Reads remote blocks into ``out`` from block ``first`` on (each verified), then promotes them into the
+        local tiers (an insert that is not written back to the server). Returns the good blocks read."""
+        assert self._remote is not None
+        ns, ns_key, keys, tokens = remote
+        bb = self.config.block_bytes
+        t = self._core.clock() if now is None else now
+        if isinstance(out, _core.Memory):
+            # A tensor: read into host memory, promote, then copy the whole prefix from the local tiers.
+            staged = np.empty(len(keys) * bb, dtype=np.uint8)
+            good = self._remote.read(ns_key, keys, staged, 0, t, probe)
+            if good and self._promote(ns, tokens, first, good, staged[: good * bb], now):
+                words = self._prefix_words(tokens, first + good)
+                return max(0, int(self._core.load(ns, words, out, now)) - first)
+            return 0
+        good = self._remote.read(ns_key, keys, out, first, t, probe)
+        if good and self.config.remote is not None and self.config.remote.promote:
+            view = memoryview(out).cast("B") if not isinstance(out, np.ndarray) else out.reshape(-1).view(np.uint8)
+            self._promote(ns, tokens, first, good, view[first * bb : (first + good) * bb], now)
+        return good
+
+    def _promote(self, ns: int, tokens: Any, first: int, good: int, payload: Any, now: float | None) -> bool:
+        """Stores remote blocks ``first .. first+good`` in the local tiers. False if the store could not."""
+        assert self._remote is not None
+        words = self._prefix_words(tokens, first + good)
+        try:
+            _m, inserted, _full = self._core.insert(ns, "", words, payload, first, now)
+        except (UnknownNamespaceError, InvalidArgumentError):
+            return False  # the namespace left, or the prefix below `first` was evicted meanwhile
+        self._remote.promoted(int(inserted))
+        return True
+
+    def _full_blocks(self, tokens: Any) -> int:
+        """Full blocks of ``tokens`` (already accepted by the core), without converting them."""
+        width = 1 if self.config.content == "block_ids" else self._block_size
+        try:
+            return len(tokens) // width
+        except TypeError:
+            return int(np.asarray(tokens).size) // width
+
+    def _prefix_words(self, tokens: Any, blocks: int) -> Any:
+        """The words of the first ``blocks`` blocks of ``tokens``."""
+        width = 1 if self.config.content == "block_ids" else self._block_size
+        arr = tokens.numpy() if isinstance(tokens, _core.TokenSequence) else np.asarray(tokens)
+        return arr[: blocks * width]
 
     def _load_pinned(self, pin: Any, out: Any, now: float | None) -> int:
         planned, reads = self._core.load_pinned(pin, out)
@@ -706,7 +853,13 @@ class Store:
         """``uint8[num_blocks, 32]``: the chained keys of a pinned match (docs/keys.md)."""
         if not isinstance(result, MatchResult) or not result.pinned:
             raise InvalidArgumentError("block_keys_of() needs a MatchResult returned by match(..., pin=True)")
-        return self._core.keys_pinned(result._pin)
+        local = (
+            self._core.keys_pinned(result._pin) if result._pin is not None else np.zeros((0, 32), dtype=np.uint8)
+        )
+        if result._remote is None:
+            return local
+        remote = np.frombuffer(b"".join(result._remote[2][: result.remote_blocks]), dtype=np.uint8).reshape(-1, 32)
+        return np.concatenate([local, remote])
 
     # ----------------------------------------------------------------- lookups by key
     # Stores with content="keys" (kvtier.store_keys): one 32-byte key per block, e.g. SGLang's page hashes.
@@ -813,6 +966,11 @@ class Store:
         this). Raises :class:`DiskWriteError` if writes failed since the last flush (e.g. the disk is
         full; the store keeps serving what it holds), and ``TimeoutError`` if ``timeout`` seconds
         pass first. A store without a disk tier returns at once (its arguments are checked all the same).
+
+        With a remote tier it then waits until every block queued for the server is acknowledged (other
+        servers see them from then on), and raises :class:`kvtier.RemoteWriteError` while the server is
+        unreachable with blocks still queued (they stay queued and are written when it is back) or when blocks
+        were dropped from the full queue since the last flush.
         """
         if self._core.closed:
             raise StoreClosedError("the store is closed")
@@ -822,9 +980,10 @@ class Store:
             raise InvalidArgumentError(f"timeout must be a finite number of seconds >= 0 or None, got {timeout!r}")
         if not isinstance(host, bool):
             raise KvtierTypeError(f"host must be a bool, got {type(host).__name__}")
-        if self._disk is None:
-            return
-        self._disk.flush(timeout, host)
+        if self._disk is not None:
+            self._disk.flush(timeout, host)
+        if self._remote is not None:
+            self._remote.flush(timeout)
 
     def take_removed_keys(self) -> tuple[list[bytes], int]:
         """Chained keys of blocks that left the disk tier since the last call, oldest first.
@@ -865,6 +1024,8 @@ class Store:
         """Removes every unpinned block from every tier (nothing is demoted). Returns the blocks removed.
 
         Blocks still queued for the disk are written, then stay; call :meth:`flush` first to clear them too.
+        The remote tier's server is shared by other stores and is left as it is (its TTL and bounds age blocks
+        out; ``kvtier remote URL`` shows what it holds).
         """
         return int(self._core.clear(now))
 
@@ -877,6 +1038,8 @@ class Store:
             d["disk"] = DiskStats(**self._core.disk_stats())
         if self.config.device is not None:
             d["device"] = DeviceStats(**self._core.device_stats())
+        if self._remote is not None:
+            d["remote"] = self._remote.stats()
         return StoreStats(**d)
 
     def residency(self, *, now: float | None = None) -> Residency:
@@ -893,6 +1056,9 @@ class Store:
         for ns, session, tier, nbytes, byte_seconds in core_rows:
             namespace = None if ns is None else self._ns_by_id[ns]
             rows.append(ResidencyRow(namespace, session, Tier(tier), nbytes, byte_seconds))
+        if self._remote is not None:
+            for namespace, session, nbytes, byte_seconds in self._remote.residency(float(now)):
+                rows.append(ResidencyRow(namespace, session, Tier.REMOTE, nbytes, byte_seconds))
         return Residency(float(now), tuple(rows))
 
     def check_invariants(self) -> None:
@@ -943,6 +1109,8 @@ class Store:
         if self._core.closed:
             return
         error: BaseException | None = None
+        if self._remote is not None:
+            self._remote_finalizer()  # RemoteTier.close: writes what is queued while the server answers
         if self._disk is not None:
             try:
                 self.flush(host=persist)
@@ -975,6 +1143,7 @@ class Store:
             f"metadata_only={c.metadata_only}, host={c.host}"
             + ("" if c.disk is None else f", disk={c.disk}")
             + ("" if c.device is None else f", device={c.device}")
+            + ("" if c.remote is None else f", remote={c.remote}")
             + ")"
         )
 

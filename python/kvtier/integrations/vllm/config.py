@@ -22,6 +22,12 @@ key                          value                      default
 ``disk_bandwidth``           bytes/s > 0                ``"500M"``: prior for disk loads until measured
 ``save_generated``           bool                       ``true``: also save blocks of generated tokens
 ``save_buffer``              bytes, int or "1G"         ``"1G"``: host memory for blocks on their way into kvtier
+``remote_url``               redis://, rediss://,        none: the shared remote tier (docs/remote.md) that engines
+                             redis+cluster:// URL        of a fleet share, below the disk tier
+``remote_capacity``          bytes, int or "100G"       none: bounded by the server's maxmemory
+``remote_ttl_s``             seconds > 0                none: no expiry on the server
+``remote_write``             "back" | "through"         ``"through"``: a saved block is on the server when its save ends
+``remote_namespace_budget``  bytes, int or "10G"        none: no per-tenant bound on the server
 ===========================  =========================  ==========================================================
 """
 
@@ -31,6 +37,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from kvtier.config import RemoteConfig
+from kvtier.errors import InvalidArgumentError, KvtierTypeError
 from kvtier.integrations import extra_config as ec
 
 __all__ = ["KVTierConnectorConfig", "parse_extra_config", "parse_size"]
@@ -57,9 +65,33 @@ class KVTierConnectorConfig(ec.TierSettings):
     disk_bandwidth: int = 500 << 20
     save_generated: bool = True
     save_buffer: int = _GIB
+    remote_url: str | None = None
+    remote_capacity: int | None = None
+    remote_ttl_s: float | None = None
+    remote_write: Literal["back", "through"] = "through"
+    remote_namespace_budget: int | None = None
 
     def __post_init__(self) -> None:
+        remote_keys = ("remote_capacity", "remote_ttl_s", "remote_namespace_budget")
+        if self.remote_url is None and any(getattr(self, k) is not None for k in remote_keys):
+            raise InvalidArgumentError(f"{_PREFIX}: the remote_* keys need {_PREFIX}['remote_url']")
+        self.remote_config()  # validates the URL and the remote keys
         ec.check_ttl_policies(_PREFIX, self)
+
+    def remote_config(self) -> RemoteConfig | None:
+        """The stores' :class:`kvtier.RemoteConfig` (``None`` without ``remote_url``)."""
+        if self.remote_url is None:
+            return None
+        try:
+            return RemoteConfig(
+                url=self.remote_url,
+                capacity_bytes=self.remote_capacity,
+                ttl_s=self.remote_ttl_s,
+                write=self.remote_write,
+                namespace_budget_bytes=self.remote_namespace_budget,
+            )
+        except (InvalidArgumentError, KvtierTypeError) as e:
+            raise type(e)(f"{_PREFIX}['remote_url'] and the remote_* keys: {e}") from None
 
 
 _PARSERS: dict[str, ec.Parser] = {
@@ -72,6 +104,11 @@ _PARSERS: dict[str, ec.Parser] = {
     "disk_bandwidth": ec.size,
     "save_generated": ec.flag,
     "save_buffer": ec.size,
+    "remote_url": ec.text,
+    "remote_capacity": ec.size,
+    "remote_ttl_s": ec.seconds,
+    "remote_write": lambda k, v: ec.choice(k, v, ("back", "through")),
+    "remote_namespace_budget": ec.size,
 }
 assert set(_PARSERS) == {f.name for f in fields(KVTierConnectorConfig)}
 

@@ -204,7 +204,8 @@ class Saver:
                 res = self._store.insert(job.tokens, job.buf[:n].numpy(), start_block=job.start, namespace=job.ns)
                 job.held = min(res.stored_blocks, job.end)
             else:  # nothing new: the store held the blocks, or an earlier job of the request was inserting them
-                job.held = min(self._store.peek(job.tokens, namespace=job.ns).num_blocks, job.end)
+                m = self._store.peek(job.tokens, namespace=job.ns)
+                job.held = min(m.num_blocks - m.remote_blocks, job.end)
         except Exception as e:  # a save is best effort: never into vLLM
             job.failed = True
             logger.warning("kvtier: saving blocks %d..%d of request %s failed: %s", job.start, job.end, job.req_id, e)

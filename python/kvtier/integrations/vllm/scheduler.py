@@ -102,6 +102,7 @@ class SchedulerSide:
                 policy=cfg.disk_policy,
                 ttl_s=cfg.disk_ttl_s,
             ),
+            remote=cfg.remote_config(),  # the fleet's blocks count as hits too
         )
         self.index = Store(store_cfg, namespace=self._namespaces("")[0])
         self.mirror = self._tree(TierConfig(capacity_bytes=cfg.host_capacity, policy=cfg.host_policy, ttl_s=cfg.host_ttl_s))

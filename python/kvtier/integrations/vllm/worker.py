@@ -126,6 +126,7 @@ class WorkerSide:
                     ttl_s=cfg.disk_ttl_s,
                     write_through=True,
                 ),
+                remote=cfg.remote_config(),
             ),
             namespace=self._namespaces("")[0],
         )
@@ -312,7 +313,8 @@ class WorkerSide:
         st = self._reqs[step.req_id]
         end = min(step.save.end_block, self._bad_from.get(step.req_id, step.save.end_block))
         toks = st.tokens.numpy()[: end * self.block_size]
-        start = self.store.peek(toks, namespace=st.ns).num_blocks
+        m = self.store.peek(toks, namespace=st.ns)
+        start = m.num_blocks - m.remote_blocks  # blocks held locally: an insert continues after those
         last = st.last_save
         if last is not None and not last.done.is_set() and not last.failed:
             start = max(start, min(last.end, end))  # in the save queue already
