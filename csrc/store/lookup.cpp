@@ -81,8 +81,8 @@ MatchResult Store::match(NsId ns_id, const Word* words, std::size_t n, double no
   if (disk_ && r.blocks < n) {
     r.disk_blocks = disk_walk(ns, words, n, now, touch, &r, &disk_ids);
     if (touch) {
-      dstats_.hits += r.disk_blocks;
-      dstats_.misses += n - r.blocks - r.disk_blocks;
+      disk_->counters().hits += r.disk_blocks;
+      disk_->counters().misses += n - r.blocks - r.disk_blocks;
     }
   }
   if (pin && (r.blocks > 0 || r.disk_blocks > 0)) {
@@ -96,8 +96,8 @@ MatchResult Store::match(NsId ns_id, const Word* words, std::size_t n, double no
     }
     if (!disk_ids.empty()) {
       for (std::uint32_t id : disk_ids) {
-        ++disk_->at(id).pins;
-        disk_->refresh(id);
+        ++disk_->index().at(id).pins;
+        disk_->index().refresh(id);
       }
       rec.disk = std::move(disk_ids);
       rec.words.assign(words, words + static_cast<std::size_t>(r.blocks + r.disk_blocks) * spec_.width);
@@ -123,13 +123,13 @@ void Store::unpin(PinId pin, double now) {
     if (darena_ && on_device(id)) dev_touch(id, op);
   }
   for (std::uint32_t id : rec.disk) {
-    DiskEntry& e = disk_->at(id);
+    DiskEntry& e = disk_->index().at(id);
     if (e.state != DiskState::kRemoved) {
       e.seq = op;
       e.last_access = now;
-      disk_->touched(id);
+      disk_->index().touched(id);
     }
-    disk_->unpin(id);
+    disk_->index().unpin(id);
   }
   rec.alive = false;
   ++rec.generation;
@@ -163,7 +163,7 @@ std::uint32_t Store::load_pinned(PinId pin, Memory out, std::size_t max_blocks, 
   hold.deepest = rec.node;
   if (copied >= rec.host_blocks) {
     for (std::size_t k = 0; k < rec.disk.size() && copied < max_blocks; ++k, ++copied) {
-      const DiskEntry& e = disk_->at(rec.disk[k]);
+      const DiskEntry& e = disk_->index().at(rec.disk[k]);
       if (e.state == DiskState::kRemoved) break;  // found damaged by another load meanwhile
       if (e.slot != kNil) {  // still in the write queue: its host slot has it
         (out.device < 0 ? runs.host : runs.device)
@@ -221,7 +221,7 @@ std::vector<Key> Store::keys_pinned(PinId pin) {
     const std::vector<Key>& nk = tree_.at(*it).payload->keys;
     keys.insert(keys.end(), nk.begin(), nk.end());
   }
-  for (std::uint32_t id : rec.disk) keys.push_back(disk_->at(id).key);
+  for (std::uint32_t id : rec.disk) keys.push_back(disk_->index().at(id).key);
   return keys;
 }
 

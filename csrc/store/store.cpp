@@ -15,11 +15,9 @@ Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spe
   std::size_t slots = capacity_blocks_;
   if (spec.disk.enabled) {
     const DiskSpec& d = spec.disk;
-    disk_capacity_blocks_ = d.capacity_bytes / spec.block_bytes;
     // Blocks waiting for the writer keep their host slot: the arena has room for the queue too.
     slots += d.queue_blocks;
-    disk_ = std::make_unique<DiskIndex>(d.policy);
-    dstats_.capacity_bytes = disk_capacity_blocks_ * spec.block_bytes;
+    disk_ = std::make_unique<DiskTier>(d.policy, d.capacity_bytes / spec.block_bytes, spec.block_bytes);
   }
   if (spec.device.enabled) {
     const DeviceSpec& d = spec.device;
@@ -94,8 +92,8 @@ void Store::retire_idle_namespaces() {
   std::vector<bool> busy(roots_.size(), false);
   accounts_.mark_busy(busy);
   if (disk_)
-    for (std::uint32_t e = 0; e < disk_->slots(); ++e)
-      if (disk_->at(e).state != DiskState::kFree) busy[disk_->at(e).ns] = true;
+    for (std::uint32_t e = 0; e < disk_->index().slots(); ++e)
+      if (disk_->index().at(e).state != DiskState::kFree) busy[disk_->index().at(e).ns] = true;
   for (std::uint32_t ns = 0; ns < roots_.size(); ++ns) {
     const std::uint32_t root = roots_[ns];
     if (root == kNil || busy[ns] || ns_born_[ns] == ns_sweeps_ || tree_.at(root).num_children != 0) continue;
@@ -389,7 +387,7 @@ InsertResult Store::insert(NsId ns_id, const std::string& session, const Word* w
 
 void Store::wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t blocks) {
   const std::uint64_t limit = spec_.disk.queue_blocks;
-  cv_.wait(lock, [&] { return closed_ || queued_ + blocks <= limit; });
+  cv_.wait(lock, [&] { return closed_ || disk_->queued() + blocks <= limit; });
 }
 
 // Insert in three steps. Reserve (locked): walk, make room, take slots, hold the prefix. Copy: the
@@ -566,7 +564,7 @@ std::uint64_t Store::clear(double now) {
   std::uint64_t n = evict_blocks(~std::uint64_t{0}, now);
   demote_ = true;
   if (disk_) {
-    auto& q = disk_->queue();
+    auto& q = disk_->index().queue();
     while (!q.empty()) {
       disk_remove(q.top(), now, Gone::kEvicted);
       ++n;
@@ -662,7 +660,7 @@ double Store::clock_now() {
 void Store::close() {
   std::unique_lock<std::mutex> lock(mu_);
   // The writer may be reading slots, and copies outside the lock may be running.
-  cv_.wait(lock, [&] { return !batch_open_ && holds_out_ == 0; });
+  cv_.wait(lock, [&] { return !(disk_ && disk_->batch_open()) && holds_out_ == 0; });
   closed_ = true;
   cv_.notify_all();
   copier_.reset();  // its copies are complete: every call waits for its own
@@ -736,18 +734,18 @@ void Store::check_invariants() {
     }
   }
   if (disk_) {
-    disk_->check();
+    disk_->index().check();
     std::uint64_t queued = 0;
-    for (std::uint32_t id = 0; id < disk_->slots(); ++id) {
-      const DiskEntry& e = disk_->at(id);
+    for (std::uint32_t id = 0; id < disk_->index().slots(); ++id) {
+      const DiskEntry& e = disk_->index().at(id);
       const bool in_queue = e.state == DiskState::kPending || e.state == DiskState::kWriting;
       queued += in_queue;
       KVTIER_ASSERT(in_queue == (e.slot != kNil));
       if (in_queue) ++refs[e.slot];
       if (in_queue || e.state == DiskState::kCommitted) KVTIER_ASSERT(accounts_.live(e.account));
     }
-    KVTIER_ASSERT(queued == queued_);
-    KVTIER_ASSERT(disk_->live() <= disk_capacity_blocks_);
+    KVTIER_ASSERT(queued == disk_->queued());
+    KVTIER_ASSERT(disk_->index().live() <= disk_->capacity_blocks());
   }
   std::size_t free_slots = 0;
   for (std::size_t s = 0; s < refs.size(); ++s) {

@@ -26,7 +26,7 @@
 #include "core/common.h"
 #include "cuda/copy_engine.h"
 #include "tiers/device.h"
-#include "tiers/disk_index.h"
+#include "tiers/disk_tier.h"
 #include "tiers/host.h"
 #include "core/keys.h"
 #include "core/policy.h"
@@ -53,28 +53,6 @@ struct TierStats {
   std::uint64_t namespaces = 0;     // namespaces registered and not retired
 };
 
-struct DiskStats {
-  std::uint64_t hits = 0;           // blocks matched on disk (beyond the host match)
-  std::uint64_t misses = 0;         // full blocks found in neither tier
-  std::uint64_t queued = 0;         // blocks put in the write queue
-  std::uint64_t written = 0;        // blocks committed to the folder
-  std::uint64_t bytes_written = 0;
-  std::uint64_t bytes_read = 0;     // payload bytes loaded from the disk tier
-  std::uint64_t evicted = 0;
-  std::uint64_t expired = 0;
-  std::uint64_t corrupted = 0;      // blocks whose payload failed its checksum (removed, never served)
-  std::uint64_t missing = 0;        // blocks in the index whose payload was gone (another process removed it)
-  std::uint64_t write_errors = 0;   // block writes a failed commit did not persist (each retry counts)
-  std::uint64_t rejected = 0;       // demotions skipped: the disk was full of pinned or queued blocks
-  std::uint64_t promoted = 0;       // disk hits copied back into the host tier
-  std::uint64_t restored = 0;       // entries read from the folder at open or from other processes
-  std::uint64_t pending = 0;        // blocks queued or being written now
-  std::uint64_t blocks = 0;
-  std::uint64_t resident_bytes = 0;
-  std::uint64_t capacity_bytes = 0;
-  std::uint64_t pinned_blocks = 0;
-};
-
 struct DeviceStats {
   std::uint64_t hits = 0;           // blocks loaded from the device tier
   std::uint64_t inserted = 0;       // blocks stored from GPU memory straight into the device tier
@@ -93,19 +71,6 @@ struct DeviceStats {
 struct Memory {
   std::uint8_t* data = nullptr;
   int device = -1;
-};
-
-// One block handed to the writer: where its payload is and its index record.
-struct WriteOut {
-  Key key;
-  std::vector<std::uint8_t> record;  // the index record (docs/disk.md)
-  const std::uint8_t* payload;       // block_bytes, valid until disk_finish
-};
-
-struct WriteBatch {
-  std::vector<WriteOut> writes;
-  std::vector<Key> deletes;  // apply before the writes
-  bool closed = false;       // the store is closing: the writer should stop
 };
 
 // A committed disk block that a load must read from the folder.
@@ -258,7 +223,7 @@ class Store {
   // since the last call, oldest first; at most kRemovedLog are kept (older ones are dropped and
   // counted in *dropped). For KV events.
   std::vector<Key> disk_take_removed(std::uint64_t* dropped);
-  static constexpr std::size_t kRemovedLog = 1 << 16;
+  static constexpr std::size_t kRemovedLog = DiskTier::kRemovedLog;
   DiskStats disk_stats();
 
   std::uint64_t evict(std::uint64_t bytes, double now);  // host: frees at least `bytes` (demoting to disk)
@@ -298,10 +263,6 @@ class Store {
   };
   void take_hold(Hold& h);
   void release_hold(Hold& h);
-  struct WriteItem {
-    std::uint32_t entry;
-    std::vector<Word> words;  // the block's tokens, for its index record
-  };
   struct Step {
     std::uint32_t node;
     std::uint32_t blocks;  // blocks of this node matched (the last step may be partial)
@@ -331,7 +292,7 @@ class Store {
   void slot_unref(std::uint32_t slot);
   bool disk_room(double now);
   void queue_write(std::uint32_t node, std::uint32_t block, bool host_keeps, double now);
-  enum class Gone { kEvicted, kExpired, kCorrupt, kMissing, kFailed };
+  using Gone = DiskTier::Gone;
   void disk_remove(std::uint32_t entry, double now, Gone why);
   std::uint64_t disk_expire_locked(double now);
   void wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t blocks);
@@ -432,29 +393,11 @@ class Store {
   std::uint64_t ns_sweeps_ = 0;
   std::vector<NsId> retired_ns_;                // take_retired_namespaces
   std::map<Key, std::uint32_t> ns_ids_;  // key -> slot
-  // Disk tier (spec_.disk.enabled).
-  std::unique_ptr<DiskIndex> disk_;
-  DiskStats dstats_;
-  std::uint64_t disk_capacity_blocks_ = 0;
+  // Disk tier (spec_.disk.enabled): its index, counters and writer protocol (tiers/disk_tier.h).
+  std::unique_ptr<DiskTier> disk_;
   std::vector<std::uint32_t> slot_crc_;   // block_checksum of each host slot's payload
   std::vector<std::uint32_t> slot_refs_;  // holders of each slot: the host tree, a queued write, holds
-  std::deque<WriteItem> writes_;          // queued for the writer
-  std::vector<WriteItem> batch_;          // taken by the writer, not yet finished
-  std::deque<WriteItem> failed_;          // not persisted: kept queued (pending) for the next flush
-  std::vector<Key> deletes_;              // keys to delete from the folder
-  std::vector<Key> batch_deletes_;        // deletes handed to the writer, not yet finished
-  std::vector<Key> failed_deletes_;       // deletes whose commit failed: the next disk_flush retries them
-  // Keys removed here whose delete has not committed yet: the folder still has them, and an import
-  // (disk_restore from a probe) must not bring them back.
-  std::unordered_set<Key, KeyHash> deleting_;
-  std::uint64_t delete_generation_ = 0;   // writer batches with deletes finished so far
-  std::deque<Key> removed_log_;           // disk_take_removed
-  std::uint64_t removed_dropped_ = 0;
-  bool batch_open_ = false;
-  std::uint64_t queued_ = 0;              // entries pending or writing
   bool demote_ = true;                    // host evictions go to disk (false while clearing)
-  std::uint64_t failed_dropped_ = 0;      // blocks not persisted and dropped, since the last flush
-  std::string first_error_;               // the first cause since the last flush
   std::condition_variable cv_;            // queue changes: writer work, room, flush
   std::vector<PinRecord> pin_records_;
   std::uint64_t holds_out_ = 0;           // holds taken and not released (copies outside the lock)
