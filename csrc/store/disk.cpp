@@ -32,7 +32,7 @@ bool Store::disk_room(double now) {
 // Queues block `block` of host node `node` for the disk. With `host_keeps` the host tree keeps the
 // block too (write-through); otherwise the host's hold on the slot passes to the write (demotion).
 void Store::queue_write(std::uint32_t node, std::uint32_t block, bool host_keeps, double now) {
-  if (darena_ && on_device(node)) dev_write_back(node);  // the writer reads the host slot
+  if (device_ && on_device(node)) dev_write_back(node);  // the writer reads the host slot
   const std::uint32_t slot = tree_.at(node).payload->slots[block];
   const Key key = node_keys(node)[block];
   const bool known = disk_->index().find(key) != kNil;  // already on disk or queued: same key, same payload
@@ -294,7 +294,7 @@ void Store::promote_from_disk(std::uint32_t ns, std::uint32_t account, const std
     done = end;
   }
   disk_->counters().promoted += promoted;
-  if (darena_ && promoted > 0) {  // and on up to the device, like the host blocks of a load
+  if (device_ && promoted > 0) {  // and on up to the device, like the host blocks of a load
     walk(ns, words.data(), to, now, /*reclaim=*/false);
     dev_promote_path(now);
   }

@@ -69,7 +69,7 @@ MatchResult Store::match(NsId ns_id, const Word* words, std::size_t n, double no
     stats_.hits += r.blocks;
     stats_.misses += n - r.blocks;
   }
-  if (darena_) {
+  if (device_) {
     r.on_device.reserve(r.blocks);
     for (const Step& s : path_) {
       const bool dev = on_device(s.node);
@@ -120,7 +120,7 @@ void Store::unpin(PinId pin, double now) {
     n.last_access = now;
     if (n.heap_pos != kNil) queue_.update(id);
     refresh_candidate(id);
-    if (darena_ && on_device(id)) dev_touch(id, op);
+    if (device_ && on_device(id)) device_->touch(id, op);
   }
   for (std::uint32_t id : rec.disk) {
     DiskEntry& e = disk_->index().at(id);
@@ -177,7 +177,7 @@ std::uint32_t Store::load_pinned(PinId pin, Memory out, std::size_t max_blocks, 
   }
   if (!copies_unlocked(out)) {
     run_copies(runs);
-    if (darena_) dev_promote_chain(chain, clock_.latest());
+    if (device_) dev_promote_chain(chain, clock_.latest());
   } else {
     run_held(lock, hold, [&] { run_copies(runs); });
   }
@@ -198,7 +198,7 @@ std::uint32_t Store::load(NsId ns_id, const Word* words, std::size_t n, Memory o
   CopyRuns runs = plan_copy_out(path_, out);
   if (!copies_unlocked(out)) {
     run_copies(runs);
-    if (darena_) dev_promote_path(now);  // split_partial_end: every step is a whole node
+    if (device_) dev_promote_path(now);  // split_partial_end: every step is a whole node
     return m;
   }
   Hold hold;

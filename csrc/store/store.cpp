@@ -22,7 +22,7 @@ Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spe
   if (spec.device.enabled) {
     const DeviceSpec& d = spec.device;
     // Throws cuda::Unavailable naming what is missing, Error(kCapacity) when the GPU lacks the memory.
-    darena_ = std::make_unique<DeviceArena>(d.ordinal, d.capacity_bytes / spec.block_bytes, spec.block_bytes);
+    device_ = std::make_unique<DeviceTier>(tree_, d.ordinal, d.capacity_bytes / spec.block_bytes, spec.block_bytes);
   }
   if (spec.payloads) {
     try {
@@ -172,7 +172,7 @@ void Store::split_partial_end() {
     const std::uint32_t lower = last.node;
     last.node = tree_.split(lower, last.blocks);
     // Both halves stay on the device, in the same place of its LRU list (dirty counts are per block).
-    if (darena_ && on_device(lower)) dev_link_before(last.node, lower);
+    if (device_ && on_device(lower)) device_->link_before(last.node, lower);
   }
 }
 
@@ -184,7 +184,7 @@ void Store::touch_path(double now, bool hit) {
     n.last_access = now;
     if (hit) ++n.hits;
     if (n.heap_pos != kNil) queue_.update(s.node);
-    if (darena_ && on_device(s.node)) dev_touch(s.node, op);
+    if (device_ && on_device(s.node)) device_->touch(s.node, op);
   }
 }
 
@@ -218,7 +218,7 @@ void Store::drop_blocks(std::uint32_t id, std::uint32_t count, double now) {
   const bool is_expired = expired(n, now);  // the same test as lookups use: never both hit and expired
   const double expiry = n.last_access + spec_.host.ttl();
   std::uint64_t device_blocks = 0;
-  if (darena_ && on_device(id)) {
+  if (device_ && on_device(id)) {
     // The node leaves the device with its host blocks. Dirty blocks are written back first when they
     // stay in the host (a partial drop) or go on to the disk; otherwise they are simply gone. First,
     // so that a failed copy leaves the node as it was.
@@ -459,17 +459,17 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
     const bool unlocked = lock != nullptr && copies_unlocked(src);  // never with a device tier
     // GPU memory on the device tier's GPU goes to the device tier, if it has room without evicting the
     // prefix this insert extends; the host slots stay dirty until the device evicts the blocks.
-    to_device = darena_ && src.device == darena_->device() && dev_make_room(want, seq_, now);
+    to_device = device_ && src.device == darena()->device() && dev_make_room(want, seq_, now);
     np = std::make_unique<NodePayload>();
     np->slots.resize(want);
     for (auto& slot : np->slots) slot = arena_->take();
     try {
       if (to_device) {
         np->dslots.resize(want);
-        for (auto& d : np->dslots) d = darena_->take();
+        for (auto& d : np->dslots) d = darena()->take();
         std::vector<Run> runs;
         for (std::uint64_t i = 0; i < want; ++i)
-          runs.push_back({darena_->slot_address(np->dslots[i]), reinterpret_cast<std::uint64_t>(src.data + i * bb), bb});
+          runs.push_back({darena()->slot_address(np->dslots[i]), reinterpret_cast<std::uint64_t>(src.data + i * bb), bb});
         move_runs(runs, src.device);
         if (spec_.device.write_through) fill_host_slots(np->slots, src, disk_ != nullptr);
       } else if (unlocked) {
@@ -485,7 +485,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
       }
     } catch (...) {
       for (std::uint32_t slot : np->slots) arena_->give_back(slot);
-      for (std::uint32_t d : np->dslots) darena_->give_back(d);
+      for (std::uint32_t d : np->dslots) darena()->give_back(d);
       throw;
     }
     if (unlocked) {
@@ -516,13 +516,10 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   if (arena_) {
     c.payload = std::move(np);
     if (to_device) {
-      c.payload->dirty = !spec_.device.write_through;
-      c.payload->dstamp = seq_;
-      dev_link_tail(child);
-      dused_ += want;
-      if (c.payload->dirty) ddirty_ += want;
-      devstats_.inserted += want;
-      devstats_.bytes_written += want * bb;
+      std::vector<std::uint32_t> dslots = std::move(c.payload->dslots);
+      device_->place(child, std::move(dslots), /*dirty=*/!spec_.device.write_through, seq_);
+      device_->counters().inserted += want;
+      device_->counters().bytes_written += want * bb;
       ledger_.change(kTierDevice, account, static_cast<std::int64_t>(want * bb), now);
     } else {
       stats_.bytes_written += want * bb;
@@ -638,7 +635,7 @@ std::vector<AccountResidency> Store::residency(double now) {
   if (disk_) disk_expire_locked(now);
   std::vector<AccountResidency> out;
   for (int tier : {kTierDevice, kTierHost, kTierDisk}) {
-    if ((tier == kTierDisk && !disk_) || (tier == kTierDevice && !darena_)) continue;
+    if ((tier == kTierDisk && !disk_) || (tier == kTierDevice && !darena())) continue;
     for (std::uint32_t a = 0; a < accounts_.slots(); ++a)
       if (accounts_.live(a))
         out.push_back({id_of(accounts_.ns(a)), accounts_.session(a), false, tier, ledger_.bytes(tier, a),
@@ -664,7 +661,7 @@ void Store::close() {
   closed_ = true;
   cv_.notify_all();
   copier_.reset();  // its copies are complete: every call waits for its own
-  darena_.reset();
+  if (device_) device_->close();
   arena_.reset();
 }
 
@@ -753,25 +750,8 @@ void Store::check_invariants() {
     free_slots += refs[s] == 0;
   }
   KVTIER_ASSERT(free_slots == arena_->free_slots());
-  if (!darena_) return;
-  // The device: the LRU list holds exactly the nodes with device slots; slots are used once.
-  std::vector<bool> dused(darena_->slots(), false);
-  std::uint64_t listed = 0, dirty = 0;
-  for (std::uint32_t id = dhead_, prev = kNil; id != kNil; prev = id, id = tree_.at(id).payload->dnext) {
-    const Node& n = tree_.at(id);
-    KVTIER_ASSERT(n.alive && n.parent != kNil && n.payload->dprev == prev);
-    KVTIER_ASSERT(n.payload->dslots.size() == n.payload->slots.size());
-    if (n.payload->dnext == kNil) KVTIER_ASSERT(dtail_ == id);
-    for (std::uint32_t d : n.payload->dslots) {
-      KVTIER_ASSERT(darena_->in_use(d) && !dused[d]);
-      dused[d] = true;
-    }
-    listed += n.payload->dslots.size();
-    if (n.payload->dirty) dirty += n.payload->dslots.size();
-  }
-  KVTIER_ASSERT(listed == dused_ && dirty == ddirty_);
-  KVTIER_ASSERT(darena_->free_slots() + dused_ == darena_->slots());
-  KVTIER_ASSERT(on_device == dused_);  // every node with device slots is listed
+  if (!darena()) return;
+  device_->check(on_device);  // the LRU list holds exactly the nodes with device slots; slots are used once
 }
 
 }  // namespace kvtier

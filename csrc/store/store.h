@@ -25,7 +25,7 @@
 #include "core/clock.h"
 #include "core/common.h"
 #include "cuda/copy_engine.h"
-#include "tiers/device.h"
+#include "tiers/device_tier.h"
 #include "tiers/disk_tier.h"
 #include "tiers/host.h"
 #include "core/keys.h"
@@ -51,20 +51,6 @@ struct TierStats {
   std::uint64_t nodes = 0;
   std::uint64_t accounts = 0;       // residency accounts (namespace, session) tracked now (accounts.h)
   std::uint64_t namespaces = 0;     // namespaces registered and not retired
-};
-
-struct DeviceStats {
-  std::uint64_t hits = 0;           // blocks loaded from the device tier
-  std::uint64_t inserted = 0;       // blocks stored from GPU memory straight into the device tier
-  std::uint64_t promoted = 0;       // host blocks copied up to the device
-  std::uint64_t evicted = 0;        // blocks that left the device (LRU, evict(), or with their host block)
-  std::uint64_t written_back = 0;   // device-only blocks copied down to their host slot (demotion, disk)
-  std::uint64_t bytes_written = 0;  // payload bytes copied into device slots
-  std::uint64_t bytes_read = 0;     // payload bytes copied out of device slots
-  std::uint64_t blocks = 0;
-  std::uint64_t dirty_blocks = 0;   // blocks whose only copy is on the device
-  std::uint64_t resident_bytes = 0;
-  std::uint64_t capacity_bytes = 0;
 };
 
 // Memory passed to the store: host memory (device -1) or CUDA memory of device `device`.
@@ -303,10 +289,8 @@ class Store {
                            Memory payload, std::size_t payload_first, double now, Key* prev);
   // ---- device tier (store/device.cpp) ----
   bool on_device(std::uint32_t id) const { return !tree_.at(id).payload->dslots.empty(); }
-  void dev_link_tail(std::uint32_t id);
-  void dev_link_before(std::uint32_t id, std::uint32_t next);
-  void dev_unlink(std::uint32_t id);
-  void dev_touch(std::uint32_t id, std::uint64_t op);
+  // The device tier's slots; nullptr without a device tier or once closed.
+  DeviceArena* darena() const { return device_ ? device_->arena() : nullptr; }
   bool dev_make_room(std::uint64_t blocks, std::uint64_t guard, double now);
   bool dev_place(std::uint32_t id, std::uint64_t guard, double now);
   void dev_write_back(std::uint32_t id);
@@ -365,7 +349,7 @@ class Store {
                              std::unique_lock<std::mutex>* lock = nullptr);
   // Whether a copy to or from `mem` runs outside the lock: host memory, no device tier. Copies that
   // touch GPU memory still run under it (a slot's device copy could be evicted meanwhile).
-  bool copies_unlocked(Memory mem) const { return !darena_ && mem.device < 0; }
+  bool copies_unlocked(Memory mem) const { return !darena() && mem.device < 0; }
   std::uint64_t capacity_blocks() const { return capacity_blocks_; }
 
   StoreSpec spec_;
@@ -404,14 +388,9 @@ class Store {
   std::uint64_t reserved_blocks_ = 0;     // host blocks reserved by inserts copying outside the lock
   std::vector<std::uint32_t> free_pins_;
 
-  // Device tier (spec_.device.enabled): GPU slots, an LRU list of the nodes on it (head = coldest).
-  std::unique_ptr<DeviceArena> darena_;
+  // Device tier (spec_.device.enabled): its slots, LRU list and counters (tiers/device_tier.h).
+  std::unique_ptr<DeviceTier> device_;
   std::unique_ptr<CopyEngine> copier_;  // device copies, on its own stream (created on first use)
-  DeviceStats devstats_;
-  std::uint32_t dhead_ = kNil;
-  std::uint32_t dtail_ = kNil;
-  std::uint64_t dused_ = 0;             // device blocks in use
-  std::uint64_t ddirty_ = 0;            // of those, dirty
 
   std::vector<Step> path_;           // scratch for walk()
   std::vector<std::uint32_t> stack_; // scratch for subtree walks
