@@ -75,17 +75,17 @@ void Store::fill_host_slots(const std::vector<std::uint32_t>& slots, Memory src,
     for (std::size_t i = 0; i < slots.size(); ++i) {
       const std::uint8_t* from = src.data + i * bb;
       if (checksum)
-        slot_crc_[slots[i]] = copy_with_checksum(arena_->slot_ptr(slots[i]), from, bb);
+        host_.checksum(slots[i]) = copy_with_checksum(host_.arena()->slot_ptr(slots[i]), from, bb);
       else
-        std::memcpy(arena_->slot_ptr(slots[i]), from, bb);
+        std::memcpy(host_.arena()->slot_ptr(slots[i]), from, bb);
     }
     return;
   }
   std::vector<Run> runs;
-  for (std::size_t i = 0; i < slots.size(); ++i) add_run(runs, addr(arena_->slot_ptr(slots[i])), addr(src.data + i * bb), bb);
+  for (std::size_t i = 0; i < slots.size(); ++i) add_run(runs, addr(host_.arena()->slot_ptr(slots[i])), addr(src.data + i * bb), bb);
   move_runs(runs, src.device);
   if (checksum)
-    for (std::uint32_t s : slots) slot_crc_[s] = block_checksum(arena_->slot_ptr(s), bb);
+    for (std::uint32_t s : slots) host_.checksum(s) = block_checksum(host_.arena()->slot_ptr(s), bb);
 }
 
 // ---- movement ----
@@ -97,10 +97,10 @@ void Store::dev_write_back(std::uint32_t id) {
   const std::size_t bb = spec_.block_bytes;
   std::vector<Run> runs;
   for (std::size_t i = 0; i < p.slots.size(); ++i)
-    add_run(runs, addr(arena_->slot_ptr(p.slots[i])), darena()->slot_address(p.dslots[i]), bb);
+    add_run(runs, addr(host_.arena()->slot_ptr(p.slots[i])), darena()->slot_address(p.dslots[i]), bb);
   move_runs(runs, darena()->device());
   if (disk_)
-    for (std::uint32_t s : p.slots) slot_crc_[s] = block_checksum(arena_->slot_ptr(s), bb);
+    for (std::uint32_t s : p.slots) host_.checksum(s) = block_checksum(host_.arena()->slot_ptr(s), bb);
   device_->cleaned(id);
 }
 
@@ -142,7 +142,7 @@ bool Store::dev_place(std::uint32_t id, std::uint64_t guard, double now) {
   const NodePayload& p = *tree_.at(id).payload;
   const std::size_t bb = spec_.block_bytes;
   std::vector<Run> runs;
-  for (std::size_t i = 0; i < nb; ++i) add_run(runs, darena()->slot_address(dslots[i]), addr(arena_->slot_ptr(p.slots[i])), bb);
+  for (std::size_t i = 0; i < nb; ++i) add_run(runs, darena()->slot_address(dslots[i]), addr(host_.arena()->slot_ptr(p.slots[i])), bb);
   try {
     move_runs(runs, darena()->device());
   } catch (...) {
@@ -191,7 +191,7 @@ Store::CopyRuns Store::plan_copy_out(const std::vector<Step>& steps, Memory out)
         add_run(c.device, dst, darena()->slot_address(p.dslots[i]), bb);
         ++from_device;
       } else {
-        add_run(out.device < 0 ? c.host : c.device, dst, addr(arena_->slot_ptr(p.slots[i])), bb);
+        add_run(out.device < 0 ? c.host : c.device, dst, addr(host_.arena()->slot_ptr(p.slots[i])), bb);
       }
     }
   }

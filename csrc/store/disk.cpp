@@ -13,11 +13,6 @@
 
 namespace kvtier {
 
-void Store::slot_unref(std::uint32_t slot) {
-  KVTIER_ASSERT(slot_refs_[slot] > 0);
-  if (--slot_refs_[slot] == 0) arena_->give_back(slot);
-}
-
 // Makes room for one more disk block by evicting committed leaves by policy. False if none can go.
 bool Store::disk_room(double now) {
   auto& q = disk_->index().queue();
@@ -38,7 +33,7 @@ void Store::queue_write(std::uint32_t node, std::uint32_t block, bool host_keeps
   const bool known = disk_->index().find(key) != kNil;  // already on disk or queued: same key, same payload
   if (known || !disk_room(now)) {
     if (!known) ++disk_->counters().rejected;
-    if (!host_keeps) slot_unref(slot);
+    if (!host_keeps) host_.unref(slot);
     return;
   }
   const Key parent = parent_key_of(node, block);
@@ -49,9 +44,9 @@ void Store::queue_write(std::uint32_t node, std::uint32_t block, bool host_keeps
   e.seq = nd.seq;
   e.last_access = nd.last_access;
   e.hits = nd.hits;
-  e.checksum = slot_crc_[slot];
+  e.checksum = host_.checksum(slot);
   e.slot = slot;
-  if (host_keeps) ++slot_refs_[slot];
+  if (host_keeps) host_.ref(slot);
   const Word* w = nd.words.data() + static_cast<std::size_t>(block) * spec_.width;
   disk_->enqueue(id, std::vector<Word>(w, w + spec_.width));
   ledger_.change(kTierDisk, e.account, static_cast<std::int64_t>(spec_.block_bytes), now);
@@ -96,25 +91,25 @@ std::size_t Store::spill_locked(std::uint32_t ns, std::uint32_t account, const W
     const bool first = is_zero_key(*prev) && i == 0;
     chain_keys(ns_keys_[ns], first ? nullptr : prev, words + i * width, 1, width, nullptr, 0, &key);
     if (disk_->index().find(key) == kNil) {
-      if (arena_->free_slots() == 0) break;
+      if (host_.arena()->free_slots() == 0) break;
       if (!disk_room(now)) {
         ++disk_->counters().rejected;
         break;
       }
-      const std::uint32_t slot = arena_->take();
+      const std::uint32_t slot = host_.arena()->take();
       try {
         fill_host_slots({slot}, Memory{payload.data + (i - payload_first) * bb, payload.device}, /*checksum=*/true);
       } catch (...) {
-        arena_->give_back(slot);
+        host_.arena()->give_back(slot);
         throw;
       }
-      slot_refs_[slot] = 1;
+      host_.own(slot);
       const std::uint32_t id = disk_->index().add(key, first ? Key{} : *prev, ns, DiskState::kPending);
       DiskEntry& e = disk_->index().at(id);
       e.account = account;
       e.seq = ++seq_;
       e.last_access = now;
-      e.checksum = slot_crc_[slot];
+      e.checksum = host_.checksum(slot);
       e.slot = slot;
       disk_->enqueue(id, std::vector<Word>(words + i * width, words + (i + 1) * width));
       ledger_.change(kTierDisk, account, static_cast<std::int64_t>(bb), now);
@@ -328,7 +323,7 @@ WriteBatch Store::disk_take(std::size_t max_blocks, double wall_now) {
     rec.parent = e.parent;
     rec.words = words;
     rec.session = accounts_.session(e.account);
-    return WriteOut{e.key, encode_record(rec), arena_->slot_ptr(e.slot)};
+    return WriteOut{e.key, encode_record(rec), host_.arena()->slot_ptr(e.slot)};
   });
 }
 
@@ -341,7 +336,7 @@ void Store::disk_finish(bool ok, const std::string& error) {
   const std::uint64_t limit = spec_.disk.queue_blocks;
   const std::uint64_t keep = limit - std::min<std::uint64_t>(limit, std::max<std::uint64_t>(1, limit / 4));
   disk_->finish(
-      ok, error, keep, [&](std::uint32_t slot) { slot_unref(slot); },
+      ok, error, keep, [&](std::uint32_t slot) { host_.unref(slot); },
       [&](std::uint32_t id) { disk_remove(id, now, Gone::kFailed); });
   cv_.notify_all();
 }

@@ -38,7 +38,7 @@ void Store::take_hold(Hold& h) {
     ++tree_.at(id).pins;
     refresh_candidate(id);
   }
-  for (std::uint32_t slot : h.slots) ++slot_refs_[slot];
+  for (std::uint32_t slot : h.slots) host_.ref(slot);
   ++holds_out_;
 }
 
@@ -49,7 +49,7 @@ void Store::release_hold(Hold& h) {
     --n.pins;
     refresh_candidate(id);
   }
-  for (std::uint32_t slot : h.slots) slot_unref(slot);
+  for (std::uint32_t slot : h.slots) host_.unref(slot);
   h.deepest = kNil;
   h.slots.clear();
   KVTIER_ASSERT(holds_out_ > 0);
@@ -141,7 +141,7 @@ void Store::unpin(PinId pin, double now) {
 std::uint32_t Store::load_pinned(PinId pin, Memory out, std::size_t max_blocks, std::vector<DiskRead>* reads) {
   std::unique_lock<std::mutex> lock(mu_);
   check_open();
-  if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
+  if (!host_.arena()) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
   const PinRecord& rec = pin_record(pin);
   // The chain root..node, copied in order.
   std::vector<std::uint32_t> chain;
@@ -168,7 +168,7 @@ std::uint32_t Store::load_pinned(PinId pin, Memory out, std::size_t max_blocks, 
       if (e.slot != kNil) {  // still in the write queue: its host slot has it
         (out.device < 0 ? runs.host : runs.device)
             .push_back({reinterpret_cast<std::uint64_t>(out.data + copied * bb),
-                        reinterpret_cast<std::uint64_t>(arena_->slot_ptr(e.slot)), bb});
+                        reinterpret_cast<std::uint64_t>(host_.arena()->slot_ptr(e.slot)), bb});
         hold.slots.push_back(e.slot);
       } else {
         reads->push_back({static_cast<std::uint32_t>(copied), e.key, e.checksum});
@@ -188,7 +188,7 @@ std::uint32_t Store::load(NsId ns_id, const Word* words, std::size_t n, Memory o
   std::unique_lock<std::mutex> lock(mu_);
   check_open();
   const std::uint32_t ns = slot_of(ns_id);
-  if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
+  if (!host_.arena()) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
   now = clock_.advance(now);
   const std::uint32_t m = walk(ns, words, n, now, /*reclaim=*/true);
   split_partial_end();
@@ -210,7 +210,7 @@ std::uint32_t Store::load(NsId ns_id, const Word* words, std::size_t n, Memory o
 std::vector<Key> Store::keys_pinned(PinId pin) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
-  if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it keeps no keys");
+  if (!host_.arena()) throw Error(Code::kInvalidArgument, "this store is metadata-only: it keeps no keys");
   const PinRecord& rec = pin_record(pin);
   std::vector<std::uint32_t> chain;
   for (std::uint32_t id = rec.node; id != kNil && tree_.at(id).parent != kNil; id = tree_.at(id).parent)

@@ -9,10 +9,13 @@
 
 namespace kvtier {
 
-Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spec.host.policy, tree_) {
+Store::Store(const StoreSpec& spec)
+    : spec_(spec),
+      tree_(spec.width),
+      queue_(spec.host.policy, tree_),
+      host_(spec.block_bytes != 0 ? spec.host.capacity_bytes / spec.block_bytes : 0) {  // 0 = unlimited
   validate(spec);
-  capacity_blocks_ = spec.host.capacity_bytes / spec.block_bytes;  // 0 = unlimited
-  std::size_t slots = capacity_blocks_;
+  std::size_t slots = host_.capacity_blocks();
   if (spec.disk.enabled) {
     const DiskSpec& d = spec.disk;
     // Blocks waiting for the writer keep their host slot: the arena has room for the queue too.
@@ -26,17 +29,15 @@ Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spe
   }
   if (spec.payloads) {
     try {
-      arena_ = std::make_unique<HostArena>(slots, spec.block_bytes);
+      host_.open_arena(slots, spec.block_bytes, /*checksums=*/disk_ != nullptr);
     } catch (const Error& e) {  // name the settings that sized it
       if (e.code() != Code::kCapacity || !disk_) throw;
       throw Error(Code::kCapacity, std::string(e.what()) + " (host.capacity_bytes holds " +
-                                       std::to_string(capacity_blocks_) + " blocks, plus disk queue_blocks=" +
+                                       std::to_string(host_.capacity_blocks()) + " blocks, plus disk queue_blocks=" +
                                        std::to_string(spec.disk.queue_blocks) + " slots for queued writes)");
     }
-    slot_refs_.assign(slots, 0);
-    if (disk_) slot_crc_.assign(slots, 0);
   }
-  stats_.capacity_bytes = capacity_blocks_ * spec.block_bytes;
+  stats_.capacity_bytes = host_.capacity_blocks() * spec.block_bytes;
 }
 
 void Store::check_open() const {
@@ -239,15 +240,15 @@ void Store::drop_blocks(std::uint32_t id, std::uint32_t count, double now) {
   } else {
     stats_.evicted += count;
   }
-  if (arena_) {
+  if (host_.arena()) {
     for (std::uint32_t i = have - count; i < have; ++i) {
       if (disk_ && demote_)
         queue_write(id, i, /*host_keeps=*/false, now);  // the write takes over the slot (or releases it)
       else
-        slot_unref(tree_.at(id).payload->slots[i]);
+        host_.unref(tree_.at(id).payload->slots[i]);
     }
   }
-  used_blocks_ -= count;
+  host_.dropped(count);
   if (count < have) {
     tree_.trim_tail(id, count);
     return;
@@ -410,9 +411,8 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
 
   std::uint32_t attach = path_.empty() ? roots_[ns] : path_.back().node;
   std::uint64_t want = n - r.matched;
-  if (capacity_blocks_ != 0) {
-    const std::uint64_t taken = used_blocks_ + reserved_blocks_;
-    const std::uint64_t free_now = capacity_blocks_ > taken ? capacity_blocks_ - taken : 0;
+  if (host_.capacity_blocks() != 0) {
+    const std::uint64_t free_now = host_.free_blocks();
     if (want > free_now) {
       // Making room must never evict our own prefix. Only `attach` can become an eviction candidate
       // (every other node of the path has a child on the path), so shielding it is enough.
@@ -427,14 +427,13 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
         }
       } unshield{this, attach};
       evict_blocks(want - free_now, now);
-      const std::uint64_t after = used_blocks_ + reserved_blocks_;
-      want = std::min<std::uint64_t>(want, capacity_blocks_ > after ? capacity_blocks_ - after : 0);
+      want = std::min<std::uint64_t>(want, host_.free_blocks());
     }
   }
   // Blocks demoted to the disk keep their slots until written. The write queue's back-pressure keeps
   // enough slots free for a chunk, but blocks evicted by other threads while an insert waited come
   // back as more than a chunk: never take more slots than are free.
-  if (arena_) want = std::min<std::uint64_t>(want, arena_->free_slots());
+  if (host_.arena()) want = std::min<std::uint64_t>(want, host_.arena()->free_slots());
   if (want == 0) return r;
 
   // Payloads are copied before the node exists, so a failed (device) copy leaves the tree as it was.
@@ -451,10 +450,10 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
     ~Held() {
       if (!taken) return;
       s->release_hold(hold);
-      s->reserved_blocks_ -= reserved;
+      s->host_.unreserve(reserved);
     }
   } held{this, {}};
-  if (arena_) {
+  if (host_.arena()) {
     const Memory src{payload.data + (r.matched - payload_first) * bb, payload.device};
     const bool unlocked = lock != nullptr && copies_unlocked(src);  // never with a device tier
     // GPU memory on the device tier's GPU goes to the device tier, if it has room without evicting the
@@ -462,7 +461,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
     to_device = device_ && src.device == darena()->device() && dev_make_room(want, seq_, now);
     np = std::make_unique<NodePayload>();
     np->slots.resize(want);
-    for (auto& slot : np->slots) slot = arena_->take();
+    for (auto& slot : np->slots) slot = host_.arena()->take();
     try {
       if (to_device) {
         np->dslots.resize(want);
@@ -476,7 +475,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
         // The prefix is held so it can neither be evicted nor expire under us; the slots and their room are ours.
         if (!path_.empty()) held.hold.deepest = path_.back().node;
         held.reserved = want;
-        reserved_blocks_ += want;
+        host_.reserve(want);
         take_hold(held.hold);
         held.taken = true;
         run_unlocked(*lock, [&] { fill_host_slots(np->slots, src, disk_ != nullptr); });
@@ -484,7 +483,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
         fill_host_slots(np->slots, src, disk_ != nullptr);
       }
     } catch (...) {
-      for (std::uint32_t slot : np->slots) arena_->give_back(slot);
+      for (std::uint32_t slot : np->slots) host_.arena()->give_back(slot);
       for (std::uint32_t d : np->dslots) darena()->give_back(d);
       throw;
     }
@@ -496,7 +495,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
       KVTIER_ASSERT(m >= r.matched);  // the prefix was held (pinned, so never expired)
       const std::uint64_t dup = m - r.matched;
       if (dup > 0) {
-        for (std::uint64_t i = 0; i < std::min<std::uint64_t>(dup, want); ++i) arena_->give_back(np->slots[i]);
+        for (std::uint64_t i = 0; i < std::min<std::uint64_t>(dup, want); ++i) host_.arena()->give_back(np->slots[i]);
         if (dup >= want) return r;
         np->slots.erase(np->slots.begin(), np->slots.begin() + static_cast<std::ptrdiff_t>(dup));
         r.matched = m;
@@ -505,7 +504,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
       split_partial_end();
       attach = path_.empty() ? roots_[ns] : path_.back().node;
     }
-    for (std::uint32_t slot : np->slots) slot_refs_[slot] = 1;
+    for (std::uint32_t slot : np->slots) host_.own(slot);
   }
   const std::uint32_t width = spec_.width;
   const std::uint32_t child = tree_.add_child(attach, words + static_cast<std::size_t>(r.matched) * width, want);
@@ -513,7 +512,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   c.account = account;
   c.seq = seq_;
   c.last_access = now;
-  if (arena_) {
+  if (host_.arena()) {
     c.payload = std::move(np);
     if (to_device) {
       std::vector<std::uint32_t> dslots = std::move(c.payload->dslots);
@@ -526,7 +525,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
     }
     // Chained keys are computed lazily (keys_pinned), off the insert path.
   }
-  used_blocks_ += want;
+  host_.stored(want);
   stats_.inserted += want;
   ledger_.change(kTierHost, account, static_cast<std::int64_t>(want * spec_.block_bytes), now);
   refresh_candidate(child);
@@ -578,7 +577,8 @@ std::vector<NsId> Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
   if (t.n_requests > 0)
     clock_.check_not_before(t.times[0], "timestamps[0]", "replay a trace into a store whose clock is not past it");
   // A request adds at most two nodes (a split and a new leaf); with a capacity, evictions bound the tree.
-  const std::size_t bound = capacity_blocks_ != 0 ? std::min<std::uint64_t>(capacity_blocks_, t.n_requests) : t.n_requests;
+  const std::uint64_t cap = host_.capacity_blocks();
+  const std::size_t bound = cap != 0 ? std::min<std::uint64_t>(cap, t.n_requests) : t.n_requests;
   tree_.reserve(std::min<std::size_t>(2 * bound, std::size_t{1} << 24));
   std::vector<std::uint32_t> ids;  // registered without a sweep: each stays until the replay ends
   for (const Key& k : *t.ns_keys) ids.push_back(add_namespace_locked(k, /*sweep=*/false));
@@ -603,8 +603,8 @@ std::vector<NsId> Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
 TierStats Store::stats() {
   std::lock_guard<std::mutex> lock(mu_);
   TierStats s = stats_;
-  s.blocks = used_blocks_;
-  s.resident_bytes = used_blocks_ * spec_.block_bytes;
+  s.blocks = host_.used_blocks();
+  s.resident_bytes = host_.used_blocks() * spec_.block_bytes;
   s.nodes = tree_.live_nodes() - live_namespaces_;
   s.accounts = accounts_.live_count();
   s.namespaces = live_namespaces_;
@@ -662,7 +662,7 @@ void Store::close() {
   cv_.notify_all();
   copier_.reset();  // its copies are complete: every call waits for its own
   if (device_) device_->close();
-  arena_.reset();
+  host_.close();
 }
 
 bool Store::closed() {
@@ -693,7 +693,7 @@ void Store::check_invariants() {
         KVTIER_ASSERT(ch.pins <= n.pins || n.parent == kNil);  // a pin holds the whole prefix
         KVTIER_ASSERT(tree_.find_child(id, ch.words.data()) == c);
         KVTIER_ASSERT(accounts_.live(ch.account) && accounts_.ns(ch.account) == ch.ns);
-        KVTIER_ASSERT(static_cast<bool>(arena_) == static_cast<bool>(ch.payload));
+        KVTIER_ASSERT((host_.arena() != nullptr) == static_cast<bool>(ch.payload));
         if (ch.payload) {
           KVTIER_ASSERT(ch.payload->slots.size() == tree_.num_blocks(c));
           KVTIER_ASSERT(ch.payload->keys.empty() || ch.payload->keys.size() == tree_.num_blocks(c));
@@ -708,12 +708,12 @@ void Store::check_invariants() {
       candidates += want ? 1 : 0;
     }
   }
-  KVTIER_ASSERT(blocks == used_blocks_);
+  KVTIER_ASSERT(blocks == host_.used_blocks());
   KVTIER_ASSERT(candidates == queue_.size());
-  KVTIER_ASSERT(capacity_blocks_ == 0 || used_blocks_ <= capacity_blocks_);
-  if (!arena_) return;
+  KVTIER_ASSERT(host_.capacity_blocks() == 0 || host_.used_blocks() <= host_.capacity_blocks());
+  if (!host_.arena()) return;
   // Every slot's holders: host blocks and queued writes.
-  std::vector<std::uint32_t> refs(arena_->slots(), 0);
+  std::vector<std::uint32_t> refs(host_.arena()->slots(), 0);
   std::uint64_t on_device = 0;  // device blocks held by tree nodes
   for (std::uint32_t root : roots_) {
     if (root == kNil) continue;  // a retired namespace
@@ -746,10 +746,10 @@ void Store::check_invariants() {
   }
   std::size_t free_slots = 0;
   for (std::size_t s = 0; s < refs.size(); ++s) {
-    KVTIER_ASSERT(refs[s] == slot_refs_[s]);
+    KVTIER_ASSERT(refs[s] == host_.refs(static_cast<std::uint32_t>(s)));
     free_slots += refs[s] == 0;
   }
-  KVTIER_ASSERT(free_slots == arena_->free_slots());
+  KVTIER_ASSERT(free_slots == host_.arena()->free_slots());
   if (!darena()) return;
   device_->check(on_device);  // the LRU list holds exactly the nodes with device slots; slots are used once
 }

@@ -27,7 +27,7 @@
 #include "cuda/copy_engine.h"
 #include "tiers/device_tier.h"
 #include "tiers/disk_tier.h"
-#include "tiers/host.h"
+#include "tiers/host_tier.h"
 #include "core/keys.h"
 #include "core/policy.h"
 #include "core/residency.h"
@@ -275,7 +275,6 @@ class Store {
   Key parent_key_of(std::uint32_t node, std::uint32_t block);
   std::uint32_t disk_walk(std::uint32_t ns, const Word* words, std::size_t n, double now, bool touch,
                           MatchResult* r, std::vector<std::uint32_t>* ids);
-  void slot_unref(std::uint32_t slot);
   bool disk_room(double now);
   void queue_write(std::uint32_t node, std::uint32_t block, bool host_keeps, double now);
   using Gone = DiskTier::Gone;
@@ -350,7 +349,6 @@ class Store {
   // Whether a copy to or from `mem` runs outside the lock: host memory, no device tier. Copies that
   // touch GPU memory still run under it (a slot's device copy could be evicted meanwhile).
   bool copies_unlocked(Memory mem) const { return !darena() && mem.device < 0; }
-  std::uint64_t capacity_blocks() const { return capacity_blocks_; }
 
   StoreSpec spec_;
   std::mutex mu_;
@@ -358,11 +356,9 @@ class Store {
   Clock clock_;  // the one clock (clock.h)
   RadixTree tree_;
   EvictionQueue queue_;
-  std::unique_ptr<HostArena> arena_;
+  HostTier host_;  // its slots, room and slot holders (tiers/host_tier.h)
   ResidencyLedger ledger_;
   TierStats stats_;
-  std::uint64_t capacity_blocks_ = 0;  // 0 = unlimited
-  std::uint64_t used_blocks_ = 0;
   std::uint64_t seq_ = 0;
   std::uint32_t shielded_ = kNil;     // a node kept out of the eviction queue while its insert makes room
   std::vector<std::uint32_t> roots_;  // per namespace slot; kNil for a free slot
@@ -379,13 +375,10 @@ class Store {
   std::map<Key, std::uint32_t> ns_ids_;  // key -> slot
   // Disk tier (spec_.disk.enabled): its index, counters and writer protocol (tiers/disk_tier.h).
   std::unique_ptr<DiskTier> disk_;
-  std::vector<std::uint32_t> slot_crc_;   // block_checksum of each host slot's payload
-  std::vector<std::uint32_t> slot_refs_;  // holders of each slot: the host tree, a queued write, holds
   bool demote_ = true;                    // host evictions go to disk (false while clearing)
   std::condition_variable cv_;            // queue changes: writer work, room, flush
   std::vector<PinRecord> pin_records_;
   std::uint64_t holds_out_ = 0;           // holds taken and not released (copies outside the lock)
-  std::uint64_t reserved_blocks_ = 0;     // host blocks reserved by inserts copying outside the lock
   std::vector<std::uint32_t> free_pins_;
 
   // Device tier (spec_.device.enabled): its slots, LRU list and counters (tiers/device_tier.h).
