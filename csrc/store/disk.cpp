@@ -1,6 +1,8 @@
-// Store: the disk tier's half — demotion, the write queue and its writer protocol, disk lookups,
-// loads from the folder, restore and expiry. The folder itself (LMDB) is driven by the Python
-// writer through disk_take / disk_finish; everything here runs under the store lock.
+// Store: the coordinator's side of the disk tier — demotion, disk lookups, loads from the folder, promotion,
+// restore and expiry, and the writer calls (disk_take / disk_finish / disk_flush ...) that lock the store and
+// drive the tier's write queue. The tier's state (index, counters, the writer protocol's queue and batch) is
+// DiskTier's (tiers/disk_tier.h). The folder itself (LMDB) is driven by the Python writer; everything here
+// runs under the store lock.
 #include <algorithm>
 #include <chrono>
 #include <cstring>

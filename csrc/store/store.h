@@ -1,4 +1,5 @@
-// Store: the radix tree, its tiers, policies and residency ledger behind one lock.
+// Store: the coordinator — the radix tree, policies, namespaces, pins and residency ledger behind one lock,
+// driving the tier objects that own their state (tiers/host_tier.h, device_tier.h, disk_tier.h).
 //
 // Every public call takes `now` in seconds (NaN: the clock's rule for that call, clock.h), locks the
 // store, and may throw Error (see common.h) for user mistakes: kClosed after close(), kInvalidArgument
