@@ -126,6 +126,7 @@ std::size_t Store::spill_locked(std::uint32_t ns, std::uint32_t account, const W
 std::uint64_t Store::disk_persist(std::size_t max_blocks, double now) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
+  if (!disk_) return 0;
   if (std::isnan(now)) now = clock_.latest();
   // Host blocks keep their slots while queued, so this needs no room in the queue's slot reserve.
   std::uint64_t queued = 0;
@@ -345,6 +346,7 @@ void Store::disk_finish(bool ok, const std::string& error) {
 
 std::vector<Key> Store::disk_make_room(std::size_t blocks, double now) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (!disk_) return {};
   if (std::isnan(now)) now = clock_.latest();
   auto& q = disk_->index().queue();
   for (std::size_t k = 0; k < blocks && !q.empty(); ++k) disk_remove(q.top(), now, Gone::kEvicted);
@@ -352,6 +354,8 @@ std::vector<Key> Store::disk_make_room(std::size_t blocks, double now) {
 }
 
 bool Store::disk_flush(double timeout_s, bool host, std::string* errors) {
+  errors->clear();
+  if (!disk_) return true;  // nothing is ever queued
   if (host) disk_persist(~std::size_t{0}, std::numeric_limits<double>::quiet_NaN());
   std::unique_lock<std::mutex> lock(mu_);
   // A retry: the writes (and deletes) that failed before go first (the writer thread takes them).
