@@ -156,6 +156,16 @@ bool Store::dev_place(std::uint32_t id, std::uint64_t guard, double now) {
   return true;
 }
 
+void Store::dev_adopt(std::uint32_t child, std::uint64_t blocks, double now) {
+  const std::uint64_t bb = spec_.block_bytes;
+  Node& c = tree_.at(child);
+  std::vector<std::uint32_t> dslots = std::move(c.payload->dslots);
+  device_->place(child, std::move(dslots), /*dirty=*/!spec_.device.write_through, seq_);
+  device_->counters().inserted += blocks;
+  device_->counters().bytes_written += blocks * bb;
+  ledger_.change(kTierDevice, c.account, static_cast<std::int64_t>(blocks * bb), now);
+}
+
 // After a load: the chain's nodes on the device become its most recent, and the others are copied up,
 // root first, while the device has room for them without evicting this chain.
 void Store::dev_promote_chain(const std::vector<std::uint32_t>& root_first, double now) {

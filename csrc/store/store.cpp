@@ -515,11 +515,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   if (host_.arena()) {
     c.payload = std::move(np);
     if (to_device) {
-      std::vector<std::uint32_t> dslots = std::move(c.payload->dslots);
-      device_->place(child, std::move(dslots), /*dirty=*/!spec_.device.write_through, seq_);
-      device_->counters().inserted += want;
-      device_->counters().bytes_written += want * bb;
-      ledger_.change(kTierDevice, account, static_cast<std::int64_t>(want * bb), now);
+      dev_adopt(child, want, now);
     } else {
       stats_.bytes_written += want * bb;
     }

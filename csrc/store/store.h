@@ -297,6 +297,9 @@ class Store {
   void dev_evict(std::uint32_t id, bool write_back, double now);
   void dev_promote_chain(const std::vector<std::uint32_t>& root_first, double now);
   void dev_promote_path(double now);
+  // An insert's new leaf `child` whose `blocks` were copied into the device slots its payload holds (out of
+  // line: kept off the host insert path's code).
+  [[gnu::noinline]] void dev_adopt(std::uint32_t child, std::uint64_t blocks, double now);
   struct CopyRuns {
     std::vector<Run> host;    // host to host (memcpy)
     std::vector<Run> device;  // on device_ordinal's stream
