@@ -12,7 +12,7 @@
 //   tree node   host slots  [h0 h1 h2]      always held
 //               dslots      [d0 d1 d2]      empty when the node is not on the device
 //               dirty                       h* stale; d* the only copy
-//   LRU list    dhead_ -> ... -> dtail_     nodes on the device, coldest first (dprev/dnext)
+//   LRU list    coldest -> ... -> warmest   nodes on the device (dprev/dnext; DeviceTier, tiers/device_tier.h)
 //
 // Copies run under the store lock (never the GIL) and are synchronous: a call returns with its device
 // copies complete, so no slot is ever read or reused by a copy still in flight.
@@ -83,11 +83,11 @@ void Store::fill_host_slots(const std::vector<std::uint32_t>& slots, Memory src,
   if (src.nparts) {  // scattered runs: gathered into the slot, then summed there (still in cache for small runs)
     const std::size_t part = bb / src.nparts;
     for (std::size_t i = 0; i < slots.size(); ++i) {
-      std::uint8_t* to = arena_->slot_ptr(slots[i]);
+      std::uint8_t* to = host_.arena()->slot_ptr(slots[i]);
       const std::uint64_t* runs = src.parts + i * src.nparts;
       for (std::uint32_t r = 0; r < src.nparts; ++r)
         std::memcpy(to + r * part, reinterpret_cast<const std::uint8_t*>(runs[r]), part);
-      if (checksum) slot_crc_[slots[i]] = block_checksum(to, bb);
+      if (checksum) host_.checksum(slots[i]) = block_checksum(to, bb);
     }
     return;
   }
@@ -95,45 +95,17 @@ void Store::fill_host_slots(const std::vector<std::uint32_t>& slots, Memory src,
     for (std::size_t i = 0; i < slots.size(); ++i) {
       const std::uint8_t* from = src.data + i * bb;
       if (checksum)
-        slot_crc_[slots[i]] = copy_with_checksum(arena_->slot_ptr(slots[i]), from, bb);
+        host_.checksum(slots[i]) = copy_with_checksum(host_.arena()->slot_ptr(slots[i]), from, bb);
       else
-        std::memcpy(arena_->slot_ptr(slots[i]), from, bb);
+        std::memcpy(host_.arena()->slot_ptr(slots[i]), from, bb);
     }
     return;
   }
   std::vector<Run> runs;
-  for (std::size_t i = 0; i < slots.size(); ++i) add_run(runs, addr(arena_->slot_ptr(slots[i])), addr(src.data + i * bb), bb);
+  for (std::size_t i = 0; i < slots.size(); ++i) add_run(runs, addr(host_.arena()->slot_ptr(slots[i])), addr(src.data + i * bb), bb);
   move_runs(runs, src.device);
   if (checksum)
-    for (std::uint32_t s : slots) slot_crc_[s] = block_checksum(arena_->slot_ptr(s), bb);
-}
-
-// ---- the LRU list ----
-
-void Store::dev_link_tail(std::uint32_t id) { dev_link_before(id, kNil); }
-
-// Links `id` in front of `next` (kNil: at the tail).
-void Store::dev_link_before(std::uint32_t id, std::uint32_t next) {
-  NodePayload& p = *tree_.at(id).payload;
-  const std::uint32_t prev = next == kNil ? dtail_ : tree_.at(next).payload->dprev;
-  p.dprev = prev;
-  p.dnext = next;
-  (prev == kNil ? dhead_ : tree_.at(prev).payload->dnext) = id;
-  (next == kNil ? dtail_ : tree_.at(next).payload->dprev) = id;
-}
-
-void Store::dev_unlink(std::uint32_t id) {
-  NodePayload& p = *tree_.at(id).payload;
-  (p.dprev == kNil ? dhead_ : tree_.at(p.dprev).payload->dnext) = p.dnext;
-  (p.dnext == kNil ? dtail_ : tree_.at(p.dnext).payload->dprev) = p.dprev;
-  p.dprev = p.dnext = kNil;
-}
-
-void Store::dev_touch(std::uint32_t id, std::uint64_t op) {
-  tree_.at(id).payload->dstamp = op;
-  if (dtail_ == id) return;
-  dev_unlink(id);
-  dev_link_tail(id);
+    for (std::uint32_t s : slots) host_.checksum(s) = block_checksum(host_.arena()->slot_ptr(s), bb);
 }
 
 // ---- movement ----
@@ -145,48 +117,35 @@ void Store::dev_write_back(std::uint32_t id) {
   const std::size_t bb = spec_.block_bytes;
   std::vector<Run> runs;
   for (std::size_t i = 0; i < p.slots.size(); ++i)
-    add_run(runs, addr(arena_->slot_ptr(p.slots[i])), darena_->slot_address(p.dslots[i]), bb);
-  move_runs(runs, darena_->device());
+    add_run(runs, addr(host_.arena()->slot_ptr(p.slots[i])), darena()->slot_address(p.dslots[i]), bb);
+  move_runs(runs, darena()->device());
   if (disk_)
-    for (std::uint32_t s : p.slots) slot_crc_[s] = block_checksum(arena_->slot_ptr(s), bb);
-  p.dirty = false;
-  ddirty_ -= p.slots.size();
-  devstats_.written_back += p.slots.size();
-  devstats_.bytes_read += p.slots.size() * bb;
+    for (std::uint32_t s : p.slots) host_.checksum(s) = block_checksum(host_.arena()->slot_ptr(s), bb);
+  device_->cleaned(id);
 }
 
 // Takes node `id` off the device, writing dirty blocks back first when `write_back` (a node that is
 // leaving the host tier too without going to disk needs no copy).
 void Store::dev_evict(std::uint32_t id, bool write_back, double now) {
-  NodePayload& p = *tree_.at(id).payload;
-  KVTIER_ASSERT(!p.dslots.empty());
+  KVTIER_ASSERT(on_device(id));
   if (write_back) dev_write_back(id);
-  const std::uint64_t nb = p.dslots.size();
-  if (p.dirty) {
-    ddirty_ -= nb;
-    p.dirty = false;
-  }
-  for (std::uint32_t d : p.dslots) darena_->give_back(d);
-  p.dslots.clear();
-  dev_unlink(id);
-  dused_ -= nb;
-  devstats_.evicted += nb;
+  const std::uint64_t nb = device_->evict(id);
   ledger_.change(kTierDevice, tree_.at(id).account, -static_cast<std::int64_t>(nb * spec_.block_bytes), now);
 }
 
 // Frees device slots until `blocks` are free, evicting the coldest nodes; never a node touched by
 // operation `guard` (0: none). False if that is not enough.
 bool Store::dev_make_room(std::uint64_t blocks, std::uint64_t guard, double now) {
-  if (blocks > darena_->slots()) return false;
+  if (blocks > darena()->slots()) return false;
   // Enough evictable nodes first, so that nothing is written back for a placement that then fails.
-  std::uint64_t could = darena_->free_slots();
-  for (std::uint32_t id = dhead_; id != kNil && could < blocks; id = tree_.at(id).payload->dnext) {
+  std::uint64_t could = darena()->free_slots();
+  for (std::uint32_t id = device_->coldest(); id != kNil && could < blocks; id = device_->warmer(id)) {
     if (guard != 0 && tree_.at(id).payload->dstamp == guard) return false;
     could += tree_.at(id).payload->dslots.size();
   }
   if (could < blocks) return false;
-  while (darena_->free_slots() < blocks) {
-    const std::uint32_t victim = dhead_;
+  while (darena()->free_slots() < blocks) {
+    const std::uint32_t victim = device_->coldest();
     if (victim == kNil || (guard != 0 && tree_.at(victim).payload->dstamp == guard)) return false;
     dev_evict(victim, /*write_back=*/true, now);
   }
@@ -199,27 +158,32 @@ bool Store::dev_place(std::uint32_t id, std::uint64_t guard, double now) {
   const std::size_t nb = tree_.num_blocks(id);
   if (!dev_make_room(nb, guard, now)) return false;
   std::vector<std::uint32_t> dslots(nb);
-  for (auto& d : dslots) d = darena_->take();
+  for (auto& d : dslots) d = darena()->take();
   const NodePayload& p = *tree_.at(id).payload;
   const std::size_t bb = spec_.block_bytes;
   std::vector<Run> runs;
-  for (std::size_t i = 0; i < nb; ++i) add_run(runs, darena_->slot_address(dslots[i]), addr(arena_->slot_ptr(p.slots[i])), bb);
+  for (std::size_t i = 0; i < nb; ++i) add_run(runs, darena()->slot_address(dslots[i]), addr(host_.arena()->slot_ptr(p.slots[i])), bb);
   try {
-    move_runs(runs, darena_->device());
+    move_runs(runs, darena()->device());
   } catch (...) {
-    for (std::uint32_t d : dslots) darena_->give_back(d);
+    for (std::uint32_t d : dslots) darena()->give_back(d);
     throw;
   }
-  NodePayload& q = *tree_.at(id).payload;
-  q.dslots = std::move(dslots);
-  q.dirty = false;
-  q.dstamp = guard;
-  dev_link_tail(id);
-  dused_ += nb;
-  devstats_.promoted += nb;
-  devstats_.bytes_written += nb * bb;
+  device_->place(id, std::move(dslots), /*dirty=*/false, guard);
+  device_->counters().promoted += nb;
+  device_->counters().bytes_written += nb * bb;
   ledger_.change(kTierDevice, tree_.at(id).account, static_cast<std::int64_t>(nb * bb), now);
   return true;
+}
+
+void Store::dev_adopt(std::uint32_t child, std::uint64_t blocks, double now) {
+  const std::uint64_t bb = spec_.block_bytes;
+  Node& c = tree_.at(child);
+  std::vector<std::uint32_t> dslots = std::move(c.payload->dslots);
+  device_->place(child, std::move(dslots), /*dirty=*/!spec_.device.write_through, seq_);
+  device_->counters().inserted += blocks;
+  device_->counters().bytes_written += blocks * bb;
+  ledger_.change(kTierDevice, c.account, static_cast<std::int64_t>(blocks * bb), now);
 }
 
 // After a load: the chain's nodes on the device become its most recent, and the others are copied up,
@@ -227,7 +191,7 @@ bool Store::dev_place(std::uint32_t id, std::uint64_t guard, double now) {
 void Store::dev_promote_chain(const std::vector<std::uint32_t>& root_first, double now) {
   const std::uint64_t op = ++seq_;
   for (std::uint32_t id : root_first)
-    if (on_device(id)) dev_touch(id, op);
+    if (on_device(id)) device_->touch(id, op);
   if (!spec_.device.promote) return;
   for (std::uint32_t id : root_first)
     if (!dev_place(id, op, now)) break;
@@ -246,7 +210,7 @@ void Store::dev_promote_path(double now) {
 Store::CopyRuns Store::plan_copy_out(const std::vector<Step>& steps, Memory out) {
   const std::size_t bb = spec_.block_bytes;
   CopyRuns c;
-  c.device_ordinal = out.device >= 0 ? out.device : (darena_ ? darena_->device() : 0);
+  c.device_ordinal = out.device >= 0 ? out.device : (darena() ? darena()->device() : 0);
   std::uint64_t copied = 0, from_device = 0;
   for (const Step& s : steps) {
     const NodePayload& p = *tree_.at(s.node).payload;
@@ -254,20 +218,22 @@ Store::CopyRuns Store::plan_copy_out(const std::vector<Step>& steps, Memory out)
     for (std::uint32_t i = 0; i < s.blocks; ++i, ++copied) {
       if (out.nparts) {  // scattered host runs (keys_lookup.h); the store has no device tier then
         KVTIER_ASSERT(!dev);
-        add_block_out(c.host, out.at(copied, bb), addr(arena_->slot_ptr(p.slots[i])), bb);
+        add_block_out(c.host, out.at(copied, bb), addr(host_.arena()->slot_ptr(p.slots[i])), bb);
         continue;
       }
       const std::uint64_t dst = addr(out.data + copied * bb);
       if (dev) {
-        add_run(c.device, dst, darena_->slot_address(p.dslots[i]), bb);
+        add_run(c.device, dst, darena()->slot_address(p.dslots[i]), bb);
         ++from_device;
       } else {
-        add_run(out.device < 0 ? c.host : c.device, dst, addr(arena_->slot_ptr(p.slots[i])), bb);
+        add_run(out.device < 0 ? c.host : c.device, dst, addr(host_.arena()->slot_ptr(p.slots[i])), bb);
       }
     }
   }
-  devstats_.hits += from_device;
-  devstats_.bytes_read += from_device * bb;
+  if (from_device > 0) {
+    device_->counters().hits += from_device;
+    device_->counters().bytes_read += from_device * bb;
+  }
   stats_.bytes_read += (copied - from_device) * bb;
   return c;
 }
@@ -282,24 +248,20 @@ std::uint64_t Store::evict_device(std::uint64_t bytes, double now) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
   now = clock_.advance(now);
-  if (!darena_) return 0;
+  if (!darena()) return 0;
   const std::uint64_t want = bytes / spec_.block_bytes + (bytes % spec_.block_bytes != 0 ? 1 : 0);
   std::uint64_t freed = 0;
-  while (freed < want && dhead_ != kNil) {
-    freed += tree_.num_blocks(dhead_);
-    dev_evict(dhead_, /*write_back=*/true, now);
+  while (freed < want && device_->coldest() != kNil) {
+    const std::uint32_t victim = device_->coldest();
+    freed += tree_.num_blocks(victim);
+    dev_evict(victim, /*write_back=*/true, now);
   }
   return freed * spec_.block_bytes;
 }
 
 DeviceStats Store::device_stats() {
   std::lock_guard<std::mutex> lock(mu_);
-  DeviceStats s = devstats_;
-  s.blocks = dused_;
-  s.dirty_blocks = ddirty_;
-  s.resident_bytes = dused_ * spec_.block_bytes;
-  s.capacity_bytes = darena_ ? darena_->slots() * spec_.block_bytes : 0;
-  return s;
+  return device_ ? device_->stats() : DeviceStats{};
 }
 
 }  // namespace kvtier

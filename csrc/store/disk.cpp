@@ -1,6 +1,8 @@
-// Store: the disk tier's half — demotion, the write queue and its writer protocol, disk lookups,
-// loads from the folder, restore and expiry. The folder itself (LMDB) is driven by the Python
-// writer through disk_take / disk_finish; everything here runs under the store lock.
+// Store: the coordinator's side of the disk tier — demotion, disk lookups, loads from the folder, promotion,
+// restore and expiry, and the writer calls (disk_take / disk_finish / disk_flush ...) that lock the store and
+// drive the tier's write queue. The tier's state (index, counters, the writer protocol's queue and batch) is
+// DiskTier's (tiers/disk_tier.h). The folder itself (LMDB) is driven by the Python writer; everything here
+// runs under the store lock.
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -13,18 +15,13 @@
 
 namespace kvtier {
 
-void Store::slot_unref(std::uint32_t slot) {
-  KVTIER_ASSERT(slot_refs_[slot] > 0);
-  if (--slot_refs_[slot] == 0) arena_->give_back(slot);
-}
-
 // Makes room for one more disk block by evicting committed leaves by policy. False if none can go.
 bool Store::disk_room(double now) {
-  auto& q = disk_->queue();
-  while (disk_->live() >= disk_capacity_blocks_) {
+  auto& q = disk_->index().queue();
+  while (disk_->full()) {
     if (q.empty()) return false;
     const std::uint32_t v = q.top();
-    disk_remove(v, now, disk_expired(disk_->at(v), now) ? Gone::kExpired : Gone::kEvicted);
+    disk_remove(v, now, disk_expired(disk_->index().at(v), now) ? Gone::kExpired : Gone::kEvicted);
   }
   return true;
 }
@@ -32,30 +29,28 @@ bool Store::disk_room(double now) {
 // Queues block `block` of host node `node` for the disk. With `host_keeps` the host tree keeps the
 // block too (write-through); otherwise the host's hold on the slot passes to the write (demotion).
 void Store::queue_write(std::uint32_t node, std::uint32_t block, bool host_keeps, double now) {
-  if (darena_ && on_device(node)) dev_write_back(node);  // the writer reads the host slot
+  if (device_ && on_device(node)) dev_write_back(node);  // the writer reads the host slot
   const std::uint32_t slot = tree_.at(node).payload->slots[block];
   const Key key = node_keys(node)[block];
-  const bool known = disk_->find(key) != kNil;  // already on disk or queued: same key, same payload
+  const bool known = disk_->index().find(key) != kNil;  // already on disk or queued: same key, same payload
   if (known || !disk_room(now)) {
-    if (!known) ++dstats_.rejected;
-    if (!host_keeps) slot_unref(slot);
+    if (!known) ++disk_->counters().rejected;
+    if (!host_keeps) host_.unref(slot);
     return;
   }
   const Key parent = parent_key_of(node, block);
   const Node& nd = tree_.at(node);
-  const std::uint32_t id = disk_->add(key, parent, nd.ns, DiskState::kPending);
-  DiskEntry& e = disk_->at(id);
+  const std::uint32_t id = disk_->index().add(key, parent, nd.ns, DiskState::kPending);
+  DiskEntry& e = disk_->index().at(id);
   e.account = nd.account;
   e.seq = nd.seq;
   e.last_access = nd.last_access;
   e.hits = nd.hits;
-  e.checksum = slot_crc_[slot];
+  e.checksum = host_.checksum(slot);
   e.slot = slot;
-  if (host_keeps) ++slot_refs_[slot];
+  if (host_keeps) host_.ref(slot);
   const Word* w = nd.words.data() + static_cast<std::size_t>(block) * spec_.width;
-  writes_.push_back({id, std::vector<Word>(w, w + spec_.width)});
-  ++queued_;
-  ++dstats_.queued;
+  disk_->enqueue(id, std::vector<Word>(w, w + spec_.width));
   ledger_.change(kTierDisk, e.account, static_cast<std::int64_t>(spec_.block_bytes), now);
   cv_.notify_all();
 }
@@ -75,8 +70,8 @@ bool Store::disk_chain(std::uint32_t ns, const Word* words, std::size_t host_blo
   for (std::size_t i = host_blocks; i < to; ++i) {
     Key k;
     chain_keys(ns_keys_[ns], chained ? &prev : nullptr, words + i * spec_.width, 1, spec_.width, nullptr, 0, &k);
-    const std::uint32_t id = disk_->find(k);
-    if (id == kNil || disk_expired(disk_->at(id), now)) return false;
+    const std::uint32_t id = disk_->index().find(k);
+    if (id == kNil || disk_expired(disk_->index().at(id), now)) return false;
     prev = k;
     chained = true;
   }
@@ -97,30 +92,28 @@ std::size_t Store::spill_locked(std::uint32_t ns, std::uint32_t account, const W
     Key key;
     const bool first = is_zero_key(*prev) && i == 0;
     chain_keys(ns_keys_[ns], first ? nullptr : prev, words + i * width, 1, width, nullptr, 0, &key);
-    if (disk_->find(key) == kNil) {
-      if (arena_->free_slots() == 0) break;
+    if (disk_->index().find(key) == kNil) {
+      if (host_.arena()->free_slots() == 0) break;
       if (!disk_room(now)) {
-        ++dstats_.rejected;
+        ++disk_->counters().rejected;
         break;
       }
-      const std::uint32_t slot = arena_->take();
+      const std::uint32_t slot = host_.arena()->take();
       try {
         fill_host_slots({slot}, payload.at(i - payload_first, bb), /*checksum=*/true);
       } catch (...) {
-        arena_->give_back(slot);
+        host_.arena()->give_back(slot);
         throw;
       }
-      slot_refs_[slot] = 1;
-      const std::uint32_t id = disk_->add(key, first ? Key{} : *prev, ns, DiskState::kPending);
-      DiskEntry& e = disk_->at(id);
+      host_.own(slot);
+      const std::uint32_t id = disk_->index().add(key, first ? Key{} : *prev, ns, DiskState::kPending);
+      DiskEntry& e = disk_->index().at(id);
       e.account = account;
       e.seq = ++seq_;
       e.last_access = now;
-      e.checksum = slot_crc_[slot];
+      e.checksum = host_.checksum(slot);
       e.slot = slot;
-      writes_.push_back({id, std::vector<Word>(words + i * width, words + (i + 1) * width)});
-      ++queued_;
-      ++dstats_.queued;
+      disk_->enqueue(id, std::vector<Word>(words + i * width, words + (i + 1) * width));
       ledger_.change(kTierDisk, account, static_cast<std::int64_t>(bb), now);
       stats_.bytes_written += bb;
     }
@@ -133,6 +126,7 @@ std::size_t Store::spill_locked(std::uint32_t ns, std::uint32_t account, const W
 std::uint64_t Store::disk_persist(std::size_t max_blocks, double now) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
+  if (!disk_) return 0;
   if (std::isnan(now)) now = clock_.latest();
   // Host blocks keep their slots while queued, so this needs no room in the queue's slot reserve.
   std::uint64_t queued = 0;
@@ -147,8 +141,8 @@ std::uint64_t Store::disk_persist(std::size_t max_blocks, double now) {
     if (tree_.at(id).parent == kNil) continue;
     const std::vector<Key>& keys = node_keys(id);
     for (std::uint32_t b = 0; b < keys.size() && queued < max_blocks; ++b) {
-      if (disk_->find(keys[b]) != kNil) continue;
-      const std::uint64_t before = queued_;
+      if (disk_->index().find(keys[b]) != kNil) continue;
+      const std::uint64_t before = disk_->queued();
       try {
         queue_write(id, b, /*host_keeps=*/true, now);
       } catch (const cuda::DriverError&) {
@@ -156,7 +150,7 @@ std::uint64_t Store::disk_persist(std::size_t max_blocks, double now) {
         if (!failed) failed = std::current_exception();
         break;
       }
-      if (queued_ == before) return queued;  // the disk is full of pinned or queued blocks
+      if (disk_->queued() == before) return queued;  // the disk is full of pinned or queued blocks
       ++queued;
     }
   }
@@ -165,50 +159,33 @@ std::uint64_t Store::disk_persist(std::size_t max_blocks, double now) {
 }
 
 void Store::disk_remove(std::uint32_t id, double now, Gone why) {
-  DiskEntry& e = disk_->at(id);
+  DiskEntry& e = disk_->index().at(id);
   const std::uint64_t bb = spec_.block_bytes;
   KVTIER_ASSERT(e.state == DiskState::kCommitted || (why == Gone::kFailed && e.state == DiskState::kWriting));
   ledger_.change(kTierDisk, e.account, -static_cast<std::int64_t>(bb), now);
-  switch (why) {
-    case Gone::kExpired: {
-      // Residency ends at the expiry instant, not at the (later) reclaim.
-      const double expiry = e.last_access + spec_.disk.ttl();
-      if (now > expiry) ledger_.refund(kTierDisk, e.account, static_cast<double>(bb) * (now - expiry));
-      ++dstats_.expired;
-      break;
-    }
-    case Gone::kEvicted: ++dstats_.evicted; break;
-    case Gone::kCorrupt: ++dstats_.corrupted; break;
-    case Gone::kMissing: ++dstats_.missing; break;
-    case Gone::kFailed: ++dstats_.write_errors; break;
+  if (why == Gone::kExpired) {
+    // Residency ends at the expiry instant, not at the (later) reclaim.
+    const double expiry = e.last_access + spec_.disk.ttl();
+    if (now > expiry) ledger_.refund(kTierDisk, e.account, static_cast<double>(bb) * (now - expiry));
   }
-  if (e.state == DiskState::kCommitted) {
-    deletes_.push_back(e.key);
-    deleting_.insert(e.key);
-  }
-  if (removed_log_.size() == kRemovedLog) {
-    removed_log_.pop_front();
-    ++removed_dropped_;
-  }
-  removed_log_.push_back(e.key);
-  disk_->remove(id);
+  disk_->remove(id, why);
   cv_.notify_all();
 }
 
 std::uint64_t Store::disk_expire_locked(double now) {
   if (spec_.disk.ttl() <= 0.0) return 0;
-  const std::uint64_t before = dstats_.expired;
-  auto& q = disk_->queue();
+  const std::uint64_t before = disk_->counters().expired;
+  auto& q = disk_->index().queue();
   if (spec_.disk.policy != Policy::kLFU) {
     // The queue is in touch order, which is time order: expired leaves come first.
-    while (!q.empty() && disk_expired(disk_->at(q.top()), now)) disk_remove(q.top(), now, Gone::kExpired);
+    while (!q.empty() && disk_expired(disk_->index().at(q.top()), now)) disk_remove(q.top(), now, Gone::kExpired);
   } else {
     // Parents are touched with their children, so expired leaves go first, then their parents.
     bool again = true;
     while (again) {
       again = false;
-      for (std::uint32_t id = 0; id < disk_->slots(); ++id) {
-        const DiskEntry& e = disk_->at(id);
+      for (std::uint32_t id = 0; id < disk_->index().slots(); ++id) {
+        const DiskEntry& e = disk_->index().at(id);
         if (e.heap_pos != kNil && disk_expired(e, now)) {
           disk_remove(id, now, Gone::kExpired);
           again = true;
@@ -216,7 +193,7 @@ std::uint64_t Store::disk_expire_locked(double now) {
       }
     }
   }
-  return dstats_.expired - before;
+  return disk_->counters().expired - before;
 }
 
 // Continues a lookup past the host match (path_) on disk: computes each next block's key and finds
@@ -236,20 +213,20 @@ std::uint32_t Store::disk_walk(std::uint32_t ns, const Word* words, std::size_t 
   for (; i < n; ++i) {
     Key k;
     chain_keys(ns_keys_[ns], chained ? &prev : nullptr, words + i * width, 1, width, nullptr, 0, &k);
-    const std::uint32_t id = disk_->find(k);
+    const std::uint32_t id = disk_->index().find(k);
     if (id == kNil) {
       r->probe = true;
       r->probe_key = k;
       break;
     }
-    DiskEntry& e = disk_->at(id);
+    DiskEntry& e = disk_->index().at(id);
     if (disk_expired(e, now)) break;
     ids->push_back(id);
     if (touch) {
       e.seq = op;
       e.last_access = now;
       ++e.hits;
-      disk_->touched(id);
+      disk_->index().touched(id);
     }
     prev = k;
     chained = true;
@@ -277,20 +254,20 @@ std::uint32_t Store::disk_finish_load(PinId pin, Memory out, std::uint32_t good,
   now = clock_.advance_or_latest(now);
   for (const auto* keys : {&corrupt, &missing}) {
     for (const Key& k : *keys) {
-      const std::uint32_t id = disk_->find(k);
-      if (id != kNil && disk_->at(id).state == DiskState::kCommitted)
+      const std::uint32_t id = disk_->index().find(k);
+      if (id != kNil && disk_->index().at(id).state == DiskState::kCommitted)
         disk_remove(id, now, keys == &corrupt ? Gone::kCorrupt : Gone::kMissing);
     }
   }
   const PinRecord& rec = pin_record(pin);
   if (good <= rec.host_blocks) return good;
   const std::uint32_t from_disk = good - rec.host_blocks;
-  dstats_.bytes_read += static_cast<std::uint64_t>(from_disk) * spec_.block_bytes;
+  disk_->counters().bytes_read += static_cast<std::uint64_t>(from_disk) * spec_.block_bytes;
   if (!promote) return good;
   // Copied out of the pin record: promotion's copies run with the lock released, when other threads may
   // release this pin or add others (pin_records_ may move).
   const std::vector<Word> words = rec.words;
-  promote_from_disk(rec.ns, disk_->at(rec.disk[0]).account, words, rec.host_blocks, good, out, now, &lock);
+  promote_from_disk(rec.ns, disk_->index().at(rec.disk[0]).account, words, rec.host_blocks, good, out, now, &lock);
   return good;
 }
 
@@ -308,15 +285,15 @@ void Store::promote_from_disk(std::uint32_t ns, std::uint32_t account, const std
   const std::uint64_t chunk = std::max<std::uint64_t>(1, spec_.disk.queue_blocks / 4);
   std::uint32_t done = from;
   std::uint64_t promoted = 0;
-  while (done < to && queued_ + chunk <= spec_.disk.queue_blocks) {
+  while (done < to && disk_->queued() + chunk <= spec_.disk.queue_blocks) {
     const auto end = static_cast<std::uint32_t>(std::min<std::uint64_t>(to, done + chunk));
     const InsertResult r = insert_locked(ns, account, words.data(), end, out, 0, now, false, lock);
     promoted += r.inserted;
     if (r.matched + r.inserted < end) break;  // no more room without waiting
     done = end;
   }
-  dstats_.promoted += promoted;
-  if (darena_ && promoted > 0) {  // and on up to the device, like the host blocks of a load
+  disk_->counters().promoted += promoted;
+  if (device_ && promoted > 0) {  // and on up to the device, like the host blocks of a load
     walk(ns, words.data(), to, now, /*reclaim=*/false);
     dev_promote_path(now);
   }
@@ -325,28 +302,21 @@ void Store::promote_from_disk(std::uint32_t ns, std::uint32_t account, const std
 bool Store::disk_wait(double timeout_s) {
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait_for(lock, std::chrono::duration<double>(timeout_s),
-               [&] { return closed_ || ((!writes_.empty() || !deletes_.empty()) && !batch_open_); });
+               [&] { return closed_ || (disk_ && disk_->has_work()); });
   return closed_;
 }
 
 WriteBatch Store::disk_take(std::size_t max_blocks, double wall_now) {
   std::lock_guard<std::mutex> lock(mu_);
-  KVTIER_ASSERT(disk_ && !batch_open_);
-  WriteBatch b;
+  KVTIER_ASSERT(disk_ && !disk_->batch_open());
   if (closed_) {
+    WriteBatch b;
     b.closed = true;
     return b;
   }
-  b.deletes = deletes_;
-  batch_deletes_ = std::move(deletes_);
-  deletes_.clear();
   const double store_now = clock_.latest();
-  while (!writes_.empty() && b.writes.size() < max_blocks) {
-    WriteItem item = std::move(writes_.front());
-    writes_.pop_front();
-    DiskEntry& e = disk_->at(item.entry);
-    KVTIER_ASSERT(e.state == DiskState::kPending && e.slot != kNil);
-    e.state = DiskState::kWriting;
+  return disk_->take(max_blocks, [&](std::uint32_t id, const std::vector<Word>& words) {
+    const DiskEntry& e = disk_->index().at(id);
     DiskRecord rec;
     rec.width = spec_.width;
     rec.checksum = e.checksum;
@@ -355,107 +325,49 @@ WriteBatch Store::disk_take(std::size_t max_blocks, double wall_now) {
     rec.hits = e.hits;
     rec.ns = ns_keys_[e.ns];
     rec.parent = e.parent;
-    rec.words = item.words;
+    rec.words = words;
     rec.session = accounts_.session(e.account);
-    b.writes.push_back({e.key, encode_record(rec), arena_->slot_ptr(e.slot)});
-    batch_.push_back(std::move(item));
-  }
-  batch_open_ = !b.writes.empty() || !b.deletes.empty();
-  return b;
+    return WriteOut{e.key, encode_record(rec), host_.arena()->slot_ptr(e.slot)};
+  });
 }
 
 void Store::disk_finish(bool ok, const std::string& error) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!batch_open_) return;
+  if (!disk_ || !disk_->batch_open()) return;
   const double now = clock_.latest();
-  const std::uint64_t bb = spec_.block_bytes;
   // Failed blocks stay queued while an insert waiting for a chunk of queue room (wait_queue_room)
   // can still get it once the live queue drains; the rest are dropped.
   const std::uint64_t limit = spec_.disk.queue_blocks;
   const std::uint64_t keep = limit - std::min<std::uint64_t>(limit, std::max<std::uint64_t>(1, limit / 4));
-  for (WriteItem& item : batch_) {
-    const std::uint32_t id = item.entry;
-    DiskEntry& e = disk_->at(id);
-    KVTIER_ASSERT(e.state == DiskState::kWriting);
-    if (ok) {
-      slot_unref(e.slot);
-      e.slot = kNil;
-      e.state = DiskState::kCommitted;
-      ++dstats_.written;
-      dstats_.bytes_written += bb;
-      disk_->refresh(id);
-      --queued_;
-    } else if (failed_.size() < keep) {
-      e.state = DiskState::kPending;  // still readable from its slot
-      ++dstats_.write_errors;
-      failed_.push_back(std::move(item));
-    } else {
-      slot_unref(e.slot);
-      e.slot = kNil;
-      disk_remove(id, now, Gone::kFailed);
-      ++failed_dropped_;
-      --queued_;
-    }
-  }
-  if (!ok && !batch_.empty() && first_error_.empty()) first_error_ = error.empty() ? "unknown error" : error;
-  batch_.clear();
-  // Deletes that did not commit are kept (and stay in deleting_) for the next flush to retry, like failed
-  // writes: the folder still holds those blocks, and a later open would bring them back.
-  for (const Key& k : batch_deletes_) {
-    if (ok)
-      deleting_.erase(k);
-    else
-      failed_deletes_.push_back(k);
-  }
-  if (!batch_deletes_.empty()) ++delete_generation_;
-  batch_deletes_.clear();
-  batch_open_ = false;
+  disk_->finish(
+      ok, error, keep, [&](std::uint32_t slot) { host_.unref(slot); },
+      [&](std::uint32_t id) { disk_remove(id, now, Gone::kFailed); });
   cv_.notify_all();
 }
 
 std::vector<Key> Store::disk_make_room(std::size_t blocks, double now) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (!disk_) return {};
   if (std::isnan(now)) now = clock_.latest();
-  auto& q = disk_->queue();
+  auto& q = disk_->index().queue();
   for (std::size_t k = 0; k < blocks && !q.empty(); ++k) disk_remove(q.top(), now, Gone::kEvicted);
-  std::vector<Key> out = std::move(deletes_);
-  deletes_.clear();
-  batch_deletes_.insert(batch_deletes_.end(), out.begin(), out.end());
-  return out;
+  return disk_->take_room_deletes();
 }
 
 bool Store::disk_flush(double timeout_s, bool host, std::string* errors) {
+  errors->clear();
+  if (!disk_) return true;  // nothing is ever queued
   if (host) disk_persist(~std::size_t{0}, std::numeric_limits<double>::quiet_NaN());
   std::unique_lock<std::mutex> lock(mu_);
-  // A retry: the writes that failed before go first (the writer thread takes them).
-  if (!failed_.empty()) {
-    if (failed_dropped_ == 0) first_error_.clear();  // the cause to report is the retry's
-    for (auto it = failed_.rbegin(); it != failed_.rend(); ++it) writes_.push_front(std::move(*it));
-    failed_.clear();
-    cv_.notify_all();
-  }
-  for (const Key& k : failed_deletes_) {
-    if (disk_->find(k) == kNil)
-      deletes_.push_back(k);
-    else
-      deleting_.erase(k);  // stored again since: deleting it now would lose the new block
-  }
-  if (!failed_deletes_.empty()) cv_.notify_all();
-  failed_deletes_.clear();
-  const auto done = [&] { return closed_ || (queued_ == failed_.size() && deletes_.empty() && !batch_open_); };
+  // A retry: the writes (and deletes) that failed before go first (the writer thread takes them).
+  if (disk_->retry_failed()) cv_.notify_all();
+  const auto done = [&] { return closed_ || disk_->settled(); };
   bool ok = true;
   if (timeout_s < 0.0)
     cv_.wait(lock, done);
   else
     ok = cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), done);
-  errors->clear();
-  const std::uint64_t failed = failed_.size() + failed_dropped_;
-  if (failed > 0 && (ok || failed_dropped_ > 0)) {
-    *errors = std::to_string(failed) + " blocks not persisted (" + std::to_string(failed_.size()) +
-              " kept queued: the next flush() retries them; " + std::to_string(failed_dropped_) +
-              " dropped): " + first_error_;
-    failed_dropped_ = 0;
-  }
+  disk_->flush_report(ok, errors);
   return ok;
 }
 
@@ -464,7 +376,7 @@ std::uint64_t Store::disk_restore(const std::vector<std::pair<Key, std::string>>
                                   std::optional<std::uint64_t> generation) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
-  if (generation && *generation != delete_generation_) return 0;
+  if (generation && *generation != (disk_ ? disk_->delete_generation() : 0)) return 0;
   // Restored blocks are dated like any call's changes, and the clock moves with them: at `now`, or (none
   // given) the latest time seen, or the monotonic clock at open. A caller who drives the store with its
   // own clock passes its time to the Store constructor (which sets the clock even for an empty folder).
@@ -498,32 +410,32 @@ std::uint64_t Store::disk_restore(const std::vector<std::pair<Key, std::string>>
   // Oldest first, so that the LRU order survives the restart.
   std::stable_sort(parsed.begin(), parsed.end(),
                    [](const Parsed& a, const Parsed& b) { return a.rec.wall_time < b.rec.wall_time; });
-  disk_->reserve(disk_->slots() + parsed.size());
+  disk_->index().reserve(disk_->index().slots() + parsed.size());
   std::uint64_t restored = 0;
   const std::int64_t bb = static_cast<std::int64_t>(spec_.block_bytes);
   for (Parsed& p : parsed) {
-    if (disk_->find(*p.key) != kNil || deleting_.count(*p.key)) continue;
+    if (disk_->index().find(*p.key) != kNil || disk_->deleting(*p.key)) continue;
     if (!disk_room(now)) break;
     const std::uint32_t ns = add_namespace_locked(p.rec.ns);
     const std::uint32_t account = account_locked(ns, p.rec.session);
-    const std::uint32_t id = disk_->add(*p.key, p.rec.parent, ns, DiskState::kCommitted);
-    DiskEntry& e = disk_->at(id);
+    const std::uint32_t id = disk_->index().add(*p.key, p.rec.parent, ns, DiskState::kCommitted);
+    DiskEntry& e = disk_->index().at(id);
     e.account = account;
     e.seq = ++seq_;
     e.last_access = now - std::max(0.0, wall_now - p.rec.wall_time);
     e.hits = p.rec.hits;
     e.checksum = p.rec.checksum;
-    disk_->refresh(id);
+    disk_->index().refresh(id);
     ledger_.change(kTierDisk, account, bb, now);
     ++restored;
   }
-  dstats_.restored += restored;
+  disk_->counters().restored += restored;
   return restored;
 }
 
 std::uint64_t Store::delete_generation() {
   std::lock_guard<std::mutex> lock(mu_);
-  return delete_generation_;
+  return disk_ ? disk_->delete_generation() : 0;
 }
 
 std::vector<Key> Store::chain_keys_from(NsId ns, const Word* words, std::size_t n, std::size_t from,
@@ -541,27 +453,16 @@ std::vector<Key> Store::chain_keys_from(NsId ns, const Word* words, std::size_t 
 
 std::vector<Key> Store::disk_take_removed(std::uint64_t* dropped) {
   std::lock_guard<std::mutex> lock(mu_);
-  std::vector<Key> out(removed_log_.begin(), removed_log_.end());
-  removed_log_.clear();
-  *dropped = removed_dropped_;
-  removed_dropped_ = 0;
-  return out;
+  if (!disk_) {
+    *dropped = 0;
+    return {};
+  }
+  return disk_->take_removed(dropped);
 }
 
 DiskStats Store::disk_stats() {
   std::lock_guard<std::mutex> lock(mu_);
-  DiskStats s = dstats_;
-  if (!disk_) return s;
-  s.blocks = disk_->live();
-  s.resident_bytes = s.blocks * spec_.block_bytes;
-  s.pending = queued_;
-  std::uint64_t pinned = 0;
-  for (std::uint32_t id = 0; id < disk_->slots(); ++id) {
-    const DiskEntry& e = disk_->at(id);
-    pinned += e.pins > 0 && e.state != DiskState::kRemoved && e.state != DiskState::kFree;
-  }
-  s.pinned_blocks = pinned;
-  return s;
+  return disk_ ? disk_->stats() : DiskStats{};
 }
 
 }  // namespace kvtier

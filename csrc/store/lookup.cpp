@@ -38,7 +38,7 @@ void Store::take_hold(Hold& h) {
     ++tree_.at(id).pins;
     refresh_candidate(id);
   }
-  for (std::uint32_t slot : h.slots) ++slot_refs_[slot];
+  for (std::uint32_t slot : h.slots) host_.ref(slot);
   ++holds_out_;
 }
 
@@ -49,7 +49,7 @@ void Store::release_hold(Hold& h) {
     --n.pins;
     refresh_candidate(id);
   }
-  for (std::uint32_t slot : h.slots) slot_unref(slot);
+  for (std::uint32_t slot : h.slots) host_.unref(slot);
   h.deepest = kNil;
   h.slots.clear();
   KVTIER_ASSERT(holds_out_ > 0);
@@ -69,7 +69,7 @@ MatchResult Store::match(NsId ns_id, const Word* words, std::size_t n, double no
     stats_.hits += r.blocks;
     stats_.misses += n - r.blocks;
   }
-  if (darena_) {
+  if (device_) {
     r.on_device.reserve(r.blocks);
     for (const Step& s : path_) {
       const bool dev = on_device(s.node);
@@ -81,8 +81,8 @@ MatchResult Store::match(NsId ns_id, const Word* words, std::size_t n, double no
   if (disk_ && r.blocks < n) {
     r.disk_blocks = disk_walk(ns, words, n, now, touch, &r, &disk_ids);
     if (touch) {
-      dstats_.hits += r.disk_blocks;
-      dstats_.misses += n - r.blocks - r.disk_blocks;
+      disk_->counters().hits += r.disk_blocks;
+      disk_->counters().misses += n - r.blocks - r.disk_blocks;
     }
   }
   if (pin && (r.blocks > 0 || r.disk_blocks > 0)) {
@@ -96,8 +96,8 @@ MatchResult Store::match(NsId ns_id, const Word* words, std::size_t n, double no
     }
     if (!disk_ids.empty()) {
       for (std::uint32_t id : disk_ids) {
-        ++disk_->at(id).pins;
-        disk_->refresh(id);
+        ++disk_->index().at(id).pins;
+        disk_->index().refresh(id);
       }
       rec.disk = std::move(disk_ids);
       rec.words.assign(words, words + static_cast<std::size_t>(r.blocks + r.disk_blocks) * spec_.width);
@@ -120,16 +120,16 @@ void Store::unpin(PinId pin, double now) {
     n.last_access = now;
     if (n.heap_pos != kNil) queue_.update(id);
     refresh_candidate(id);
-    if (darena_ && on_device(id)) dev_touch(id, op);
+    if (device_ && on_device(id)) device_->touch(id, op);
   }
   for (std::uint32_t id : rec.disk) {
-    DiskEntry& e = disk_->at(id);
+    DiskEntry& e = disk_->index().at(id);
     if (e.state != DiskState::kRemoved) {
       e.seq = op;
       e.last_access = now;
-      disk_->touched(id);
+      disk_->index().touched(id);
     }
-    disk_->unpin(id);
+    disk_->index().unpin(id);
   }
   rec.alive = false;
   ++rec.generation;
@@ -141,7 +141,7 @@ void Store::unpin(PinId pin, double now) {
 std::uint32_t Store::load_pinned(PinId pin, Memory out, std::size_t max_blocks, std::vector<DiskRead>* reads) {
   std::unique_lock<std::mutex> lock(mu_);
   check_open();
-  if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
+  if (!host_.arena()) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
   const PinRecord& rec = pin_record(pin);
   // The chain root..node, copied in order.
   std::vector<std::uint32_t> chain;
@@ -163,11 +163,11 @@ std::uint32_t Store::load_pinned(PinId pin, Memory out, std::size_t max_blocks, 
   hold.deepest = rec.node;
   if (copied >= rec.host_blocks) {
     for (std::size_t k = 0; k < rec.disk.size() && copied < max_blocks; ++k, ++copied) {
-      const DiskEntry& e = disk_->at(rec.disk[k]);
+      const DiskEntry& e = disk_->index().at(rec.disk[k]);
       if (e.state == DiskState::kRemoved) break;  // found damaged by another load meanwhile
       if (e.slot != kNil) {  // still in the write queue: its host slot has it
         add_block_out(out.device < 0 ? runs.host : runs.device, out.at(copied, bb),
-                      reinterpret_cast<std::uint64_t>(arena_->slot_ptr(e.slot)), bb);
+                      reinterpret_cast<std::uint64_t>(host_.arena()->slot_ptr(e.slot)), bb);
         hold.slots.push_back(e.slot);
       } else {
         reads->push_back({static_cast<std::uint32_t>(copied), e.key, e.checksum});
@@ -176,7 +176,7 @@ std::uint32_t Store::load_pinned(PinId pin, Memory out, std::size_t max_blocks, 
   }
   if (!copies_unlocked(out)) {
     run_copies(runs);
-    if (darena_) dev_promote_chain(chain, clock_.latest());
+    if (device_) dev_promote_chain(chain, clock_.latest());
   } else {
     run_held(lock, hold, [&] { run_copies(runs); });
   }
@@ -187,7 +187,7 @@ std::uint32_t Store::load(NsId ns_id, const Word* words, std::size_t n, Memory o
   std::unique_lock<std::mutex> lock(mu_);
   check_open();
   const std::uint32_t ns = slot_of(ns_id);
-  if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
+  if (!host_.arena()) throw Error(Code::kInvalidArgument, "this store is metadata-only: it holds no payloads");
   now = clock_.advance(now);
   const std::uint32_t m = walk(ns, words, n, now, /*reclaim=*/true);
   split_partial_end();
@@ -197,7 +197,7 @@ std::uint32_t Store::load(NsId ns_id, const Word* words, std::size_t n, Memory o
   CopyRuns runs = plan_copy_out(path_, out);
   if (!copies_unlocked(out)) {
     run_copies(runs);
-    if (darena_) dev_promote_path(now);  // split_partial_end: every step is a whole node
+    if (device_) dev_promote_path(now);  // split_partial_end: every step is a whole node
     return m;
   }
   Hold hold;
@@ -209,7 +209,7 @@ std::uint32_t Store::load(NsId ns_id, const Word* words, std::size_t n, Memory o
 std::vector<Key> Store::keys_pinned(PinId pin) {
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
-  if (!arena_) throw Error(Code::kInvalidArgument, "this store is metadata-only: it keeps no keys");
+  if (!host_.arena()) throw Error(Code::kInvalidArgument, "this store is metadata-only: it keeps no keys");
   const PinRecord& rec = pin_record(pin);
   std::vector<std::uint32_t> chain;
   for (std::uint32_t id = rec.node; id != kNil && tree_.at(id).parent != kNil; id = tree_.at(id).parent)
@@ -220,7 +220,7 @@ std::vector<Key> Store::keys_pinned(PinId pin) {
     const std::vector<Key>& nk = tree_.at(*it).payload->keys;
     keys.insert(keys.end(), nk.begin(), nk.end());
   }
-  for (std::uint32_t id : rec.disk) keys.push_back(disk_->at(id).key);
+  for (std::uint32_t id : rec.disk) keys.push_back(disk_->index().at(id).key);
   return keys;
 }
 

@@ -9,36 +9,35 @@
 
 namespace kvtier {
 
-Store::Store(const StoreSpec& spec) : spec_(spec), tree_(spec.width), queue_(spec.host.policy, tree_) {
+Store::Store(const StoreSpec& spec)
+    : spec_(spec),
+      tree_(spec.width),
+      queue_(spec.host.policy, tree_),
+      host_(spec.block_bytes != 0 ? spec.host.capacity_bytes / spec.block_bytes : 0) {  // 0 = unlimited
   validate(spec);
-  capacity_blocks_ = spec.host.capacity_bytes / spec.block_bytes;  // 0 = unlimited
-  std::size_t slots = capacity_blocks_;
+  std::size_t slots = host_.capacity_blocks();
   if (spec.disk.enabled) {
     const DiskSpec& d = spec.disk;
-    disk_capacity_blocks_ = d.capacity_bytes / spec.block_bytes;
     // Blocks waiting for the writer keep their host slot: the arena has room for the queue too.
     slots += d.queue_blocks;
-    disk_ = std::make_unique<DiskIndex>(d.policy);
-    dstats_.capacity_bytes = disk_capacity_blocks_ * spec.block_bytes;
+    disk_ = std::make_unique<DiskTier>(d.policy, d.capacity_bytes / spec.block_bytes, spec.block_bytes);
   }
   if (spec.device.enabled) {
     const DeviceSpec& d = spec.device;
     // Throws cuda::Unavailable naming what is missing, Error(kCapacity) when the GPU lacks the memory.
-    darena_ = std::make_unique<DeviceArena>(d.ordinal, d.capacity_bytes / spec.block_bytes, spec.block_bytes);
+    device_ = std::make_unique<DeviceTier>(tree_, d.ordinal, d.capacity_bytes / spec.block_bytes, spec.block_bytes);
   }
   if (spec.payloads) {
     try {
-      arena_ = std::make_unique<HostArena>(slots, spec.block_bytes);
+      host_.open_arena(slots, spec.block_bytes, /*checksums=*/disk_ != nullptr);
     } catch (const Error& e) {  // name the settings that sized it
       if (e.code() != Code::kCapacity || !disk_) throw;
       throw Error(Code::kCapacity, std::string(e.what()) + " (host.capacity_bytes holds " +
-                                       std::to_string(capacity_blocks_) + " blocks, plus disk queue_blocks=" +
+                                       std::to_string(host_.capacity_blocks()) + " blocks, plus disk queue_blocks=" +
                                        std::to_string(spec.disk.queue_blocks) + " slots for queued writes)");
     }
-    slot_refs_.assign(slots, 0);
-    if (disk_) slot_crc_.assign(slots, 0);
   }
-  stats_.capacity_bytes = capacity_blocks_ * spec.block_bytes;
+  stats_.capacity_bytes = host_.capacity_blocks() * spec.block_bytes;
 }
 
 void Store::check_open() const {
@@ -94,8 +93,8 @@ void Store::retire_idle_namespaces() {
   std::vector<bool> busy(roots_.size(), false);
   accounts_.mark_busy(busy);
   if (disk_)
-    for (std::uint32_t e = 0; e < disk_->slots(); ++e)
-      if (disk_->at(e).state != DiskState::kFree) busy[disk_->at(e).ns] = true;
+    for (std::uint32_t e = 0; e < disk_->index().slots(); ++e)
+      if (disk_->index().at(e).state != DiskState::kFree) busy[disk_->index().at(e).ns] = true;
   for (std::uint32_t ns = 0; ns < roots_.size(); ++ns) {
     const std::uint32_t root = roots_[ns];
     if (root == kNil || busy[ns] || ns_born_[ns] == ns_sweeps_ || tree_.at(root).num_children != 0) continue;
@@ -174,7 +173,7 @@ void Store::split_partial_end() {
     const std::uint32_t lower = last.node;
     last.node = tree_.split(lower, last.blocks);
     // Both halves stay on the device, in the same place of its LRU list (dirty counts are per block).
-    if (darena_ && on_device(lower)) dev_link_before(last.node, lower);
+    if (device_ && on_device(lower)) device_->link_before(last.node, lower);
   }
 }
 
@@ -186,7 +185,7 @@ void Store::touch_path(double now, bool hit) {
     n.last_access = now;
     if (hit) ++n.hits;
     if (n.heap_pos != kNil) queue_.update(s.node);
-    if (darena_ && on_device(s.node)) dev_touch(s.node, op);
+    if (device_ && on_device(s.node)) device_->touch(s.node, op);
   }
 }
 
@@ -220,7 +219,7 @@ void Store::drop_blocks(std::uint32_t id, std::uint32_t count, double now) {
   const bool is_expired = expired(n, now);  // the same test as lookups use: never both hit and expired
   const double expiry = n.last_access + spec_.host.ttl();
   std::uint64_t device_blocks = 0;
-  if (darena_ && on_device(id)) {
+  if (device_ && on_device(id)) {
     // The node leaves the device with its host blocks. Dirty blocks are written back first when they
     // stay in the host (a partial drop) or go on to the disk; otherwise they are simply gone. First,
     // so that a failed copy leaves the node as it was.
@@ -241,15 +240,15 @@ void Store::drop_blocks(std::uint32_t id, std::uint32_t count, double now) {
   } else {
     stats_.evicted += count;
   }
-  if (arena_) {
+  if (host_.arena()) {
     for (std::uint32_t i = have - count; i < have; ++i) {
       if (disk_ && demote_)
         queue_write(id, i, /*host_keeps=*/false, now);  // the write takes over the slot (or releases it)
       else
-        slot_unref(tree_.at(id).payload->slots[i]);
+        host_.unref(tree_.at(id).payload->slots[i]);
     }
   }
-  used_blocks_ -= count;
+  host_.dropped(count);
   if (count < have) {
     tree_.trim_tail(id, count);
     return;
@@ -389,7 +388,7 @@ InsertResult Store::insert(NsId ns_id, const std::string& session, const Word* w
 
 void Store::wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t blocks) {
   const std::uint64_t limit = spec_.disk.queue_blocks;
-  cv_.wait(lock, [&] { return closed_ || queued_ + blocks <= limit; });
+  cv_.wait(lock, [&] { return closed_ || disk_->queued() + blocks <= limit; });
 }
 
 // Insert in three steps. Reserve (locked): walk, make room, take slots, hold the prefix. Copy: the
@@ -412,9 +411,8 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
 
   std::uint32_t attach = path_.empty() ? roots_[ns] : path_.back().node;
   std::uint64_t want = n - r.matched;
-  if (capacity_blocks_ != 0) {
-    const std::uint64_t taken = used_blocks_ + reserved_blocks_;
-    const std::uint64_t free_now = capacity_blocks_ > taken ? capacity_blocks_ - taken : 0;
+  if (host_.capacity_blocks() != 0) {
+    const std::uint64_t free_now = host_.free_blocks();
     if (want > free_now) {
       // Making room must never evict our own prefix. Only `attach` can become an eviction candidate
       // (every other node of the path has a child on the path), so shielding it is enough.
@@ -429,14 +427,13 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
         }
       } unshield{this, attach};
       evict_blocks(want - free_now, now);
-      const std::uint64_t after = used_blocks_ + reserved_blocks_;
-      want = std::min<std::uint64_t>(want, capacity_blocks_ > after ? capacity_blocks_ - after : 0);
+      want = std::min<std::uint64_t>(want, host_.free_blocks());
     }
   }
   // Blocks demoted to the disk keep their slots until written. The write queue's back-pressure keeps
   // enough slots free for a chunk, but blocks evicted by other threads while an insert waited come
   // back as more than a chunk: never take more slots than are free.
-  if (arena_) want = std::min<std::uint64_t>(want, arena_->free_slots());
+  if (host_.arena()) want = std::min<std::uint64_t>(want, host_.arena()->free_slots());
   if (want == 0) return r;
 
   // Payloads are copied before the node exists, so a failed (device) copy leaves the tree as it was.
@@ -453,33 +450,33 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
     ~Held() {
       if (!taken) return;
       s->release_hold(hold);
-      s->reserved_blocks_ -= reserved;
+      s->host_.unreserve(reserved);
     }
   } held{this, {}};
-  if (arena_) {
+  if (host_.arena()) {
     const Memory src = payload.at(r.matched - payload_first, bb);
     const bool unlocked = lock != nullptr && copies_unlocked(src);  // never with a device tier
     // GPU memory on the device tier's GPU goes to the device tier, if it has room without evicting the
     // prefix this insert extends; the host slots stay dirty until the device evicts the blocks.
-    to_device = darena_ && src.device == darena_->device() && dev_make_room(want, seq_, now);
+    to_device = device_ && src.device == darena()->device() && dev_make_room(want, seq_, now);
     np = std::make_unique<NodePayload>();
     np->slots.resize(want);
-    for (auto& slot : np->slots) slot = arena_->take();
+    for (auto& slot : np->slots) slot = host_.arena()->take();
     try {
       if (to_device) {
         KVTIER_ASSERT(src.nparts == 0);  // scattered runs are host memory
         np->dslots.resize(want);
-        for (auto& d : np->dslots) d = darena_->take();
+        for (auto& d : np->dslots) d = darena()->take();
         std::vector<Run> runs;
         for (std::uint64_t i = 0; i < want; ++i)
-          runs.push_back({darena_->slot_address(np->dslots[i]), reinterpret_cast<std::uint64_t>(src.data + i * bb), bb});
+          runs.push_back({darena()->slot_address(np->dslots[i]), reinterpret_cast<std::uint64_t>(src.data + i * bb), bb});
         move_runs(runs, src.device);
         if (spec_.device.write_through) fill_host_slots(np->slots, src, disk_ != nullptr);
       } else if (unlocked) {
         // The prefix is held so it can neither be evicted nor expire under us; the slots and their room are ours.
         if (!path_.empty()) held.hold.deepest = path_.back().node;
         held.reserved = want;
-        reserved_blocks_ += want;
+        host_.reserve(want);
         take_hold(held.hold);
         held.taken = true;
         run_unlocked(*lock, [&] { fill_host_slots(np->slots, src, disk_ != nullptr); });
@@ -487,8 +484,8 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
         fill_host_slots(np->slots, src, disk_ != nullptr);
       }
     } catch (...) {
-      for (std::uint32_t slot : np->slots) arena_->give_back(slot);
-      for (std::uint32_t d : np->dslots) darena_->give_back(d);
+      for (std::uint32_t slot : np->slots) host_.arena()->give_back(slot);
+      for (std::uint32_t d : np->dslots) darena()->give_back(d);
       throw;
     }
     if (unlocked) {
@@ -499,7 +496,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
       KVTIER_ASSERT(m >= r.matched);  // the prefix was held (pinned, so never expired)
       const std::uint64_t dup = m - r.matched;
       if (dup > 0) {
-        for (std::uint64_t i = 0; i < std::min<std::uint64_t>(dup, want); ++i) arena_->give_back(np->slots[i]);
+        for (std::uint64_t i = 0; i < std::min<std::uint64_t>(dup, want); ++i) host_.arena()->give_back(np->slots[i]);
         if (dup >= want) return r;
         np->slots.erase(np->slots.begin(), np->slots.begin() + static_cast<std::ptrdiff_t>(dup));
         r.matched = m;
@@ -508,7 +505,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
       split_partial_end();
       attach = path_.empty() ? roots_[ns] : path_.back().node;
     }
-    for (std::uint32_t slot : np->slots) slot_refs_[slot] = 1;
+    for (std::uint32_t slot : np->slots) host_.own(slot);
   }
   const std::uint32_t width = spec_.width;
   const std::uint32_t child = tree_.add_child(attach, words + static_cast<std::size_t>(r.matched) * width, want);
@@ -516,23 +513,16 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   c.account = account;
   c.seq = seq_;
   c.last_access = now;
-  if (arena_) {
+  if (host_.arena()) {
     c.payload = std::move(np);
     if (to_device) {
-      c.payload->dirty = !spec_.device.write_through;
-      c.payload->dstamp = seq_;
-      dev_link_tail(child);
-      dused_ += want;
-      if (c.payload->dirty) ddirty_ += want;
-      devstats_.inserted += want;
-      devstats_.bytes_written += want * bb;
-      ledger_.change(kTierDevice, account, static_cast<std::int64_t>(want * bb), now);
+      dev_adopt(child, want, now);
     } else {
       stats_.bytes_written += want * bb;
     }
     // Chained keys are computed lazily (keys_pinned), off the insert path.
   }
-  used_blocks_ += want;
+  host_.stored(want);
   stats_.inserted += want;
   ledger_.change(kTierHost, account, static_cast<std::int64_t>(want * spec_.block_bytes), now);
   refresh_candidate(child);
@@ -567,7 +557,7 @@ std::uint64_t Store::clear(double now) {
   std::uint64_t n = evict_blocks(~std::uint64_t{0}, now);
   demote_ = true;
   if (disk_) {
-    auto& q = disk_->queue();
+    auto& q = disk_->index().queue();
     while (!q.empty()) {
       disk_remove(q.top(), now, Gone::kEvicted);
       ++n;
@@ -584,7 +574,8 @@ std::vector<NsId> Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
   if (t.n_requests > 0)
     clock_.check_not_before(t.times[0], "timestamps[0]", "replay a trace into a store whose clock is not past it");
   // A request adds at most two nodes (a split and a new leaf); with a capacity, evictions bound the tree.
-  const std::size_t bound = capacity_blocks_ != 0 ? std::min<std::uint64_t>(capacity_blocks_, t.n_requests) : t.n_requests;
+  const std::uint64_t cap = host_.capacity_blocks();
+  const std::size_t bound = cap != 0 ? std::min<std::uint64_t>(cap, t.n_requests) : t.n_requests;
   tree_.reserve(std::min<std::size_t>(2 * bound, std::size_t{1} << 24));
   std::vector<std::uint32_t> ids;  // registered without a sweep: each stays until the replay ends
   for (const Key& k : *t.ns_keys) ids.push_back(add_namespace_locked(k, /*sweep=*/false));
@@ -609,8 +600,8 @@ std::vector<NsId> Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
 TierStats Store::stats() {
   std::lock_guard<std::mutex> lock(mu_);
   TierStats s = stats_;
-  s.blocks = used_blocks_;
-  s.resident_bytes = used_blocks_ * spec_.block_bytes;
+  s.blocks = host_.used_blocks();
+  s.resident_bytes = host_.used_blocks() * spec_.block_bytes;
   s.nodes = tree_.live_nodes() - live_namespaces_;
   s.accounts = accounts_.live_count();
   s.namespaces = live_namespaces_;
@@ -641,7 +632,7 @@ std::vector<AccountResidency> Store::residency(double now) {
   if (disk_) disk_expire_locked(now);
   std::vector<AccountResidency> out;
   for (int tier : {kTierDevice, kTierHost, kTierDisk}) {
-    if ((tier == kTierDisk && !disk_) || (tier == kTierDevice && !darena_)) continue;
+    if ((tier == kTierDisk && !disk_) || (tier == kTierDevice && !darena())) continue;
     for (std::uint32_t a = 0; a < accounts_.slots(); ++a)
       if (accounts_.live(a))
         out.push_back({id_of(accounts_.ns(a)), accounts_.session(a), false, tier, ledger_.bytes(tier, a),
@@ -663,12 +654,12 @@ double Store::clock_now() {
 void Store::close() {
   std::unique_lock<std::mutex> lock(mu_);
   // The writer may be reading slots, and copies outside the lock may be running.
-  cv_.wait(lock, [&] { return !batch_open_ && holds_out_ == 0; });
+  cv_.wait(lock, [&] { return !(disk_ && disk_->batch_open()) && holds_out_ == 0; });
   closed_ = true;
   cv_.notify_all();
   copier_.reset();  // its copies are complete: every call waits for its own
-  darena_.reset();
-  arena_.reset();
+  if (device_) device_->close();
+  host_.close();
 }
 
 bool Store::closed() {
@@ -699,7 +690,7 @@ void Store::check_invariants() {
         KVTIER_ASSERT(ch.pins <= n.pins || n.parent == kNil);  // a pin holds the whole prefix
         KVTIER_ASSERT(tree_.find_child(id, ch.words.data()) == c);
         KVTIER_ASSERT(accounts_.live(ch.account) && accounts_.ns(ch.account) == ch.ns);
-        KVTIER_ASSERT(static_cast<bool>(arena_) == static_cast<bool>(ch.payload));
+        KVTIER_ASSERT((host_.arena() != nullptr) == static_cast<bool>(ch.payload));
         if (ch.payload) {
           KVTIER_ASSERT(ch.payload->slots.size() == tree_.num_blocks(c));
           KVTIER_ASSERT(ch.payload->keys.empty() || ch.payload->keys.size() == tree_.num_blocks(c));
@@ -714,12 +705,12 @@ void Store::check_invariants() {
       candidates += want ? 1 : 0;
     }
   }
-  KVTIER_ASSERT(blocks == used_blocks_);
+  KVTIER_ASSERT(blocks == host_.used_blocks());
   KVTIER_ASSERT(candidates == queue_.size());
-  KVTIER_ASSERT(capacity_blocks_ == 0 || used_blocks_ <= capacity_blocks_);
-  if (!arena_) return;
+  KVTIER_ASSERT(host_.capacity_blocks() == 0 || host_.used_blocks() <= host_.capacity_blocks());
+  if (!host_.arena()) return;
   // Every slot's holders: host blocks and queued writes.
-  std::vector<std::uint32_t> refs(arena_->slots(), 0);
+  std::vector<std::uint32_t> refs(host_.arena()->slots(), 0);
   std::uint64_t on_device = 0;  // device blocks held by tree nodes
   for (std::uint32_t root : roots_) {
     if (root == kNil) continue;  // a retired namespace
@@ -737,44 +728,27 @@ void Store::check_invariants() {
     }
   }
   if (disk_) {
-    disk_->check();
+    disk_->index().check();
     std::uint64_t queued = 0;
-    for (std::uint32_t id = 0; id < disk_->slots(); ++id) {
-      const DiskEntry& e = disk_->at(id);
+    for (std::uint32_t id = 0; id < disk_->index().slots(); ++id) {
+      const DiskEntry& e = disk_->index().at(id);
       const bool in_queue = e.state == DiskState::kPending || e.state == DiskState::kWriting;
       queued += in_queue;
       KVTIER_ASSERT(in_queue == (e.slot != kNil));
       if (in_queue) ++refs[e.slot];
       if (in_queue || e.state == DiskState::kCommitted) KVTIER_ASSERT(accounts_.live(e.account));
     }
-    KVTIER_ASSERT(queued == queued_);
-    KVTIER_ASSERT(disk_->live() <= disk_capacity_blocks_);
+    KVTIER_ASSERT(queued == disk_->queued());
+    KVTIER_ASSERT(disk_->index().live() <= disk_->capacity_blocks());
   }
   std::size_t free_slots = 0;
   for (std::size_t s = 0; s < refs.size(); ++s) {
-    KVTIER_ASSERT(refs[s] == slot_refs_[s]);
+    KVTIER_ASSERT(refs[s] == host_.refs(static_cast<std::uint32_t>(s)));
     free_slots += refs[s] == 0;
   }
-  KVTIER_ASSERT(free_slots == arena_->free_slots());
-  if (!darena_) return;
-  // The device: the LRU list holds exactly the nodes with device slots; slots are used once.
-  std::vector<bool> dused(darena_->slots(), false);
-  std::uint64_t listed = 0, dirty = 0;
-  for (std::uint32_t id = dhead_, prev = kNil; id != kNil; prev = id, id = tree_.at(id).payload->dnext) {
-    const Node& n = tree_.at(id);
-    KVTIER_ASSERT(n.alive && n.parent != kNil && n.payload->dprev == prev);
-    KVTIER_ASSERT(n.payload->dslots.size() == n.payload->slots.size());
-    if (n.payload->dnext == kNil) KVTIER_ASSERT(dtail_ == id);
-    for (std::uint32_t d : n.payload->dslots) {
-      KVTIER_ASSERT(darena_->in_use(d) && !dused[d]);
-      dused[d] = true;
-    }
-    listed += n.payload->dslots.size();
-    if (n.payload->dirty) dirty += n.payload->dslots.size();
-  }
-  KVTIER_ASSERT(listed == dused_ && dirty == ddirty_);
-  KVTIER_ASSERT(darena_->free_slots() + dused_ == darena_->slots());
-  KVTIER_ASSERT(on_device == dused_);  // every node with device slots is listed
+  KVTIER_ASSERT(free_slots == host_.arena()->free_slots());
+  if (!darena()) return;
+  device_->check(on_device);  // the LRU list holds exactly the nodes with device slots; slots are used once
 }
 
 }  // namespace kvtier

@@ -1,4 +1,5 @@
-// Store: the radix tree, its tiers, policies and residency ledger behind one lock.
+// Store: the coordinator — the radix tree, policies, namespaces, pins and residency ledger behind one lock,
+// driving the tier objects that own their state (tiers/host_tier.h, device_tier.h, disk_tier.h).
 //
 // Every public call takes `now` in seconds (NaN: the clock's rule for that call, clock.h), locks the
 // store, and may throw Error (see common.h) for user mistakes: kClosed after close(), kInvalidArgument
@@ -25,9 +26,9 @@
 #include "core/clock.h"
 #include "core/common.h"
 #include "cuda/copy_engine.h"
-#include "tiers/device.h"
-#include "tiers/disk_index.h"
-#include "tiers/host.h"
+#include "tiers/device_tier.h"
+#include "tiers/disk_tier.h"
+#include "tiers/host_tier.h"
 #include "core/keys.h"
 #include "core/policy.h"
 #include "core/residency.h"
@@ -53,42 +54,6 @@ struct TierStats {
   std::uint64_t namespaces = 0;     // namespaces registered and not retired
 };
 
-struct DiskStats {
-  std::uint64_t hits = 0;           // blocks matched on disk (beyond the host match)
-  std::uint64_t misses = 0;         // full blocks found in neither tier
-  std::uint64_t queued = 0;         // blocks put in the write queue
-  std::uint64_t written = 0;        // blocks committed to the folder
-  std::uint64_t bytes_written = 0;
-  std::uint64_t bytes_read = 0;     // payload bytes loaded from the disk tier
-  std::uint64_t evicted = 0;
-  std::uint64_t expired = 0;
-  std::uint64_t corrupted = 0;      // blocks whose payload failed its checksum (removed, never served)
-  std::uint64_t missing = 0;        // blocks in the index whose payload was gone (another process removed it)
-  std::uint64_t write_errors = 0;   // block writes a failed commit did not persist (each retry counts)
-  std::uint64_t rejected = 0;       // demotions skipped: the disk was full of pinned or queued blocks
-  std::uint64_t promoted = 0;       // disk hits copied back into the host tier
-  std::uint64_t restored = 0;       // entries read from the folder at open or from other processes
-  std::uint64_t pending = 0;        // blocks queued or being written now
-  std::uint64_t blocks = 0;
-  std::uint64_t resident_bytes = 0;
-  std::uint64_t capacity_bytes = 0;
-  std::uint64_t pinned_blocks = 0;
-};
-
-struct DeviceStats {
-  std::uint64_t hits = 0;           // blocks loaded from the device tier
-  std::uint64_t inserted = 0;       // blocks stored from GPU memory straight into the device tier
-  std::uint64_t promoted = 0;       // host blocks copied up to the device
-  std::uint64_t evicted = 0;        // blocks that left the device (LRU, evict(), or with their host block)
-  std::uint64_t written_back = 0;   // device-only blocks copied down to their host slot (demotion, disk)
-  std::uint64_t bytes_written = 0;  // payload bytes copied into device slots
-  std::uint64_t bytes_read = 0;     // payload bytes copied out of device slots
-  std::uint64_t blocks = 0;
-  std::uint64_t dirty_blocks = 0;   // blocks whose only copy is on the device
-  std::uint64_t resident_bytes = 0;
-  std::uint64_t capacity_bytes = 0;
-};
-
 // Memory passed to the store: host memory (device -1) or CUDA memory of device `device`, blocks back to
 // back from `data`. Or, with `nparts` > 0, blocks scattered in host memory: block b is `nparts` runs of
 // block_bytes / nparts bytes each, run r at address parts[b * nparts + r] (`data` unused, device -1;
@@ -106,19 +71,6 @@ struct Memory {
 
 // Appends the copies of one block (`bb` bytes at `src`) to block 0 of `to` (one run, or its parts).
 void add_block_out(std::vector<Run>& runs, Memory to, std::uint64_t src, std::size_t bb);
-
-// One block handed to the writer: where its payload is and its index record.
-struct WriteOut {
-  Key key;
-  std::vector<std::uint8_t> record;  // the index record (docs/disk.md)
-  const std::uint8_t* payload;       // block_bytes, valid until disk_finish
-};
-
-struct WriteBatch {
-  std::vector<WriteOut> writes;
-  std::vector<Key> deletes;  // apply before the writes
-  bool closed = false;       // the store is closing: the writer should stop
-};
 
 // A committed disk block that a load must read from the folder.
 struct DiskRead {
@@ -270,7 +222,7 @@ class Store {
   // since the last call, oldest first; at most kRemovedLog are kept (older ones are dropped and
   // counted in *dropped). For KV events.
   std::vector<Key> disk_take_removed(std::uint64_t* dropped);
-  static constexpr std::size_t kRemovedLog = 1 << 16;
+  static constexpr std::size_t kRemovedLog = DiskTier::kRemovedLog;
   DiskStats disk_stats();
 
   std::uint64_t evict(std::uint64_t bytes, double now);  // host: frees at least `bytes` (demoting to disk)
@@ -310,10 +262,6 @@ class Store {
   };
   void take_hold(Hold& h);
   void release_hold(Hold& h);
-  struct WriteItem {
-    std::uint32_t entry;
-    std::vector<Word> words;  // the block's tokens, for its index record
-  };
   struct Step {
     std::uint32_t node;
     std::uint32_t blocks;  // blocks of this node matched (the last step may be partial)
@@ -340,10 +288,9 @@ class Store {
   Key parent_key_of(std::uint32_t node, std::uint32_t block);
   std::uint32_t disk_walk(std::uint32_t ns, const Word* words, std::size_t n, double now, bool touch,
                           MatchResult* r, std::vector<std::uint32_t>* ids);
-  void slot_unref(std::uint32_t slot);
   bool disk_room(double now);
   void queue_write(std::uint32_t node, std::uint32_t block, bool host_keeps, double now);
-  enum class Gone { kEvicted, kExpired, kCorrupt, kMissing, kFailed };
+  using Gone = DiskTier::Gone;
   void disk_remove(std::uint32_t entry, double now, Gone why);
   std::uint64_t disk_expire_locked(double now);
   void wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t blocks);
@@ -354,16 +301,17 @@ class Store {
                            Memory payload, std::size_t payload_first, double now, Key* prev);
   // ---- device tier (store/device.cpp) ----
   bool on_device(std::uint32_t id) const { return !tree_.at(id).payload->dslots.empty(); }
-  void dev_link_tail(std::uint32_t id);
-  void dev_link_before(std::uint32_t id, std::uint32_t next);
-  void dev_unlink(std::uint32_t id);
-  void dev_touch(std::uint32_t id, std::uint64_t op);
+  // The device tier's slots; nullptr without a device tier or once closed.
+  DeviceArena* darena() const { return device_ ? device_->arena() : nullptr; }
   bool dev_make_room(std::uint64_t blocks, std::uint64_t guard, double now);
   bool dev_place(std::uint32_t id, std::uint64_t guard, double now);
   void dev_write_back(std::uint32_t id);
   void dev_evict(std::uint32_t id, bool write_back, double now);
   void dev_promote_chain(const std::vector<std::uint32_t>& root_first, double now);
   void dev_promote_path(double now);
+  // An insert's new leaf `child` whose `blocks` were copied into the device slots its payload holds (out of
+  // line: kept off the host insert path's code).
+  [[gnu::noinline]] void dev_adopt(std::uint32_t child, std::uint64_t blocks, double now);
   struct CopyRuns {
     std::vector<Run> host;    // host to host (memcpy)
     std::vector<Run> device;  // on device_ordinal's stream
@@ -416,8 +364,7 @@ class Store {
                              std::unique_lock<std::mutex>* lock = nullptr);
   // Whether a copy to or from `mem` runs outside the lock: host memory, no device tier. Copies that
   // touch GPU memory still run under it (a slot's device copy could be evicted meanwhile).
-  bool copies_unlocked(Memory mem) const { return !darena_ && mem.device < 0; }
-  std::uint64_t capacity_blocks() const { return capacity_blocks_; }
+  bool copies_unlocked(Memory mem) const { return !darena() && mem.device < 0; }
 
   StoreSpec spec_;
   std::mutex mu_;
@@ -425,11 +372,9 @@ class Store {
   Clock clock_;  // the one clock (clock.h)
   RadixTree tree_;
   EvictionQueue queue_;
-  std::unique_ptr<HostArena> arena_;
+  HostTier host_;  // its slots, room and slot holders (tiers/host_tier.h)
   ResidencyLedger ledger_;
   TierStats stats_;
-  std::uint64_t capacity_blocks_ = 0;  // 0 = unlimited
-  std::uint64_t used_blocks_ = 0;
   std::uint64_t seq_ = 0;
   std::uint32_t shielded_ = kNil;     // a node kept out of the eviction queue while its insert makes room
   std::vector<std::uint32_t> roots_;  // per namespace slot; kNil for a free slot
@@ -444,43 +389,17 @@ class Store {
   std::uint64_t ns_sweeps_ = 0;
   std::vector<NsId> retired_ns_;                // take_retired_namespaces
   std::map<Key, std::uint32_t> ns_ids_;  // key -> slot
-  // Disk tier (spec_.disk.enabled).
-  std::unique_ptr<DiskIndex> disk_;
-  DiskStats dstats_;
-  std::uint64_t disk_capacity_blocks_ = 0;
-  std::vector<std::uint32_t> slot_crc_;   // block_checksum of each host slot's payload
-  std::vector<std::uint32_t> slot_refs_;  // holders of each slot: the host tree, a queued write, holds
-  std::deque<WriteItem> writes_;          // queued for the writer
-  std::vector<WriteItem> batch_;          // taken by the writer, not yet finished
-  std::deque<WriteItem> failed_;          // not persisted: kept queued (pending) for the next flush
-  std::vector<Key> deletes_;              // keys to delete from the folder
-  std::vector<Key> batch_deletes_;        // deletes handed to the writer, not yet finished
-  std::vector<Key> failed_deletes_;       // deletes whose commit failed: the next disk_flush retries them
-  // Keys removed here whose delete has not committed yet: the folder still has them, and an import
-  // (disk_restore from a probe) must not bring them back.
-  std::unordered_set<Key, KeyHash> deleting_;
-  std::uint64_t delete_generation_ = 0;   // writer batches with deletes finished so far
-  std::deque<Key> removed_log_;           // disk_take_removed
-  std::uint64_t removed_dropped_ = 0;
-  bool batch_open_ = false;
-  std::uint64_t queued_ = 0;              // entries pending or writing
+  // Disk tier (spec_.disk.enabled): its index, counters and writer protocol (tiers/disk_tier.h).
+  std::unique_ptr<DiskTier> disk_;
   bool demote_ = true;                    // host evictions go to disk (false while clearing)
-  std::uint64_t failed_dropped_ = 0;      // blocks not persisted and dropped, since the last flush
-  std::string first_error_;               // the first cause since the last flush
   std::condition_variable cv_;            // queue changes: writer work, room, flush
   std::vector<PinRecord> pin_records_;
   std::uint64_t holds_out_ = 0;           // holds taken and not released (copies outside the lock)
-  std::uint64_t reserved_blocks_ = 0;     // host blocks reserved by inserts copying outside the lock
   std::vector<std::uint32_t> free_pins_;
 
-  // Device tier (spec_.device.enabled): GPU slots, an LRU list of the nodes on it (head = coldest).
-  std::unique_ptr<DeviceArena> darena_;
+  // Device tier (spec_.device.enabled): its slots, LRU list and counters (tiers/device_tier.h).
+  std::unique_ptr<DeviceTier> device_;
   std::unique_ptr<CopyEngine> copier_;  // device copies, on its own stream (created on first use)
-  DeviceStats devstats_;
-  std::uint32_t dhead_ = kNil;
-  std::uint32_t dtail_ = kNil;
-  std::uint64_t dused_ = 0;             // device blocks in use
-  std::uint64_t ddirty_ = 0;            // of those, dirty
 
   std::vector<Step> path_;           // scratch for walk()
   std::vector<std::uint32_t> stack_; // scratch for subtree walks
