@@ -23,6 +23,7 @@ from kvtier.fsck import fsck
 import subprocess
 import sys
 
+import disk_helpers
 from disk_helpers import (
     check_prompt,
     child_env,
@@ -393,22 +394,30 @@ else:
 """
 
 
+def _written_folder(
+    folder: Path, *, prompts: int, blocks: int, block_bytes: int = disk_helpers.BB
+) -> tuple[Path, bytearray]:
+    """Writes prompts 1..``prompts`` (``blocks`` blocks each) into a new folder and closes it: its data.mdb path and
+    bytes, to damage."""
+    s = open_store(folder, host_blocks=4, block_bytes=block_bytes)
+    try:
+        for pid in range(1, prompts + 1):
+            s.insert(tokens(pid, blocks), payload(pid, blocks, block_bytes))
+        s.flush()
+    finally:
+        s.close()
+        close_opened()
+    path = folder / "data.mdb"
+    return path, bytearray(path.read_bytes())
+
+
 @pytest.mark.parametrize("reader", ["store", "fsck"])
 def test_a_branch_pointer_past_the_file_is_salvaged_not_a_crash(tmp_path: Path, reader: str) -> None:
     """LMDB follows a branch page's child page number without checking it: pointed past the end of the file it
     read there (SIGBUS) or past its map (SIGSEGV), killing the process. Every branch page's first child is
     pointed past the file here; the folder is found damaged before LMDB reads it and rebuilt from the rest."""
     folder = tmp_path / "f"
-    s = open_store(folder, host_blocks=4)
-    try:
-        for pid in range(1, 201):
-            s.insert(tokens(pid, 3), payload(pid, 3))
-        s.flush()
-    finally:
-        s.close()
-        close_opened()
-    path = folder / "data.mdb"
-    data = bytearray(path.read_bytes())
+    path, data = _written_folder(folder, prompts=200, blocks=3)
     pages = len(data) // 4096
     branches = 0
     for pg in range(2, pages):
@@ -441,16 +450,7 @@ def test_an_overflow_run_with_a_damaged_header_is_salvaged(tmp_path: Path) -> No
     would overwrite them. The walk at open checks each run's header; the folder is rebuilt, and every block
     served afterwards has its own bytes."""
     folder, bb = tmp_path / "f", 8192  # 8 KiB blocks: three-page overflow runs
-    s = open_store(folder, host_blocks=4, block_bytes=bb)
-    try:
-        for pid in range(1, 31):
-            s.insert(tokens(pid, 2), payload(pid, 2, bb))
-        s.flush()
-    finally:
-        s.close()
-        close_opened()
-    path = folder / "data.mdb"
-    data = bytearray(path.read_bytes())
+    path, data = _written_folder(folder, prompts=30, blocks=2, block_bytes=bb)
     runs = [  # a run's first page: its own number, then P_OVERFLOW
         pg
         for pg in range(2, len(data) // 4096)

@@ -39,42 +39,64 @@ Span read_span(py::handle obj, std::vector<py::buffer_info>& keep, const char* a
   return {static_cast<const std::uint8_t*>(info.ptr), static_cast<std::size_t>(info.size * info.itemsize)};
 }
 
-// copy_verified into BlockRuns: each payload is verified in place (the folder's mapped page), then
-// copied into its block's runs only if its checksum holds.
-py::list copy_verified_runs(py::handle out, std::size_t block_bytes, const py::list& reads) {
-  const auto& runs = out.cast<const kvtier::bindings::BlockRuns&>();
-  if (runs.block_bytes != block_bytes || !runs.writable)
-    throw Error(Code::kInvalidArgument, "out runs must be writable and made for block_bytes=" + std::to_string(block_bytes));
-  struct Job {
-    std::size_t block;
-    Span src;
-    std::uint32_t checksum;
-  };
-  std::vector<py::buffer_info> keep;
+// One payload read from the folder for block `block` of the destination, with the checksum its record holds.
+struct VerifiedRead {
+  std::size_t block;
+  Span src;
+  std::uint32_t checksum;
+};
+
+// copy_verified's `reads`: (block, payload buffer, checksum) tuples, each block below `n_blocks`.
+std::vector<VerifiedRead> parse_reads(const py::list& reads, std::size_t n_blocks, std::vector<py::buffer_info>& keep) {
   keep.reserve(reads.size());
-  std::vector<Job> jobs;
+  std::vector<VerifiedRead> jobs;
   for (py::handle item : reads) {
     auto t = py::reinterpret_borrow<py::tuple>(item);
     const auto block = t[0].cast<std::size_t>();
-    if (block >= runs.n) throw Error(Code::kInvalidArgument, "block " + std::to_string(block) + " does not fit in out");
+    if (block >= n_blocks) throw Error(Code::kInvalidArgument, "block " + std::to_string(block) + " does not fit in out");
     jobs.push_back({block, read_span(t[1], keep, "payload"), t[2].cast<std::uint32_t>()});
   }
+  return jobs;
+}
+
+// Runs `copy` (true: the payload checked out) for each read without the GIL; one bool per read.
+template <typename Copy>
+py::list copy_reads(const std::vector<VerifiedRead>& jobs, std::size_t block_bytes, Copy copy) {
   std::vector<char> ok(jobs.size(), 0);
   {
     py::gil_scoped_release nogil;
-    const std::size_t part = runs.part_bytes();
-    for (std::size_t i = 0; i < jobs.size(); ++i) {
-      const Job& j = jobs[i];
-      if (j.src.bytes != block_bytes || block_checksum(j.src.data, block_bytes) != j.checksum) continue;
-      const std::uint64_t* to = runs.block(j.block);
-      for (std::uint32_t r = 0; r < runs.parts; ++r)
-        std::memcpy(reinterpret_cast<std::uint8_t*>(to[r]), j.src.data + r * part, part);
-      ok[i] = 1;
-    }
+    for (std::size_t i = 0; i < jobs.size(); ++i) ok[i] = jobs[i].src.bytes == block_bytes && copy(jobs[i]);
   }
   py::list result;
   for (char c : ok) result.append(py::bool_(c != 0));
   return result;
+}
+
+py::list copy_verified(py::handle out, std::size_t block_bytes, const py::list& reads) {
+  std::vector<py::buffer_info> keep;
+  if (py::isinstance<kvtier::bindings::BlockRuns>(out)) {
+    // Into BlockRuns: each payload is verified in place (the folder's mapped page), then copied into its
+    // block's runs only if its checksum holds.
+    const auto& runs = out.cast<const kvtier::bindings::BlockRuns&>();
+    if (runs.block_bytes != block_bytes || !runs.writable)
+      throw Error(Code::kInvalidArgument, "out runs must be writable and made for block_bytes=" + std::to_string(block_bytes));
+    const std::size_t part = runs.part_bytes();
+    return copy_reads(parse_reads(reads, runs.n, keep), block_bytes, [&](const VerifiedRead& j) {
+      if (block_checksum(j.src.data, block_bytes) != j.checksum) return false;
+      const std::uint64_t* to = runs.block(j.block);
+      for (std::uint32_t r = 0; r < runs.parts; ++r)
+        std::memcpy(reinterpret_cast<std::uint8_t*>(to[r]), j.src.data + r * part, part);
+      return true;
+    });
+  }
+  if (!PyObject_CheckBuffer(out.ptr())) throw Error(Code::kTypeError, "out must be a writable buffer");
+  py::buffer_info dst = py::reinterpret_borrow<py::buffer>(out).request(true);
+  const std::size_t out_bytes = static_cast<std::size_t>(dst.size * dst.itemsize);
+  auto* base = static_cast<std::uint8_t*>(dst.ptr);
+  return copy_reads(parse_reads(reads, block_bytes ? out_bytes / block_bytes : 0, keep), block_bytes,
+                    [&](const VerifiedRead& j) {
+                      return copy_with_checksum(base + j.block * block_bytes, j.src.data, block_bytes) == j.checksum;
+                    });
 }
 
 }  // namespace
@@ -95,41 +117,7 @@ void bind_disk_functions(py::module_& m) {
   // Returns one bool per read: False for a payload of the wrong length or checksum (nothing of it is
   // to be used). Runs without the GIL.
   m.def(
-      "copy_verified",
-      [](py::handle out, std::size_t block_bytes, const py::list& reads) {
-        if (py::isinstance<kvtier::bindings::BlockRuns>(out)) return copy_verified_runs(out, block_bytes, reads);
-        if (!PyObject_CheckBuffer(out.ptr())) throw Error(Code::kTypeError, "out must be a writable buffer");
-        py::buffer_info dst = py::reinterpret_borrow<py::buffer>(out).request(true);
-        const std::size_t out_bytes = static_cast<std::size_t>(dst.size * dst.itemsize);
-        struct Job {
-          std::size_t block;
-          Span src;
-          std::uint32_t checksum;
-        };
-        std::vector<py::buffer_info> keep;
-        keep.reserve(reads.size());
-        std::vector<Job> jobs;
-        for (py::handle item : reads) {
-          auto t = py::reinterpret_borrow<py::tuple>(item);
-          const auto block = t[0].cast<std::size_t>();
-          if ((block + 1) * block_bytes > out_bytes)
-            throw Error(Code::kInvalidArgument, "block " + std::to_string(block) + " does not fit in out");
-          jobs.push_back({block, read_span(t[1], keep, "payload"), t[2].cast<std::uint32_t>()});
-        }
-        std::vector<char> ok(jobs.size(), 0);
-        {
-          py::gil_scoped_release nogil;
-          auto* base = static_cast<std::uint8_t*>(dst.ptr);
-          for (std::size_t i = 0; i < jobs.size(); ++i) {
-            const Job& j = jobs[i];
-            if (j.src.bytes != block_bytes) continue;
-            ok[i] = copy_with_checksum(base + j.block * block_bytes, j.src.data, block_bytes) == j.checksum;
-          }
-        }
-        py::list result;
-        for (char c : ok) result.append(py::bool_(c != 0));
-        return result;
-      },
+      "copy_verified", &copy_verified,
       py::arg("out"), py::arg("block_bytes"), py::arg("reads"));
 
   // An index record as a dict (fsck), or None if malformed. `key_ok` says whether the record's own key
