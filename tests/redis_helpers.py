@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,13 @@ def start_cluster(folder: Path, masters: int = 3) -> list[RedisServer]:
             return nodes
         time.sleep(0.1)
     raise RuntimeError("the cluster did not reach cluster_state:ok")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A single redis-server on loopback for one test (skips when redis-server is not installed)."""
+    need_redis()
+    s = RedisServer(tmp_path / "redis")
+    s.start()
+    yield s
+    s.stop()

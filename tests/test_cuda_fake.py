@@ -158,3 +158,17 @@ def test_store_device_tier(fake_dir: Path, name: str, env: dict[str, str]) -> No
     """The store's device tier (csrc/store/device.cpp) with the fake driver: GPU payloads in and out, write-back,
     promotion, eviction, residency and the disk below it."""
     _run(fake_dir, name, STORE_CHECKS, **env)
+
+
+def test_gpu_inserts_reach_the_remote_tier(fake_dir: Path, tmp_path: Path) -> None:
+    """Device-tier blocks reach a real redis-server when the host tier evicts them (tests/test_remote_demotion.py
+    has the host and disk cases)."""
+    from redis_helpers import RedisServer, need_redis
+
+    need_redis()
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        _run(fake_dir, "gpu_inserts_reach_the_remote_tier", STORE_CHECKS, KVTIER_TEST_REDIS_URL=server.url)
+    finally:
+        server.stop()

@@ -16,20 +16,11 @@ import pytest
 
 import kvtier
 from kvtier import Namespace, RemoteConfig, StoreConfig, Tier, TierConfig
-from redis_helpers import RedisServer, need_redis
+from redis_helpers import RedisServer, need_redis, server  # noqa: F401 - server is a fixture
 
 BS = 16
 BB = 4096
 NS = Namespace(model="m")
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    need_redis()
-    s = RedisServer(tmp_path / "redis")
-    s.start()
-    yield s
-    s.stop()
 
 
 def config(url: str, **kw: object) -> StoreConfig:

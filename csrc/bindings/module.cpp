@@ -47,5 +47,6 @@ PYBIND11_MODULE(_core, m) {
   bindings::bind_spec(m);
   bindings::bind_store(m);
   bindings::bind_store_disk(m);
+  bindings::bind_store_remote(m);
   bindings::bind_store_keys(m);
 }

@@ -34,6 +34,11 @@ void bind_spec(py::module_& m) {
       .def_readwrite("promote", &DeviceSpec::promote)
       .def_readwrite("write_through", &DeviceSpec::write_through);
 
+  py::class_<RemoteSpec>(m, "RemoteSpec")
+      .def(py::init<>())
+      .def_readwrite("enabled", &RemoteSpec::enabled)
+      .def_readwrite("queue_blocks", &RemoteSpec::queue_blocks);
+
   py::class_<StoreSpec>(m, "StoreSpec")
       .def(py::init<>())
       .def_readwrite("block_size", &StoreSpec::block_size)
@@ -42,7 +47,8 @@ void bind_spec(py::module_& m) {
       .def_readwrite("payloads", &StoreSpec::payloads)
       .def_readwrite("host", &StoreSpec::host)
       .def_readwrite("disk", &StoreSpec::disk)
-      .def_readwrite("device", &StoreSpec::device);
+      .def_readwrite("device", &StoreSpec::device)
+      .def_readwrite("remote", &StoreSpec::remote);
 
   m.def(
       "validate_tier", [](const TierSpec& tier, const std::string& name) { validate(tier, name); }, py::arg("tier"),

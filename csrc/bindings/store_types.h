@@ -160,5 +160,6 @@ void bind_keys(py::module_& m);        // keys.cpp: BLAKE3, namespace and block 
 void bind_spec(py::module_& m);        // spec.cpp: Policy and the spec structs
 void bind_store(py::module_& m);       // store.cpp: Memory, Pin, Store (lookups, payloads, reporting)
 void bind_store_disk(py::module_& m);  // store_disk.cpp: Store's disk-tier protocol calls
+void bind_store_remote(py::module_& m);  // store_remote.cpp: the remote tier's demoter calls
 
 }  // namespace kvtier::bindings

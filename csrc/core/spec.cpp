@@ -49,6 +49,11 @@ void validate(const StoreSpec& spec) {
     check_holds_a_block("disk.capacity_bytes", d.capacity_bytes, bb);
     if (d.queue_blocks == 0) invalid("disk queue_blocks must be >= 1, got 0");
   }
+  if (spec.remote.enabled) {
+    if (!spec.payloads) invalid("a remote tier stores payloads: it needs metadata_only=False");
+    if (spec.disk.enabled) invalid("remote demotion from the host tier is for stores without a disk tier");
+    if (spec.remote.queue_blocks == 0) invalid("remote queue_blocks must be >= 1, got 0");
+  }
   if (spec.device.enabled) {
     const DeviceSpec& d = spec.device;
     if (!spec.payloads) invalid("a device tier stores payloads: it needs metadata_only=False");

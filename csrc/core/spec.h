@@ -39,6 +39,14 @@ struct DeviceSpec {
   bool write_through = false;         // inserts from GPU memory write the host slots at once too
 };
 
+// The remote tier's part in the core: with no disk tier, blocks the host tier evicts are handed to the remote
+// tier's writer (demotion) instead of being dropped. The tier's I/O (Redis) runs in Python
+// (kvtier.tiers.remote); the core only queues the evicted slots (tiers/remote_tier.h).
+struct RemoteSpec {
+  bool enabled = false;               // host evictions go to the remote tier (needs payloads, no disk tier)
+  std::uint32_t queue_blocks = 64;    // evicted blocks waiting for the writer (extra host slots); more are not demoted
+};
+
 struct StoreSpec {
   std::uint32_t block_size = 16;      // tokens per block (reported as matched tokens)
   std::uint32_t width = 16;           // words compared per block: block_size for tokens, 2 for u64 ids
@@ -47,6 +55,7 @@ struct StoreSpec {
   TierSpec host;
   DiskSpec disk;
   DeviceSpec device;
+  RemoteSpec remote;
 };
 
 // Throws Error(kInvalidArgument) naming the field (as kvtier.config names it) and what to change.

@@ -22,6 +22,11 @@ Store::Store(const StoreSpec& spec)
     slots += d.queue_blocks;
     disk_ = std::make_unique<DiskTier>(d.policy, d.capacity_bytes / spec.block_bytes, spec.block_bytes);
   }
+  if (spec.remote.enabled) {
+    // Evicted blocks waiting for the remote tier's writer keep their host slot too.
+    slots += spec.remote.queue_blocks;
+    remote_ = std::make_unique<RemoteDemotions>(spec.remote.queue_blocks);
+  }
   if (spec.device.enabled) {
     const DeviceSpec& d = spec.device;
     // Throws cuda::Unavailable naming what is missing, Error(kCapacity) when the GPU lacks the memory.
@@ -224,7 +229,7 @@ void Store::drop_blocks(std::uint32_t id, std::uint32_t count, double now) {
     // stay in the host (a partial drop) or go on to the disk; otherwise they are simply gone. First,
     // so that a failed copy leaves the node as it was.
     device_blocks = tree_.num_blocks(id);
-    dev_evict(id, /*write_back=*/count < have || (disk_ && demote_), now);
+    dev_evict(id, /*write_back=*/count < have || ((disk_ || remote_) && demote_), now);
   }
   const std::uint64_t bytes = static_cast<std::uint64_t>(count) * spec_.block_bytes;
   ledger_.change(kTierHost, n.account, -static_cast<std::int64_t>(bytes), now);
@@ -244,6 +249,8 @@ void Store::drop_blocks(std::uint32_t id, std::uint32_t count, double now) {
     for (std::uint32_t i = have - count; i < have; ++i) {
       if (disk_ && demote_)
         queue_write(id, i, /*host_keeps=*/false, now);  // the write takes over the slot (or releases it)
+      else if (remote_ && demote_)
+        demote_remote(id, i);  // the same for the remote tier's writer
       else
         host_.unref(tree_.at(id).payload->slots[i]);
     }
@@ -654,8 +661,11 @@ double Store::clock_now() {
 void Store::close() {
   std::unique_lock<std::mutex> lock(mu_);
   // The writer may be reading slots, and copies outside the lock may be running.
-  cv_.wait(lock, [&] { return !(disk_ && disk_->batch_open()) && holds_out_ == 0; });
+  cv_.wait(lock, [&] {
+    return !(disk_ && disk_->batch_open()) && !(remote_ && remote_->batch_open()) && holds_out_ == 0;
+  });
   closed_ = true;
+  if (remote_) remote_->clear([&](std::uint32_t slot) { host_.unref(slot); });
   cv_.notify_all();
   copier_.reset();  // its copies are complete: every call waits for its own
   if (device_) device_->close();
@@ -741,6 +751,7 @@ void Store::check_invariants() {
     KVTIER_ASSERT(queued == disk_->queued());
     KVTIER_ASSERT(disk_->index().live() <= disk_->capacity_blocks());
   }
+  if (remote_) remote_->for_each_slot([&](std::uint32_t slot) { ++refs[slot]; });
   std::size_t free_slots = 0;
   for (std::size_t s = 0; s < refs.size(); ++s) {
     KVTIER_ASSERT(refs[s] == host_.refs(static_cast<std::uint32_t>(s)));

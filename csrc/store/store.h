@@ -29,6 +29,7 @@
 #include "tiers/device_tier.h"
 #include "tiers/disk_tier.h"
 #include "tiers/host_tier.h"
+#include "tiers/remote_tier.h"
 #include "core/keys.h"
 #include "core/policy.h"
 #include "core/residency.h"
@@ -225,6 +226,18 @@ class Store {
   static constexpr std::size_t kRemovedLog = DiskTier::kRemovedLog;
   DiskStats disk_stats();
 
+  // ---- remote tier: blocks the host tier evicts (no disk tier), for its writer (one demoter thread) ----
+  struct RemoteBatch {
+    std::vector<Demoted> blocks;
+    std::vector<const std::uint8_t*> payloads;  // block_bytes each, valid until remote_finish
+    bool closed = false;                        // the store is closing: the demoter should stop
+  };
+  // Waits up to `timeout_s` for evicted blocks, then hands out at most `max_blocks` of them (none while a
+  // batch is out). Their host slots stay held until remote_finish.
+  RemoteBatch remote_take(std::size_t max_blocks, double timeout_s);
+  void remote_finish();  // the batch taken last was copied: its slots go back
+  RemoteDemotionStats remote_stats();
+
   std::uint64_t evict(std::uint64_t bytes, double now);  // host: frees at least `bytes` (demoting to disk)
   std::uint64_t evict_device(std::uint64_t bytes, double now);  // device: frees at least `bytes` (to the host)
   std::uint64_t expire(double now);                      // reclaims expired blocks; returns blocks
@@ -289,6 +302,7 @@ class Store {
   std::uint32_t disk_walk(std::uint32_t ns, const Word* words, std::size_t n, double now, bool touch,
                           MatchResult* r, std::vector<std::uint32_t>* ids);
   bool disk_room(double now);
+  void demote_remote(std::uint32_t node, std::uint32_t block);
   void queue_write(std::uint32_t node, std::uint32_t block, bool host_keeps, double now);
   using Gone = DiskTier::Gone;
   void disk_remove(std::uint32_t entry, double now, Gone why);
@@ -391,7 +405,9 @@ class Store {
   std::map<Key, std::uint32_t> ns_ids_;  // key -> slot
   // Disk tier (spec_.disk.enabled): its index, counters and writer protocol (tiers/disk_tier.h).
   std::unique_ptr<DiskTier> disk_;
-  bool demote_ = true;                    // host evictions go to disk (false while clearing)
+  // Remote tier (spec_.remote.enabled, no disk tier): host evictions waiting for its writer (tiers/remote_tier.h).
+  std::unique_ptr<RemoteDemotions> remote_;
+  bool demote_ = true;                    // host evictions go to disk or remote (false while clearing)
   std::condition_variable cv_;            // queue changes: writer work, room, flush
   std::vector<PinRecord> pin_records_;
   std::uint64_t holds_out_ = 0;           // holds taken and not released (copies outside the lock)

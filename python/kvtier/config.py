@@ -478,6 +478,8 @@ class StoreConfig:
             s.disk = self.disk.disk_spec()
         if self.device is not None:
             s.device = self.device.device_spec()
+        # With no disk tier below the host, what the host evicts goes down to the remote tier (write-back).
+        s.remote.enabled = self.remote is not None and self.disk is None
         return s
 
     @property

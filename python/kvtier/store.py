@@ -401,10 +401,14 @@ class Store:
             from kvtier.tiers.remote import RemoteTier
 
             # Never connects here: a store starts while the server is down (its writer thread connects).
-            self._remote = RemoteTier(self._core, self.config.remote, self.config.block_bytes)
+            self._remote = RemoteTier(
+                self._core, self.config.remote, self.config.block_bytes, demotions=self.config.spec().remote.enabled
+            )
             # A store dropped without close() still writes its queue (while the server answers) and stops the
             # writer thread.
             self._remote_finalizer = weakref.finalize(self, self._remote.close)
+            if self._disk is not None:
+                self._disk.below = self._remote.demote  # blocks evicted from the folder go down to the server
             for namespace in list(self._ns_by_id.values()):
                 self._remote.record_namespace(
                     namespace.key(self.config.block_size, self.config.content), namespace, self.config.block_size
@@ -714,15 +718,16 @@ class Store:
         keys = [k.tobytes() for k in self._core.chain_keys_from(ns, seq, 0, None)[start:full]]
         bb = self.config.block_bytes
         view = memoryview(memory).cast("B") if not isinstance(memory, np.ndarray) else memory.reshape(-1).view(np.uint8)
-        todo = [(i, k) for i, k in enumerate(keys) if not remote.known(ns_key, k)]
+        through = self.config.remote.write == "through"
+        # write-through waits for its own blocks' acknowledgement, so only blocks already written are skipped
+        todo = [(i, k) for i, k in enumerate(keys) if not remote.known(ns_key, k, queued=not through)]
         if not todo:
             return
         account = (self.default_namespace if namespace is None else namespace, session)
-        through = self.config.remote.write == "through"
         ticket = remote.enqueue(
             ns_key, account, [k for _i, k in todo], [view[i * bb : (i + 1) * bb] for i, _k in todo], time.time(), now,
             borrow=through,  # the insert waits: the payloads go to the socket from the caller's buffer
-            positions=[start + i for i, _k in todo],
+            positions=[start + i for i, _k in todo], skip_queued=not through,
         )
         if through:
             batches = -(-len(todo) // self.config.remote.batch_blocks)
@@ -1021,13 +1026,22 @@ class Store:
         return int(self._core.expire(now))
 
     def clear(self, *, now: float | None = None) -> int:
-        """Removes every unpinned block from every tier (nothing is demoted). Returns the blocks removed.
+        """Removes every unpinned block from every tier (nothing is demoted, not even to the remote tier).
+        Returns the blocks removed.
 
         Blocks still queued for the disk are written, then stay; call :meth:`flush` first to clear them too.
         The remote tier's server is shared by other stores and is left as it is (its TTL and bounds age blocks
         out; ``kvtier remote URL`` shows what it holds).
         """
-        return int(self._core.clear(now))
+        if self._disk is None or self._disk.below is None:
+            return int(self._core.clear(now))
+        self._disk.below_paused = True  # the folder deletes of a clear are not evictions: nothing goes to the server
+        try:
+            n = int(self._core.clear(now))
+            self._disk.drain()  # those deletes commit now, while paused
+        finally:
+            self._disk.below_paused = False
+        return n
 
     # ----------------------------------------------------------------- reporting
     def stats(self) -> StoreStats:
@@ -1120,6 +1134,8 @@ class Store:
             self._finalizer()  # closes the core (which stops the writer) and the folder
         else:
             self._core.close()
+        if self._remote is not None:
+            self._remote.join_demoter()  # woken by the core's close
         self._staging = None
         if error is not None:
             raise error

@@ -465,6 +465,34 @@ def check_threads() -> None:
             assert d.hits > 0 and d.inserted > 0 and d.written_back > 0, d
 
 
+def check_gpu_inserts_reach_the_remote_tier() -> None:
+    """Blocks inserted from GPU memory into the device tier are not sent to the server at insert; they reach it
+    when the host tier evicts them (written back from the device first). The server: $KVTIER_TEST_REDIS_URL."""
+    import os
+
+    from kvtier import Namespace, RemoteConfig
+
+    url = os.environ["KVTIER_TEST_REDIS_URL"]
+    ns = Namespace(model="gpu-demotion")
+    a, pa = prompt(7, 4), payload(7, 4)
+    with kvtier.Store(config(host_blocks=8, device_blocks=4, remote=RemoteConfig(url=url)), namespace=ns) as s:
+        assert s.insert(a, on_gpu(pa), now=T()).inserted_blocks == 4
+        s.flush()
+        assert s.stats().remote.written == 0 and s.stats().device.dirty_blocks == 4
+        assert s.evict(8 * BB, now=T()) == 4 * BB  # device -> host (written back) -> the remote tier
+        s.flush()
+        r = s.stats().remote
+        assert (r.demoted, r.written, r.demote_rejected) == (4, 4, 0), r
+        assert s.stats().device.written_back == 4
+        s.check_invariants()
+    other = StoreConfig(block_size=BS, block_bytes=BB, host=TierConfig(capacity_bytes=8 * BB), remote=RemoteConfig(url=url))
+    with kvtier.Store(other, namespace=ns) as t:
+        m = t.match(a)
+        assert (m.num_blocks, m.remote_blocks) == (4, 4), m
+        out = np.zeros((4, BB), np.uint8)
+        assert t.load(a, out) == 4 and np.array_equal(out, pa)
+
+
 def main() -> None:
     name = sys.argv[1]
     fn: Callable[[], None] = globals()[f"check_{name}"]

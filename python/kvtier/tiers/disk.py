@@ -25,6 +25,7 @@ Layout of the folder: docs/disk.md.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -46,6 +47,8 @@ from kvtier.tiers.disk_folder import (
 from kvtier.tiers.disk_io import DiskIO, map_size_for
 
 __all__ = ["DiskTier", "RestoreReport"]
+
+log = logging.getLogger("kvtier.disk")
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,10 @@ class DiskTier:
         # Keys found damaged here: their delete from the folder may fail (a damaged page), and a probe
         # must not import them again. A block this process writes again leaves the set.
         self._damaged: set[bytes] = set()
+        # The tier below (the remote tier's ``demote``): blocks evicted from the folder are handed to it first.
+        # None: nothing below, or paused while clear() removes blocks (those are not demoted).
+        self.below: Callable[[list[tuple[bytes, bytes, str, int, Any]]], int] | None = None
+        self.below_paused = False
         self._writer: threading.Thread | None = None
         self._commit_lock = threading.Lock()
         self.restore_report = RestoreReport(0, 0, 0, 0.0, rebuilt=self._rebuilt)
@@ -361,6 +368,7 @@ class DiskTier:
                 with self.io.writing() as w:
                     if namespaces:  # before any block that names them
                         w.put(b"namespaces", namespaces, overwrite=False)
+                    self._demote(w, deletes)
                     w.delete((b"index", b"blocks"), deletes)
                     # Payloads first, then the small records: each payload takes a contiguous run of
                     # overflow pages, and keeping the records' leaf pages out of those runs keeps the
@@ -391,7 +399,31 @@ class DiskTier:
 
     def _delete(self, keys: Sequence[bytes]) -> None:
         with self.io.writing() as w:
+            self._demote(w, keys)
             w.delete((b"index", b"blocks"), keys)
+
+    def _demote(self, w: Any, keys: Sequence[bytes]) -> None:
+        """Hands the blocks about to be deleted (evicted or expired by the core) to the tier below, read in the
+        deleting transaction: each whose payload matches its record's checksum (a damaged or absent one is not
+        passed on). A failure here is logged and never fails the delete."""
+        below = self.below
+        if below is None or self.below_paused or not keys:
+            return
+        try:
+            records = w.get(b"index", keys)
+            payloads = w.get(b"blocks", keys)
+            blocks = []
+            for key, record, payload in zip(keys, records, payloads):
+                if record is None or payload is None or len(payload) != self._block_bytes:
+                    continue
+                rec = _core.decode_record(bytes(key), bytes(record))
+                if rec is None or not rec["key_ok"] or _core.block_checksum(payload) != rec["checksum"]:
+                    continue
+                blocks.append((rec["namespace"], bytes(key), rec["session"], 0, payload))
+            if blocks:
+                below(blocks)
+        except Exception:  # the deletes go on: a block not demoted is one the tier below can recompute
+            log.exception("kvtier disk tier %s: handing evicted blocks to the remote tier failed", self.path)
 
     # ----------------------------------------------------------------- flush, close
     def flush(self, timeout: float | None, host: bool) -> None:

@@ -106,6 +106,13 @@ class _Gate:
                 self._cond.notify_all()
 
 
+def _get(io: DiskIO, txn: Any, db: bytes, keys: Sequence[bytes]) -> list[Any]:
+    """Values of ``keys`` in ``db`` inside ``txn`` (None where absent), through the "read" fault point."""
+    io._fault("read", len(keys))
+    d = io.dbs[db]
+    return [txn.get(k, db=d) for k in keys]
+
+
 class ReadBatch:
     """Reads inside one read transaction (values are valid until the transaction ends)."""
 
@@ -115,9 +122,7 @@ class ReadBatch:
 
     def get(self, db: bytes, keys: Sequence[bytes]) -> list[Any]:
         """The values of ``keys`` (None where absent). Raises what LMDB raises (see ``get_each``)."""
-        self._io._fault("read", len(keys))
-        d = self._io.dbs[db]
-        return [self._txn.get(k, db=d) for k in keys]
+        return _get(self._io, self._txn, db, keys)
 
     def get_each(self, db: bytes, keys: Sequence[bytes]) -> list[Any]:
         """Like :meth:`get`, but a key whose read fails (a damaged page) gives its exception, not a value."""
@@ -199,6 +204,10 @@ class WriteBatch:
         d = self._io.dbs[db]
         for key, value in items:
             self._txn.put(key, value, db=d, overwrite=overwrite)
+
+    def get(self, db: bytes, keys: Sequence[bytes]) -> list[Any]:
+        """The values of ``keys`` as this transaction sees them (None where absent)."""
+        return _get(self._io, self._txn, db, keys)
 
     def delete(self, dbs: Sequence[bytes], keys: Sequence[bytes]) -> None:
         self._io._fault("delete", len(keys))

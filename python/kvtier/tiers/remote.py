@@ -67,7 +67,9 @@ class RemoteStats:
     acknowledged by the server; ``write_errors`` block writes failed (each retry counts); ``dropped`` were
     dropped from a full queue while the server was unreachable; ``failures`` counts failed round trips,
     ``reconnects`` the times the server was reached again; ``round_trips`` every pipelined batch sent;
-    ``connected`` whether the last round trip succeeded. ``blocks`` and ``resident_bytes`` are this store's
+    ``connected`` whether the last round trip succeeded. ``demoted`` blocks reached the writer because a local tier
+    evicted them (write-back from the tiers above; those the server holds already are not sent again),
+    ``demote_rejected`` were evicted while the demotion queue was full and were lost. ``blocks`` and ``resident_bytes`` are this store's
     blocks on the server by its own account (its acknowledged writes that have not expired, been trimmed or found
     gone); ``kvtier remote URL`` counts the whole server.
     """
@@ -83,6 +85,8 @@ class RemoteStats:
     missing: int
     write_errors: int
     dropped: int
+    demoted: int
+    demote_rejected: int
     trimmed: int
     failures: int
     reconnects: int
@@ -97,10 +101,11 @@ class RemoteStats:
 class _Ticket:
     """What an insert waits for in write-through mode: its blocks written (or failed)."""
 
-    __slots__ = ("left", "failed", "sending")
+    __slots__ = ("left", "failed", "sending", "queued")
 
     def __init__(self, n: int) -> None:
         self.left = n
+        self.queued = n  # blocks the enqueue queued (those known to be on the server or queued are not)
         self.failed = 0
         self.sending = 0  # its blocks in the batch being sent now
 
@@ -231,7 +236,7 @@ def _member(skey: bytes, nbytes: int) -> bytes:
 class RemoteTier:
     """The remote tier of one :class:`kvtier.Store`: lookups, verified reads, the writer thread, accounting."""
 
-    def __init__(self, core: Any, config: RemoteConfig, block_bytes: int) -> None:
+    def __init__(self, core: Any, config: RemoteConfig, block_bytes: int, demotions: bool = False) -> None:
         self._core = core
         self.config = config
         self._block_bytes = block_bytes
@@ -252,16 +257,25 @@ class RemoteTier:
         self._meta: dict[bytes, bytes] = {}  # namespace key -> JSON, to write (SET NX) with the next batch
         self._meta_done: set[bytes] = set()
         self._known: OrderedDict[bytes, None] = OrderedDict()
+        self._unsent: dict[bytes, int] = {}  # server key -> its writes queued or in flight (not demoted again)
         self._ledger = _Ledger(config.ttl_s)
         self._c = dict.fromkeys(
             (
                 "hits", "misses", "queued", "written", "bytes_written", "bytes_read", "promoted", "corrupted",
-                "missing", "write_errors", "dropped", "trimmed", "failures", "reconnects",
+                "missing", "write_errors", "dropped", "demoted", "trimmed", "failures", "reconnects",
             ),
             0,
         )
+        self._namespaces: dict[bytes, Namespace] = {}  # namespace key -> namespace (the ledger's accounts)
         self._writer = threading.Thread(target=self._writer_loop, name=f"kvtier-remote-writer:{self.url}", daemon=True)
         self._writer.start()
+        # With no disk tier, blocks the host tier evicts come here (the core's demotion queue, core/remote.cpp).
+        self._demoter: threading.Thread | None = None
+        if demotions:
+            self._demoter = threading.Thread(
+                target=self._demoter_loop, name=f"kvtier-remote-demoter:{self.url}", daemon=True
+            )
+            self._demoter.start()
 
     # ----------------------------------------------------------------- state
     @property
@@ -298,6 +312,7 @@ class RemoteTier:
     def record_namespace(self, ns_key: bytes, namespace: Namespace, block_size: int) -> None:
         """Records the namespace's fields on the server (with the next write batch) so ``kvtier remote`` names it."""
         with self._lock:
+            self._namespaces[ns_key] = namespace
             if ns_key in self._meta_done or ns_key in self._meta:
                 return
             fields = {f: getattr(namespace, f) for f in ("model", "revision", "tokenizer", "kv_dtype", "kv_layout", "tenant")}
@@ -400,10 +415,12 @@ class RemoteTier:
             self._c["promoted"] += blocks
 
     # ----------------------------------------------------------------- writes
-    def known(self, ns_key: bytes, key: bytes) -> bool:
-        """Whether this store knows the block is on the server (it wrote or read it)."""
+    def known(self, ns_key: bytes, key: bytes, queued: bool = False) -> bool:
+        """Whether this store knows the block is on the server (it wrote or read it); with ``queued``, also when a
+        write of it is queued or in flight (a block evicted between an insert and its write is queued once)."""
+        skey = block_key(ns_key, key)
         with self._lock:
-            return block_key(ns_key, key) in self._known
+            return skey in self._known or (queued and skey in self._unsent)
 
     def enqueue(
         self,
@@ -415,10 +432,13 @@ class RemoteTier:
         t: float | None,
         borrow: bool = False,
         positions: Sequence[int] | None = None,
+        skip_queued: bool = False,
     ) -> _Ticket:
         """Queues blocks for the writer: ``payloads[i]`` (block_bytes each) under ``keys[i]``. Checksums are made
         here. The values are copied, unless ``borrow``: then the caller must :meth:`wait` for the ticket before
-        its buffers change (write-through); the blocks not written by then are copied."""
+        its buffers change (write-through); the blocks not written by then are copied. Blocks known to be on the
+        server are skipped (checked with the queue's lock held, so two callers never queue one block twice), and
+        with ``skip_queued`` those already queued too; ``ticket.left`` counts the blocks queued."""
         ticket = _Ticket(len(keys))
         items = []
         for n, (key, payload) in enumerate(zip(keys, payloads)):
@@ -432,12 +452,17 @@ class RemoteTier:
         with self._lock:
             if self._closed:
                 raise StoreClosedError("the store is closed")
+            unsent = self._unsent if skip_queued else {}
+            items = [w for w in items if w.skey not in self._known and w.skey not in unsent]
+            ticket.left = ticket.queued = len(items)
             for w in items:
                 self._queue.append(w)
+                self._unsent[w.skey] = self._unsent.get(w.skey, 0) + 1
                 self._queued_bytes += w.nbytes
             self._c["queued"] += len(items)
             while self._queued_bytes > self.config.queue_bytes and len(self._queue) > 1:
                 old = self._queue.popleft()
+                self._sent(old.skey)
                 self._queued_bytes -= old.nbytes
                 self._c["dropped"] += 1
                 self._dropped_since_flush += 1
@@ -472,6 +497,14 @@ class RemoteTier:
                 for w in self._queue:
                     if w.ticket is ticket and isinstance(w.value, Parts):
                         w.value = b"".join(w.value)
+
+    def _sent(self, skey: bytes) -> None:
+        """Under the lock: one queued write of ``skey`` left the queue (written or dropped)."""
+        left = self._unsent[skey] - 1
+        if left:
+            self._unsent[skey] = left
+        else:
+            del self._unsent[skey]
 
     def _settle(self, w: _Write, ok: bool) -> None:
         """Under the lock: a block's write ended."""
@@ -575,6 +608,7 @@ class RemoteTier:
                 self._c["bytes_written"] += w.nbytes
                 self._ledger.add(w.skey, w.account, w.nbytes, t if w.t is None else w.t)
                 self._known[w.skey] = None
+                self._sent(w.skey)
             while len(self._known) > _KNOWN:
                 self._known.popitem(last=False)
         totals = replies[len(meta) :]
@@ -627,9 +661,68 @@ class RemoteTier:
                 self._known.pop(s, None)
 
     # ----------------------------------------------------------------- flush, close
+    # ----------------------------------------------------------------- demotion (write-back from the tiers above)
+    def demote(self, blocks: Sequence[tuple[bytes, bytes, str, int, Any]]) -> int:
+        """Queues blocks a local tier evicted: ``(ns_key, key, session, position, payload)`` each. Those this store
+        knows to be on the server are skipped; the payloads are copied (the caller may reuse them on return).
+        Returns the blocks queued."""
+        by_ns: dict[tuple[bytes, str], list[tuple[bytes, int, Any]]] = {}
+        with self._lock:
+            for ns_key, key, session, position, payload in blocks:
+                skey = block_key(ns_key, key)
+                if skey not in self._known and skey not in self._unsent and ns_key in self._namespaces:
+                    by_ns.setdefault((ns_key, session), []).append((key, position, payload))
+        wall = time.time()
+        n = 0
+        for (ns_key, session), items in by_ns.items():
+            account = (self._namespaces[ns_key], session)
+            ticket = self.enqueue(
+                ns_key, account, [k for k, _p, _v in items], [v for _k, _p, v in items], wall, None,
+                positions=[p for _k, p, _v in items], skip_queued=True,
+            )
+            n += ticket.queued
+        with self._lock:
+            self._c["demoted"] += n
+        return n
+
+    def _demote_batch(self, timeout: float) -> tuple[bool, int]:
+        """Takes one batch of the core's demotion queue (waiting up to ``timeout`` s for one), queues it for the
+        writer and gives the slots back. Returns (the store closed, blocks taken)."""
+        closed, blocks = self._core.remote_take(self.config.batch_blocks, timeout)
+        if not blocks:
+            return closed, 0
+        try:
+            self.demote(blocks)
+        finally:
+            self._core.remote_finish()
+        return closed, len(blocks)
+
+    def drain_demotions(self) -> None:
+        """Queues every block the core holds for demotion now (a clean close: before the writer's last flush)."""
+        while True:
+            closed, n = self._demote_batch(0.0)
+            if closed or (n == 0 and self._core.remote_stats()["pending"] == 0):
+                return
+            if n == 0:
+                time.sleep(0.001)  # the demoter thread's batch is out
+
+    def _demoter_loop(self) -> None:
+        while not self._closed:
+            try:
+                closed, _n = self._demote_batch(1.0)
+            except StoreClosedError:
+                return
+            except Exception:  # the demoter must never die: the evicted blocks are lost, the store serves on
+                log.exception("kvtier remote tier %s: demoting evicted blocks failed", self.url)
+                continue
+            if closed:
+                return
+
     def flush(self, timeout: float | None) -> None:
         """Waits until every queued block is written. Raises RemoteWriteError when the server is unreachable with
         blocks still queued (they stay queued), or when blocks were dropped since the last flush."""
+        if self._demoter is not None:
+            self.drain_demotions()  # what the host evicted so far is part of what the flush waits for
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while self._queue or self._in_flight:
@@ -663,7 +756,12 @@ class RemoteTier:
             self._closed = True
             self._cv.notify_all()
         self._writer.join(timeout)
-        self.io.close()
+        self.io.close()  # the demoter thread stops when the core closes, or within its 1 s wait (join_demoter)
+
+    def join_demoter(self, timeout: float = 10.0) -> None:
+        """After the core closed (which wakes it): waits for the demoter thread to stop."""
+        if self._demoter is not None:
+            self._demoter.join(timeout)
 
     # ----------------------------------------------------------------- reporting
     def stats(self) -> RemoteStats:
@@ -672,6 +770,7 @@ class RemoteTier:
             c = dict(self._c)
             return RemoteStats(
                 **c,
+                demote_rejected=int(self._core.remote_stats()["rejected"]) if self._demoter is not None else 0,
                 round_trips=self.io.round_trips,
                 pending=len(self._queue) + self._in_flight,
                 connected=self._down_since is None,
