@@ -6,6 +6,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -89,16 +90,29 @@ struct BlockRuns {
   }
 
   // Blocks first..n, sharing the buffers.
-  std::unique_ptr<BlockRuns> tail(std::size_t first) const {
+  std::unique_ptr<BlockRuns> tail(std::size_t first) const { return slice(first, n); }
+
+  // Blocks first..min(first + count, n), sharing the buffers.
+  std::unique_ptr<BlockRuns> slice(std::size_t first, std::size_t count) const {
     auto t = std::make_unique<BlockRuns>();
     first = std::min(first, n);
-    t->n = n - first;
+    t->n = std::min(count, n - first);
     t->parts = parts;
     t->block_bytes = block_bytes;
     t->writable = writable;
     t->buffers = buffers;
-    t->addrs.assign(addrs.begin() + static_cast<std::ptrdiff_t>(first * parts), addrs.end());
+    const auto at = addrs.begin() + static_cast<std::ptrdiff_t>(first * parts);
+    t->addrs.assign(at, at + static_cast<std::ptrdiff_t>(t->n * parts));
     return t;
+  }
+
+  // Copies every block's runs, in order, to `to` (n x block_bytes bytes: block i at i * block_bytes).
+  // Call without the GIL; the buffers stay exported while this lives.
+  void gather(std::uint8_t* to) const {
+    const std::size_t part = part_bytes();
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::uint32_t r = 0; r < parts; ++r)
+        std::memcpy(to + i * block_bytes + r * part, reinterpret_cast<const std::uint8_t*>(addrs[i * parts + r]), part);
   }
 };
 

@@ -88,6 +88,21 @@ void bind_store_keys(py::module_& m) {
            }),
            py::arg("runs"), py::arg("buffers"), py::arg("block_bytes"), py::arg("writable"))
       .def("tail", [](const BlockRuns& r, std::size_t first) { return r.tail(first); }, py::arg("first"))
+      .def("slice", [](const BlockRuns& r, std::size_t first, std::size_t count) { return r.slice(first, count); },
+           py::arg("first"), py::arg("count"))
+      .def(
+          "gather",
+          [](const BlockRuns& r, py::handle out) {
+            // The blocks' bytes back to back into a writable host buffer of exactly n x block_bytes bytes.
+            ByteView v = byte_view(out, true, "out");
+            if (v.bytes != r.n * r.block_bytes)
+              raise(Code::kInvalidArgument, "out has " + std::to_string(v.bytes) + " bytes; gather needs " +
+                                                std::to_string(r.n) + " blocks x block_bytes=" +
+                                                std::to_string(r.block_bytes));
+            py::gil_scoped_release nogil;
+            r.gather(v.data);
+          },
+          py::arg("out"))
       .def("__len__", [](const BlockRuns& r) { return r.n; })
       .def_property_readonly("parts", [](const BlockRuns& r) { return r.parts; })
       .def_property_readonly("block_bytes", [](const BlockRuns& r) { return r.block_bytes; })

@@ -880,7 +880,8 @@ class Store:
     def find_keys(
         self, keys: Keys, *, namespace: Namespace | None = None, now: float | None = None, touch: bool = False
     ) -> int:
-        """How many of ``keys``, from the first, are held in some tier (the leading run).
+        """How many of ``keys``, from the first, are held in some tier (the leading run; with a remote tier, the
+        run goes on with the server's blocks past the local ones: one round trip per batch).
 
         ``keys``: 32-byte ``bytes``, 64-character hex strings or a ``uint8[n, 32]`` array. With ``touch``
         the run's recency is refreshed and hits (and the first miss) are counted, as by :meth:`match`.
@@ -891,10 +892,9 @@ class Store:
     def has_keys(
         self, keys: Keys, *, namespace: Namespace | None = None, now: float | None = None
     ) -> npt.NDArray[np.bool_]:
-        """Per key, whether it is held in some tier (as this process knows the disk folder); nothing is counted."""
-        return self._keys_call(
-            keys, namespace, lambda ns, arr: self._core.keys_present(ns, arr, now).astype(np.bool_)
-        )
+        """Per key, whether it is held in some tier (as this process knows the disk folder; with a remote tier,
+        the server is asked about the keys no local tier holds, in one round trip); nothing is counted."""
+        return self._keys_call(keys, namespace, lambda ns, arr: store_keys.present(self, ns, arr, now))
 
     def block_runs(self, runs: npt.NDArray[Any], buffers: Sequence[Any], *, writable: bool) -> BlockRuns:
         """Blocks scattered in host buffers, for :meth:`insert_keys` (``writable=False``) and :meth:`load_keys`
@@ -926,13 +926,15 @@ class Store:
         :meth:`block_runs`) under ``keys[i]``.
 
         A key already held costs a lookup and no copy. Returns, per key, whether it is held after the
-        call (``False``: the host tier is full of pinned blocks).
+        call (``False``: the host tier is full of pinned blocks). With a remote tier, the blocks held that this
+        store does not know to be on the server are queued for it (``write="through"``: written before this
+        returns, or found unreachable).
         """
         if payloads is not None and not isinstance(payloads, BlockRuns):
             self._check_payload(payloads, "payloads")
         name = self._session(session)
         return self._keys_call(
-            keys, namespace, lambda ns, arr: self._core.keys_insert(ns, name, arr, payloads, now).astype(np.bool_)
+            keys, namespace, lambda ns, arr: store_keys.insert(self, ns, namespace, name, arr, payloads, now)
         )
 
     def load_keys(
@@ -948,8 +950,10 @@ class Store:
         ``out`` is a writable C-contiguous host buffer of at least ``len(keys) x block_bytes`` bytes; block
         ``i`` lands at byte ``i * block_bytes``. The run stops at the first key not held and at the first
         block whose disk payload fails its checksum (that block is dropped from the store, never served).
-        ``out`` may instead be a writable :meth:`block_runs` of ``len(keys)`` blocks: host and disk hits are
-        copied straight into the runs.
+        With a remote tier the run goes on with the server's blocks after the local ones (each verified; a
+        missing, cut or corrupt value ends it), which are then promoted into the local tiers.
+        ``out`` may instead be a writable :meth:`block_runs` of ``len(keys)`` blocks: host, disk and remote hits
+        are copied straight into the runs.
         """
         store_keys.check_keys_store(self)
         arr = store_keys.key_array(keys)
@@ -1123,13 +1127,16 @@ class Store:
         if self._core.closed:
             return
         error: BaseException | None = None
-        if self._remote is not None:
-            self._remote_finalizer()  # RemoteTier.close: writes what is queued while the server answers
         if self._disk is not None:
             try:
-                self.flush(host=persist)
+                # The disk only (blocks it evicts meanwhile are queued for the remote tier, closed next).
+                self._disk.flush(None, persist)
             except (DiskWriteError, CudaError) as e:  # CudaError: a device block could not be written back
                 error = e
+        if self._remote is not None:
+            # RemoteTier.close: writes what is queued while the server answers and counts what it could not write
+            # (a server down at close must not keep the store open).
+            self._remote_finalizer()
         if self._finalizer is not None:
             self._finalizer()  # closes the core (which stops the writer) and the folder
         else:

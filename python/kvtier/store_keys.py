@@ -11,10 +11,22 @@ confused with a token block and two namespaces never share one::
 Lookups can start at any key (an engine's key already names its whole prefix). A batch crosses into
 the core once (csrc/store/keys_lookup.cpp, GIL released); Python runs only the folder reads of a load
 and, when a lookup stops at a key another process stored, one import of the batch's remaining keys.
+
+With a remote tier (:class:`kvtier.tiers.remote.RemoteTier`) the server holds key blocks under their block
+keys (``keys_block_keys``: H(namespace, key words)), so any store of the same namespace sharing the server
+finds them; each call asks the server once per batch, past what the local tiers hold::
+
+    find_keys    local leading run, then EXISTS of the keys after it        (stops at the first miss)
+    has_keys     local flags, then EXISTS of the keys no local tier holds   (per key)
+    load_keys    local leading run, then GET of the keys after it, each verified while copied into ``out``;
+                 good blocks promoted into the local tiers (not written back)
+    insert_keys  the core's insert, then the keys held and not known to be on the server queued for it
+                 (``write="through"``: the call returns once the server acknowledged them)
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Union
 
@@ -22,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kvtier import _core
-from kvtier.errors import InvalidArgumentError, KvtierTypeError
+from kvtier.errors import InvalidArgumentError, KvtierTypeError, UnknownNamespaceError
 
 if TYPE_CHECKING:
     from kvtier.store import Store
@@ -95,12 +107,73 @@ def _import(store: Store, ns: int, arr: npt.NDArray[np.uint8], start: int) -> in
     return store._disk.import_keys([k.tobytes() for k in block_keys])
 
 
+def _remote_keys(store: Store, ns: int, arr: npt.NDArray[np.uint8]) -> tuple[bytes, list[bytes]]:
+    """(namespace key, the block key of each of ``arr``): the names the remote tier gives key blocks."""
+    return store._core.namespace_key_of(ns), [k.tobytes() for k in store._core.keys_block_keys(ns, arr)]
+
+
+def _remote_up(store: Store) -> bool:
+    return store._remote is not None and store._remote.available
+
+
 def find(store: Store, ns: int, arr: npt.NDArray[np.uint8], now: float | None, touch: bool) -> int:
     found, probe = store._core.keys_leading(ns, arr, 0, now, touch)
     while probe is not None and store._disk is not None and found < len(arr) and _import(store, ns, arr, found):
         more, probe = store._core.keys_leading(ns, arr, found, now, touch)
         found += more
-    return int(found)
+    found = int(found)
+    if found < len(arr) and _remote_up(store):
+        assert store._remote is not None
+        ns_key, block_keys = _remote_keys(store, ns, arr[found:])
+        found += store._remote.lookup(ns_key, block_keys, touch)
+    return found
+
+
+def present(store: Store, ns: int, arr: npt.NDArray[np.uint8], now: float | None) -> npt.NDArray[np.bool_]:
+    """Per key, whether a local tier or the remote server holds it (one round trip for the keys no local tier
+    holds)."""
+    held: npt.NDArray[np.bool_] = store._core.keys_present(ns, arr, now).astype(np.bool_)
+    if _remote_up(store) and not held.all():
+        assert store._remote is not None
+        rest = np.flatnonzero(~held)
+        ns_key, block_keys = _remote_keys(store, ns, arr[rest])
+        held[rest] = store._remote.present(ns_key, block_keys)
+    return held
+
+
+def insert(
+    store: Store, ns: int, namespace: Any, session: str, arr: npt.NDArray[np.uint8], payloads: Any, now: float | None
+) -> npt.NDArray[np.bool_]:
+    """The core's insert of key blocks, then the remote tier's writes of those it does not know on the server."""
+    ok: npt.NDArray[np.bool_] = store._core.keys_insert(ns, session, arr, payloads, now).astype(np.bool_)
+    remote = store._remote
+    if remote is None or payloads is None or not ok.any():
+        return ok
+    ns_key, block_keys = _remote_keys(store, ns, arr)
+    todo = [i for i in np.flatnonzero(ok).tolist() if not remote.known(ns_key, block_keys[i])]
+    if not todo:
+        return ok
+    bb = store.config.block_bytes
+    cfg = store.config.remote
+    assert cfg is not None
+    through = cfg.write == "through"
+    if isinstance(payloads, _core.BlockRuns):
+        # Scattered runs: gathered once (C++, no GIL) into a buffer of this call's own, which no one changes, so
+        # the queue may send from it as it is, in either write mode.
+        flat = np.empty(len(payloads) * bb, np.uint8)
+        payloads.gather(flat)
+        borrow = True
+    else:
+        flat = payloads.reshape(-1).view(np.uint8) if isinstance(payloads, np.ndarray) else np.frombuffer(payloads, np.uint8)
+        borrow = through  # the caller's buffer: only while this call waits for the server
+    account = (store.default_namespace if namespace is None else namespace, session)
+    ticket = remote.enqueue(
+        ns_key, account, [block_keys[i] for i in todo], [flat[i * bb : (i + 1) * bb] for i in todo], time.time(),
+        now, borrow=borrow, positions=todo,
+    )
+    if through:
+        remote.wait(ticket, cfg.timeout_s * (-(-len(todo) // cfg.batch_blocks) + 1))
+    return ok
 
 
 def load(store: Store, ns: int, arr: npt.NDArray[np.uint8], out: Any, now: float | None) -> int:
@@ -136,4 +209,31 @@ def load(store: Store, ns: int, arr: npt.NDArray[np.uint8], out: Any, now: float
             break
         if not _import(store, ns, arr, done):
             break
+    if done < len(arr) and _remote_up(store):
+        done += _load_remote(store, ns, arr, out if runs else view, done, now)
     return done
+
+
+def _load_remote(store: Store, ns: int, arr: npt.NDArray[np.uint8], out: Any, done: int, now: float | None) -> int:
+    """Reads keys ``done ..`` from the server into blocks ``done ..`` of ``out`` (the leading run on it; header and
+    checksum verified while copied: a missing, cut or corrupt value ends the run), then promotes them into the
+    local tiers (an insert that is not written back to the server). Returns the good blocks read."""
+    remote = store._remote
+    assert remote is not None
+    ns_key, block_keys = _remote_keys(store, ns, arr[done:])
+    t = store._core.clock() if now is None else now
+    good = remote.read(ns_key, block_keys, out, done, t, probe=True)
+    if not good:
+        return 0
+    remote.remember(ns_key, block_keys[:good])
+    cfg = store.config.remote
+    if cfg is not None and cfg.promote:
+        bb = store.config.block_bytes
+        payload = out.slice(done, good) if isinstance(out, _core.BlockRuns) else out[done * bb : (done + good) * bb]
+        try:
+            held = store._core.keys_insert(ns, "", arr[done : done + good], payload, now)
+        except (UnknownNamespaceError, InvalidArgumentError):
+            held = None  # the namespace left meanwhile: the blocks were served, not kept
+        if held is not None:
+            remote.promoted(int(np.count_nonzero(held)))
+    return good

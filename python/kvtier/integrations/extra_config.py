@@ -15,9 +15,23 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from kvtier.config import RemoteConfig
 from kvtier.errors import InvalidArgumentError, KvtierTypeError
 
-__all__ = ["POLICIES", "TIER_PARSERS", "TierSettings", "choice", "default_disk_capacity", "flag", "parse_fields", "seconds", "size", "text"]
+__all__ = [
+    "POLICIES",
+    "TIER_PARSERS",
+    "TierSettings",
+    "check_settings",
+    "choice",
+    "default_disk_capacity",
+    "flag",
+    "parse_fields",
+    "remote_config",
+    "seconds",
+    "size",
+    "text",
+]
 
 _GIB = 1 << 30
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -129,9 +143,39 @@ def check_ttl_policies(prefix: str, values: Any) -> None:
             )
 
 
+_REMOTE_KEYS = ("remote_capacity", "remote_ttl_s", "remote_namespace_budget")
+
+
+def remote_config(prefix: str, values: Any) -> RemoteConfig | None:
+    """The stores' :class:`kvtier.RemoteConfig` from a plug-in's ``remote_*`` settings (``None`` without
+    ``remote_url``). Raises naming the keys: ``remote_*`` keys without ``remote_url``, a bad URL or value."""
+    if values.remote_url is None:
+        if any(getattr(values, k) is not None for k in _REMOTE_KEYS):
+            raise InvalidArgumentError(f"{prefix}: the remote_* keys need {prefix}['remote_url']")
+        return None
+    try:
+        return RemoteConfig(
+            url=values.remote_url,
+            capacity_bytes=values.remote_capacity,
+            ttl_s=values.remote_ttl_s,
+            write=values.remote_write,
+            namespace_budget_bytes=values.remote_namespace_budget,
+        )
+    except (InvalidArgumentError, KvtierTypeError) as e:
+        raise type(e)(f"{prefix}['remote_url'] and the remote_* keys: {e}") from None
+
+
+def check_settings(prefix: str, values: Any) -> None:
+    """The rules across keys of :class:`TierSettings`: ttl policies have their TTL; the remote keys make a
+    valid :class:`kvtier.RemoteConfig`."""
+    remote_config(prefix, values)
+    check_ttl_policies(prefix, values)
+
+
 @dataclass(frozen=True)
 class TierSettings:
-    """The keys every engine plug-in shares: kvtier's host and disk tiers (a base of each plug-in's config)."""
+    """The keys every engine plug-in shares: kvtier's host, disk and remote tiers (a base of each plug-in's
+    config; a subclass's ``__post_init__`` calls :func:`check_settings`)."""
 
     disk_path: str
     disk_capacity: int
@@ -140,6 +184,11 @@ class TierSettings:
     disk_policy: Literal["lru", "lfu", "ttl"] = "lru"
     host_ttl_s: float | None = None
     disk_ttl_s: float | None = None
+    remote_url: str | None = None
+    remote_capacity: int | None = None
+    remote_ttl_s: float | None = None
+    remote_write: Literal["back", "through"] = "through"
+    remote_namespace_budget: int | None = None
 
 
 TIER_PARSERS: dict[str, Parser] = {
@@ -150,4 +199,9 @@ TIER_PARSERS: dict[str, Parser] = {
     "disk_policy": policy,
     "host_ttl_s": seconds,
     "disk_ttl_s": seconds,
+    "remote_url": text,
+    "remote_capacity": size,
+    "remote_ttl_s": seconds,
+    "remote_write": lambda k, v: choice(k, v, ("back", "through")),
+    "remote_namespace_budget": size,
 }

@@ -344,6 +344,20 @@ class RemoteTier:
                 self._c["misses"] += len(keys) - found
         return found
 
+    def present(self, ns_key: bytes, keys: Sequence[bytes]) -> list[bool]:
+        """Per key (blocks that need not be consecutive: lookups by key), whether it is on the server. One round
+        trip per ``LOOKUP_BATCH`` keys; nothing is counted. All False (no round trip) while it is unreachable."""
+        out = [False] * len(keys)
+        if not keys or not self.available:
+            return out
+        try:
+            for i in range(0, len(keys), LOOKUP_BATCH):
+                out[i : i + LOOKUP_BATCH] = self.io.exists([block_key(ns_key, k) for k in keys[i : i + LOOKUP_BATCH]])
+        except RemoteUnavailableError as e:
+            self._failed(e)
+            return [False] * len(keys)
+        return out
+
     # ----------------------------------------------------------------- reads
     def read(
         self, ns_key: bytes, keys: Sequence[bytes], out: Any, first_block: int, t: float, probe: bool = False
@@ -413,6 +427,15 @@ class RemoteTier:
     def promoted(self, blocks: int) -> None:
         with self._lock:
             self._c["promoted"] += blocks
+
+    def remember(self, ns_key: bytes, keys: Sequence[bytes]) -> None:
+        """Records blocks read from the server as on it (:meth:`known`), so inserting them does not write them
+        again."""
+        with self._lock:
+            for k in keys:
+                self._known[block_key(ns_key, k)] = None
+            while len(self._known) > _KNOWN:
+                self._known.popitem(last=False)
 
     # ----------------------------------------------------------------- writes
     def known(self, ns_key: bytes, key: bytes, queued: bool = False) -> bool:

@@ -14,7 +14,16 @@ key                          value                      default
 ``disk_ttl_s``               seconds > 0                none
 ``model``                    str                        SGLang's ``model_name``
 ``revision``                 str                        none: the weights revision, bound into the namespace
+``remote_url``               redis://, rediss://,        none: the shared remote tier (docs/remote.md) that SGLang
+                             redis+cluster:// URL        servers of a fleet share, below the disk tier
+``remote_capacity``          bytes, int or "100G"       none: bounded by the server's maxmemory
+``remote_ttl_s``             seconds > 0                none: no expiry on the server
+``remote_write``             "back" | "through"         ``"through"``: a backed-up page is on the server when
+                                                        ``batch_set_v1`` returns
+``remote_namespace_budget``  bytes, int or "10G"        none: no per-tenant bound on the server
 ===========================  =========================  ==========================================================
+
+The ``remote_*`` keys are the vLLM connector's, parsed by the same code (``kvtier.integrations.extra_config``).
 
 SGLang's own keys of the same mapping (``backend_name``, ``module_path``, ``class_name``, ``interface_v1``,
 ``interface_v2``) are skipped.
@@ -26,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from kvtier.config import RemoteConfig
 from kvtier.integrations import extra_config as ec
 
 __all__ = ["KVTierHiCacheConfig", "parse_extra_config"]
@@ -42,7 +52,11 @@ class KVTierHiCacheConfig(ec.TierSettings):
     revision: str | None = None
 
     def __post_init__(self) -> None:
-        ec.check_ttl_policies(_PREFIX, self)
+        ec.check_settings(_PREFIX, self)
+
+    def remote_config(self) -> RemoteConfig | None:
+        """The store's :class:`kvtier.RemoteConfig` (``None`` without ``remote_url``)."""
+        return ec.remote_config(_PREFIX, self)
 
 
 _PARSERS: dict[str, ec.Parser] = {

@@ -23,6 +23,12 @@ index_select / index_copy_ per batch.
 
 Nothing raises on the data path: a failure is counted in :meth:`get_stats` and logged once per kind,
 and SGLang sees a miss (or a failed backup).
+
+With ``remote_url`` the store has a remote tier (Redis, Valkey, Redis Cluster; docs/remote.md) below its disk
+tier: the lookups by key go on in the server past the local tiers, loads read and verify its pages and promote
+them, and backed-up pages are written to it, so SGLang servers with their own disk folders share pages. While
+the server is unreachable the local tiers serve alone; the failures are counted (``remote_failures``) and the
+remote tier logs one line per outage.
 """
 
 from __future__ import annotations
@@ -230,6 +236,7 @@ class KVTierHiCacheStorage(HiCacheStorage):
                                 ttl_s=c.host_ttl_s),
                 disk=DiskConfig(path=c.disk_path, capacity_bytes=max(c.disk_capacity, pages.page_bytes),
                                 policy=c.disk_policy, ttl_s=c.disk_ttl_s),
+                remote=c.remote_config(),  # never waits for the server: it connects in the background
             ),
             namespace=self.namespace,
         )
@@ -366,6 +373,14 @@ class KVTierHiCacheStorage(HiCacheStorage):
             stats.update(host_blocks=s.blocks, host_bytes=s.resident_bytes)
             if s.disk is not None:
                 stats.update(disk_blocks=s.disk.blocks, disk_corrupted=s.disk.corrupted)
+            if s.remote is not None:
+                r = s.remote
+                stats.update(
+                    remote_connected=r.connected, remote_hits=r.hits, remote_written=r.written,
+                    remote_pending=r.pending, remote_promoted=r.promoted, remote_corrupted=r.corrupted,
+                    remote_failures=r.failures, remote_write_errors=r.write_errors, remote_dropped=r.dropped,
+                    remote_round_trips=r.round_trips,
+                )
         return stats
 
     def close(self) -> None:

@@ -38,7 +38,6 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from kvtier.config import RemoteConfig
-from kvtier.errors import InvalidArgumentError, KvtierTypeError
 from kvtier.integrations import extra_config as ec
 
 __all__ = ["KVTierConnectorConfig", "parse_extra_config", "parse_size"]
@@ -65,33 +64,13 @@ class KVTierConnectorConfig(ec.TierSettings):
     disk_bandwidth: int = 500 << 20
     save_generated: bool = True
     save_buffer: int = _GIB
-    remote_url: str | None = None
-    remote_capacity: int | None = None
-    remote_ttl_s: float | None = None
-    remote_write: Literal["back", "through"] = "through"
-    remote_namespace_budget: int | None = None
 
     def __post_init__(self) -> None:
-        remote_keys = ("remote_capacity", "remote_ttl_s", "remote_namespace_budget")
-        if self.remote_url is None and any(getattr(self, k) is not None for k in remote_keys):
-            raise InvalidArgumentError(f"{_PREFIX}: the remote_* keys need {_PREFIX}['remote_url']")
-        self.remote_config()  # validates the URL and the remote keys
-        ec.check_ttl_policies(_PREFIX, self)
+        ec.check_settings(_PREFIX, self)
 
     def remote_config(self) -> RemoteConfig | None:
         """The stores' :class:`kvtier.RemoteConfig` (``None`` without ``remote_url``)."""
-        if self.remote_url is None:
-            return None
-        try:
-            return RemoteConfig(
-                url=self.remote_url,
-                capacity_bytes=self.remote_capacity,
-                ttl_s=self.remote_ttl_s,
-                write=self.remote_write,
-                namespace_budget_bytes=self.remote_namespace_budget,
-            )
-        except (InvalidArgumentError, KvtierTypeError) as e:
-            raise type(e)(f"{_PREFIX}['remote_url'] and the remote_* keys: {e}") from None
+        return ec.remote_config(_PREFIX, self)
 
 
 _PARSERS: dict[str, ec.Parser] = {
@@ -104,11 +83,6 @@ _PARSERS: dict[str, ec.Parser] = {
     "disk_bandwidth": ec.size,
     "save_generated": ec.flag,
     "save_buffer": ec.size,
-    "remote_url": ec.text,
-    "remote_capacity": ec.size,
-    "remote_ttl_s": ec.seconds,
-    "remote_write": lambda k, v: ec.choice(k, v, ("back", "through")),
-    "remote_namespace_budget": ec.size,
 }
 assert set(_PARSERS) == {f.name for f in fields(KVTierConnectorConfig)}
 
