@@ -397,6 +397,26 @@ void Store::wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t bl
   cv_.wait(lock, [&] { return closed_ || disk_->queued() + blocks <= limit; });
 }
 
+// The commit of an insert: a new leaf under `attach` holding the ticket's blocks (words from block
+// r->matched on), charged to `account`. Returns it.
+std::uint32_t Store::add_leaf(std::uint32_t attach, std::uint32_t account, const Word* words, HostTier::Ticket& ticket,
+                              bool payload_written, double now, InsertResult* r) {
+  const std::uint64_t want = ticket.blocks;
+  const std::uint32_t child =
+      tree_.add_child(attach, words + static_cast<std::size_t>(r->matched) * spec_.width, want);
+  Node& c = tree_.at(child);
+  c.account = account;
+  c.seq = seq_;
+  c.last_access = now;
+  // Chained keys are computed lazily (keys_pinned), off the insert path.
+  if (host_.arena()) c.payload = std::make_unique<NodePayload>();
+  host_.commit({&ticket, c.payload ? &c.payload->slots : nullptr, payload_written, account, now});
+  refresh_candidate(child);
+  refresh_candidate(attach);
+  r->inserted = static_cast<std::uint32_t>(want);
+  return child;
+}
+
 // Insert in three steps. Reserve (locked): walk, make room, take slots, hold the prefix. Copy: the
 // payload into the new slots, with `lock` released when one is given and the copy touches no GPU
 // memory. Commit (locked): walk again (other threads may have stored some of the blocks meanwhile:
@@ -511,26 +531,6 @@ void Store::insert_payload(std::uint32_t ns, std::uint32_t account, const Word* 
   if (to_device) dev_adopt(child, res.device, now);
   if (disk_ && spec_.disk.write_through)
     for (std::uint32_t i = 0; i < r->inserted; ++i) queue_write(child, i, /*host_keeps=*/true, now);
-}
-
-// The commit of an insert: a new leaf under `attach` holding the ticket's blocks (words from block
-// r->matched on), charged to `account`. Returns it.
-std::uint32_t Store::add_leaf(std::uint32_t attach, std::uint32_t account, const Word* words, HostTier::Ticket& ticket,
-                              bool payload_written, double now, InsertResult* r) {
-  const std::uint64_t want = ticket.blocks;
-  const std::uint32_t child =
-      tree_.add_child(attach, words + static_cast<std::size_t>(r->matched) * spec_.width, want);
-  Node& c = tree_.at(child);
-  c.account = account;
-  c.seq = seq_;
-  c.last_access = now;
-  // Chained keys are computed lazily (keys_pinned), off the insert path.
-  if (host_.arena()) c.payload = std::make_unique<NodePayload>();
-  host_.commit({&ticket, c.payload ? &c.payload->slots : nullptr, payload_written, account, now});
-  refresh_candidate(child);
-  refresh_candidate(attach);
-  r->inserted = static_cast<std::uint32_t>(want);
-  return child;
 }
 
 std::uint64_t Store::evict(std::uint64_t bytes, double now) {

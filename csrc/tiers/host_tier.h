@@ -60,7 +60,7 @@ class HostTier {
   };
   struct Commit {
     Ticket* ticket;                     // emptied
-    std::vector<std::uint32_t>* slots;  // receives the ticket's slots (the node's payload); null without an arena
+    std::vector<std::uint32_t>* slots;  // receives the ticket's slots (the node's payload); unused without an arena
     bool payload_written;  // the ticket's slots were copied into (not: a device insert left them dirty)
     std::uint32_t account;              // charged from `now` on
     double now;
@@ -90,10 +90,7 @@ class HostTier {
   Ticket reserve(std::uint64_t blocks) {
     Ticket t;
     t.blocks = blocks;
-    if (arena_) {
-      t.slots.resize(blocks);
-      for (auto& s : t.slots) s = arena_->take();
-    }
+    if (arena_) take_slots(t);
     reserved_ += blocks;
     return t;
   }
@@ -120,16 +117,20 @@ class HostTier {
   }
   // The reserved blocks are stored: their slots get their first holder (the tree), their bytes are charged.
   void commit(const Commit& c) {
-    const std::uint64_t blocks = c.ticket->blocks;
-    for (std::uint32_t slot : c.ticket->slots) own(slot);
-    if (c.slots) *c.slots = std::move(c.ticket->slots);
+    Ticket& t = *c.ticket;
+    const std::uint64_t blocks = t.blocks;
+    if (!t.slots.empty()) {
+      std::uint32_t* refs = refs_.data();  // a local: the loop's stores cannot move the vector
+      for (const std::uint32_t* s = t.slots.data(), *e = s + t.slots.size(); s != e; ++s) refs[*s] = 1;
+      *c.slots = std::move(t.slots);
+    }
     used_ += blocks;
     reserved_ -= blocks;
     stats_.inserted += blocks;
     if (arena_ && c.payload_written) stats_.bytes_written += blocks * block_bytes_;
     ledger_.change(c.account, static_cast<std::int64_t>(blocks * block_bytes_), c.now);
-    c.ticket->slots.clear();
-    c.ticket->blocks = 0;
+    t.slots.clear();
+    t.blocks = 0;
   }
   // The one reserved block goes to a queued disk write instead of the tree (an insert's block that the host
   // tier cannot keep, spilled to the disk): its slot gets the write as first holder; nothing is stored or
@@ -185,6 +186,8 @@ class HostTier {
   std::uint32_t& checksum(std::uint32_t slot) { return crc_[slot]; }  // block_checksum of its payload
 
  private:
+  void take_slots(Ticket& t);
+
   std::unique_ptr<HostArena> arena_;
   EvictionQueue candidates_;
   std::uint64_t capacity_blocks_;
