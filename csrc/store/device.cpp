@@ -1,5 +1,6 @@
-// Store: the device tier's half — GPU block slots above the host tier, and every copy that may touch
-// GPU memory (loads into it, inserts from it).
+// Store: the coordinator's side of the device tier — what goes up to the GPU block slots above the host tier
+// and what comes down, and the planning of every copy that may touch GPU memory (loads into it, inserts from
+// it). The copies themselves are the tiers' (DeviceTier and HostTier copy_in / copy_out, tiers/tier.h).
 //
 // The device tier is inclusive of the host tier, as SGLang's HiCache keeps a host slot for every GPU
 // node: a block on the device also holds a host slot. A block inserted from GPU memory goes to the

@@ -339,7 +339,8 @@ std::vector<Key> Store::disk_make_room(std::size_t blocks, double now) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!disk_) return {};
   if (std::isnan(now)) now = clock_.latest();
-  for (std::size_t k = 0; k < blocks && disk_->coldest() != kNil; ++k) disk_remove(disk_->coldest(), now, Gone::kEvicted);
+  for (std::size_t k = 0; k < blocks && disk_->coldest() != kNil; ++k)
+    disk_remove(disk_->coldest(), now, Gone::kEvicted);
   return disk_->take_room_deletes();
 }
 

@@ -329,8 +329,10 @@ class Store {
   void insert_payload(std::uint32_t ns, std::uint32_t account, const Word* words, Memory payload,
                       std::size_t payload_first, double now, std::unique_lock<std::mutex>* lock, std::uint32_t attach,
                       std::uint64_t want, InsertResult* r);
-  [[gnu::always_inline]] std::uint32_t add_leaf(std::uint32_t attach, std::uint32_t account, const Word* words, HostTier::Ticket& ticket,
-                         bool payload_written, double now, InsertResult* r);
+  // Inline: both insert paths (payloads, metadata-only replay) commit through it.
+  [[gnu::always_inline]] std::uint32_t add_leaf(std::uint32_t attach, std::uint32_t account, const Word* words,
+                                                HostTier::Ticket& ticket, bool payload_written, double now,
+                                                InsertResult* r);
   // Whether a copy to or from `mem` runs outside the lock: host memory, no device tier. Copies that
   // touch GPU memory still run under it (a slot's device copy could be evicted meanwhile).
   bool copies_unlocked(Memory mem) const { return !darena() && mem.device < 0; }

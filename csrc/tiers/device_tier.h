@@ -71,7 +71,11 @@ class DeviceTier {
   void close() { arena_.reset(); }
 
   // ---- room (blocks) ----
-  Room room() const { return {arena_ ? arena_->slots() : 0, used_, arena_ ? arena_->slots() - arena_->free_slots() - used_ : 0}; }
+  // Reserved: slots taken by reserve() and not yet committed.
+  Room room() const {
+    if (!arena_) return {0, used_, 0};
+    return {arena_->slots(), used_, arena_->slots() - arena_->free_slots() - used_};
+  }
   // Takes `blocks` GPU slots. Precondition: that many are free (the coordinator evicted first).
   Ticket reserve(std::uint64_t blocks) {
     Ticket t(blocks);
