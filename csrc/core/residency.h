@@ -1,10 +1,11 @@
-// Exact residency accounting: the integral of resident bytes over time, per tier and account.
+// Exact residency accounting: the integral of resident bytes over time, per account, in one tier.
 //
-// Every change of resident bytes first integrates the bytes held since the account's last change,
-// so the integral is exact at event resolution (no sampling). Time is the caller's clock, seconds.
+// Each tier object owns one TierLedger (tiers/tier.h: the `residency()` verb) and charges it at its state
+// changes; the coordinator sums the tiers' ledgers to report and to tell whether an account holds anything.
+// Every change of resident bytes first integrates the bytes held since the account's last change, so the
+// integral is exact at event resolution (no sampling). Time is the caller's clock, seconds.
 #pragma once
 
-#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -12,10 +13,11 @@
 
 namespace kvtier {
 
-inline constexpr int kNumTiers = 3;  // 0 device, 1 host, 2 disk
+inline constexpr int kNumTiers = 3;  // 0 device, 1 host, 2 disk (the ids the facade's Tier enum uses)
 inline constexpr int kTierDevice = 0;
 inline constexpr int kTierHost = 1;
 inline constexpr int kTierDisk = 2;
+inline constexpr int kTierRemote = 3;  // the core's part: blocks waiting for the remote tier's writer
 
 struct ResidencyCounter {
   std::int64_t bytes = 0;       // resident now
@@ -24,11 +26,12 @@ struct ResidencyCounter {
   bool started = false;
 };
 
-class ResidencyLedger {
+class TierLedger {
  public:
-  // Adds `delta` bytes (negative to remove) to (tier, account) at time `now`.
-  void change(int tier, std::uint32_t account, std::int64_t delta, double now) {
-    ResidencyCounter& c = counter(tier, account);
+  // Adds `delta` bytes (negative to remove) to `account` at time `now`. Inline: every insert and eviction
+  // of the replay loop comes here (bench/callgrind_gate.py).
+  [[gnu::always_inline]] void change(std::uint32_t account, std::int64_t delta, double now) {
+    ResidencyCounter& c = counter(account);
     if (c.started) c.byte_seconds += static_cast<double>(c.bytes) * (now - c.since);
     c.started = true;
     c.since = now;
@@ -37,52 +40,44 @@ class ResidencyLedger {
   }
   // Removes `bytes` x `seconds` from the integral: used when an expired block is reclaimed after its
   // expiry time, so that residency stops at the expiry instant.
-  void refund(int tier, std::uint32_t account, double byte_seconds) {
-    counter(tier, account).byte_seconds -= byte_seconds;
-  }
-  // Byte-seconds of (tier, account) up to `now` (>= the last change).
-  double byte_seconds(int tier, std::uint32_t account, double now) const {
+  void refund(std::uint32_t account, double byte_seconds) { counter(account).byte_seconds -= byte_seconds; }
+  // Byte-seconds of `account` up to `now` (>= the last change).
+  double byte_seconds(std::uint32_t account, double now) const {
     if (account >= counters_.size()) return 0.0;
-    const ResidencyCounter& c = counters_[account][tier];
+    const ResidencyCounter& c = counters_[account];
     return c.byte_seconds + (c.started ? static_cast<double>(c.bytes) * (now - c.since) : 0.0);
   }
-  std::int64_t bytes(int tier, std::uint32_t account) const {
-    return account < counters_.size() ? counters_[account][tier].bytes : 0;
-  }
-  // Whether the account holds nothing in any tier.
-  bool empty(std::uint32_t account) const {
-    if (account >= counters_.size()) return true;
-    for (const ResidencyCounter& c : counters_[account])
-      if (c.bytes != 0) return false;
-    return true;
-  }
-  // An account that holds nothing leaves (accounts.h): its integral moves to namespace `ns`'s total
-  // of ended sessions, so every per-tier sum stays exact, and its counters are reset for reuse.
+  std::int64_t bytes(std::uint32_t account) const { return account < counters_.size() ? counters_[account].bytes : 0; }
+  // An account that holds nothing in any tier leaves (accounts.h; the coordinator asks every tier first):
+  // its integral moves to namespace `ns`'s total of ended sessions, so every sum stays exact, and its
+  // counter is reset for reuse.
   void retire(std::uint32_t account, std::uint32_t ns) {
-    KVTIER_ASSERT(empty(account));
+    KVTIER_ASSERT(bytes(account) == 0);
     if (account >= counters_.size()) return;
-    if (ns >= ended_.size()) ended_.resize(ns + 1);
-    for (int tier = 0; tier < kNumTiers; ++tier) ended_[ns][tier] += counters_[account][tier].byte_seconds;
+    if (ns >= ended_.size()) ended_.resize(ns + 1, 0.0);
+    ended_[ns] += counters_[account].byte_seconds;
     counters_[account] = {};
   }
-  // Byte-seconds of the sessions of namespace `ns` that ended (retired accounts), in `tier`.
-  double ended(int tier, std::uint32_t ns) const { return ns < ended_.size() ? ended_[ns][tier] : 0.0; }
+  // Byte-seconds of the sessions of namespace `ns` that ended (retired accounts).
+  double ended(std::uint32_t ns) const { return ns < ended_.size() ? ended_[ns] : 0.0; }
   // A namespace that holds nothing leaves: its ended sessions join the total of ended namespaces.
   void retire_namespace(std::uint32_t ns) {
     if (ns >= ended_.size()) return;
-    for (int tier = 0; tier < kNumTiers; ++tier) ended_namespaces_[tier] += ended_[ns][tier];
-    ended_[ns] = {};
+    ended_namespaces_ += ended_[ns];
+    ended_[ns] = 0.0;
   }
-  double ended_namespaces(int tier) const { return ended_namespaces_[tier]; }
+  double ended_namespaces() const { return ended_namespaces_; }
 
  private:
-  ResidencyCounter& counter(int tier, std::uint32_t account) {
-    if (account >= counters_.size()) counters_.resize(account + 1);
-    return counters_[account][tier];
+  ResidencyCounter& counter(std::uint32_t account) {
+    if (account >= counters_.size()) [[unlikely]]
+      grow(account);
+    return counters_[account];
   }
-  std::vector<std::array<ResidencyCounter, kNumTiers>> counters_;
-  std::vector<std::array<double, kNumTiers>> ended_;  // per namespace
-  std::array<double, kNumTiers> ended_namespaces_{};
+  [[gnu::noinline]] void grow(std::uint32_t account) { counters_.resize(account + 1); }
+  std::vector<ResidencyCounter> counters_;  // per account
+  std::vector<double> ended_;               // per namespace
+  double ended_namespaces_ = 0.0;
 };
 
 }  // namespace kvtier

@@ -1,5 +1,6 @@
-// Store: the device tier's half — GPU block slots above the host tier, and every copy that may touch
-// GPU memory (loads into it, inserts from it).
+// Store: the coordinator's side of the device tier — what goes up to the GPU block slots above the host tier
+// and what comes down, and the planning of every copy that may touch GPU memory (loads into it, inserts from
+// it). The copies themselves are the tiers' (DeviceTier and HostTier copy_in / copy_out, tiers/tier.h).
 //
 // The device tier is inclusive of the host tier, as SGLang's HiCache keeps a host slot for every GPU
 // node: a block on the device also holds a host slot. A block inserted from GPU memory goes to the
@@ -16,111 +17,22 @@
 //
 // Copies run under the store lock (never the GIL) and are synchronous: a call returns with its device
 // copies complete, so no slot is ever read or reused by a copy still in flight.
-#include <cstring>
-
-#include "core/checksum.h"
 #include "store/store.h"
 
 namespace kvtier {
-namespace {
-
-// Appends a copy, merged into the previous one when it continues it on both sides.
-void add_run(std::vector<Run>& runs, std::uint64_t dst, std::uint64_t src, std::uint64_t bytes) {
-  if (!runs.empty()) {
-    Run& last = runs.back();
-    if (last.dst + last.bytes == dst && last.src + last.bytes == src) {
-      last.bytes += bytes;
-      return;
-    }
-  }
-  runs.push_back({dst, src, bytes});
-}
-
-std::uint64_t addr(const std::uint8_t* p) { return reinterpret_cast<std::uint64_t>(p); }
-
-}  // namespace
-
-void add_block_out(std::vector<Run>& runs, Memory to, std::uint64_t src, std::size_t bb) {
-  if (!to.nparts) {
-    add_run(runs, addr(to.data), src, bb);
-    return;
-  }
-  const std::size_t part = bb / to.nparts;
-  for (std::uint32_t r = 0; r < to.nparts; ++r) add_run(runs, to.parts[r], src + r * part, part);
-}
-
-CopyEngine& Store::copier() {
-  if (!copier_) {
-    EngineOptions o;
-    o.threads = 0;  // host-only copies never come here
-    copier_ = std::make_unique<CopyEngine>(o);
-  }
-  return *copier_;
-}
-
-// Runs `runs` to completion: memcpy when `device` < 0 (host to host), else on device `device`'s stream
-// (any direction: CUDA's unified addressing tells host from device pointers). Empties `runs`.
-void Store::move_runs(std::vector<Run>& runs, int device) {
-  if (runs.empty()) return;
-  if (device < 0) {
-    for (const Run& r : runs)
-      std::memcpy(reinterpret_cast<void*>(r.dst), reinterpret_cast<const void*>(r.src), r.bytes);
-    runs.clear();
-    return;
-  }
-  CopyPlan plan;
-  plan.unmerged = runs.size();
-  for (const Run& r : runs) plan.bytes += r.bytes;
-  plan.runs = std::move(runs);
-  runs.clear();
-  copier().submit(std::move(plan), device).completion->wait(-1.0);  // throws cuda::DriverError on failure
-}
-
-// Copies blocks held in host memory or GPU memory (`src`, block_bytes each, back to back) into host
-// slots, with their checksums when the disk tier needs them.
-void Store::fill_host_slots(const std::vector<std::uint32_t>& slots, Memory src, bool checksum) {
-  const std::size_t bb = spec_.block_bytes;
-  if (src.nparts) {  // scattered runs: gathered into the slot, then summed there (still in cache for small runs)
-    const std::size_t part = bb / src.nparts;
-    for (std::size_t i = 0; i < slots.size(); ++i) {
-      std::uint8_t* to = host_.arena()->slot_ptr(slots[i]);
-      const std::uint64_t* runs = src.parts + i * src.nparts;
-      for (std::uint32_t r = 0; r < src.nparts; ++r)
-        std::memcpy(to + r * part, reinterpret_cast<const std::uint8_t*>(runs[r]), part);
-      if (checksum) host_.checksum(slots[i]) = block_checksum(to, bb);
-    }
-    return;
-  }
-  if (src.device < 0) {
-    for (std::size_t i = 0; i < slots.size(); ++i) {
-      const std::uint8_t* from = src.data + i * bb;
-      if (checksum)
-        host_.checksum(slots[i]) = copy_with_checksum(host_.arena()->slot_ptr(slots[i]), from, bb);
-      else
-        std::memcpy(host_.arena()->slot_ptr(slots[i]), from, bb);
-    }
-    return;
-  }
-  std::vector<Run> runs;
-  for (std::size_t i = 0; i < slots.size(); ++i) add_run(runs, addr(host_.arena()->slot_ptr(slots[i])), addr(src.data + i * bb), bb);
-  move_runs(runs, src.device);
-  if (checksum)
-    for (std::uint32_t s : slots) host_.checksum(s) = block_checksum(host_.arena()->slot_ptr(s), bb);
-}
 
 // ---- movement ----
 
-// Copies a dirty node's device blocks down to its host slots (and their checksums, for the disk).
+// Copies a dirty node's device blocks down to its host slots (the device tier's copy out into the host
+// tier's slots), then the host tier sums them again (for the disk).
 void Store::dev_write_back(std::uint32_t id) {
   NodePayload& p = *tree_.at(id).payload;
   if (!p.dirty) return;
-  const std::size_t bb = spec_.block_bytes;
+  std::vector<std::uint64_t> addrs;
   std::vector<Run> runs;
-  for (std::size_t i = 0; i < p.slots.size(); ++i)
-    add_run(runs, addr(host_.arena()->slot_ptr(p.slots[i])), darena()->slot_address(p.dslots[i]), bb);
-  move_runs(runs, darena()->device());
-  if (disk_)
-    for (std::uint32_t s : p.slots) host_.checksum(s) = block_checksum(host_.arena()->slot_ptr(s), bb);
+  device_->copy_out({&p.dslots, p.slots.size(), host_.slot_memory(p.slots, addrs), &runs, /*load=*/false});
+  mover_.run(runs, darena()->device());
+  host_.resum(p.slots);
   device_->cleaned(id);
 }
 
@@ -129,8 +41,7 @@ void Store::dev_write_back(std::uint32_t id) {
 void Store::dev_evict(std::uint32_t id, bool write_back, double now) {
   KVTIER_ASSERT(on_device(id));
   if (write_back) dev_write_back(id);
-  const std::uint64_t nb = device_->evict(id);
-  ledger_.change(kTierDevice, tree_.at(id).account, -static_cast<std::int64_t>(nb * spec_.block_bytes), now);
+  device_->evict(id, now);
 }
 
 // Frees device slots until `blocks` are free, evicting the coldest nodes; never a node touched by
@@ -152,38 +63,27 @@ bool Store::dev_make_room(std::uint64_t blocks, std::uint64_t guard, double now)
   return true;
 }
 
-// Copies host node `id` up to the device (promotion). False if the device has no room for it.
+// Copies host node `id` up to the device (promotion): reserve device slots, the device tier's copy in from
+// the host tier's slots, commit. False if the device has no room for it.
 bool Store::dev_place(std::uint32_t id, std::uint64_t guard, double now) {
   if (on_device(id)) return true;
   const std::size_t nb = tree_.num_blocks(id);
   if (!dev_make_room(nb, guard, now)) return false;
-  std::vector<std::uint32_t> dslots(nb);
-  for (auto& d : dslots) d = darena()->take();
-  const NodePayload& p = *tree_.at(id).payload;
-  const std::size_t bb = spec_.block_bytes;
-  std::vector<Run> runs;
-  for (std::size_t i = 0; i < nb; ++i) add_run(runs, darena()->slot_address(dslots[i]), addr(host_.arena()->slot_ptr(p.slots[i])), bb);
+  DeviceTier::Ticket ticket = device_->reserve(nb);
+  std::vector<std::uint64_t> addrs;
   try {
-    move_runs(runs, darena()->device());
+    device_->copy_in({&ticket, host_.slot_memory(tree_.at(id).payload->slots, addrs), &mover_});
   } catch (...) {
-    for (std::uint32_t d : dslots) darena()->give_back(d);
+    device_->unreserve(ticket);
     throw;
   }
-  device_->place(id, std::move(dslots), /*dirty=*/false, guard);
-  device_->counters().promoted += nb;
-  device_->counters().bytes_written += nb * bb;
-  ledger_.change(kTierDevice, tree_.at(id).account, static_cast<std::int64_t>(nb * bb), now);
+  device_->commit({id, &ticket, /*dirty=*/false, /*promoted=*/true, guard, tree_.at(id).account, now});
   return true;
 }
 
-void Store::dev_adopt(std::uint32_t child, std::uint64_t blocks, double now) {
-  const std::uint64_t bb = spec_.block_bytes;
-  Node& c = tree_.at(child);
-  std::vector<std::uint32_t> dslots = std::move(c.payload->dslots);
-  device_->place(child, std::move(dslots), /*dirty=*/!spec_.device.write_through, seq_);
-  device_->counters().inserted += blocks;
-  device_->counters().bytes_written += blocks * bb;
-  ledger_.change(kTierDevice, c.account, static_cast<std::int64_t>(blocks * bb), now);
+void Store::dev_adopt(std::uint32_t child, DeviceTier::Ticket& ticket, double now) {
+  device_->commit({child, &ticket, /*dirty=*/!spec_.device.write_through, /*promoted=*/false, seq_,
+                   tree_.at(child).account, now});
 }
 
 // After a load: the chain's nodes on the device become its most recent, and the others are copied up,
@@ -205,43 +105,32 @@ void Store::dev_promote_path(double now) {
   dev_promote_chain(root_first, now);
 }
 
-// Plans the copies of the blocks of `steps` (node, leading blocks of it) to `out`, back to back, each
-// from the device when it is there, and counts them as read. Precondition: the store lock is held.
+// Plans the copies of the blocks of `steps` (node, leading blocks of it) to `out`, back to back: each node's
+// from the device tier when it is there, else from the host tier (their copy out, which counts them as read).
+// Precondition: the store lock is held.
 Store::CopyRuns Store::plan_copy_out(const std::vector<Step>& steps, Memory out) {
   const std::size_t bb = spec_.block_bytes;
   CopyRuns c;
   c.device_ordinal = out.device >= 0 ? out.device : (darena() ? darena()->device() : 0);
-  std::uint64_t copied = 0, from_device = 0;
+  std::size_t copied = 0;
   for (const Step& s : steps) {
     const NodePayload& p = *tree_.at(s.node).payload;
-    const bool dev = !p.dslots.empty();
-    for (std::uint32_t i = 0; i < s.blocks; ++i, ++copied) {
-      if (out.nparts) {  // scattered host runs (keys_lookup.h); the store has no device tier then
-        KVTIER_ASSERT(!dev);
-        add_block_out(c.host, out.at(copied, bb), addr(host_.arena()->slot_ptr(p.slots[i])), bb);
-        continue;
-      }
-      const std::uint64_t dst = addr(out.data + copied * bb);
-      if (dev) {
-        add_run(c.device, dst, darena()->slot_address(p.dslots[i]), bb);
-        ++from_device;
-      } else {
-        add_run(out.device < 0 ? c.host : c.device, dst, addr(host_.arena()->slot_ptr(p.slots[i])), bb);
-      }
+    const Memory to = out.at(copied, bb);
+    if (!p.dslots.empty()) {
+      KVTIER_ASSERT(!out.nparts);  // scattered host runs (keys_lookup.h): the store has no device tier then
+      device_->copy_out({&p.dslots, s.blocks, to, &c.device, /*load=*/true});
+    } else {
+      host_.copy_out({p.slots.data(), s.blocks, to, out.device < 0 ? &c.host : &c.device});
     }
+    copied += s.blocks;
   }
-  if (from_device > 0) {
-    device_->counters().hits += from_device;
-    device_->counters().bytes_read += from_device * bb;
-  }
-  stats_.bytes_read += (copied - from_device) * bb;
   return c;
 }
 
 // Runs planned copies to completion (host runs by memcpy, the others on the device's stream).
 void Store::run_copies(CopyRuns& c) {
-  move_runs(c.host, -1);
-  move_runs(c.device, c.device_ordinal);
+  mover_.run(c.host, -1);
+  mover_.run(c.device, c.device_ordinal);
 }
 
 std::uint64_t Store::evict_device(std::uint64_t bytes, double now) {

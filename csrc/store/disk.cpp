@@ -17,10 +17,9 @@ namespace kvtier {
 
 // Makes room for one more disk block by evicting committed leaves by policy. False if none can go.
 bool Store::disk_room(double now) {
-  auto& q = disk_->index().queue();
   while (disk_->full()) {
-    if (q.empty()) return false;
-    const std::uint32_t v = q.top();
+    const std::uint32_t v = disk_->coldest();
+    if (v == kNil) return false;
     disk_remove(v, now, disk_expired(disk_->index().at(v), now) ? Gone::kExpired : Gone::kEvicted);
   }
   return true;
@@ -40,18 +39,14 @@ void Store::queue_write(std::uint32_t node, std::uint32_t block, bool host_keeps
   }
   const Key parent = parent_key_of(node, block);
   const Node& nd = tree_.at(node);
-  const std::uint32_t id = disk_->index().add(key, parent, nd.ns, DiskState::kPending);
-  DiskEntry& e = disk_->index().at(id);
-  e.account = nd.account;
-  e.seq = nd.seq;
-  e.last_access = nd.last_access;
-  e.hits = nd.hits;
-  e.checksum = host_.checksum(slot);
-  e.slot = slot;
+  // The disk tier's reserve (an entry, charged) and copy in (queued for the writer, which reads the slot).
+  const DiskTier::Ticket t = disk_->reserve({.key = key, .parent = parent, .ns = nd.ns, .account = nd.account,
+                                             .state = DiskState::kPending, .slot = slot,
+                                             .checksum = host_.checksum(slot), .seq = nd.seq,
+                                             .last_access = nd.last_access, .hits = nd.hits, .now = now});
   if (host_keeps) host_.ref(slot);
   const Word* w = nd.words.data() + static_cast<std::size_t>(block) * spec_.width;
-  disk_->enqueue(id, std::vector<Word>(w, w + spec_.width));
-  ledger_.change(kTierDisk, e.account, static_cast<std::int64_t>(spec_.block_bytes), now);
+  disk_->copy_in({t, std::vector<Word>(w, w + spec_.width)});
   cv_.notify_all();
 }
 
@@ -98,24 +93,21 @@ std::size_t Store::spill_locked(std::uint32_t ns, std::uint32_t account, const W
         ++disk_->counters().rejected;
         break;
       }
-      const std::uint32_t slot = host_.arena()->take();
+      // A host slot for the write (from the arena's queue reserve, not the host tree's room), copied into
+      // under the lock, then handed to the disk tier's write queue.
+      HostTier::Ticket ticket = host_.reserve(1);
       try {
-        fill_host_slots({slot}, payload.at(i - payload_first, bb), /*checksum=*/true);
+        host_copy_in(ticket, payload.at(i - payload_first, bb));
       } catch (...) {
-        host_.arena()->give_back(slot);
+        host_.unreserve(ticket);
         throw;
       }
-      host_.own(slot);
-      const std::uint32_t id = disk_->index().add(key, first ? Key{} : *prev, ns, DiskState::kPending);
-      DiskEntry& e = disk_->index().at(id);
-      e.account = account;
-      e.seq = ++seq_;
-      e.last_access = now;
-      e.checksum = host_.checksum(slot);
-      e.slot = slot;
-      disk_->enqueue(id, std::vector<Word>(words + i * width, words + (i + 1) * width));
-      ledger_.change(kTierDisk, account, static_cast<std::int64_t>(bb), now);
-      stats_.bytes_written += bb;
+      const std::uint32_t slot = host_.hand_over(ticket);
+      const DiskTier::Ticket t = disk_->reserve({.key = key, .parent = first ? Key{} : *prev, .ns = ns,
+                                                 .account = account, .state = DiskState::kPending, .slot = slot,
+                                                 .checksum = host_.checksum(slot), .seq = ++seq_,
+                                                 .last_access = now, .hits = 0, .now = now});
+      disk_->copy_in({t, std::vector<Word>(words + i * width, words + (i + 1) * width)});
     }
     *prev = key;
   }
@@ -162,23 +154,22 @@ void Store::disk_remove(std::uint32_t id, double now, Gone why) {
   DiskEntry& e = disk_->index().at(id);
   const std::uint64_t bb = spec_.block_bytes;
   KVTIER_ASSERT(e.state == DiskState::kCommitted || (why == Gone::kFailed && e.state == DiskState::kWriting));
-  ledger_.change(kTierDisk, e.account, -static_cast<std::int64_t>(bb), now);
   if (why == Gone::kExpired) {
     // Residency ends at the expiry instant, not at the (later) reclaim.
     const double expiry = e.last_access + spec_.disk.ttl();
-    if (now > expiry) ledger_.refund(kTierDisk, e.account, static_cast<double>(bb) * (now - expiry));
+    if (now > expiry) disk_->residency().refund(e.account, static_cast<double>(bb) * (now - expiry));
   }
-  disk_->remove(id, why);
+  disk_->remove(id, why, now);
   cv_.notify_all();
 }
 
 std::uint64_t Store::disk_expire_locked(double now) {
   if (spec_.disk.ttl() <= 0.0) return 0;
   const std::uint64_t before = disk_->counters().expired;
-  auto& q = disk_->index().queue();
   if (spec_.disk.policy != Policy::kLFU) {
     // The queue is in touch order, which is time order: expired leaves come first.
-    while (!q.empty() && disk_expired(disk_->index().at(q.top()), now)) disk_remove(q.top(), now, Gone::kExpired);
+    for (std::uint32_t v = disk_->coldest(); v != kNil && disk_expired(disk_->index().at(v), now); v = disk_->coldest())
+      disk_remove(v, now, Gone::kExpired);
   } else {
     // Parents are touched with their children, so expired leaves go first, then their parents.
     bool again = true;
@@ -249,7 +240,7 @@ std::uint32_t Store::disk_finish_load(PinId pin, Memory out, std::uint32_t good,
       if (staged_blocks[k] < good)
         runs.push_back({reinterpret_cast<std::uint64_t>(out.data + staged_blocks[k] * bb),
                         reinterpret_cast<std::uint64_t>(staged + k * bb), bb});
-    move_runs(runs, out.device);
+    mover_.run(runs, out.device);
   }
   now = clock_.advance_or_latest(now);
   for (const auto* keys : {&corrupt, &missing}) {
@@ -339,9 +330,8 @@ void Store::disk_finish(bool ok, const std::string& error) {
   // can still get it once the live queue drains; the rest are dropped.
   const std::uint64_t limit = spec_.disk.queue_blocks;
   const std::uint64_t keep = limit - std::min<std::uint64_t>(limit, std::max<std::uint64_t>(1, limit / 4));
-  disk_->finish(
-      ok, error, keep, [&](std::uint32_t slot) { host_.unref(slot); },
-      [&](std::uint32_t id) { disk_remove(id, now, Gone::kFailed); });
+  disk_->commit({ok, &error, keep, [&](std::uint32_t slot) { host_.unref(slot); },
+                 [&](std::uint32_t id) { disk_remove(id, now, Gone::kFailed); }});
   cv_.notify_all();
 }
 
@@ -349,8 +339,8 @@ std::vector<Key> Store::disk_make_room(std::size_t blocks, double now) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!disk_) return {};
   if (std::isnan(now)) now = clock_.latest();
-  auto& q = disk_->index().queue();
-  for (std::size_t k = 0; k < blocks && !q.empty(); ++k) disk_remove(q.top(), now, Gone::kEvicted);
+  for (std::size_t k = 0; k < blocks && disk_->coldest() != kNil; ++k)
+    disk_remove(disk_->coldest(), now, Gone::kEvicted);
   return disk_->take_room_deletes();
 }
 
@@ -412,21 +402,16 @@ std::uint64_t Store::disk_restore(const std::vector<std::pair<Key, std::string>>
                    [](const Parsed& a, const Parsed& b) { return a.rec.wall_time < b.rec.wall_time; });
   disk_->index().reserve(disk_->index().slots() + parsed.size());
   std::uint64_t restored = 0;
-  const std::int64_t bb = static_cast<std::int64_t>(spec_.block_bytes);
   for (Parsed& p : parsed) {
     if (disk_->index().find(*p.key) != kNil || disk_->deleting(*p.key)) continue;
     if (!disk_room(now)) break;
     const std::uint32_t ns = add_namespace_locked(p.rec.ns);
     const std::uint32_t account = account_locked(ns, p.rec.session);
-    const std::uint32_t id = disk_->index().add(*p.key, p.rec.parent, ns, DiskState::kCommitted);
-    DiskEntry& e = disk_->index().at(id);
-    e.account = account;
-    e.seq = ++seq_;
-    e.last_access = now - std::max(0.0, wall_now - p.rec.wall_time);
-    e.hits = p.rec.hits;
-    e.checksum = p.rec.checksum;
-    disk_->index().refresh(id);
-    ledger_.change(kTierDisk, account, bb, now);
+    // Reserved as committed: the folder holds it already.
+    disk_->reserve({.key = *p.key, .parent = p.rec.parent, .ns = ns, .account = account,
+                    .state = DiskState::kCommitted, .slot = kNil, .checksum = p.rec.checksum, .seq = ++seq_,
+                    .last_access = now - std::max(0.0, wall_now - p.rec.wall_time), .hits = p.rec.hits,
+                    .now = now});
     ++restored;
   }
   disk_->counters().restored += restored;

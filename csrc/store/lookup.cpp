@@ -66,8 +66,8 @@ MatchResult Store::match(NsId ns_id, const Word* words, std::size_t n, double no
   if (touch || pin) split_partial_end();
   if (touch) {
     touch_path(now, /*hit=*/true);
-    stats_.hits += r.blocks;
-    stats_.misses += n - r.blocks;
+    host_.counters().hits += r.blocks;
+    host_.counters().misses += n - r.blocks;
   }
   if (device_) {
     r.on_device.reserve(r.blocks);
@@ -118,7 +118,7 @@ void Store::unpin(PinId pin, double now) {
     --n.pins;
     n.seq = op;
     n.last_access = now;
-    if (n.heap_pos != kNil) queue_.update(id);
+    if (n.heap_pos != kNil) host_.candidates().update(id);
     refresh_candidate(id);
     if (device_ && on_device(id)) device_->touch(id, op);
   }
@@ -165,13 +165,10 @@ std::uint32_t Store::load_pinned(PinId pin, Memory out, std::size_t max_blocks, 
     for (std::size_t k = 0; k < rec.disk.size() && copied < max_blocks; ++k, ++copied) {
       const DiskEntry& e = disk_->index().at(rec.disk[k]);
       if (e.state == DiskState::kRemoved) break;  // found damaged by another load meanwhile
-      if (e.slot != kNil) {  // still in the write queue: its host slot has it
-        add_block_out(out.device < 0 ? runs.host : runs.device, out.at(copied, bb),
-                      reinterpret_cast<std::uint64_t>(host_.arena()->slot_ptr(e.slot)), bb);
-        hold.slots.push_back(e.slot);
-      } else {
-        reads->push_back({static_cast<std::uint32_t>(copied), e.key, e.checksum});
-      }
+      // Still in the write queue: its host slot has it (held while the copy runs); else a folder read.
+      if (e.slot != kNil) hold.slots.push_back(e.slot);
+      disk_->copy_out({rec.disk[k], static_cast<std::uint32_t>(copied), out.at(copied, bb), host_.arena(),
+                       out.device < 0 ? &runs.host : &runs.device, reads});
     }
   }
   if (!copies_unlocked(out)) {
@@ -192,8 +189,8 @@ std::uint32_t Store::load(NsId ns_id, const Word* words, std::size_t n, Memory o
   const std::uint32_t m = walk(ns, words, n, now, /*reclaim=*/true);
   split_partial_end();
   touch_path(now, /*hit=*/true);
-  stats_.hits += m;
-  stats_.misses += n - m;
+  host_.counters().hits += m;
+  host_.counters().misses += n - m;
   CopyRuns runs = plan_copy_out(path_, out);
   if (!copies_unlocked(out)) {
     run_copies(runs);

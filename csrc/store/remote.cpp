@@ -8,16 +8,17 @@ namespace kvtier {
 
 // Queues block `block` of host node `node` (being evicted) for the remote tier: the host's hold on its slot
 // passes to the queue, or is released when the queue is full.
-void Store::demote_remote(std::uint32_t node, std::uint32_t block) {
+void Store::demote_remote(std::uint32_t node, std::uint32_t block, double now) {
   const std::uint32_t slot = tree_.at(node).payload->slots[block];
-  if (!remote_->room()) {
-    remote_->reject();
+  const std::uint32_t account = tree_.at(node).account;
+  RemoteDemotions::Ticket t = remote_->reserve({account, now});
+  if (!t.granted) {  // counted as rejected
     host_.unref(slot);
     return;
   }
   const Key key = node_keys(node)[block];
   const Node& nd = tree_.at(node);
-  remote_->push(Demoted{ns_keys_[nd.ns], key, accounts_.session(nd.account), nd.depth + block, slot});
+  remote_->copy_in({t, Demoted{ns_keys_[nd.ns], key, account, accounts_.session(account), nd.depth + block, slot}});
   cv_.notify_all();
 }
 
@@ -30,17 +31,14 @@ Store::RemoteBatch Store::remote_take(std::size_t max_blocks, double timeout_s) 
     b.closed = true;
     return b;
   }
-  if (remote_->batch_open()) return b;  // another caller's batch is out
-  b.blocks = remote_->take(max_blocks);
-  b.payloads.reserve(b.blocks.size());
-  for (const Demoted& d : b.blocks) b.payloads.push_back(host_.arena()->slot_ptr(d.slot));
+  remote_->copy_out({max_blocks, host_.arena(), &b.blocks, &b.payloads});  // nothing while a batch is out
   return b;
 }
 
 void Store::remote_finish() {
   std::lock_guard<std::mutex> lock(mu_);
   if (!remote_) return;
-  remote_->finish([&](std::uint32_t slot) { host_.unref(slot); });
+  remote_->commit({clock_.latest(), [&](std::uint32_t slot) { host_.unref(slot); }});
   cv_.notify_all();  // close() may be waiting for the batch
 }
 

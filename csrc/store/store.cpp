@@ -12,10 +12,10 @@ namespace kvtier {
 Store::Store(const StoreSpec& spec)
     : spec_(spec),
       tree_(spec.width),
-      queue_(spec.host.policy, tree_),
-      host_(spec.block_bytes != 0 ? spec.host.capacity_bytes / spec.block_bytes : 0) {  // 0 = unlimited
+      host_(tree_, spec.host.policy, spec.block_bytes != 0 ? spec.host.capacity_bytes / spec.block_bytes : 0,
+            spec.block_bytes) {  // 0 = unlimited
   validate(spec);
-  std::size_t slots = host_.capacity_blocks();
+  std::size_t slots = host_.room().capacity;
   if (spec.disk.enabled) {
     const DiskSpec& d = spec.disk;
     // Blocks waiting for the writer keep their host slot: the arena has room for the queue too.
@@ -25,7 +25,7 @@ Store::Store(const StoreSpec& spec)
   if (spec.remote.enabled) {
     // Evicted blocks waiting for the remote tier's writer keep their host slot too.
     slots += spec.remote.queue_blocks;
-    remote_ = std::make_unique<RemoteDemotions>(spec.remote.queue_blocks);
+    remote_ = std::make_unique<RemoteDemotions>(spec.remote.queue_blocks, spec.block_bytes);
   }
   if (spec.device.enabled) {
     const DeviceSpec& d = spec.device;
@@ -34,19 +34,31 @@ Store::Store(const StoreSpec& spec)
   }
   if (spec.payloads) {
     try {
-      host_.open_arena(slots, spec.block_bytes, /*checksums=*/disk_ != nullptr);
+      host_.open_arena(slots, /*checksums=*/disk_ != nullptr);
     } catch (const Error& e) {  // name the settings that sized it
       if (e.code() != Code::kCapacity || !disk_) throw;
       throw Error(Code::kCapacity, std::string(e.what()) + " (host.capacity_bytes holds " +
-                                       std::to_string(host_.capacity_blocks()) + " blocks, plus disk queue_blocks=" +
+                                       std::to_string(host_.room().capacity) + " blocks, plus disk queue_blocks=" +
                                        std::to_string(spec.disk.queue_blocks) + " slots for queued writes)");
     }
   }
-  stats_.capacity_bytes = host_.capacity_blocks() * spec.block_bytes;
 }
 
 void Store::check_open() const {
   if (closed_) throw Error(Code::kClosed, "the store is closed");
+}
+
+bool Store::holds_nothing(std::uint32_t account) const {
+  return host_.residency().bytes(account) == 0 && (!device_ || device_->residency().bytes(account) == 0) &&
+         (!disk_ || disk_->residency().bytes(account) == 0) && (!remote_ || remote_->residency().bytes(account) == 0);
+}
+
+void Store::retire_account(std::uint32_t account) {
+  const std::uint32_t ns = accounts_.ns(account);
+  host_.residency().retire(account, ns);
+  if (device_) device_->residency().retire(account, ns);
+  if (disk_) disk_->residency().retire(account, ns);
+  if (remote_) remote_->residency().retire(account, ns);
 }
 
 std::uint32_t Store::root_of(std::uint32_t ns) const {
@@ -93,18 +105,21 @@ std::uint32_t Store::add_namespace_locked(const Key& ns_key, bool sweep) {
 }
 
 void Store::retire_idle_namespaces() {
-  accounts_.sweep([&](std::uint32_t a) { return ledger_.empty(a); },
-                  [&](std::uint32_t a) { ledger_.retire(a, accounts_.ns(a)); });
+  accounts_.sweep([&](std::uint32_t a) { return holds_nothing(a); }, [&](std::uint32_t a) { retire_account(a); });
   std::vector<bool> busy(roots_.size(), false);
   accounts_.mark_busy(busy);
   if (disk_)
     for (std::uint32_t e = 0; e < disk_->index().slots(); ++e)
       if (disk_->index().at(e).state != DiskState::kFree) busy[disk_->index().at(e).ns] = true;
+  if (remote_) remote_->for_each_block([&](const Demoted& d) { busy[accounts_.ns(d.account)] = true; });
   for (std::uint32_t ns = 0; ns < roots_.size(); ++ns) {
     const std::uint32_t root = roots_[ns];
     if (root == kNil || busy[ns] || ns_born_[ns] == ns_sweeps_ || tree_.at(root).num_children != 0) continue;
-    ledger_.retire(default_account_[ns], ns);
-    ledger_.retire_namespace(ns);
+    retire_account(default_account_[ns]);
+    host_.residency().retire_namespace(ns);
+    if (device_) device_->residency().retire_namespace(ns);
+    if (disk_) disk_->residency().retire_namespace(ns);
+    if (remote_) remote_->residency().retire_namespace(ns);
     accounts_.remove(default_account_[ns]);
     default_account_[ns] = kNil;
     tree_.remove_root(root);
@@ -136,8 +151,7 @@ std::vector<NsId> Store::namespaces() {
 std::uint32_t Store::account_locked(std::uint32_t ns, const std::string& session) {
   root_of(ns);
   if (accounts_.sweep_due())
-    accounts_.sweep([&](std::uint32_t a) { return ledger_.empty(a); },
-                    [&](std::uint32_t a) { ledger_.retire(a, accounts_.ns(a)); });
+    accounts_.sweep([&](std::uint32_t a) { return holds_nothing(a); }, [&](std::uint32_t a) { retire_account(a); });
   return accounts_.find_or_add(ns, session);
 }
 
@@ -189,7 +203,7 @@ void Store::touch_path(double now, bool hit) {
     n.seq = op;
     n.last_access = now;
     if (hit) ++n.hits;
-    if (n.heap_pos != kNil) queue_.update(s.node);
+    if (n.heap_pos != kNil) host_.candidates().update(s.node);
     if (device_ && on_device(s.node)) device_->touch(s.node, op);
   }
 }
@@ -210,9 +224,9 @@ void Store::refresh_candidate(std::uint32_t id) {
       n.alive && n.parent != kNil && n.num_children == 0 && n.pins == 0 && !n.words.empty() && id != shielded_;
   const bool have = n.heap_pos != kNil;
   if (want && !have)
-    queue_.push(id);
+    host_.candidates().push(id);
   else if (!want && have)
-    queue_.erase(id);
+    host_.candidates().erase(id);
 }
 
 // Removes the last `count` blocks of leaf `id` (all of them removes the node). Accounts the bytes,
@@ -232,36 +246,34 @@ void Store::drop_blocks(std::uint32_t id, std::uint32_t count, double now) {
     dev_evict(id, /*write_back=*/count < have || ((disk_ || remote_) && demote_), now);
   }
   const std::uint64_t bytes = static_cast<std::uint64_t>(count) * spec_.block_bytes;
-  ledger_.change(kTierHost, n.account, -static_cast<std::int64_t>(bytes), now);
+  host_.dropped(n.account, count, now);
   if (is_expired) {
     // Residency ends at the expiry instant, not at the (later) reclaim.
     if (now > expiry) {
-      ledger_.refund(kTierHost, n.account, static_cast<double>(bytes) * (now - expiry));
+      host_.residency().refund(n.account, static_cast<double>(bytes) * (now - expiry));
       if (device_blocks > 0)
-        ledger_.refund(kTierDevice, n.account,
-                       static_cast<double>(device_blocks * spec_.block_bytes) * (now - expiry));
+        device_->residency().refund(n.account, static_cast<double>(device_blocks * spec_.block_bytes) * (now - expiry));
     }
-    stats_.expired += count;
+    host_.counters().expired += count;
   } else {
-    stats_.evicted += count;
+    host_.counters().evicted += count;
   }
   if (host_.arena()) {
     for (std::uint32_t i = have - count; i < have; ++i) {
       if (disk_ && demote_)
         queue_write(id, i, /*host_keeps=*/false, now);  // the write takes over the slot (or releases it)
       else if (remote_ && demote_)
-        demote_remote(id, i);  // the same for the remote tier's writer
+        demote_remote(id, i, now);  // the same for the remote tier's writer
       else
         host_.unref(tree_.at(id).payload->slots[i]);
     }
   }
-  host_.dropped(count);
   if (count < have) {
     tree_.trim_tail(id, count);
     return;
   }
   const std::uint32_t parent = n.parent;
-  if (n.heap_pos != kNil) queue_.erase(id);
+  if (n.heap_pos != kNil) host_.candidates().erase(id);
   tree_.remove_leaf(id);
   refresh_candidate(parent);
 }
@@ -285,8 +297,7 @@ void Store::remove_subtree(std::uint32_t id, double now) {
 
 std::uint64_t Store::evict_blocks(std::uint64_t count, double now) {
   std::uint64_t freed = 0;
-  while (freed < count && !queue_.empty()) {
-    const std::uint32_t victim = queue_.top();
+  for (std::uint32_t victim = host_.coldest(); freed < count && victim != kNil; victim = host_.coldest()) {
     const std::uint64_t have = tree_.num_blocks(victim);
     const auto take = static_cast<std::uint32_t>(std::min<std::uint64_t>(have, count - freed));
     drop_blocks(victim, take, now);
@@ -297,13 +308,11 @@ std::uint64_t Store::evict_blocks(std::uint64_t count, double now) {
 
 std::uint64_t Store::expire_locked(double now) {
   if (spec_.host.ttl() <= 0.0) return 0;
-  const std::uint64_t before = stats_.expired;
+  const std::uint64_t before = host_.counters().expired;
   if (spec_.host.policy != Policy::kLFU) {
     // The queue is in touch order, which is time order: expired leaves come first.
-    while (!queue_.empty() && expired(tree_.at(queue_.top()), now)) {
-      const std::uint32_t v = queue_.top();
+    for (std::uint32_t v = host_.coldest(); v != kNil && expired(tree_.at(v), now); v = host_.coldest())
       drop_blocks(v, tree_.num_blocks(v), now);
-    }
   } else {
     for (std::uint32_t root : roots_) {
       if (root == kNil) continue;  // a retired namespace
@@ -323,7 +332,7 @@ std::uint64_t Store::expire_locked(double now) {
       }
     }
   }
-  return stats_.expired - before;
+  return host_.counters().expired - before;
 }
 
 InsertResult Store::insert(NsId ns_id, const std::string& session, const Word* words, std::size_t n,
@@ -398,6 +407,26 @@ void Store::wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t bl
   cv_.wait(lock, [&] { return closed_ || disk_->queued() + blocks <= limit; });
 }
 
+// The commit of an insert: a new leaf under `attach` holding the ticket's blocks (words from block
+// r->matched on), charged to `account`. Returns it.
+std::uint32_t Store::add_leaf(std::uint32_t attach, std::uint32_t account, const Word* words, HostTier::Ticket& ticket,
+                              bool payload_written, double now, InsertResult* r) {
+  const std::uint64_t want = ticket.blocks;
+  const std::uint32_t child =
+      tree_.add_child(attach, words + static_cast<std::size_t>(r->matched) * spec_.width, want);
+  Node& c = tree_.at(child);
+  c.account = account;
+  c.seq = seq_;
+  c.last_access = now;
+  // Chained keys are computed lazily (keys_pinned), off the insert path.
+  if (host_.arena()) c.payload = std::make_unique<NodePayload>();
+  host_.commit({&ticket, c.payload ? &c.payload->slots : nullptr, payload_written, account, now});
+  refresh_candidate(child);
+  refresh_candidate(attach);
+  r->inserted = static_cast<std::uint32_t>(want);
+  return child;
+}
+
 // Insert in three steps. Reserve (locked): walk, make room, take slots, hold the prefix. Copy: the
 // payload into the new slots, with `lock` released when one is given and the copy touches no GPU
 // memory. Commit (locked): walk again (other threads may have stored some of the blocks meanwhile:
@@ -410,16 +439,16 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   split_partial_end();
   touch_path(now, as_hit);
   if (as_hit) {
-    stats_.hits += r.matched;
-    stats_.misses += n - r.matched;
+    host_.counters().hits += r.matched;
+    host_.counters().misses += n - r.matched;
   }
   if (r.matched >= n) return r;
   if (spec_.payloads && r.matched < payload_first) return r;  // a gap: no payload for the missing blocks
 
   std::uint32_t attach = path_.empty() ? roots_[ns] : path_.back().node;
   std::uint64_t want = n - r.matched;
-  if (host_.capacity_blocks() != 0) {
-    const std::uint64_t free_now = host_.free_blocks();
+  if (host_.room().capacity != 0) {
+    const std::uint64_t free_now = host_.room().free();
     if (want > free_now) {
       // Making room must never evict our own prefix. Only `attach` can become an eviction candidate
       // (every other node of the path has a child on the path), so shielding it is enough.
@@ -434,7 +463,7 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
         }
       } unshield{this, attach};
       evict_blocks(want - free_now, now);
-      want = std::min<std::uint64_t>(want, host_.free_blocks());
+      want = std::min<std::uint64_t>(want, host_.room().free());
     }
   }
   // Blocks demoted to the disk keep their slots until written. The write queue's back-pressure keeps
@@ -442,102 +471,76 @@ InsertResult Store::insert_locked(std::uint32_t ns, std::uint32_t account, const
   // back as more than a chunk: never take more slots than are free.
   if (host_.arena()) want = std::min<std::uint64_t>(want, host_.arena()->free_slots());
   if (want == 0) return r;
-
-  // Payloads are copied before the node exists, so a failed (device) copy leaves the tree as it was.
-  std::unique_ptr<NodePayload> np;
-  const std::size_t bb = spec_.block_bytes;
-  bool to_device = false;
-  // With the copy outside the lock: the prefix stays held, and the new blocks' room reserved, until the
-  // commit below is done (released when this returns, under the lock, also on a throw).
-  struct Held {
-    Store* s;
-    Hold hold;
-    std::uint64_t reserved = 0;
-    bool taken = false;
-    ~Held() {
-      if (!taken) return;
-      s->release_hold(hold);
-      s->host_.unreserve(reserved);
-    }
-  } held{this, {}};
-  if (host_.arena()) {
-    const Memory src = payload.at(r.matched - payload_first, bb);
-    const bool unlocked = lock != nullptr && copies_unlocked(src);  // never with a device tier
-    // GPU memory on the device tier's GPU goes to the device tier, if it has room without evicting the
-    // prefix this insert extends; the host slots stay dirty until the device evicts the blocks.
-    to_device = device_ && src.device == darena()->device() && dev_make_room(want, seq_, now);
-    np = std::make_unique<NodePayload>();
-    np->slots.resize(want);
-    for (auto& slot : np->slots) slot = host_.arena()->take();
-    try {
-      if (to_device) {
-        KVTIER_ASSERT(src.nparts == 0);  // scattered runs are host memory
-        np->dslots.resize(want);
-        for (auto& d : np->dslots) d = darena()->take();
-        std::vector<Run> runs;
-        for (std::uint64_t i = 0; i < want; ++i)
-          runs.push_back({darena()->slot_address(np->dslots[i]), reinterpret_cast<std::uint64_t>(src.data + i * bb), bb});
-        move_runs(runs, src.device);
-        if (spec_.device.write_through) fill_host_slots(np->slots, src, disk_ != nullptr);
-      } else if (unlocked) {
-        // The prefix is held so it can neither be evicted nor expire under us; the slots and their room are ours.
-        if (!path_.empty()) held.hold.deepest = path_.back().node;
-        held.reserved = want;
-        host_.reserve(want);
-        take_hold(held.hold);
-        held.taken = true;
-        run_unlocked(*lock, [&] { fill_host_slots(np->slots, src, disk_ != nullptr); });
-      } else {
-        fill_host_slots(np->slots, src, disk_ != nullptr);
-      }
-    } catch (...) {
-      for (std::uint32_t slot : np->slots) host_.arena()->give_back(slot);
-      for (std::uint32_t d : np->dslots) darena()->give_back(d);
-      throw;
-    }
-    if (unlocked) {
-      // Commit: other threads may have stored some of these blocks (or more) while the lock was free.
-      now = clock_.catch_up(now);
-      // Reclaim as the first walk did: a child that expired meanwhile must go before a new one takes its place.
-      const std::uint32_t m = walk(ns, words, r.matched + want, now, /*reclaim=*/true);
-      KVTIER_ASSERT(m >= r.matched);  // the prefix was held (pinned, so never expired)
-      const std::uint64_t dup = m - r.matched;
-      if (dup > 0) {
-        for (std::uint64_t i = 0; i < std::min<std::uint64_t>(dup, want); ++i) host_.arena()->give_back(np->slots[i]);
-        if (dup >= want) return r;
-        np->slots.erase(np->slots.begin(), np->slots.begin() + static_cast<std::ptrdiff_t>(dup));
-        r.matched = m;
-        want -= dup;
-      }
-      split_partial_end();
-      attach = path_.empty() ? roots_[ns] : path_.back().node;
-    }
-    for (std::uint32_t slot : np->slots) host_.own(slot);
+  if (!host_.arena()) {  // metadata-only: no payload to copy, so the reservation commits at once
+    HostTier::Ticket ticket = host_.reserve(want);
+    add_leaf(attach, account, words, ticket, /*payload_written=*/false, now, &r);
+    return r;
   }
-  const std::uint32_t width = spec_.width;
-  const std::uint32_t child = tree_.add_child(attach, words + static_cast<std::size_t>(r.matched) * width, want);
-  Node& c = tree_.at(child);
-  c.account = account;
-  c.seq = seq_;
-  c.last_access = now;
-  if (host_.arena()) {
-    c.payload = std::move(np);
-    if (to_device) {
-      dev_adopt(child, want, now);
-    } else {
-      stats_.bytes_written += want * bb;
-    }
-    // Chained keys are computed lazily (keys_pinned), off the insert path.
-  }
-  host_.stored(want);
-  stats_.inserted += want;
-  ledger_.change(kTierHost, account, static_cast<std::int64_t>(want * spec_.block_bytes), now);
-  refresh_candidate(child);
-  refresh_candidate(attach);
-  r.inserted = static_cast<std::uint32_t>(want);
-  if (disk_ && spec_.disk.write_through)
-    for (std::uint32_t i = 0; i < want; ++i) queue_write(child, i, /*host_keeps=*/true, now);
+  insert_payload(ns, account, words, payload, payload_first, now, lock, attach, want, &r);
   return r;
+}
+
+// An insert's reserve (the new blocks' room and slots in the host tier, and the device tier's for GPU memory),
+// copy (outside the lock when `lock` is given and the copy touches no GPU memory), and commit (a new leaf under
+// `attach`, for `want` blocks after r->matched). Payloads are copied before the node exists, so a failed
+// (device) copy leaves the tree as it was. With the copy outside the lock the prefix stays held until the
+// commit is done. What is not committed goes back when this returns, under the lock (run_unlocked relocks),
+// also on a throw.
+void Store::insert_payload(std::uint32_t ns, std::uint32_t account, const Word* words, Memory payload,
+                           std::size_t payload_first, double now, std::unique_lock<std::mutex>* lock,
+                           std::uint32_t attach, std::uint64_t want, InsertResult* r) {
+  struct Reserved {
+    Store* s;
+    HostTier::Ticket host;
+    DeviceTier::Ticket device;
+    Hold hold;
+    bool held = false;
+    ~Reserved() {
+      if (held) s->release_hold(hold);
+      if (host.blocks > 0) s->host_.unreserve(host);
+      if (!device.empty()) s->device_->unreserve(device);
+    }
+  } res{this, host_.reserve(want), {}, {}};
+  const std::size_t bb = spec_.block_bytes;
+  const Memory src = payload.at(r->matched - payload_first, bb);
+  const bool unlocked = lock != nullptr && copies_unlocked(src);  // never with a device tier
+  // GPU memory on the device tier's GPU goes to the device tier, if it has room without evicting the
+  // prefix this insert extends; the host slots stay dirty until the device evicts the blocks.
+  const bool to_device = device_ && src.device == darena()->device() && dev_make_room(want, seq_, now);
+  if (to_device) {
+    KVTIER_ASSERT(src.nparts == 0);  // scattered runs are host memory
+    res.device = device_->reserve(want);
+    device_->copy_in({&res.device, src, &mover_});
+    if (spec_.device.write_through) host_copy_in(res.host, src);
+  } else if (unlocked) {
+    // The prefix is held so it can neither be evicted nor expire under us; the slots and their room are ours.
+    if (!path_.empty()) res.hold.deepest = path_.back().node;
+    take_hold(res.hold);
+    res.held = true;
+    run_unlocked(*lock, [&] { host_copy_in(res.host, src); });
+    // Other threads may have stored some of these blocks (or more) while the lock was free.
+    now = clock_.catch_up(now);
+    // Reclaim as the first walk did: a child that expired meanwhile must go before a new one takes its place.
+    const std::uint32_t m = walk(ns, words, r->matched + want, now, /*reclaim=*/true);
+    KVTIER_ASSERT(m >= r->matched);  // the prefix was held (pinned, so never expired)
+    const std::uint64_t dup = m - r->matched;
+    if (dup >= want) {
+      r->matched = m;  // another thread stored them all
+      return;
+    }
+    if (dup > 0) {
+      host_.unreserve_front(res.host, dup);
+      r->matched = m;
+    }
+    split_partial_end();
+    attach = path_.empty() ? roots_[ns] : path_.back().node;
+  } else {
+    host_copy_in(res.host, src);
+  }
+  const std::uint32_t child = add_leaf(attach, account, words, res.host, /*payload_written=*/!to_device, now, r);
+  if (to_device) dev_adopt(child, res.device, now);
+  if (disk_ && spec_.disk.write_through)
+    for (std::uint32_t i = 0; i < r->inserted; ++i) queue_write(child, i, /*host_keeps=*/true, now);
 }
 
 std::uint64_t Store::evict(std::uint64_t bytes, double now) {
@@ -564,9 +567,8 @@ std::uint64_t Store::clear(double now) {
   std::uint64_t n = evict_blocks(~std::uint64_t{0}, now);
   demote_ = true;
   if (disk_) {
-    auto& q = disk_->index().queue();
-    while (!q.empty()) {
-      disk_remove(q.top(), now, Gone::kEvicted);
+    for (std::uint32_t v = disk_->coldest(); v != kNil; v = disk_->coldest()) {
+      disk_remove(v, now, Gone::kEvicted);
       ++n;
     }
   }
@@ -581,7 +583,7 @@ std::vector<NsId> Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
   if (t.n_requests > 0)
     clock_.check_not_before(t.times[0], "timestamps[0]", "replay a trace into a store whose clock is not past it");
   // A request adds at most two nodes (a split and a new leaf); with a capacity, evictions bound the tree.
-  const std::uint64_t cap = host_.capacity_blocks();
+  const std::uint64_t cap = host_.room().capacity;
   const std::size_t bound = cap != 0 ? std::min<std::uint64_t>(cap, t.n_requests) : t.n_requests;
   tree_.reserve(std::min<std::size_t>(2 * bound, std::size_t{1} << 24));
   std::vector<std::uint32_t> ids;  // registered without a sweep: each stays until the replay ends
@@ -606,9 +608,7 @@ std::vector<NsId> Store::replay(const ReplayTrace& t, std::int32_t* hits_out) {
 
 TierStats Store::stats() {
   std::lock_guard<std::mutex> lock(mu_);
-  TierStats s = stats_;
-  s.blocks = host_.used_blocks();
-  s.resident_bytes = host_.used_blocks() * spec_.block_bytes;
+  TierStats s = host_.stats();
   s.nodes = tree_.live_nodes() - live_namespaces_;
   s.accounts = accounts_.live_count();
   s.namespaces = live_namespaces_;
@@ -638,16 +638,22 @@ std::vector<AccountResidency> Store::residency(double now) {
   expire_locked(now);
   if (disk_) disk_expire_locked(now);
   std::vector<AccountResidency> out;
-  for (int tier : {kTierDevice, kTierHost, kTierDisk}) {
-    if ((tier == kTierDisk && !disk_) || (tier == kTierDevice && !darena())) continue;
+  // Each tier's ledger, in tier order (the facade's Tier ids).
+  const std::pair<int, const TierLedger*> ledgers[] = {
+      {kTierDevice, darena() ? &device_->residency() : nullptr},
+      {kTierHost, &host_.residency()},
+      {kTierDisk, disk_ ? &disk_->residency() : nullptr},
+      {kTierRemote, remote_ ? &remote_->residency() : nullptr}};  // blocks waiting for the remote tier's writer
+  for (const auto& [tier, ledger] : ledgers) {
+    if (!ledger) continue;
     for (std::uint32_t a = 0; a < accounts_.slots(); ++a)
       if (accounts_.live(a))
-        out.push_back({id_of(accounts_.ns(a)), accounts_.session(a), false, tier, ledger_.bytes(tier, a),
-                       ledger_.byte_seconds(tier, a, now)});
+        out.push_back({id_of(accounts_.ns(a)), accounts_.session(a), false, tier, ledger->bytes(a),
+                       ledger->byte_seconds(a, now)});
     for (std::uint32_t ns = 0; ns < roots_.size(); ++ns)
-      if (const double ended = ledger_.ended(tier, ns); roots_[ns] != kNil && ended != 0.0)
+      if (const double ended = ledger->ended(ns); roots_[ns] != kNil && ended != 0.0)
         out.push_back({id_of(ns), {}, true, tier, 0, ended});
-    if (const double gone = ledger_.ended_namespaces(tier); gone != 0.0)
+    if (const double gone = ledger->ended_namespaces(); gone != 0.0)
       out.push_back({kNoNamespace, {}, true, tier, 0, gone});
   }
   return out;
@@ -665,9 +671,9 @@ void Store::close() {
     return !(disk_ && disk_->batch_open()) && !(remote_ && remote_->batch_open()) && holds_out_ == 0;
   });
   closed_ = true;
-  if (remote_) remote_->clear([&](std::uint32_t slot) { host_.unref(slot); });
+  if (remote_) remote_->clear(clock_.latest(), [&](std::uint32_t slot) { host_.unref(slot); });
   cv_.notify_all();
-  copier_.reset();  // its copies are complete: every call waits for its own
+  mover_.close();  // its copies are complete: every call waits for its own
   if (device_) device_->close();
   host_.close();
 }
@@ -715,9 +721,10 @@ void Store::check_invariants() {
       candidates += want ? 1 : 0;
     }
   }
-  KVTIER_ASSERT(blocks == host_.used_blocks());
-  KVTIER_ASSERT(candidates == queue_.size());
-  KVTIER_ASSERT(host_.capacity_blocks() == 0 || host_.used_blocks() <= host_.capacity_blocks());
+  const Room room = host_.room();
+  KVTIER_ASSERT(blocks == room.used && room.reserved == 0);
+  KVTIER_ASSERT(candidates == host_.candidates().size());
+  KVTIER_ASSERT(room.capacity == 0 || room.used <= room.capacity);
   if (!host_.arena()) return;
   // Every slot's holders: host blocks and queued writes.
   std::vector<std::uint32_t> refs(host_.arena()->slots(), 0);
@@ -749,9 +756,13 @@ void Store::check_invariants() {
       if (in_queue || e.state == DiskState::kCommitted) KVTIER_ASSERT(accounts_.live(e.account));
     }
     KVTIER_ASSERT(queued == disk_->queued());
-    KVTIER_ASSERT(disk_->index().live() <= disk_->capacity_blocks());
+    KVTIER_ASSERT(disk_->index().live() <= disk_->room().capacity);
   }
-  if (remote_) remote_->for_each_slot([&](std::uint32_t slot) { ++refs[slot]; });
+  if (remote_)
+    remote_->for_each_block([&](const Demoted& d) {
+      ++refs[d.slot];
+      KVTIER_ASSERT(accounts_.live(d.account));
+    });
   std::size_t free_slots = 0;
   for (std::size_t s = 0; s < refs.size(); ++s) {
     KVTIER_ASSERT(refs[s] == host_.refs(static_cast<std::uint32_t>(s)));

@@ -1,5 +1,7 @@
-// Store: the coordinator — the radix tree, policies, namespaces, pins and residency ledger behind one lock,
-// driving the tier objects that own their state (tiers/host_tier.h, device_tier.h, disk_tier.h).
+// Store: the coordinator — the radix tree, policies, namespaces, pins and the clock behind one lock,
+// driving the tier objects that own their state (slots, index, counters, residency) through the tier
+// interface (tiers/tier.h: reserve, copy in/out, commit, coldest, room, stats, residency): the host, device
+// and disk tiers (tiers/host_tier.h, device_tier.h, disk_tier.h).
 //
 // Every public call takes `now` in seconds (NaN: the clock's rule for that call, clock.h), locks the
 // store, and may throw Error (see common.h) for user mistakes: kClosed after close(), kInvalidArgument
@@ -25,11 +27,11 @@
 #include "core/accounts.h"
 #include "core/clock.h"
 #include "core/common.h"
-#include "cuda/copy_engine.h"
 #include "tiers/device_tier.h"
 #include "tiers/disk_tier.h"
 #include "tiers/host_tier.h"
 #include "tiers/remote_tier.h"
+#include "tiers/tier.h"
 #include "core/keys.h"
 #include "core/policy.h"
 #include "core/residency.h"
@@ -37,48 +39,6 @@
 #include "core/tree.h"
 
 namespace kvtier {
-
-struct TierStats {
-  std::uint64_t hits = 0;           // blocks matched
-  std::uint64_t misses = 0;         // full blocks asked for and not matched
-  std::uint64_t inserted = 0;       // blocks stored
-  std::uint64_t evicted = 0;        // blocks removed to make room or by evict()
-  std::uint64_t expired = 0;        // blocks removed because their TTL ran out
-  std::uint64_t bytes_written = 0;  // payload bytes copied in
-  std::uint64_t bytes_read = 0;     // payload bytes copied out
-  std::uint64_t resident_bytes = 0;
-  std::uint64_t capacity_bytes = 0; // 0 = unlimited
-  std::uint64_t blocks = 0;
-  std::uint64_t pinned_blocks = 0;
-  std::uint64_t nodes = 0;
-  std::uint64_t accounts = 0;       // residency accounts (namespace, session) tracked now (accounts.h)
-  std::uint64_t namespaces = 0;     // namespaces registered and not retired
-};
-
-// Memory passed to the store: host memory (device -1) or CUDA memory of device `device`, blocks back to
-// back from `data`. Or, with `nparts` > 0, blocks scattered in host memory: block b is `nparts` runs of
-// block_bytes / nparts bytes each, run r at address parts[b * nparts + r] (`data` unused, device -1;
-// the caller checked every run lies in memory it owns: kvtier._core.BlockRuns).
-struct Memory {
-  std::uint8_t* data = nullptr;
-  int device = -1;
-  const std::uint64_t* parts = nullptr;
-  std::uint32_t nparts = 0;
-  // The same memory from block `b` on (`bb`: block_bytes).
-  Memory at(std::size_t b, std::size_t bb) const {
-    return nparts ? Memory{nullptr, -1, parts + b * nparts, nparts} : Memory{data + b * bb, device};
-  }
-};
-
-// Appends the copies of one block (`bb` bytes at `src`) to block 0 of `to` (one run, or its parts).
-void add_block_out(std::vector<Run>& runs, Memory to, std::uint64_t src, std::size_t bb);
-
-// A committed disk block that a load must read from the folder.
-struct DiskRead {
-  std::uint32_t block;  // index in the prompt
-  Key key;
-  std::uint32_t checksum;
-};
 
 // A namespace id: its slot (low 32 bits) and the slot's generation (high 32 bits). A namespace that
 // leaves frees its slot for another under a new generation, so a stale id is refused (kNotFound),
@@ -280,6 +240,9 @@ class Store {
     std::uint32_t blocks;  // blocks of this node matched (the last step may be partial)
   };
   void check_open() const;
+  // Residency, summed over the tiers' ledgers (tier.h: each tier charges its own).
+  bool holds_nothing(std::uint32_t account) const;
+  void retire_account(std::uint32_t account);
   std::uint32_t root_of(std::uint32_t ns) const;  // by slot
   std::uint32_t slot_of(NsId id) const;           // throws Error(kNotFound) for an unknown or stale id
   NsId id_of(std::uint32_t slot) const { return (NsId{ns_gen_[slot]} << 32) | slot; }
@@ -302,7 +265,7 @@ class Store {
   std::uint32_t disk_walk(std::uint32_t ns, const Word* words, std::size_t n, double now, bool touch,
                           MatchResult* r, std::vector<std::uint32_t>* ids);
   bool disk_room(double now);
-  void demote_remote(std::uint32_t node, std::uint32_t block);
+  void demote_remote(std::uint32_t node, std::uint32_t block, double now);
   void queue_write(std::uint32_t node, std::uint32_t block, bool host_keeps, double now);
   using Gone = DiskTier::Gone;
   void disk_remove(std::uint32_t entry, double now, Gone why);
@@ -323,9 +286,9 @@ class Store {
   void dev_evict(std::uint32_t id, bool write_back, double now);
   void dev_promote_chain(const std::vector<std::uint32_t>& root_first, double now);
   void dev_promote_path(double now);
-  // An insert's new leaf `child` whose `blocks` were copied into the device slots its payload holds (out of
-  // line: kept off the host insert path's code).
-  [[gnu::noinline]] void dev_adopt(std::uint32_t child, std::uint64_t blocks, double now);
+  // An insert's new leaf `child` whose blocks were copied into the device slots of `ticket` (out of line:
+  // kept off the host insert path's code).
+  [[gnu::noinline]] void dev_adopt(std::uint32_t child, DeviceTier::Ticket& ticket, double now);
   struct CopyRuns {
     std::vector<Run> host;    // host to host (memcpy)
     std::vector<Run> device;  // on device_ordinal's stream
@@ -358,9 +321,10 @@ class Store {
     lock.unlock();
     copy();
   }
-  void move_runs(std::vector<Run>& runs, int device);
-  CopyEngine& copier();
-  void fill_host_slots(const std::vector<std::uint32_t>& slots, Memory src, bool checksum);
+  // The host tier's copy in of `ticket` from `src`, with its checksums when the disk tier needs them.
+  void host_copy_in(const HostTier::Ticket& ticket, Memory src) {
+    host_.copy_in({&ticket, src, disk_ != nullptr, &mover_});
+  }
 
   std::uint32_t walk(std::uint32_t ns, const Word* words, std::size_t n, double now, bool reclaim);
   void split_partial_end();
@@ -376,6 +340,13 @@ class Store {
   InsertResult insert_locked(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
                              Memory payload, std::size_t payload_first, double now, bool as_hit,
                              std::unique_lock<std::mutex>* lock = nullptr);
+  void insert_payload(std::uint32_t ns, std::uint32_t account, const Word* words, Memory payload,
+                      std::size_t payload_first, double now, std::unique_lock<std::mutex>* lock, std::uint32_t attach,
+                      std::uint64_t want, InsertResult* r);
+  // Inline: both insert paths (payloads, metadata-only replay) commit through it.
+  [[gnu::always_inline]] std::uint32_t add_leaf(std::uint32_t attach, std::uint32_t account, const Word* words,
+                                                HostTier::Ticket& ticket, bool payload_written, double now,
+                                                InsertResult* r);
   // Whether a copy to or from `mem` runs outside the lock: host memory, no device tier. Copies that
   // touch GPU memory still run under it (a slot's device copy could be evicted meanwhile).
   bool copies_unlocked(Memory mem) const { return !darena() && mem.device < 0; }
@@ -385,10 +356,7 @@ class Store {
   bool closed_ = false;
   Clock clock_;  // the one clock (clock.h)
   RadixTree tree_;
-  EvictionQueue queue_;
-  HostTier host_;  // its slots, room and slot holders (tiers/host_tier.h)
-  ResidencyLedger ledger_;
-  TierStats stats_;
+  HostTier host_;  // its slots, room, eviction candidates, slot holders, counters, residency (tiers/host_tier.h)
   std::uint64_t seq_ = 0;
   std::uint32_t shielded_ = kNil;     // a node kept out of the eviction queue while its insert makes room
   std::vector<std::uint32_t> roots_;  // per namespace slot; kNil for a free slot
@@ -415,7 +383,7 @@ class Store {
 
   // Device tier (spec_.device.enabled): its slots, LRU list and counters (tiers/device_tier.h).
   std::unique_ptr<DeviceTier> device_;
-  std::unique_ptr<CopyEngine> copier_;  // device copies, on its own stream (created on first use)
+  Mover mover_;  // runs the tiers' copies: memcpy, or the copy engine's device stream (created on first use)
 
   std::vector<Step> path_;           // scratch for walk()
   std::vector<std::uint32_t> stack_; // scratch for subtree walks

@@ -2,6 +2,37 @@
 
 namespace kvtier {
 
+void DeviceTier::copy_in(const CopyIn& in) {
+  std::vector<Run> runs;
+  for (std::size_t i = 0; i < in.ticket->size(); ++i)
+    add_block_in(runs, arena_->slot_address((*in.ticket)[i]), in.src.at(i, block_bytes_), block_bytes_);
+  in.mover->run(runs, arena_->device());
+}
+
+void DeviceTier::copy_out(const CopyOut& out) {
+  for (std::size_t i = 0; i < out.n; ++i)
+    add_block_out(*out.runs, out.dst.at(i, block_bytes_), arena_->slot_address((*out.dslots)[i]), block_bytes_);
+  if (out.load) {
+    stats_.hits += out.n;
+    stats_.bytes_read += out.n * block_bytes_;
+  }
+}
+
+void DeviceTier::commit(const Commit& c) {
+  NodePayload& p = *tree_.at(c.node).payload;
+  const std::uint64_t nb = c.ticket->size();
+  p.dslots = std::move(*c.ticket);
+  c.ticket->clear();
+  p.dirty = c.dirty;
+  p.dstamp = c.op;
+  link_before(c.node, kNil);
+  used_ += nb;
+  if (c.dirty) dirty_ += nb;
+  (c.promoted ? stats_.promoted : stats_.inserted) += nb;
+  stats_.bytes_written += nb * block_bytes_;
+  ledger_.change(c.account, static_cast<std::int64_t>(nb * block_bytes_), c.now);
+}
+
 DeviceStats DeviceTier::stats() const {
   DeviceStats s = stats_;
   s.blocks = used_;

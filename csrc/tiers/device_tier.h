@@ -1,9 +1,9 @@
 // The device tier: its GPU block slots (DeviceArena), the LRU list of the tree nodes on it (coldest first),
 // how many blocks are on it and how many of those are dirty (the device holds their only copy), and its
 // counters. Residency is per tree node: the list links and a node's device slots live in its NodePayload
-// (tree.h), which this tier owns the device fields of. The coordinator (Store) decides what goes up and
-// what comes down, runs the copies and charges residency; it calls these under the store lock. Nothing
-// here locks or copies.
+// (tree.h), which this tier owns the device fields of. It implements the tier interface (tiers/tier.h):
+// the coordinator (Store) decides what goes up and what comes down and calls these under the store lock
+// (copies that touch GPU memory run under it); the tier does the copies and charges its residency.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +13,7 @@
 #include "core/common.h"
 #include "core/tree.h"
 #include "tiers/device.h"
+#include "tiers/tier.h"
 
 namespace kvtier {
 
@@ -32,6 +33,31 @@ struct DeviceStats {
 
 class DeviceTier {
  public:
+  // ---- the tier interface's types (tier.h) ----
+  using Reserve = std::uint64_t;              // blocks
+  using Ticket = std::vector<std::uint32_t>;  // GPU slots, one per block
+  struct CopyIn {
+    const Ticket* ticket;
+    Memory src;    // the ticket's blocks, in order: host memory (a host tier's slots, slot_memory) or GPU memory
+    Mover* mover;
+  };
+  struct CopyOut {
+    const std::vector<std::uint32_t>* dslots;  // a node's GPU slots
+    std::size_t n;                             // its first n blocks
+    Memory dst;                                // block 0 of the destination
+    std::vector<Run>* runs;                    // appended (run on this tier's device)
+    bool load;                                 // counted as hits (not: a write-back, counted by cleaned)
+  };
+  struct Commit {
+    std::uint32_t node;  // the tree node the blocks are now part of
+    Ticket* ticket;      // emptied
+    bool dirty;          // the node's host slots are stale
+    bool promoted;       // copied up from the host tier (not: inserted from GPU memory)
+    std::uint64_t op;    // the operation placing it (its LRU stamp)
+    std::uint32_t account;
+    double now;
+  };
+
   // `slots` blocks of `block_bytes` on CUDA device `device` (throws as DeviceArena does); `tree` is the
   // coordinator's, whose nodes this tier lists.
   DeviceTier(RadixTree& tree, int device, std::size_t slots, std::size_t block_bytes)
@@ -44,7 +70,30 @@ class DeviceTier {
   // Frees the GPU memory (the caller has waited for every copy). Counters stay readable.
   void close() { arena_.reset(); }
 
-  // ---- the LRU list (coldest first) ----
+  // ---- room (blocks) ----
+  // Reserved: slots taken by reserve() and not yet committed.
+  Room room() const {
+    if (!arena_) return {0, used_, 0};
+    return {arena_->slots(), used_, arena_->slots() - arena_->free_slots() - used_};
+  }
+  // Takes `blocks` GPU slots. Precondition: that many are free (the coordinator evicted first).
+  Ticket reserve(std::uint64_t blocks) {
+    Ticket t(blocks);
+    for (auto& d : t) d = arena_->take();
+    return t;
+  }
+  void unreserve(Ticket& t) {
+    for (std::uint32_t d : t) arena_->give_back(d);
+    t.clear();
+  }
+
+  // ---- copies (on the device's stream, complete on return) ----
+  void copy_in(const CopyIn& in);
+  void copy_out(const CopyOut& out);
+  // The ticket's slots become node `c.node`'s device copies, charged to its account.
+  void commit(const Commit& c);
+
+  // ---- the LRU list (coldest first): eviction candidates ----
   std::uint32_t coldest() const { return head_; }
   std::uint32_t warmer(std::uint32_t id) const { return tree_.at(id).payload->dnext; }
   // Links `id` in front of `next` (kNil: at the warm end).
@@ -65,17 +114,6 @@ class DeviceTier {
   }
 
   // ---- accounting ----
-  // Node `id` now holds `dslots` (its blocks' device copies); `dirty`: its host slots are stale.
-  void place(std::uint32_t id, std::vector<std::uint32_t> dslots, bool dirty, std::uint64_t op) {
-    NodePayload& p = *tree_.at(id).payload;
-    const std::uint64_t nb = dslots.size();
-    p.dslots = std::move(dslots);
-    p.dirty = dirty;
-    p.dstamp = op;
-    link_before(id, kNil);
-    used_ += nb;
-    if (dirty) dirty_ += nb;
-  }
   // Node `id`'s dirty blocks were copied down to its host slots.
   void cleaned(std::uint32_t id) {
     NodePayload& p = *tree_.at(id).payload;
@@ -84,8 +122,9 @@ class DeviceTier {
     stats_.written_back += p.slots.size();
     stats_.bytes_read += p.slots.size() * block_bytes_;
   }
-  // Takes node `id` off the device (its slots freed, dirty blocks dropped). Returns its blocks.
-  std::uint64_t evict(std::uint32_t id) {
+  // Takes node `id` off the device at `now` (its slots freed, dirty blocks dropped, its residency ended).
+  // Returns its blocks.
+  std::uint64_t evict(std::uint32_t id, double now) {
     NodePayload& p = *tree_.at(id).payload;
     KVTIER_ASSERT(!p.dslots.empty());
     const std::uint64_t nb = p.dslots.size();
@@ -98,10 +137,12 @@ class DeviceTier {
     unlink(id);
     used_ -= nb;
     stats_.evicted += nb;
+    ledger_.change(tree_.at(id).account, -static_cast<std::int64_t>(nb * block_bytes_), now);
     return nb;
   }
-  DeviceStats& counters() { return stats_; }  // the coordinator counts hits, inserts, promotions, bytes
   DeviceStats stats() const;
+  TierLedger& residency() { return ledger_; }
+  const TierLedger& residency() const { return ledger_; }
   // Aborts unless the list holds exactly the nodes with device slots (`on_device`: their blocks, counted
   // by the coordinator's walk), each slot used once, and the counts agree.
   void check(std::uint64_t on_device) const;
@@ -118,10 +159,13 @@ class DeviceTier {
   std::unique_ptr<DeviceArena> arena_;
   std::uint64_t block_bytes_;
   DeviceStats stats_;
+  TierLedger ledger_;
   std::uint32_t head_ = kNil;  // coldest
   std::uint32_t tail_ = kNil;  // warmest
   std::uint64_t used_ = 0;     // device blocks in use
   std::uint64_t dirty_ = 0;    // of those, dirty
 };
+
+static_assert(TierObject<DeviceTier>);
 
 }  // namespace kvtier

@@ -137,6 +137,7 @@ class DiskIndex {
   }
 
   BasicEvictionQueue<DiskIndex>& queue() { return queue_; }
+  const BasicEvictionQueue<DiskIndex>& queue() const { return queue_; }
   std::size_t live() const { return by_key_.size(); }
   std::size_t slots() const { return entries_.size(); }
   void reserve(std::size_t n) {

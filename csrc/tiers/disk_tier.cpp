@@ -21,8 +21,32 @@ DiskStats DiskTier::stats() const {
   return s;
 }
 
-void DiskTier::remove(std::uint32_t id, Gone why) {
+DiskTier::Ticket DiskTier::reserve(const Reserve& r) {
+  KVTIER_ASSERT(!full());
+  const std::uint32_t id = index_.add(r.key, r.parent, r.ns, r.state);
   DiskEntry& e = index_.at(id);
+  e.account = r.account;
+  e.seq = r.seq;
+  e.last_access = r.last_access;
+  e.hits = r.hits;
+  e.checksum = r.checksum;
+  e.slot = r.slot;
+  if (r.state == DiskState::kCommitted) index_.refresh(id);
+  ledger_.change(r.account, static_cast<std::int64_t>(block_bytes_), r.now);
+  return {id, r.now};
+}
+
+void DiskTier::unreserve(Ticket& t) {
+  DiskEntry& e = index_.at(t.entry);
+  KVTIER_ASSERT(e.state == DiskState::kPending);
+  ledger_.change(e.account, -static_cast<std::int64_t>(block_bytes_), t.at);
+  index_.remove(t.entry);
+  t.entry = kNil;
+}
+
+void DiskTier::remove(std::uint32_t id, Gone why, double now) {
+  DiskEntry& e = index_.at(id);
+  ledger_.change(e.account, -static_cast<std::int64_t>(block_bytes_), now);
   switch (why) {
     case Gone::kExpired: ++stats_.expired; break;
     case Gone::kEvicted: ++stats_.evicted; break;

@@ -1,13 +1,16 @@
 // The disk tier: its index (disk_index.h), its capacity and counters, and the writer protocol's state — the
 // write queue, the batch the writer has taken, the writes and deletes that failed (kept for the next flush),
-// the keys being deleted and the log of keys that left. The coordinator (Store) drives it under the store
-// lock: it decides what is demoted, evicted and restored (the tree, policies, namespaces, accounts and the
-// residency ledger stay there) and calls these to queue, hand out, finish and report. Nothing here locks,
-// waits or touches a payload; the folder itself (LMDB) is the Python writer's (docs/disk.md).
+// the keys being deleted and the log of keys that left, and its residency. It implements the tier interface
+// (tiers/tier.h) for a tier whose I/O runs in Python: "copy in" queues a block for the writer thread, "commit"
+// is the writer's report of a batch, "copy out" lists the folder reads a load must do (or plans the copy of a
+// block still queued, from its host slot). The coordinator (Store) drives it under the store lock: it decides
+// what is demoted, evicted and restored (the tree, policies, namespaces and accounts stay there). Nothing here
+// locks or waits; the folder itself (LMDB) is the Python writer's (docs/disk.md).
 #pragma once
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <string>
 #include <unordered_set>
 #include <utility>
@@ -16,7 +19,10 @@
 #include "core/common.h"
 #include "core/keys.h"
 #include "core/policy.h"
+#include "core/residency.h"
 #include "tiers/disk_index.h"
+#include "tiers/host.h"
+#include "tiers/tier.h"
 
 namespace kvtier {
 
@@ -49,6 +55,13 @@ struct WriteOut {
   const std::uint8_t* payload;       // block_bytes, valid until disk_finish
 };
 
+// A committed disk block that a load must read from the folder.
+struct DiskRead {
+  std::uint32_t block;  // index in the prompt
+  Key key;
+  std::uint32_t checksum;
+};
+
 struct WriteBatch {
   std::vector<WriteOut> writes;
   std::vector<Key> deletes;  // apply before the writes
@@ -61,33 +74,98 @@ class DiskTier {
   enum class Gone { kEvicted, kExpired, kCorrupt, kMissing, kFailed };
   static constexpr std::size_t kRemovedLog = 1 << 16;
 
+  // ---- the tier interface's types (tier.h) ----
+  struct Reserve {  // a new index entry
+    Key key;
+    Key parent;
+    std::uint32_t ns;
+    std::uint32_t account;
+    DiskState state;              // kPending (its payload in host slot `slot`) or kCommitted (restored)
+    std::uint32_t slot = kNil;
+    std::uint32_t checksum = 0;
+    std::uint64_t seq = 0;
+    double last_access = 0.0;
+    std::uint64_t hits = 0;
+    double now;                   // charged from then on
+  };
+  struct Ticket {
+    std::uint32_t entry = kNil;
+    double at = 0.0;  // when it was reserved
+  };
+  struct CopyIn {  // queue for the writer
+    Ticket ticket;
+    std::vector<Word> words;  // the block's tokens, for its index record
+  };
+  struct CopyOut {  // block `block` of a load, from entry `entry`
+    std::uint32_t entry;
+    std::uint32_t block;
+    Memory dst;                     // that block's destination
+    const HostArena* arena;         // where a block still queued is (its entry's slot)
+    std::vector<Run>* runs;         // a queued block's copy is appended here
+    std::vector<DiskRead>* reads;   // a committed block's folder read here
+  };
+  struct Commit {  // the writer's report of the batch it took last
+    bool ok;
+    const std::string* error;
+    std::uint64_t keep;                           // failed writes kept queued, at most
+    std::function<void(std::uint32_t)> release;   // gives up a write's hold on a host slot
+    std::function<void(std::uint32_t)> drop;      // removes an entry that failed and is not kept
+  };
+
   DiskTier(Policy policy, std::uint64_t capacity_blocks, std::uint64_t block_bytes);
   DiskTier(const DiskTier&) = delete;
   DiskTier& operator=(const DiskTier&) = delete;
 
   DiskIndex& index() { return index_; }
   const DiskIndex& index() const { return index_; }
-  std::uint64_t capacity_blocks() const { return capacity_blocks_; }
-  bool full() const { return index_.live() >= capacity_blocks_; }
-  DiskStats& counters() { return stats_; }  // the coordinator counts hits, misses, rejections, promotions
-  DiskStats stats() const;                  // counters plus what is resident, pending and pinned now
 
-  // ---- the write queue ----
-  // Queues entry `entry` (kPending, its payload in a host slot) with its block's tokens (for its record).
-  void enqueue(std::uint32_t entry, std::vector<Word> words) {
-    writes_.push_back({entry, std::move(words)});
+  // ---- room (blocks): used = committed, reserved = queued or being written ----
+  Room room() const { return {capacity_blocks_, index_.live() - queued_, queued_}; }
+  bool full() const { return index_.live() >= capacity_blocks_; }
+  // A new entry, charged to its account. Precondition: !full() and find(key) == kNil.
+  Ticket reserve(const Reserve& r);
+  // Removes an entry reserved and never queued (the ticket's time ends its residency).
+  void unreserve(Ticket& t);
+
+  // ---- copies ----
+  // Queues a pending entry for the writer (its payload in its host slot).
+  void copy_in(const CopyIn& in) {
+    writes_.push_back({in.ticket.entry, in.words});
     ++queued_;
     ++stats_.queued;
   }
+  // A queued block's copy from its host slot, or a committed block's folder read.
+  // Precondition: the entry is not removed.
+  void copy_out(const CopyOut& out) {
+    const DiskEntry& e = index_.at(out.entry);
+    KVTIER_ASSERT(e.state != DiskState::kRemoved);
+    if (e.slot != kNil)
+      add_block_out(*out.runs, out.dst, addr(out.arena->slot_ptr(e.slot)), block_bytes_);
+    else
+      out.reads->push_back({out.block, e.key, e.checksum});
+  }
+  // Ends the batch taken last (see finish).
+  void commit(const Commit& c) { finish(c.ok, *c.error, c.keep, c.release, c.drop); }
+
+  // ---- eviction candidates: committed, unpinned entries without children, by the disk policy ----
+  std::uint32_t coldest() const { return index_.queue().empty() ? kNil : index_.queue().top(); }
+
+  // ---- stats and residency ----
+  DiskStats& counters() { return stats_; }  // the coordinator counts hits, misses, rejections, promotions
+  DiskStats stats() const;                  // counters plus what is resident, pending and pinned now
+  TierLedger& residency() { return ledger_; }
+  const TierLedger& residency() const { return ledger_; }
+
+  // ---- the write queue ----
   std::uint64_t queued() const { return queued_; }  // entries pending or writing
   bool batch_open() const { return batch_open_; }
   bool has_work() const { return (!writes_.empty() || !deletes_.empty()) && !batch_open_; }
   // Every write queued so far is committed or failed (kept for the next flush), every delete handed out.
   bool settled() const { return queued_ == failed_.size() && deletes_.empty() && !batch_open_; }
 
-  // Removes entry `id` from the index for `why`: counts it, queues the folder delete of a committed
-  // block, logs its key. The coordinator has settled its residency and its host slot.
-  void remove(std::uint32_t id, Gone why);
+  // Removes entry `id` from the index for `why` at `now`: ends its residency, counts it, queues the folder
+  // delete of a committed block, logs its key. The coordinator has settled its host slot.
+  void remove(std::uint32_t id, Gone why, double now);
   // Whether `key` was removed here and its folder delete has not committed (an import must skip it).
   bool deleting(const Key& key) const { return deleting_.count(key) != 0; }
 
@@ -121,6 +199,7 @@ class DiskTier {
   std::uint64_t capacity_blocks_;
   std::uint64_t block_bytes_;
   DiskStats stats_;
+  TierLedger ledger_;
   std::deque<WriteItem> writes_;          // queued for the writer
   std::vector<WriteItem> batch_;          // taken by the writer, not yet finished
   std::deque<WriteItem> failed_;          // not persisted: kept queued (pending) for the next flush
@@ -138,6 +217,8 @@ class DiskTier {
   std::uint64_t failed_dropped_ = 0;      // blocks not persisted and dropped, since the last flush
   std::string first_error_;               // the first cause since the last flush
 };
+
+static_assert(TierObject<DiskTier>);
 
 template <class Encode>
 WriteBatch DiskTier::take(std::size_t max_blocks, Encode&& encode) {

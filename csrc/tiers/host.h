@@ -33,7 +33,7 @@ class HostArena {
   }
   void give_back(std::uint32_t slot) { free_.push_back(slot); }
 
-  std::uint8_t* slot_ptr(std::uint32_t slot) { return base_.get() + static_cast<std::size_t>(slot) * block_bytes_; }
+  std::uint8_t* slot_ptr(std::uint32_t slot) const { return base_.get() + static_cast<std::size_t>(slot) * block_bytes_; }
 
  private:
   struct Free {

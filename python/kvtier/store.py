@@ -1071,12 +1071,26 @@ class Store:
         core_rows = self._core.residency(now)
         if any(ns is not None and ns not in self._ns_by_id for ns, *_ in core_rows):
             self._sync_namespaces()  # the core learned a namespace from the folder
+        # The remote tier's rows come from two ledgers, one row per account: the core's (blocks waiting in its
+        # demotion queue) and the Python tier's (blocks this store wrote to the server).
+        remote: dict[tuple[Namespace | None, str | None], list[float]] = {}
         for ns, session, tier, nbytes, byte_seconds in core_rows:
             namespace = None if ns is None else self._ns_by_id[ns]
+            if tier == Tier.REMOTE:
+                if nbytes == 0 and byte_seconds == 0.0:
+                    continue  # an account that never had a block waiting
+                acc = remote.setdefault((namespace, session), [0.0, 0.0])
+                acc[0] += nbytes
+                acc[1] += byte_seconds
+                continue
             rows.append(ResidencyRow(namespace, session, Tier(tier), nbytes, byte_seconds))
         if self._remote is not None:
             for namespace, session, nbytes, byte_seconds in self._remote.residency(float(now)):
-                rows.append(ResidencyRow(namespace, session, Tier.REMOTE, nbytes, byte_seconds))
+                acc = remote.setdefault((namespace, session), [0.0, 0.0])
+                acc[0] += nbytes
+                acc[1] += byte_seconds
+        for (namespace, session), (held, held_seconds) in remote.items():
+            rows.append(ResidencyRow(namespace, session, Tier.REMOTE, int(held), held_seconds))
         return Residency(float(now), tuple(rows))
 
     def check_invariants(self) -> None:
