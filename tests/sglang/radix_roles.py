@@ -5,7 +5,10 @@ HybridCacheController, which attaches kvtier through the backend factory) takes 
 write-through copies it to the host pool, the controller's backup thread hands it to kvtier; the process saves the
 request's device KV and detaches the backend (SGLang's shutdown path, which closes the store).
 
-``consume``: for each case, a fresh tree in this process on the same folder: a device and host miss, a storage
+With ``remote_url`` in the arguments both roles' backends get kvtier's remote tier (a consumer case may name its
+own ``disk`` folder: then only the server can serve it).
+
+``consume``: for each case, a fresh tree in this process on the same folder (or the case's own): a device and host miss, a storage
 prefetch (prefetch thread: batch_exists, IO thread: batch_get_v1), a load back from host to device; saves what
 reached the device pool and the hit lengths.
 """
@@ -38,9 +41,11 @@ from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache  # noqa: 
 DEADLINE_S = 30.0
 
 
-def tree(kind: str, layout: str, disk: Path) -> tuple[UnifiedRadixCache, Any]:
-    """A scheduler's tree cache with HiCache and kvtier as its L3 (prefetch_threshold: one page)."""
-    sa = publish(disk, layout, prefetch_threshold=PAGE)
+def tree(kind: str, layout: str, disk: Path, remote_url: str | None = None) -> tuple[UnifiedRadixCache, Any]:
+    """A scheduler's tree cache with HiCache and kvtier as its L3 (prefetch_threshold: one page; with
+    ``remote_url``, kvtier's remote tier below its disk folder)."""
+    remote = {} if remote_url is None else {"remote_url": remote_url}
+    sa = publish(disk, layout, prefetch_threshold=PAGE, **remote)
     dev = device_pool(kind)
     alloc = PagedTokenToKVPoolAllocator(TOKENS, PAGE, torch.bfloat16, "cpu", dev, False)
     params = CacheInitParams(disable=False, req_to_token_pool=ReqToTokenPool(8, TOKENS, "cpu", False),
@@ -65,7 +70,7 @@ def until(what: str, done: Any, pump: Any) -> None:
 
 
 def produce(a: dict[str, Any]) -> dict[str, Any]:
-    cache, dev = tree(a["kind"], a["layout"], Path(a["disk"]))
+    cache, dev = tree(a["kind"], a["layout"], Path(a["disk"]), a.get("remote_url"))
     toks = array("i", a["tokens"])
     idx = cache.token_to_kv_pool_allocator.alloc(len(toks))
     g = torch.Generator().manual_seed(a["seed"])
@@ -82,7 +87,7 @@ def produce(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def consume_one(a: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
-    cache, dev = tree(a["kind"], case["layout"], Path(a["disk"]))
+    cache, dev = tree(a["kind"], case["layout"], Path(case.get("disk", a["disk"])), a.get("remote_url"))
     toks = array("i", a["tokens"])
 
     def match() -> Any:

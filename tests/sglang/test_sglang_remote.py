@@ -213,3 +213,30 @@ def test_server_stopped_mid_run_serves_local_pages_and_counts(
     warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(warnings) == 1  # logged once
     c.close()  # does not wait for the server (its queue is counted, not written)
+
+
+def test_radix_tree_consumer_with_an_empty_folder_loads_the_producers_kv_from_redis(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    """SGLang's UnifiedRadixCache with HiCache (real controller threads) in two processes, each with its own disk
+    folder and ``remote_url`` on one server: the consumer's storage prefetch finds every page on the server and
+    loads it back to the device pool with the producer's KV bytes; another ``cache_salt`` misses."""
+    from test_radix import PAGES, run
+
+    tokens = list(range(700, 700 + PAGES * PAGE))
+    common = {"kind": "mha", "disk": str(tmp_path / "producer"), "tokens": tokens, "remote_url": server.url}
+    made = run("produce", {**common, "layout": "page_first", "salt": "tenant-a", "seed": 21,
+                           "out": str(tmp_path / "produced.pt")})
+    assert made["set_stored"] == PAGES and made["errors"] == 0 and made["remote_written"] == PAGES, made
+    cases = [
+        {"layout": "page_first", "salt": "tenant-a", "disk": str(tmp_path / "consumer"), "out": str(tmp_path / "a.pt")},
+        {"layout": "page_first", "salt": "tenant-b", "disk": str(tmp_path / "consumer-b"), "out": str(tmp_path / "b.pt")},
+    ]
+    same, other = run("consume", {**common, "cases": cases})
+    n = PAGES * PAGE
+    assert (same["device_before"], same["host_before"]) == (0, 0)
+    assert same["storage_loaded"] == n and same["device_after_load"] == n, same
+    assert same["backend"]["remote_hits"] == PAGES and same["backend"]["errors"] == 0, same
+    want, got = torch.load(tmp_path / "produced.pt"), torch.load(tmp_path / "a.pt")
+    assert len(want) == len(got) and all(torch.equal(w, g) for w, g in zip(want, got))
+    assert other["storage_loaded"] == 0 and other["backend"]["remote_hits"] == 0 and other["backend"]["errors"] == 0
