@@ -367,3 +367,45 @@ def test_threads_stress_host_and_disk_tiers(tmp_path: Path, write_through: bool)
             served += got
         assert served > 0
         again.check_invariants()
+
+
+def test_threads_inserting_one_prompt_at_once_report_it_stored() -> None:
+    """Eight threads insert the same new prompt at once. Each reserves host slots and copies outside the lock; at
+    the commit all but one find the blocks stored by another thread meanwhile and give their reservation back.
+    Every insert reports the whole prompt as stored (matched + inserted), the blocks are stored once, and the host
+    tier's room, slots and residency add up again."""
+    n_blocks, bb, bs = 256, 32 << 10, 4  # 8 MiB a prompt: copies long enough for the inserts to overlap
+    # Room for the three prompts and eight reservations at once (a reservation counts until its commit).
+    cfg = StoreConfig(block_size=bs, block_bytes=bb, host=TierConfig(capacity_bytes=11 * n_blocks * bb))
+    rng = np.random.default_rng(5)
+    payload = rng.integers(0, 256, (n_blocks, bb), dtype=np.uint8)
+    with Store(cfg, namespace=NS) as store:
+        for round_ in range(3):
+            tokens = rng.integers(0, 30_000, n_blocks * bs).astype(np.int32)
+            start = threading.Barrier(8)
+            results: list[kvtier.InsertResult] = []
+            errors: list[str] = []
+
+            def work() -> None:
+                start.wait()
+                try:
+                    results.append(store.insert(tokens, payload, session=f"s{round_}"))
+                except Exception as e:  # noqa: BLE001
+                    errors.append(f"{type(e).__name__}: {e}")
+
+            threads = [threading.Thread(target=work) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+            assert not errors, errors
+            assert [r.matched_blocks + r.inserted_blocks for r in results] == [n_blocks] * 8
+            assert sum(r.inserted_blocks for r in results) == n_blocks
+            out = np.empty_like(payload)
+            assert store.load(tokens, out) == n_blocks and np.array_equal(out, payload)
+            store.check_invariants()  # no reservation left, every slot held once
+        stats = store.stats()
+        assert stats.blocks == 3 * n_blocks and stats.inserted == 3 * n_blocks
+        host = [r for r in store.residency().rows if r.tier == kvtier.Tier.HOST]
+        assert sum(r.resident_bytes for r in host) == 3 * n_blocks * bb
+        assert sorted(r.resident_bytes for r in host if r.session) == [n_blocks * bb] * 3

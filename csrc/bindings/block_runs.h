@@ -2,7 +2,7 @@
 // `parts` runs of block_bytes / parts bytes each (an engine's page whose K and V halves, or layers, lie
 // apart in its pool). Checked once, when made: every run lies inside one of the buffers given, which the
 // object keeps exported (alive and unmoved) for as long as it lives. The store copies between its tiers
-// and the runs directly (store.h, Memory::parts); the folder reader writes disk hits into them.
+// and the runs directly (tiers/tier.h, Memory::parts); the folder reader writes disk hits into them.
 #pragma once
 
 #include <algorithm>

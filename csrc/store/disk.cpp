@@ -41,12 +41,11 @@ void Store::queue_write(std::uint32_t node, std::uint32_t block, bool host_keeps
   const Node& nd = tree_.at(node);
   // The disk tier's reserve (an entry, charged) and copy in (queued for the writer, which reads the slot).
   const DiskTier::Ticket t = disk_->reserve({.key = key, .parent = parent, .ns = nd.ns, .account = nd.account,
-                                             .state = DiskState::kPending, .slot = slot,
-                                             .checksum = host_.checksum(slot), .seq = nd.seq,
+                                             .state = DiskState::kPending, .slot = slot, .seq = nd.seq,
                                              .last_access = nd.last_access, .hits = nd.hits, .now = now});
   if (host_keeps) host_.ref(slot);
   const Word* w = nd.words.data() + static_cast<std::size_t>(block) * spec_.width;
-  disk_->copy_in({t, std::vector<Word>(w, w + spec_.width)});
+  disk_->copy_in({t, std::vector<Word>(w, w + spec_.width), host_.checksum(slot)});
   cv_.notify_all();
 }
 
@@ -93,21 +92,23 @@ std::size_t Store::spill_locked(std::uint32_t ns, std::uint32_t account, const W
         ++disk_->counters().rejected;
         break;
       }
-      // A host slot for the write (from the arena's queue reserve, not the host tree's room), copied into
-      // under the lock, then handed to the disk tier's write queue.
+      // A move into two tiers: reserve a host slot (from the arena's queue reserve, not the host tree's room)
+      // and a disk entry; copy the payload into the slot (under the lock); commit by handing the slot to the
+      // entry's queued write; or, when the copy fails, unreserve both.
       HostTier::Ticket ticket = host_.reserve(1);
+      DiskTier::Ticket entry = disk_->reserve({.key = key, .parent = first ? Key{} : *prev, .ns = ns,
+                                               .account = account, .state = DiskState::kPending,
+                                               .slot = ticket.slots[0], .seq = ++seq_, .last_access = now,
+                                               .now = now});
       try {
         host_copy_in(ticket, payload.at(i - payload_first, bb));
       } catch (...) {
+        disk_->unreserve(entry);
         host_.unreserve(ticket);
         throw;
       }
       const std::uint32_t slot = host_.hand_over(ticket);
-      const DiskTier::Ticket t = disk_->reserve({.key = key, .parent = first ? Key{} : *prev, .ns = ns,
-                                                 .account = account, .state = DiskState::kPending, .slot = slot,
-                                                 .checksum = host_.checksum(slot), .seq = ++seq_,
-                                                 .last_access = now, .hits = 0, .now = now});
-      disk_->copy_in({t, std::vector<Word>(words + i * width, words + (i + 1) * width)});
+      disk_->copy_in({entry, std::vector<Word>(words + i * width, words + (i + 1) * width), host_.checksum(slot)});
     }
     *prev = key;
   }

@@ -40,6 +40,7 @@ void DiskTier::unreserve(Ticket& t) {
   DiskEntry& e = index_.at(t.entry);
   KVTIER_ASSERT(e.state == DiskState::kPending);
   ledger_.change(e.account, -static_cast<std::int64_t>(block_bytes_), t.at);
+  e.slot = kNil;  // the slot is the caller's to give back
   index_.remove(t.entry);
   t.entry = kNil;
 }

@@ -82,7 +82,7 @@ class DiskTier {
     std::uint32_t account;
     DiskState state;              // kPending (its payload in host slot `slot`) or kCommitted (restored)
     std::uint32_t slot = kNil;
-    std::uint32_t checksum = 0;
+    std::uint32_t checksum = 0;   // a committed entry's (a pending one gets it at copy_in)
     std::uint64_t seq = 0;
     double last_access = 0.0;
     std::uint64_t hits = 0;
@@ -95,6 +95,7 @@ class DiskTier {
   struct CopyIn {  // queue for the writer
     Ticket ticket;
     std::vector<Word> words;  // the block's tokens, for its index record
+    std::uint32_t checksum;   // of the payload in the entry's host slot (block_checksum)
   };
   struct CopyOut {  // block `block` of a load, from entry `entry`
     std::uint32_t entry;
@@ -124,12 +125,14 @@ class DiskTier {
   bool full() const { return index_.live() >= capacity_blocks_; }
   // A new entry, charged to its account. Precondition: !full() and find(key) == kNil.
   Ticket reserve(const Reserve& r);
-  // Removes an entry reserved and never queued (the ticket's time ends its residency).
+  // Removes a pending entry reserved and never queued (its residency ends at the ticket's time: the caller
+  // unreserves in the same locked step that reserved it).
   void unreserve(Ticket& t);
 
   // ---- copies ----
   // Queues a pending entry for the writer (its payload in its host slot).
   void copy_in(const CopyIn& in) {
+    index_.at(in.ticket.entry).checksum = in.checksum;
     writes_.push_back({in.ticket.entry, in.words});
     ++queued_;
     ++stats_.queued;

@@ -24,6 +24,11 @@
 // confused. It is a concept, not a base class: the coordinator calls each tier directly and nothing on a
 // per-block path is a virtual call. `static_assert(TierObject<T>)` in each tier's header checks it.
 // Nothing here locks or waits; a copy in that runs outside the lock touches only its ticket's slots.
+//
+// A tier whose I/O runs in Python beside the core follows DiskTier: its Reserve is a block to write (key,
+// account, the host slot holding the payload), copy_in queues it for the tier's writer thread, commit is the
+// writer's report of a batch (failed writes kept or dropped), copy_out lists the reads the facade must do, and
+// coldest() is kNil where the store behind it evicts by itself.
 #pragma once
 
 #include <concepts>

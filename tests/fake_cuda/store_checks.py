@@ -372,6 +372,20 @@ def check_copy_failures() -> None:
             assert s.closed
         with kvtier.Store(config(host_blocks=4, device_blocks=2, disk=disk), now=0.0) as s:
             assert s.match(b, now=T()).num_blocks == 1  # what was persisted before the failure reopens
+    # A copy from GPU memory that fails while an insert spills blocks the full host tier cannot take straight to
+    # the disk's write queue: the host slot and the disk entry it had reserved are both given back.
+    with tempfile.TemporaryDirectory() as folder:
+        disk = DiskConfig(path=folder, capacity_bytes=64 * BB, sync=False)
+        with kvtier.Store(config(host_blocks=2, device_blocks=1, disk=disk), now=0.0) as s:
+            c, pc = prompt(45, 4), payload(45, 4)
+            s.insert(c[: 2 * BS], pc[:2], now=T())  # the host tier is full of the prefix the insert extends
+            LIB.fake_cuda_fail_next_copy()
+            expect_cuda_error(lambda: s.insert(c, on_gpu(pc[2:]), start_block=2, now=T()), "spilling insert")
+            s.check_invariants()
+            d = s.stats().disk
+            assert d is not None and d.blocks == 0 and d.pending == 0 and d.queued == 0
+            assert all(r.resident_bytes == 0 for r in s.residency(now=T()).rows if r.tier == Tier.DISK)
+            assert s.match(c, now=T()).num_blocks == 2
 
 
 def check_model() -> None:
