@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +18,11 @@ import pytest
 import kvtier
 from kvtier import DiskConfig, Namespace, RemoteConfig, Store, StoreConfig, TierConfig
 from kvtier.tiers.remote_io import block_key
-from redis_helpers import RedisServer, need_redis
+from redis_helpers import RedisServer, server  # noqa: F401 - server is a fixture
 
 BB = 64  # payload bytes per block
 PAGE = 8
 NS = Namespace(model="m", kv_layout="sglang:test")
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    need_redis()
-    s = RedisServer(tmp_path / "redis")
-    s.start()
-    yield s
-    s.stop()
 
 
 def cfg(url: str, disk: Path | None = None, host_blocks: int = 256, **kw: object) -> StoreConfig:

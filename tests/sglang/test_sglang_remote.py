@@ -7,7 +7,6 @@ import logging
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +19,7 @@ from pools import PAGE, backend, mha_pool, mla_pool, storage_config
 from test_backend import fill, keys, page_data, slots
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from redis_helpers import RedisServer, need_redis  # noqa: E402
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    need_redis()
-    s = RedisServer(tmp_path / "redis")
-    s.start()
-    yield s
-    s.stop()
+from redis_helpers import RedisServer, server  # noqa: E402, F401 - server is a fixture
 
 
 def server_key(b: KVTierHiCacheStorage, key: str) -> bytes:
