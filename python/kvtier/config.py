@@ -254,6 +254,9 @@ class RemoteConfig:
         ``"back"`` (default): inserted blocks are queued and written by a background thread in pipelined
         batches; other servers see them once written (:meth:`kvtier.Store.flush` waits for that).
         ``"through"``: an insert returns once the server acknowledged its new blocks (or failed).
+        In both modes a block that leaves the local tiers (evicted by the host tier with no disk tier, or by the
+        disk tier) is written first unless the server holds it (demotion; blocks inserted from GPU memory reach
+        the server this way).
     namespace_budget_bytes
         Payload bytes one namespace (tenant) may keep on the server (``None``: no per-namespace bound); beyond
         it, that namespace's least recently used blocks are removed.
