@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import kvtier
-from kvtier import DiskConfig, Namespace, RemoteConfig, StoreConfig, TierConfig
+from kvtier import DiskConfig, Namespace, RemoteConfig, StoreConfig, Tier, TierConfig
 from redis_helpers import RedisServer, server  # noqa: F401 - server is a fixture
 
 BS = 16
@@ -152,3 +152,42 @@ def test_a_damaged_disk_block_is_not_demoted(server: RedisServer, tmp_path: Path
         assert b.stats().disk.evicted >= 6
         assert b.stats().remote.demoted == 5  # every block of the prompt but the damaged one
     assert fresh_reader(server.url, tmp_path, tokens, kv)[0] == 2  # the chain breaks at the third block
+
+
+def test_the_cores_demotion_queue_is_a_tier_with_room_residency_and_slots() -> None:
+    """The core half alone (no Python tier draining it): evicted blocks wait with their host slots, charged to
+    their account as Tier.REMOTE; a full queue rejects; the writer's take and finish hand the payloads out and
+    give the slots back. No server needed."""
+    from kvtier import _core
+
+    spec = StoreConfig(block_size=BS, block_bytes=BB, host=TierConfig(capacity_bytes=4 * BB)).spec()
+    spec.remote.enabled = True
+    spec.remote.queue_blocks = 3
+    core = _core.Store(spec, ids=False, limit=1 << 31)
+    ns = core.add_namespace(NS.key(BS, "tokens"))
+    tokens, kv = prompt(4), payload(4)
+    assert core.insert(ns, "s1", tokens, kv, 0, 10.0)[1] == 4
+    assert core.evict(4 * BB, 20.0) == 4 * BB  # four evicted, three fit in the queue
+    assert core.remote_stats() == {"demoted": 3, "rejected": 1, "pending": 3}
+    core.check_invariants()  # the three queued slots are held by the queue
+    rows = [r for r in core.residency(30.0) if r[2] == int(Tier.REMOTE) and r[1] == "s1"]
+    assert len(rows) == 1 and rows[0][3] == 3 * BB and rows[0][4] == pytest.approx(3 * BB * 10.0)
+
+    closed, blocks = core.remote_take(2, 0.0)
+    assert not closed and [b[3] for b in blocks] == [0, 1]  # oldest first (the prompt's head), positions
+    keys = kvtier.block_keys(tokens, NS, block_size=BS)
+    for (ns_key, key, session, _pos, view), i in zip(blocks, range(2)):
+        assert ns_key == NS.key(BS, "tokens") and key == bytes(keys[i]) and session == "s1"
+        assert bytes(view) == kv[i * BB : (i + 1) * BB].tobytes()
+    assert core.remote_take(2, 0.0) == (False, [])  # one batch out at a time
+    core.remote_finish()
+    assert core.remote_stats()["pending"] == 1
+    core.check_invariants()
+    closed, blocks = core.remote_take(8, 0.0)
+    assert len(blocks) == 1 and blocks[0][3] == 2
+    core.remote_finish()
+    rows = [r for r in core.residency(40.0) if r[2] == int(Tier.REMOTE) and r[1] == "s1"]
+    assert rows[0][3] == 0  # nothing waits any more; the byte-seconds stay
+    core.check_invariants()
+    core.close()
+    assert core.remote_take(1, 0.0)[0] is True  # the demoter stops
