@@ -167,27 +167,67 @@ def test_the_cores_demotion_queue_is_a_tier_with_room_residency_and_slots() -> N
     ns = core.add_namespace(NS.key(BS, "tokens"))
     tokens, kv = prompt(4), payload(4)
     assert core.insert(ns, "s1", tokens, kv, 0, 10.0)[1] == 4
-    assert core.evict(4 * BB, 20.0) == 4 * BB  # four evicted, three fit in the queue
+    # Four evicted a chunk at a time, tail first: three fit in the queue; the fourth waited for room (no demoter
+    # runs here) for Store::kRemoteRoomWait seconds and was turned away.
+    assert core.evict(4 * BB, 20.0) == 4 * BB
     assert core.remote_stats() == {"demoted": 3, "rejected": 1, "pending": 3}
     core.check_invariants()  # the three queued slots are held by the queue
     rows = [r for r in core.residency(30.0) if r[2] == int(Tier.REMOTE) and r[1] == "s1"]
     assert len(rows) == 1 and rows[0][3] == 3 * BB and rows[0][4] == pytest.approx(3 * BB * 10.0)
 
     closed, blocks = core.remote_take(2, 0.0)
-    assert not closed and [b[3] for b in blocks] == [0, 1]  # oldest first (the prompt's head), positions
+    assert not closed and [b[3] for b in blocks] == [3, 2]  # in eviction order, with their positions
     keys = kvtier.block_keys(tokens, NS, block_size=BS)
-    for (ns_key, key, session, _pos, view), i in zip(blocks, range(2)):
-        assert ns_key == NS.key(BS, "tokens") and key == bytes(keys[i]) and session == "s1"
-        assert bytes(view) == kv[i * BB : (i + 1) * BB].tobytes()
+    for ns_key, key, session, pos, view in blocks:
+        assert ns_key == NS.key(BS, "tokens") and key == bytes(keys[pos]) and session == "s1"
+        assert bytes(view) == kv[pos * BB : (pos + 1) * BB].tobytes()
     assert core.remote_take(2, 0.0) == (False, [])  # one batch out at a time
     core.remote_finish()
     assert core.remote_stats()["pending"] == 1
     core.check_invariants()
     closed, blocks = core.remote_take(8, 0.0)
-    assert len(blocks) == 1 and blocks[0][3] == 2
+    assert len(blocks) == 1 and blocks[0][3] == 1
     core.remote_finish()
     rows = [r for r in core.residency(40.0) if r[2] == int(Tier.REMOTE) and r[1] == "s1"]
     assert rows[0][3] == 0  # nothing waits any more; the byte-seconds stay
     core.check_invariants()
     core.close()
     assert core.remote_take(1, 0.0)[0] is True  # the demoter stops
+
+
+def test_a_large_eviction_waits_for_the_demotion_queue_instead_of_losing_blocks(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    """Blocks from tensors are not written at insert; evicting 128 of them at once (twice the core's 64-block
+    demotion queue) waits for the demoter chunk by chunk: every one reaches the server."""
+    torch = pytest.importorskip("torch")
+    cfg = StoreConfig(block_size=BS, block_bytes=BB, host=TierConfig(capacity_bytes=128 * BB), remote=RemoteConfig(url=server.url))
+    tokens, kv = prompt(128), payload(128)
+    with kvtier.Store(cfg, namespace=NS) as a:
+        a.insert(tokens, torch.from_numpy(kv.reshape(128, BB)))
+        a.flush()
+        assert a.stats().remote.written == 0  # a tensor: its blocks reach the server by demotion only
+        a.insert(prompt(128, seed=5), torch.from_numpy(payload(128, seed=5).reshape(128, BB)))  # evicts all 128
+        a.flush()  # raises if any evicted block was turned away
+        st = a.stats().remote
+        assert (st.demoted, st.written, st.demote_rejected) == (128, 128, 0)
+    assert fresh_reader(server.url, tmp_path, tokens, kv) == (128, True)
+
+
+def test_blocks_the_server_expired_are_demoted_again(server: RedisServer, tmp_path: Path) -> None:
+    """The store's memory of what it wrote goes stale when the server expires blocks (TTL): a demotion asks the
+    server (EXISTS per batch) instead of trusting it."""
+    cfg = StoreConfig(
+        block_size=BS, block_bytes=BB, host=TierConfig(capacity_bytes=8 * BB), remote=RemoteConfig(url=server.url, ttl_s=0.5)
+    )
+    tokens, kv = prompt(6), payload(6)
+    with kvtier.Store(cfg, namespace=NS) as a:
+        a.insert(tokens, kv)
+        a.flush()
+        assert a.stats().remote.written == 6
+        time.sleep(1.0)  # the server expired them
+        assert fresh_reader(server.url, tmp_path, tokens, kv)[0] == 0
+        a.evict(8 * BB)
+        a.flush()
+        assert a.stats().remote.demoted == 6
+    assert fresh_reader(server.url, tmp_path, tokens, kv) == (6, True)

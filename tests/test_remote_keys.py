@@ -247,3 +247,18 @@ def test_close_with_the_server_down_closes_the_store_and_keeps_the_folder(server
     with Store(cfg(server.url, tmp_path / "d", timeout_s=0.5), namespace=NS) as again:
         n, out = loaded(again, ks)
         assert n == 3 and np.array_equal(out, payload_of(ks))
+
+
+def test_a_key_inserted_again_before_its_write_is_queued_once(server: RedisServer) -> None:
+    """write="back": a page stored again while its first write still waits (here: the server is down) is not
+    queued a second time (the token path's rule too)."""
+    ks = keys(10)
+    want = payload_of(ks)
+    with Store(cfg(server.url, timeout_s=0.5, retry_s=0.1), namespace=NS) as a:
+        server.kill()
+        a.find_keys(keys(1, salt="probe"))  # a round trip that finds the server gone
+        assert a.insert_keys(ks, want).all()
+        a.evict(len(ks) * BB)  # gone from the host tier: the second insert stores them again
+        assert a.insert_keys(ks, want).all()
+        st = a.stats().remote
+        assert (st.queued, st.pending) == (10, 10)

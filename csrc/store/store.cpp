@@ -349,7 +349,8 @@ InsertResult Store::insert(NsId ns_id, const std::string& session, const Word* w
     std::uint32_t a;
     ~InUse() { t.done(a); }  // the lock is held again by then (run_unlocked relocks)
   } in_use{(accounts_.use(account), accounts_), account};
-  if (!disk_) return insert_locked(ns, account, words, n, payload, payload_first, now, /*as_hit=*/false, &lock);
+  if (!disk_ && !remote_) return insert_locked(ns, account, words, n, payload, payload_first, now, false, &lock);
+  if (!disk_) return insert_demoting(ns, account, words, n, payload, payload_first, now, lock);
   // With a disk tier, an insert may queue writes (write-through, or demotions of the blocks it
   // evicts). It runs in chunks, each waiting for room in the write queue first (back-pressure).
   // Blocks that the host tier cannot take (it is full of this prompt's own prefix or of pinned
@@ -400,6 +401,40 @@ InsertResult Store::insert(NsId ns_id, const std::string& session, const Word* w
     end = std::min<std::size_t>(n, end + chunk);
   }
   return total;
+}
+
+// An insert into a store whose host evictions go to the remote tier's demotion queue: in chunks, each waiting
+// for room in the queue first (back-pressure, as for the disk's write queue), so that a large insert does not
+// evict more blocks at once than the queue takes. No spill: blocks the host tier cannot take are not stored.
+InsertResult Store::insert_demoting(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
+                                   Memory payload, std::size_t payload_first, double now,
+                                   std::unique_lock<std::mutex>& lock) {
+  const std::uint64_t chunk = std::max<std::uint64_t>(1, spec_.remote.queue_blocks / 4);
+  InsertResult total;
+  bool started = false;
+  std::size_t end = std::min<std::size_t>(n, payload_first + chunk);
+  while (true) {
+    wait_remote_room(lock, chunk);
+    check_open();
+    now = clock_.catch_up(now);
+    const InsertResult r = insert_locked(ns, account, words, end, payload, payload_first, now, false, &lock);
+    if (!started && (r.matched < end || end == n)) {
+      total.matched = r.matched;
+      started = true;
+    }
+    total.inserted += r.inserted;
+    if (r.matched < payload_first || r.matched + r.inserted < end || end == n) break;
+    end = std::min<std::size_t>(n, end + chunk);
+  }
+  return total;
+}
+
+// Waits until the remote demotion queue has room for `blocks`, for at most kRemoteRoomWait seconds (the
+// demoter thread drains it without waiting for the server; past that, blocks the queue cannot take are not
+// demoted and are counted as rejected: never a hang when no demoter runs).
+void Store::wait_remote_room(std::unique_lock<std::mutex>& lock, std::uint64_t blocks) {
+  cv_.wait_for(lock, std::chrono::duration<double>(kRemoteRoomWait),
+               [&] { return closed_ || remote_->room().free() >= blocks; });
 }
 
 void Store::wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t blocks) {
@@ -544,11 +579,23 @@ void Store::insert_payload(std::uint32_t ns, std::uint32_t account, const Word* 
 }
 
 std::uint64_t Store::evict(std::uint64_t bytes, double now) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   check_open();
   now = clock_.advance(now);
   const std::uint64_t blocks = bytes / spec_.block_bytes + (bytes % spec_.block_bytes != 0 ? 1 : 0);
-  return evict_blocks(blocks, now) * spec_.block_bytes;
+  if (!remote_) return evict_blocks(blocks, now) * spec_.block_bytes;
+  // Evicted blocks go to the remote tier's demotion queue: in chunks, each waiting for room in it.
+  const std::uint64_t chunk = std::max<std::uint64_t>(1, spec_.remote.queue_blocks / 4);
+  std::uint64_t freed = 0;
+  while (freed < blocks) {
+    wait_remote_room(lock, chunk);
+    check_open();
+    now = clock_.catch_up(now);
+    const std::uint64_t n = evict_blocks(std::min(chunk, blocks - freed), now);
+    freed += n;
+    if (n == 0) break;  // nothing left to evict
+  }
+  return freed * spec_.block_bytes;
 }
 
 std::uint64_t Store::expire(double now) {

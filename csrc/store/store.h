@@ -271,6 +271,11 @@ class Store {
   void disk_remove(std::uint32_t entry, double now, Gone why);
   std::uint64_t disk_expire_locked(double now);
   void wait_queue_room(std::unique_lock<std::mutex>& lock, std::uint64_t blocks);
+  static constexpr double kRemoteRoomWait = 2.0;  // seconds an eviction waits for the demotion queue
+  void wait_remote_room(std::unique_lock<std::mutex>& lock, std::uint64_t blocks);
+  InsertResult insert_demoting(std::uint32_t ns, std::uint32_t account, const Word* words, std::size_t n,
+                               Memory payload, std::size_t payload_first, double now,
+                               std::unique_lock<std::mutex>& lock);
   void promote_from_disk(std::uint32_t ns, std::uint32_t account, const std::vector<Word>& words, std::uint32_t from,
                          std::uint32_t to, Memory out, double now, std::unique_lock<std::mutex>* lock);
   bool disk_chain(std::uint32_t ns, const Word* words, std::size_t host_blocks, std::size_t to, double now, Key* last);

@@ -718,6 +718,7 @@ class Store:
         keys = [k.tobytes() for k in self._core.chain_keys_from(ns, seq, 0, None)[start:full]]
         bb = self.config.block_bytes
         view = memoryview(memory).cast("B") if not isinstance(memory, np.ndarray) else memory.reshape(-1).view(np.uint8)
+        remote.forget_expired()
         through = self.config.remote.write == "through"
         # write-through waits for its own blocks' acknowledgement, so only blocks already written are skipped
         todo = [(i, k) for i, k in enumerate(keys) if not remote.known(ns_key, k, queued=not through)]
@@ -1065,10 +1066,17 @@ class Store:
 
         Blocks past their TTL stop counting at their expiry instant (this call reclaims them).
         """
-        if now is None:
-            now = self._core.clock()
         rows = []
-        core_rows = self._core.residency(now)
+        while True:
+            t = self._core.clock() if now is None else now
+            try:
+                core_rows = self._core.residency(t)
+                break
+            except InvalidArgumentError:
+                if now is not None:
+                    raise
+                # another thread's call moved the store's clock past t in between: read it again
+        now = t
         if any(ns is not None and ns not in self._ns_by_id for ns, *_ in core_rows):
             self._sync_namespaces()  # the core learned a namespace from the folder
         # The remote tier's rows come from two ledgers, one row per account: the core's (blocks waiting in its

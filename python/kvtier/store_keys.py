@@ -150,13 +150,15 @@ def insert(
     if remote is None or payloads is None or not ok.any():
         return ok
     ns_key, block_keys = _remote_keys(store, ns, arr)
-    todo = [i for i in np.flatnonzero(ok).tolist() if not remote.known(ns_key, block_keys[i])]
-    if not todo:
-        return ok
-    bb = store.config.block_bytes
     cfg = store.config.remote
     assert cfg is not None
     through = cfg.write == "through"
+    remote.forget_expired()
+    # as on the token path: write-through waits for its own blocks, so only blocks already written are skipped
+    todo = [i for i in np.flatnonzero(ok).tolist() if not remote.known(ns_key, block_keys[i], queued=not through)]
+    if not todo:
+        return ok
+    bb = store.config.block_bytes
     if isinstance(payloads, _core.BlockRuns):
         # Scattered runs: gathered once (C++, no GIL) into a buffer of this call's own, which no one changes, so
         # the queue may send from it as it is, in either write mode.
@@ -169,7 +171,7 @@ def insert(
     account = (store.default_namespace if namespace is None else namespace, session)
     ticket = remote.enqueue(
         ns_key, account, [block_keys[i] for i in todo], [flat[i * bb : (i + 1) * bb] for i in todo], time.time(),
-        now, borrow=borrow, positions=todo,
+        now, borrow=borrow, positions=todo, skip_queued=not through,
     )
     if through:
         remote.wait(ticket, cfg.timeout_s * (-(-len(todo) // cfg.batch_blocks) + 1))

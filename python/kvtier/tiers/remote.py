@@ -165,14 +165,17 @@ class _Ledger:
         self._advance(row, t)
         row[0] -= entry[1]
 
-    def expire(self, t: float) -> None:
-        """Ends the blocks whose TTL ran out by ``t``, each at its expiry instant."""
+    def expire(self, t: float) -> list[bytes]:
+        """Ends the blocks whose TTL ran out by ``t``, each at its expiry instant. Returns their server keys."""
+        gone = []
         while self.heap and self.heap[0][0] <= t:
             expiry, skey = heapq.heappop(self.heap)
             entry = self.blocks.get(skey)
             if entry is None or entry[2] != expiry:
                 continue  # refreshed or gone
             self.remove(skey, expiry)
+            gone.append(skey)
+        return gone
 
     def report(self, t: float) -> list[tuple[Namespace, str, int, float]]:
         self.expire(t)
@@ -271,6 +274,7 @@ class RemoteTier:
         self._writer.start()
         # With no disk tier, blocks the host tier evicts come here (the core's demotion queue, core/remote.cpp).
         self._demoter: threading.Thread | None = None
+        self._rejected_seen = 0  # the core's rejected demotions reported by flush so far
         if demotions:
             self._demoter = threading.Thread(
                 target=self._demoter_loop, name=f"kvtier-remote-demoter:{self.url}", daemon=True
@@ -347,16 +351,7 @@ class RemoteTier:
     def present(self, ns_key: bytes, keys: Sequence[bytes]) -> list[bool]:
         """Per key (blocks that need not be consecutive: lookups by key), whether it is on the server. One round
         trip per ``LOOKUP_BATCH`` keys; nothing is counted. All False (no round trip) while it is unreachable."""
-        out = [False] * len(keys)
-        if not keys or not self.available:
-            return out
-        try:
-            for i in range(0, len(keys), LOOKUP_BATCH):
-                out[i : i + LOOKUP_BATCH] = self.io.exists([block_key(ns_key, k) for k in keys[i : i + LOOKUP_BATCH]])
-        except RemoteUnavailableError as e:
-            self._failed(e)
-            return [False] * len(keys)
-        return out
+        return self._on_server([block_key(ns_key, k) for k in keys])
 
     # ----------------------------------------------------------------- reads
     def read(
@@ -438,6 +433,16 @@ class RemoteTier:
                 self._known.popitem(last=False)
 
     # ----------------------------------------------------------------- writes
+    def forget_expired(self) -> None:
+        """With a TTL: blocks this store wrote whose TTL ran out are no longer known to be on the server (the
+        server expired them), so an insert or a demotion writes them again."""
+        if self.config.ttl_s is None:
+            return
+        t = self._core.clock()
+        with self._lock:
+            for skey in self._ledger.expire(t):
+                self._known.pop(skey, None)
+
     def known(self, ns_key: bytes, key: bytes, queued: bool = False) -> bool:
         """Whether this store knows the block is on the server (it wrote or read it); with ``queued``, also when a
         write of it is queued or in flight (a block evicted between an insert and its write is queued once)."""
@@ -686,15 +691,25 @@ class RemoteTier:
     # ----------------------------------------------------------------- flush, close
     # ----------------------------------------------------------------- demotion (write-back from the tiers above)
     def demote(self, blocks: Sequence[tuple[bytes, bytes, str, int, Any]]) -> int:
-        """Queues blocks a local tier evicted: ``(ns_key, key, session, position, payload)`` each. Those this store
-        knows to be on the server are skipped; the payloads are copied (the caller may reuse them on return).
-        Returns the blocks queued."""
-        by_ns: dict[tuple[bytes, str], list[tuple[bytes, int, Any]]] = {}
+        """Queues blocks a local tier evicted: ``(ns_key, key, session, position, payload)`` each. Those whose write
+        is queued already are skipped, and so are those the server holds: one EXISTS round trip per batch asks it
+        (this store's memory of what it wrote goes stale when the server expires, evicts or loses blocks; entries
+        found stale are forgotten). While the server is unreachable every block not queued is queued. The payloads
+        are copied (the caller may reuse them on return). Returns the blocks queued."""
         with self._lock:
-            for ns_key, key, session, position, payload in blocks:
-                skey = block_key(ns_key, key)
-                if skey not in self._known and skey not in self._unsent and ns_key in self._namespaces:
-                    by_ns.setdefault((ns_key, session), []).append((key, position, payload))
+            todo = [
+                b for b in blocks if b[0] in self._namespaces and block_key(b[0], b[1]) not in self._unsent
+            ]
+        if not todo:
+            return 0
+        by_ns: dict[tuple[bytes, str], list[tuple[bytes, int, Any]]] = {}
+        on_server = self._on_server([block_key(b[0], b[1]) for b in todo])
+        with self._lock:
+            for (ns_key, key, session, position, payload), there in zip(todo, on_server):
+                if there:
+                    continue
+                self._known.pop(block_key(ns_key, key), None)  # stale if it was there
+                by_ns.setdefault((ns_key, session), []).append((key, position, payload))
         wall = time.time()
         n = 0
         for (ns_key, session), items in by_ns.items():
@@ -707,6 +722,28 @@ class RemoteTier:
         with self._lock:
             self._c["demoted"] += n
         return n
+
+    def _on_server(self, skeys: list[bytes]) -> list[bool]:
+        """Per server key, whether the server has it: pipelined EXISTS, ``LOOKUP_BATCH`` a round trip. All False
+        while the server is unreachable (the blocks are queued and written when it answers again)."""
+        out = [False] * len(skeys)
+        if not self.available:
+            return out
+        try:
+            for i in range(0, len(skeys), LOOKUP_BATCH):
+                out[i : i + LOOKUP_BATCH] = self.io.exists(skeys[i : i + LOOKUP_BATCH])
+        except RemoteUnavailableError as e:
+            self._failed(e)
+            return [False] * len(skeys)
+        return out
+
+    def _rejected_since_flush(self) -> int:
+        """Evicted blocks the core's full demotion queue turned away since the last call (flush)."""
+        if self._demoter is None:
+            return 0
+        total = int(self._core.remote_stats()["rejected"])
+        new, self._rejected_seen = total - self._rejected_seen, total
+        return new
 
     def _demote_batch(self, timeout: float) -> tuple[bool, int]:
         """Takes one batch of the core's demotion queue (waiting up to ``timeout`` s for one), queues it for the
@@ -756,14 +793,16 @@ class RemoteTier:
                     raise TimeoutError(f"flush: remote writes still queued after {timeout} s")
                 self._cv.wait(left if left is not None else 1.0)
             pending = len(self._queue) + self._in_flight
+            rejected = self._rejected_since_flush()
             dropped = self._dropped_since_flush
             failed = self._failed_since_flush
             self._dropped_since_flush = self._failed_since_flush = 0
             error = self._last_error
-        if pending or dropped:
+        if pending or dropped or rejected:
             raise RemoteWriteError(
                 f"remote tier {self.url}: {pending} blocks not written (kept queued, written when the server is "
-                f"reachable), {dropped} dropped from the full queue, {failed} failed block writes; first cause: {error}"
+                f"reachable), {dropped} dropped from the full queue, {rejected} evicted blocks not demoted (the "
+                f"demotion queue stayed full), {failed} failed block writes; first cause: {error}"
             )
 
     def close(self, timeout: float = 10.0) -> None:
@@ -789,7 +828,8 @@ class RemoteTier:
     # ----------------------------------------------------------------- reporting
     def stats(self) -> RemoteStats:
         with self._lock:
-            self._ledger.expire(self._core.clock())
+            for skey in self._ledger.expire(self._core.clock()):
+                self._known.pop(skey, None)
             c = dict(self._c)
             return RemoteStats(
                 **c,
